@@ -1,0 +1,737 @@
+//! One account's state, and how a journal entry changes it.
+//!
+//! [`Account::apply`] is the only code that mutates an account. Commands
+//! (in `decide.rs`) compute entries and go through it too, so the live path
+//! and the replay path cannot drift apart.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::credits::{CreditSum, Credits};
+use crate::entry::{
+    AccountUpdate, Allocation, BalanceAfter, Body, Entry, Hold, Opened, Purchase, PurchaseStatus,
+    VoidReason, allocated,
+};
+use crate::grant::{Grant, GrantKind, GrantSource};
+use crate::ids::{AccountHandle, AccountId, MemberId, TierId};
+use crate::metadata::Metadata;
+use crate::time::{Timestamp, period_start};
+
+/// `active` or `closed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    /// No more charges, holds, grants, purchases or renewals; existing holds
+    /// and purchases can still be settled, and charges reversed.
+    Closed,
+}
+
+impl AccountStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+/// A customer account and everything the ledger needs to decide its commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub(crate) id: AccountId,
+    pub(crate) handle: AccountHandle,
+    pub(crate) name: Box<str>,
+    pub(crate) tier: TierId,
+    pub(crate) pending_tier: Option<TierId>,
+    pub(crate) anchor: Timestamp,
+    pub(crate) created_at: Timestamp,
+    pub(crate) status: AccountStatus,
+    pub(crate) member_monthly_cap: Option<Credits>,
+    pub(crate) metadata: Metadata,
+    pub(crate) period_index: i64,
+    pub(crate) period_start: Timestamp,
+    pub(crate) period_end: Timestamp,
+    pub(crate) next_seq: u64,
+    pub(crate) debt: Credits,
+    /// In burn order.
+    pub(crate) grants: Vec<Grant>,
+    /// Active holds, in the order placed.
+    pub(crate) holds: Vec<Hold>,
+    pub(crate) purchases: Vec<Purchase>,
+    /// Credits each member consumed in the current period. Boxed: most
+    /// accounts have none, and an empty `Option<Box<_>>` is one word.
+    #[allow(clippy::box_collection)]
+    pub(crate) member_usage: Option<Box<HashMap<MemberId, CreditSum>>>,
+    /// Credits reversed so far, by debit sequence number.
+    #[allow(clippy::box_collection)]
+    pub(crate) reversed: Option<Box<HashMap<u64, Credits>>>,
+    /// The earliest instant at which time-driven work is due.
+    pub(crate) next_due: Timestamp,
+}
+
+/// Why an entry could not be applied: the journal is inconsistent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    OutOfOrder {
+        expected: u64,
+        found: u64,
+    },
+    UnknownAccount,
+    AccountExists,
+    WrongPartition,
+    NotFirstEntry,
+    UnknownGrant(u64),
+    UnknownHold(u64),
+    UnknownPurchase(u64),
+    /// A grant would go below zero or above its amount, or held above remaining.
+    GrantBounds(u64),
+    /// An amount would exceed the limit.
+    Overflow,
+    /// The entry's own numbers do not add up (allocations vs credits).
+    Unbalanced,
+    /// The grants' remaining credits changed by another amount than the entry says.
+    Conservation {
+        expected: CreditSum,
+        actual: CreditSum,
+    },
+    /// The balances recorded in the entry differ from the replayed ones.
+    BalanceMismatch {
+        recorded: BalanceAfter,
+        replayed: BalanceAfter,
+    },
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// A broken invariant of rule 11.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub account: AccountId,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "account {}: {}", self.account, self.message)
+    }
+}
+
+impl Account {
+    /// The account an `Opened` entry creates.
+    pub(crate) fn open(
+        handle: AccountHandle,
+        entry_seq: u64,
+        at: Timestamp,
+        opened: &Opened,
+    ) -> Account {
+        let mut account = Account {
+            id: opened.id.clone(),
+            handle,
+            name: opened.name.clone(),
+            tier: opened.tier.clone(),
+            pending_tier: None,
+            anchor: opened.anchor,
+            created_at: at,
+            status: AccountStatus::Active,
+            member_monthly_cap: opened.member_monthly_cap,
+            metadata: opened.metadata.clone(),
+            period_index: opened.period_index,
+            period_start: period_start(opened.anchor, opened.period_index),
+            period_end: period_start(opened.anchor, opened.period_index + 1),
+            next_seq: entry_seq + 1,
+            debt: Credits::ZERO,
+            grants: Vec::new(),
+            holds: Vec::new(),
+            purchases: Vec::new(),
+            member_usage: None,
+            reversed: None,
+            next_due: Timestamp::NEVER,
+        };
+        account.next_due = account.compute_next_due();
+        account
+    }
+
+    /// Applies one entry (never `Opened`), checking the entry against the state.
+    pub(crate) fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {
+        if entry.seq != self.next_seq {
+            return Err(ApplyError::OutOfOrder {
+                expected: self.next_seq,
+                found: entry.seq,
+            });
+        }
+        let before = self.total_remaining();
+        self.apply_body(entry)?;
+        let actual = self
+            .total_remaining()
+            .checked_sub(before)
+            .ok_or(ApplyError::Overflow)?;
+        let expected = entry.body.remaining_delta();
+        if actual != expected {
+            return Err(ApplyError::Conservation { expected, actual });
+        }
+        self.next_seq += 1;
+        self.prune_grants(entry.at);
+        self.next_due = self.compute_next_due();
+        Ok(())
+    }
+
+    fn apply_body(&mut self, entry: &Entry) -> Result<(), ApplyError> {
+        let at = entry.at;
+        match &entry.body {
+            Body::Opened(_) => return Err(ApplyError::AccountExists),
+            Body::Updated(update) => self.apply_update(update),
+            Body::Closed => self.status = AccountStatus::Closed,
+            Body::Granted(grant) => self.apply_grant(entry.seq, grant)?,
+            Body::Debited(debit) => {
+                let covered =
+                    allocated(&debit.allocations).checked_add(debit.debt_incurred.to_sum());
+                if covered != Some(debit.credits.to_sum()) {
+                    return Err(ApplyError::Unbalanced);
+                }
+                self.consume_all(&debit.allocations)?;
+                self.add_debt(debit.debt_incurred)?;
+                if let Some(member) = &debit.member {
+                    self.add_member_usage(member, debit.credits);
+                }
+            }
+            Body::Held(hold) => {
+                if hold.seq != entry.seq || allocated(&hold.allocations) != hold.credits.to_sum() {
+                    return Err(ApplyError::Unbalanced);
+                }
+                for allocation in &hold.allocations {
+                    let grant = self.grant_mut(allocation.grant)?;
+                    grant.held = add(grant.held, allocation.credits)?;
+                    if grant.held > grant.remaining {
+                        return Err(ApplyError::GrantBounds(grant.seq));
+                    }
+                }
+                self.holds.push((**hold).clone());
+            }
+            Body::Captured(capture) => {
+                let hold = self.take_hold(capture.hold)?;
+                let held = allocated(&capture.from_hold).checked_add(allocated(&capture.released));
+                let charged = allocated(&capture.from_hold)
+                    .checked_add(allocated(&capture.excess))
+                    .and_then(|sum| sum.checked_add(capture.debt_incurred.to_sum()));
+                if held != Some(hold.credits.to_sum()) || charged != Some(capture.credits.to_sum())
+                {
+                    return Err(ApplyError::Unbalanced);
+                }
+                self.unhold_all(&capture.from_hold)?;
+                self.consume_all(&capture.from_hold)?;
+                self.unhold_all(&capture.released)?;
+                self.consume_all(&capture.excess)?;
+                self.add_debt(capture.debt_incurred)?;
+                if let Some(member) = &capture.member {
+                    self.add_member_usage(member, capture.credits);
+                }
+            }
+            Body::Released(release) => {
+                let hold = self.take_hold(release.hold)?;
+                if allocated(&release.allocations) != hold.credits.to_sum() {
+                    return Err(ApplyError::Unbalanced);
+                }
+                self.unhold_all(&release.allocations)?;
+            }
+            Body::Expired(allocation) => self.remove_free(allocation)?,
+            Body::Voided { allocation, reason } => {
+                self.remove_free(allocation)?;
+                if !matches!(reason, VoidReason::HoldEnded) {
+                    self.grant_mut(allocation.grant)?.state = crate::grant::GrantState::Voided;
+                }
+            }
+            Body::Reversed(reversal) => {
+                for allocation in &reversal.returned {
+                    let grant = self.grant_mut(allocation.grant)?;
+                    grant.remaining = add(grant.remaining, allocation.credits)?;
+                    grant.consumed = sub(grant.consumed, allocation.credits, grant.seq)?;
+                }
+                self.debt = sub(self.debt, reversal.debt_canceled, 0)?;
+                let reversed = self.reversed.get_or_insert_with(Default::default);
+                let total = reversed.entry(reversal.debit).or_insert(Credits::ZERO);
+                *total = add(*total, reversal.credits)?;
+                if let Some(member) = &reversal.member {
+                    self.reduce_member_usage(member, reversal.member_usage_reduced);
+                }
+            }
+            Body::DebtPaid(allocations) => {
+                self.consume_all(allocations)?;
+                let paid = allocated(allocations)
+                    .to_credits()
+                    .ok_or(ApplyError::Overflow)?;
+                self.debt = sub(self.debt, paid, 0)?;
+            }
+            Body::TierChanged(change) => {
+                if let Some(seq) = change.budget_grant {
+                    let grant = self.grant_mut(seq)?;
+                    grant.amount = add(grant.amount, change.budget_increase)?;
+                    grant.remaining = add(grant.remaining, change.budget_increase)?;
+                } else if !change.budget_increase.is_zero() {
+                    return Err(ApplyError::Unbalanced);
+                }
+                self.tier = change.to.clone();
+                self.pending_tier = None;
+            }
+            Body::TierScheduled(tier) => self.pending_tier = tier.clone(),
+            Body::RolledOver { from, grant } => {
+                if allocated(from) != grant.amount.to_sum() {
+                    return Err(ApplyError::Unbalanced);
+                }
+                for allocation in from {
+                    self.remove_free(allocation)?;
+                }
+                self.apply_grant(entry.seq, grant)?;
+            }
+            Body::PurchaseCreated(purchase) => {
+                if purchase.seq != entry.seq {
+                    return Err(ApplyError::Unbalanced);
+                }
+                self.purchases.push((**purchase).clone());
+            }
+            Body::PurchaseUpdated { purchase, status } => {
+                let purchase = self.purchase_mut(*purchase)?;
+                purchase.status = *status;
+                purchase.updated_at = at;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_update(&mut self, update: &AccountUpdate) {
+        if let Some(name) = &update.name {
+            self.name = name.clone();
+        }
+        if let Some(metadata) = &update.metadata {
+            self.metadata = metadata.clone();
+        }
+        if let Some(cap) = update.member_monthly_cap {
+            self.member_monthly_cap = cap;
+        }
+    }
+
+    fn apply_grant(&mut self, seq: u64, grant: &Grant) -> Result<(), ApplyError> {
+        if grant.seq != seq
+            || grant.remaining != grant.amount
+            || !grant.held.is_zero()
+            || !grant.consumed.is_zero()
+        {
+            return Err(ApplyError::Unbalanced);
+        }
+        if let GrantSource::Purchase { purchase } = grant.source {
+            self.purchase_mut(purchase)?.grant = Some(seq);
+        }
+        if let Some(index) = grant.period_index()
+            && index != self.period_index
+        {
+            self.start_period(index);
+        }
+        let key = grant.burn_key();
+        let at = self.grants.partition_point(|g| g.burn_key() < key);
+        self.grants.insert(at, grant.clone());
+        Ok(())
+    }
+
+    fn start_period(&mut self, index: i64) {
+        self.period_index = index;
+        self.period_start = period_start(self.anchor, index);
+        self.period_end = period_start(self.anchor, index + 1);
+        self.member_usage = None;
+    }
+
+    fn consume_all(&mut self, allocations: &[Allocation]) -> Result<(), ApplyError> {
+        for allocation in allocations {
+            let grant = self.grant_mut(allocation.grant)?;
+            grant.remaining = sub(grant.remaining, allocation.credits, grant.seq)?;
+            grant.consumed = add(grant.consumed, allocation.credits)?;
+            if grant.held > grant.remaining {
+                return Err(ApplyError::GrantBounds(grant.seq));
+            }
+        }
+        Ok(())
+    }
+
+    fn unhold_all(&mut self, allocations: &[Allocation]) -> Result<(), ApplyError> {
+        for allocation in allocations {
+            let grant = self.grant_mut(allocation.grant)?;
+            grant.held = sub(grant.held, allocation.credits, grant.seq)?;
+        }
+        Ok(())
+    }
+
+    /// Removes free (unheld) credits of a grant: expiry, void, rollover.
+    fn remove_free(&mut self, allocation: &Allocation) -> Result<(), ApplyError> {
+        let grant = self.grant_mut(allocation.grant)?;
+        if allocation.credits > grant.free() {
+            return Err(ApplyError::GrantBounds(grant.seq));
+        }
+        grant.remaining = sub(grant.remaining, allocation.credits, grant.seq)?;
+        Ok(())
+    }
+
+    fn add_debt(&mut self, credits: Credits) -> Result<(), ApplyError> {
+        self.debt = add(self.debt, credits)?;
+        Ok(())
+    }
+
+    fn add_member_usage(&mut self, member: &MemberId, credits: Credits) {
+        let usage = self.member_usage.get_or_insert_with(Default::default);
+        let total = usage.entry(member.clone()).or_default();
+        // i128 sums of u64 amounts: cannot overflow in practice; saturate to be total.
+        *total = total.checked_add(credits.to_sum()).unwrap_or(*total);
+    }
+
+    fn reduce_member_usage(&mut self, member: &MemberId, credits: Credits) {
+        if let Some(total) = self
+            .member_usage
+            .as_mut()
+            .and_then(|usage| usage.get_mut(member))
+        {
+            *total = total
+                .checked_sub(credits.to_sum())
+                .unwrap_or_default()
+                .max(CreditSum::ZERO);
+        }
+    }
+
+    fn take_hold(&mut self, seq: u64) -> Result<Hold, ApplyError> {
+        let at = self
+            .holds
+            .iter()
+            .position(|h| h.seq == seq)
+            .ok_or(ApplyError::UnknownHold(seq))?;
+        Ok(self.holds.remove(at))
+    }
+
+    fn grant_mut(&mut self, seq: u64) -> Result<&mut Grant, ApplyError> {
+        self.grants
+            .iter_mut()
+            .find(|g| g.seq == seq)
+            .ok_or(ApplyError::UnknownGrant(seq))
+    }
+
+    fn purchase_mut(&mut self, seq: u64) -> Result<&mut Purchase, ApplyError> {
+        self.purchases
+            .iter_mut()
+            .find(|p| p.seq == seq)
+            .ok_or(ApplyError::UnknownPurchase(seq))
+    }
+
+    /// Forgets grants that can never change again: nothing left, nothing held,
+    /// and expired (or voided, except the current budget, which the balance
+    /// shows until the period ends). Exhausted grants that are still live are
+    /// kept, because a reversal can give credits back to them.
+    fn prune_grants(&mut self, at: Timestamp) {
+        self.grants.retain(|g| {
+            let finished = g.expires_at <= at
+                || (g.state == crate::grant::GrantState::Voided && g.kind != GrantKind::Budget);
+            !(finished && g.remaining.is_zero() && g.held.is_zero())
+        });
+    }
+
+    /// The earliest instant with time-driven work: a hold expiry, a grant
+    /// expiry with free credits to expire, or (for active accounts) renewal.
+    pub(crate) fn compute_next_due(&self) -> Timestamp {
+        let renewal = match self.status {
+            AccountStatus::Active => self.period_end,
+            AccountStatus::Closed => Timestamp::NEVER,
+        };
+        let holds = self.holds.iter().map(|h| h.expires_at);
+        let grants = self
+            .grants
+            .iter()
+            .filter(|g| g.state == crate::grant::GrantState::Live && !g.free().is_zero())
+            .map(|g| g.expires_at);
+        holds.chain(grants).fold(renewal, Timestamp::min)
+    }
+
+    pub(crate) fn total_remaining(&self) -> CreditSum {
+        self.grants.iter().map(|g| g.remaining).sum()
+    }
+
+    /// What a strict charge could take at `at`.
+    pub fn available(&self, at: Timestamp) -> CreditSum {
+        self.grants
+            .iter()
+            .filter(|g| g.is_active(at))
+            .map(Grant::free)
+            .sum()
+    }
+
+    pub fn balance_after(&self, at: Timestamp) -> BalanceAfter {
+        BalanceAfter {
+            available: self.available(at),
+            held: self.grants.iter().map(|g| g.held).sum(),
+            debt: self.debt,
+        }
+    }
+
+    /// The full balance view at `now`.
+    pub fn balance(&self, now: Timestamp) -> Balance {
+        let mut by_kind = [KindBalance::default(); 4];
+        let mut budget = BudgetBalance {
+            period_start: self.period_start,
+            period_end: self.period_end,
+            ..BudgetBalance::default()
+        };
+        for grant in &self.grants {
+            let slot = &mut by_kind[grant.kind as usize];
+            if grant.is_active(now) {
+                slot.available = slot
+                    .available
+                    .checked_add(grant.free().to_sum())
+                    .unwrap_or(slot.available);
+            }
+            slot.held = slot
+                .held
+                .checked_add(grant.held.to_sum())
+                .unwrap_or(slot.held);
+            if grant.period_index() == Some(self.period_index) {
+                budget.granted = budget
+                    .granted
+                    .checked_add(grant.amount.to_sum())
+                    .unwrap_or(budget.granted);
+                budget.used = budget
+                    .used
+                    .checked_add(grant.consumed.to_sum())
+                    .unwrap_or(budget.used);
+            }
+        }
+        let [budget_kind, rollover, packages, promo] = by_kind;
+        budget.held = budget_kind.held;
+        budget.available = budget_kind.available;
+        let sum = |f: fn(&KindBalance) -> CreditSum| {
+            by_kind
+                .iter()
+                .map(f)
+                .fold(CreditSum::ZERO, |a, b| a.checked_add(b).unwrap_or(a))
+        };
+        Balance {
+            available: sum(|k| k.available),
+            held: sum(|k| k.held),
+            debt: self.debt,
+            budget,
+            rollover,
+            packages,
+            promo,
+        }
+    }
+
+    /// Checks rule 11's invariants that can be seen in one account's state.
+    pub fn check_invariants(&self, now: Timestamp) -> Result<(), Violation> {
+        let fail = |message: String| {
+            Err(Violation {
+                account: self.id.clone(),
+                message,
+            })
+        };
+        for grant in &self.grants {
+            if grant.held > grant.remaining {
+                return fail(format!(
+                    "grant {} holds {} of {} remaining",
+                    grant.seq, grant.held, grant.remaining
+                ));
+            }
+            if grant
+                .remaining
+                .checked_add(grant.consumed)
+                .is_none_or(|used| used > grant.amount)
+            {
+                return fail(format!(
+                    "grant {}: remaining {} + consumed {} exceed amount {}",
+                    grant.seq, grant.remaining, grant.consumed, grant.amount
+                ));
+            }
+            let held_by_holds: CreditSum = self
+                .holds
+                .iter()
+                .flat_map(|h| &h.allocations)
+                .filter(|a| a.grant == grant.seq)
+                .map(|a| a.credits)
+                .sum();
+            if held_by_holds != grant.held.to_sum() {
+                return fail(format!(
+                    "grant {} held {} but its holds add up to {held_by_holds}",
+                    grant.seq, grant.held
+                ));
+            }
+            if grant.expires_at <= now && !grant.free().is_zero() {
+                return fail(format!(
+                    "grant {} expired at {:?} with {} free",
+                    grant.seq,
+                    grant.expires_at,
+                    grant.free()
+                ));
+            }
+        }
+        if !self
+            .grants
+            .windows(2)
+            .all(|w| w[0].burn_key() < w[1].burn_key())
+        {
+            return fail("grants out of burn order".into());
+        }
+        for hold in &self.holds {
+            if allocated(&hold.allocations) != hold.credits.to_sum() {
+                return fail(format!(
+                    "hold {} allocations do not add up to {}",
+                    hold.seq, hold.credits
+                ));
+            }
+        }
+        if !self.debt.is_zero() && self.available(now) > CreditSum::ZERO {
+            return fail(format!(
+                "debt {} while {} available",
+                self.debt,
+                self.available(now)
+            ));
+        }
+        if self.next_due <= now {
+            return fail(format!(
+                "work due at {:?} not applied by {now:?}",
+                self.next_due
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Public read access.
+impl Account {
+    pub fn id(&self) -> &AccountId {
+        &self.id
+    }
+    pub fn handle(&self) -> AccountHandle {
+        self.handle
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn tier(&self) -> &TierId {
+        &self.tier
+    }
+    pub fn pending_tier(&self) -> Option<&TierId> {
+        self.pending_tier.as_ref()
+    }
+    pub fn anchor(&self) -> Timestamp {
+        self.anchor
+    }
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+    pub fn status(&self) -> AccountStatus {
+        self.status
+    }
+    pub fn member_monthly_cap(&self) -> Option<Credits> {
+        self.member_monthly_cap
+    }
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    pub fn period_index(&self) -> i64 {
+        self.period_index
+    }
+    pub fn period_start(&self) -> Timestamp {
+        self.period_start
+    }
+    pub fn period_end(&self) -> Timestamp {
+        self.period_end
+    }
+    /// The sequence number the next entry will get (= number of entries so far).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+    pub fn debt(&self) -> Credits {
+        self.debt
+    }
+    /// Grants still in memory, in burn order: live ones, exhausted ones that
+    /// a reversal could refill, and expired or voided ones with held credits.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+    pub fn grant(&self, seq: u64) -> Option<&Grant> {
+        self.grants.iter().find(|g| g.seq == seq)
+    }
+    pub fn holds(&self) -> &[Hold] {
+        &self.holds
+    }
+    pub fn hold(&self, seq: u64) -> Option<&Hold> {
+        self.holds.iter().find(|h| h.seq == seq)
+    }
+    pub fn purchases(&self) -> &[Purchase] {
+        &self.purchases
+    }
+    pub fn purchase(&self, seq: u64) -> Option<&Purchase> {
+        self.purchases.iter().find(|p| p.seq == seq)
+    }
+    /// Credits `member` consumed in the current period (holds not included).
+    pub fn member_usage(&self, member: &str) -> CreditSum {
+        self.member_usage
+            .as_ref()
+            .and_then(|usage| usage.get(member))
+            .copied()
+            .unwrap_or_default()
+    }
+    /// Credits of debit `seq` reversed so far.
+    pub fn reversed(&self, debit_seq: u64) -> Credits {
+        self.reversed
+            .as_ref()
+            .and_then(|reversed| reversed.get(&debit_seq))
+            .copied()
+            .unwrap_or_default()
+    }
+    /// When time-driven work (renewal, an expiry) is next due.
+    pub fn next_due(&self) -> Timestamp {
+        self.next_due
+    }
+    pub fn pending_purchases(&self) -> usize {
+        self.purchases
+            .iter()
+            .filter(|p| p.status == PurchaseStatus::Pending)
+            .count()
+    }
+}
+
+/// Credits of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindBalance {
+    pub available: CreditSum,
+    pub held: CreditSum,
+}
+
+/// The current period's budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetBalance {
+    pub granted: CreditSum,
+    pub used: CreditSum,
+    pub held: CreditSum,
+    pub available: CreditSum,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+}
+
+/// An account's balances, as the API shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// The sum of the four kinds' `available`: what a strict charge can take now.
+    pub available: CreditSum,
+    pub held: CreditSum,
+    pub debt: Credits,
+    pub budget: BudgetBalance,
+    pub rollover: KindBalance,
+    pub packages: KindBalance,
+    pub promo: KindBalance,
+}
+
+fn add(a: Credits, b: Credits) -> Result<Credits, ApplyError> {
+    a.checked_add(b).ok_or(ApplyError::Overflow)
+}
+
+fn sub(a: Credits, b: Credits, grant: u64) -> Result<Credits, ApplyError> {
+    a.checked_sub(b).ok_or(ApplyError::GrantBounds(grant))
+}

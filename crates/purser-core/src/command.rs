@@ -1,0 +1,155 @@
+//! Commands: what callers ask the ledger to do. Every field is already
+//! parsed (ids checked, amounts exact); the ledger decides against state.
+
+use crate::credits::{Credits, Quantity};
+use crate::entry::{AccountUpdate, Allocation, ChargeMode, Proration};
+use crate::grant::GrantKind;
+use crate::ids::{AccountHandle, AccountId, MemberId, ObjectId, PackageId, TaskId, TierId};
+use crate::metadata::Metadata;
+use crate::time::Timestamp;
+
+/// What a charge or hold costs: credits directly, or a task priced by the rate card.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Amount {
+    Credits(Credits),
+    Task { task: TaskId, quantity: Quantity },
+}
+
+/// What a capture charges; by default the hold's credits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureAmount {
+    Hold,
+    Credits(Credits),
+    /// Priced at the hold's task rate.
+    Quantity(Quantity),
+}
+
+/// A charge that was made, as the store keeps it: what a reversal needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebitRecord {
+    pub id: ObjectId,
+    pub at: Timestamp,
+    pub credits: Credits,
+    /// In the order taken (a capture's hold part, then its excess).
+    pub allocations: Vec<Allocation>,
+    pub debt_incurred: Credits,
+    pub member: Option<MemberId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    OpenAccount {
+        id: AccountId,
+        name: Option<String>,
+        tier: TierId,
+        /// Default: now.
+        anchor: Option<Timestamp>,
+        member_monthly_cap: Option<Credits>,
+        metadata: Metadata,
+    },
+    UpdateAccount {
+        account: AccountId,
+        update: AccountUpdate,
+    },
+    CloseAccount {
+        account: AccountId,
+    },
+    Charge {
+        account: AccountId,
+        amount: Amount,
+        member: Option<MemberId>,
+        mode: ChargeMode,
+        metadata: Metadata,
+    },
+    PlaceHold {
+        account: AccountId,
+        amount: Amount,
+        ttl_seconds: i64,
+        member: Option<MemberId>,
+        metadata: Metadata,
+    },
+    CaptureHold {
+        hold: ObjectId,
+        amount: CaptureAmount,
+        mode: ChargeMode,
+    },
+    ReleaseHold {
+        hold: ObjectId,
+    },
+    Reverse {
+        debit: DebitRecord,
+        /// Default: all not yet reversed.
+        credits: Option<Credits>,
+    },
+    IssueGrant {
+        account: AccountId,
+        kind: GrantKind,
+        credits: Credits,
+        expires_at: Option<Timestamp>,
+        priority: Option<u16>,
+        reason: String,
+    },
+    VoidGrant {
+        grant: ObjectId,
+    },
+    CreatePurchase {
+        account: AccountId,
+        package: PackageId,
+    },
+    CompletePurchase {
+        purchase: ObjectId,
+    },
+    FailPurchase {
+        purchase: ObjectId,
+    },
+    CancelPurchase {
+        purchase: ObjectId,
+    },
+    RefundPurchase {
+        purchase: ObjectId,
+    },
+    ChangeTier {
+        account: AccountId,
+        tier: TierId,
+        proration: Proration,
+    },
+    /// Apply what is due by now (renewals, expiries); the scheduler's command.
+    Advance {
+        account: AccountHandle,
+    },
+}
+
+impl Command {
+    /// The account the command is addressed to, by id or by handle.
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            Command::OpenAccount { id, .. } => Target::New(id),
+            Command::UpdateAccount { account, .. }
+            | Command::CloseAccount { account }
+            | Command::Charge { account, .. }
+            | Command::PlaceHold { account, .. }
+            | Command::IssueGrant { account, .. }
+            | Command::CreatePurchase { account, .. }
+            | Command::ChangeTier { account, .. } => Target::Id(account),
+            Command::CaptureHold { hold, .. } | Command::ReleaseHold { hold } => {
+                Target::Handle(hold.account)
+            }
+            Command::Reverse { debit, .. } => Target::Handle(debit.id.account),
+            Command::VoidGrant { grant } => Target::Handle(grant.account),
+            Command::CompletePurchase { purchase }
+            | Command::FailPurchase { purchase }
+            | Command::CancelPurchase { purchase }
+            | Command::RefundPurchase { purchase } => Target::Handle(purchase.account),
+            Command::Advance { account } => Target::Handle(*account),
+        }
+    }
+}
+
+/// How a command names its account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// An account to be opened.
+    New(&'a AccountId),
+    Id(&'a AccountId),
+    Handle(AccountHandle),
+}

@@ -1,0 +1,419 @@
+//! Journal entries: the append-only record of everything that changed an
+//! account. Entries are complete deltas: applying an account's entries in
+//! order to nothing rebuilds the account exactly (see [`crate::Ledger::apply`]).
+
+use crate::credits::{CreditSum, Credits, Quantity};
+use crate::grant::{Grant, GrantKind};
+use crate::ids::{
+    AccountHandle, AccountId, MemberId, ObjectId, ObjectKind, PackageId, TaskId, TierId,
+};
+use crate::metadata::Metadata;
+use crate::time::Timestamp;
+
+/// One journal entry of one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub account: AccountHandle,
+    /// Account-local, gapless, from 0.
+    pub seq: u64,
+    pub at: Timestamp,
+    pub body: Body,
+    /// The account's balances right after this entry.
+    pub balance_after: BalanceAfter,
+}
+
+impl Entry {
+    pub fn id(&self) -> ObjectId {
+        ObjectId {
+            account: self.account,
+            seq: self.seq,
+        }
+    }
+
+    /// The transaction id, `txn_…`.
+    pub fn transaction_id(&self) -> String {
+        self.id().format(ObjectKind::Transaction)
+    }
+}
+
+/// Balances after an entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalanceAfter {
+    /// What a strict charge could take: free credits of active grants.
+    pub available: CreditSum,
+    pub held: CreditSum,
+    pub debt: Credits,
+}
+
+/// Credits taken from (or returned to) one grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub grant: u64,
+    pub kind: GrantKind,
+    pub credits: Credits,
+}
+
+/// Sum of the credits of allocations.
+pub fn allocated(allocations: &[Allocation]) -> CreditSum {
+    allocations.iter().map(|a| a.credits).sum()
+}
+
+/// Whether a charge may overdraw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChargeMode {
+    /// Refused when the available credits are short (the default).
+    #[default]
+    Strict,
+    /// Usage that already happened: what the grants cannot cover becomes debt.
+    Record,
+}
+
+impl ChargeMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChargeMode::Strict => "strict",
+            ChargeMode::Record => "record",
+        }
+    }
+}
+
+/// How a charge's credits were priced from the rate card, kept with the
+/// charge so a later price change never rewrites history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pricing {
+    pub task: TaskId,
+    /// `None` for a hold captured by credits rather than by quantity.
+    pub quantity: Option<Quantity>,
+    pub rate: Credits,
+    pub minimum: Option<Credits>,
+}
+
+/// A charge (type `debit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Debit {
+    pub credits: Credits,
+    pub pricing: Option<Pricing>,
+    pub member: Option<MemberId>,
+    pub mode: ChargeMode,
+    /// In burn order; with `debt_incurred` they add up to `credits`.
+    pub allocations: Vec<Allocation>,
+    pub debt_incurred: Credits,
+    pub metadata: Metadata,
+}
+
+/// Credits reserved for a long job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Sequence number of the entry that placed it (its id).
+    pub seq: u64,
+    pub credits: Credits,
+    pub pricing: Option<Pricing>,
+    pub member: Option<MemberId>,
+    /// In burn order; they add up to `credits`.
+    pub allocations: Vec<Allocation>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub metadata: Metadata,
+}
+
+/// A hold settled by a charge (type `capture`): the debit of a hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    pub hold: u64,
+    pub credits: Credits,
+    pub pricing: Option<Pricing>,
+    pub member: Option<MemberId>,
+    pub mode: ChargeMode,
+    /// Taken from the hold's credits, in the hold's order.
+    pub from_hold: Vec<Allocation>,
+    /// Taken from free credits, for a capture above the hold.
+    pub excess: Vec<Allocation>,
+    pub debt_incurred: Credits,
+    /// Held credits given back to their grants.
+    pub released: Vec<Allocation>,
+}
+
+/// Why a hold ended without a capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// Released by the operator (type `release`).
+    Released,
+    /// Not settled by its expiry (type `hold_expired`).
+    Expired,
+}
+
+/// A hold's credits given back to their grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub hold: u64,
+    pub reason: ReleaseReason,
+    pub allocations: Vec<Allocation>,
+}
+
+/// Why credits were voided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoidReason {
+    /// The operator voided the grant.
+    GrantVoided,
+    /// The purchase (sequence number) that issued the grant was refunded.
+    Refund { purchase: u64 },
+    /// Held credits of a voided grant, voided as their hold ended.
+    HoldEnded,
+}
+
+/// A charge (fully or partly) given back (type `reversal`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    /// Sequence number of the debit or capture reversed.
+    pub debit: u64,
+    pub credits: Credits,
+    /// Credits back on the grants they came from (last taken, first returned).
+    pub returned: Vec<Allocation>,
+    /// Credits whose grant expired or was voided meanwhile: lost.
+    pub forfeited: Vec<Allocation>,
+    /// The debt part of the charge that cancelled outstanding debt.
+    pub debt_canceled: Credits,
+    /// The debt part whose debt was already paid: given back as a promo grant
+    /// by the entry that follows.
+    pub debt_refunded: Credits,
+    pub member: Option<MemberId>,
+    /// How much the member's usage in the current period went down.
+    pub member_usage_reduced: Credits,
+}
+
+/// How an upgrade grows the current budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Proration {
+    /// By the whole difference of monthly credits (the default).
+    #[default]
+    Full,
+    /// By the difference times the fraction of the period left, rounded down.
+    Prorated,
+    /// Not at all; the new tier's budget starts at the next period.
+    None,
+}
+
+impl Proration {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proration::Full => "full",
+            Proration::Prorated => "prorated",
+            Proration::None => "none",
+        }
+    }
+}
+
+/// The account's tier changed (type `tier_changed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierChange {
+    pub from: TierId,
+    pub to: TierId,
+    pub proration: Proration,
+    /// Added to the current budget grant `budget_grant`.
+    pub budget_increase: Credits,
+    pub budget_grant: Option<u64>,
+    /// A downgrade scheduled earlier, applied at the period start.
+    pub scheduled: bool,
+}
+
+/// Lifecycle of a purchase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurchaseStatus {
+    Pending,
+    Completed,
+    Failed,
+    Canceled,
+    Refunded,
+}
+
+impl PurchaseStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PurchaseStatus::Pending => "pending",
+            PurchaseStatus::Completed => "completed",
+            PurchaseStatus::Failed => "failed",
+            PurchaseStatus::Canceled => "canceled",
+            PurchaseStatus::Refunded => "refunded",
+        }
+    }
+}
+
+/// A package purchase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purchase {
+    /// Sequence number of the entry that created it (its id).
+    pub seq: u64,
+    pub package: PackageId,
+    pub credits: Credits,
+    pub price: Credits,
+    pub status: PurchaseStatus,
+    /// The package grant, once completed.
+    pub grant: Option<u64>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The account was opened (type `account_created`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub id: AccountId,
+    pub name: Box<str>,
+    pub tier: TierId,
+    pub anchor: Timestamp,
+    pub member_monthly_cap: Option<Credits>,
+    pub metadata: Metadata,
+    /// The period that contains the creation.
+    pub period_index: i64,
+}
+
+/// Operator changes to an account (type `account_updated`); `None` keeps a field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountUpdate {
+    pub name: Option<Box<str>>,
+    pub metadata: Option<Metadata>,
+    /// `Some(None)` removes the account's own cap (the tier's applies).
+    pub member_monthly_cap: Option<Option<Credits>>,
+}
+
+/// What happened, with everything needed to apply it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Opened(Box<Opened>),
+    Updated(Box<AccountUpdate>),
+    Closed,
+    /// A grant was issued (type `grant`). A budget grant of a later period
+    /// starts that period.
+    Granted(Box<Grant>),
+    Debited(Debit),
+    Held(Box<Hold>),
+    Captured(Box<Capture>),
+    Released(Release),
+    /// Credits of one grant lost at its expiry, or as a held credit of an
+    /// expired grant is released (type `expire`).
+    Expired(Allocation),
+    /// Credits of one grant voided (type `void`).
+    Voided {
+        allocation: Allocation,
+        reason: VoidReason,
+    },
+    Reversed(Box<Reversal>),
+    /// Newly available credits paid outstanding debt (type `debt_paid`).
+    DebtPaid(Vec<Allocation>),
+    TierChanged(Box<TierChange>),
+    /// A downgrade scheduled for the next period start, or cancelled (`None`)
+    /// (type `tier_scheduled`).
+    TierScheduled(Option<TierId>),
+    /// Unused budget moved into a rollover grant at a period's end (type
+    /// `rollover`): `from` leaves the budget grants, `grant` receives it.
+    RolledOver {
+        from: Vec<Allocation>,
+        grant: Box<Grant>,
+    },
+    PurchaseCreated(Box<Purchase>),
+    PurchaseUpdated {
+        purchase: u64,
+        status: PurchaseStatus,
+    },
+}
+
+impl Body {
+    /// The entry's type, as the API names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Body::Opened(_) => "account_created",
+            Body::Updated(_) => "account_updated",
+            Body::Closed => "account_closed",
+            Body::Granted(_) => "grant",
+            Body::Debited(_) => "debit",
+            Body::Held(_) => "hold",
+            Body::Captured(_) => "capture",
+            Body::Released(release) => match release.reason {
+                ReleaseReason::Released => "release",
+                ReleaseReason::Expired => "hold_expired",
+            },
+            Body::Expired(_) => "expire",
+            Body::Voided { .. } => "void",
+            Body::Reversed(_) => "reversal",
+            Body::DebtPaid(_) => "debt_paid",
+            Body::TierChanged(_) => "tier_changed",
+            Body::TierScheduled(_) => "tier_scheduled",
+            Body::RolledOver { .. } => "rollover",
+            Body::PurchaseCreated(_) => "purchase_created",
+            Body::PurchaseUpdated { status, .. } => match status {
+                PurchaseStatus::Pending => "purchase_created",
+                PurchaseStatus::Completed => "purchase_completed",
+                PurchaseStatus::Failed => "purchase_failed",
+                PurchaseStatus::Canceled => "purchase_canceled",
+                PurchaseStatus::Refunded => "purchase_refunded",
+            },
+        }
+    }
+
+    /// Signed credits: what the entry adds to (positive) or removes from
+    /// (negative) the account's credits net of debt. Holds, releases, debt
+    /// payments and rollovers move credits without changing that total.
+    pub fn signed_credits(&self) -> CreditSum {
+        let negative = |credits: Credits| {
+            CreditSum::ZERO
+                .checked_sub(credits.to_sum())
+                .unwrap_or_default()
+        };
+        match self {
+            Body::Granted(grant) => grant.amount.to_sum(),
+            Body::Debited(debit) => negative(debit.credits),
+            Body::Captured(capture) => negative(capture.credits),
+            Body::Expired(allocation) => negative(allocation.credits),
+            Body::Voided { allocation, .. } => negative(allocation.credits),
+            Body::Reversed(reversal) => allocated(&reversal.returned)
+                .checked_add(reversal.debt_canceled.to_sum())
+                .unwrap_or_default(),
+            Body::TierChanged(change) => change.budget_increase.to_sum(),
+            Body::Opened(_)
+            | Body::Updated(_)
+            | Body::Closed
+            | Body::Held(_)
+            | Body::Released(_)
+            | Body::DebtPaid(_)
+            | Body::TierScheduled(_)
+            | Body::RolledOver { .. }
+            | Body::PurchaseCreated(_)
+            | Body::PurchaseUpdated { .. } => CreditSum::ZERO,
+        }
+    }
+
+    /// The allocations the entry touched, with the sign of their effect on
+    /// grants' `remaining` (a hold or release moves credits between free and
+    /// held and does not change `remaining`).
+    pub fn remaining_delta(&self) -> CreditSum {
+        let minus = |sum: CreditSum| CreditSum::ZERO.checked_sub(sum).unwrap_or_default();
+        match self {
+            Body::Granted(grant) => grant.amount.to_sum(),
+            Body::Debited(debit) => minus(allocated(&debit.allocations)),
+            Body::Captured(capture) => minus(
+                allocated(&capture.from_hold)
+                    .checked_add(allocated(&capture.excess))
+                    .unwrap_or_default(),
+            ),
+            Body::Expired(allocation) | Body::Voided { allocation, .. } => {
+                minus(allocation.credits.to_sum())
+            }
+            Body::Reversed(reversal) => allocated(&reversal.returned),
+            Body::DebtPaid(allocations) => minus(allocated(allocations)),
+            Body::TierChanged(change) => change.budget_increase.to_sum(),
+            // Moves between grants: what leaves the budget arrives in the rollover grant.
+            Body::RolledOver { from, grant } => grant
+                .amount
+                .to_sum()
+                .checked_sub(allocated(from))
+                .unwrap_or_default(),
+            Body::Opened(_)
+            | Body::Updated(_)
+            | Body::Closed
+            | Body::Held(_)
+            | Body::Released(_)
+            | Body::TierScheduled(_)
+            | Body::PurchaseCreated(_)
+            | Body::PurchaseUpdated { .. } => CreditSum::ZERO,
+        }
+    }
+}

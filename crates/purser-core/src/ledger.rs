@@ -1,0 +1,312 @@
+//! A partition of accounts: the unit a single writer owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::account::{Account, ApplyError};
+use crate::catalog::Catalog;
+use crate::command::{Command, Target};
+use crate::credits::Credits;
+use crate::decide::{Context, Decided};
+use crate::entry::{BalanceAfter, Body, Entry, Opened};
+use crate::ids::{AccountHandle, AccountId, TierId};
+use crate::limits::{Limit, MAX_NAME_LEN};
+use crate::metadata::Metadata;
+use crate::rejection::Rejection;
+use crate::time::{Timestamp, period_index_at};
+
+/// What an accepted command produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub account: AccountHandle,
+    /// Index in the output buffer of the entry that answers the command
+    /// (the debit, the hold, the grant…); `None` when the command changed
+    /// nothing (completing a completed purchase, choosing the current tier).
+    pub primary: Option<usize>,
+}
+
+/// The accounts of one partition, and the catalog they are charged against.
+///
+/// `execute` decides a command and appends its entries to a caller's buffer
+/// (entries already applied to memory); `apply` replays stored entries.
+/// Callers pass a `now` that never goes backwards.
+#[derive(Debug)]
+pub struct Ledger {
+    partition: u16,
+    catalog: Arc<Catalog>,
+    accounts: Vec<Account>,
+    by_id: HashMap<AccountId, u32>,
+}
+
+impl Ledger {
+    pub fn new(partition: u16, catalog: Arc<Catalog>) -> Ledger {
+        Ledger {
+            partition,
+            catalog,
+            accounts: Vec::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    pub fn partition(&self) -> u16 {
+        self.partition
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// A new catalog applies to commands from now on; history keeps the
+    /// prices it was charged at.
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.catalog = catalog;
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.by_id
+            .get(id)
+            .map(|&index| &self.accounts[index as usize])
+    }
+
+    pub fn account_by_handle(&self, handle: AccountHandle) -> Option<&Account> {
+        if handle.partition() != self.partition {
+            return None;
+        }
+        self.accounts.get(handle.index() as usize)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.iter()
+    }
+
+    /// Decides `command` at `now`. Entries (including time-driven ones due
+    /// before it, which are written even when the command is refused) are
+    /// appended to `out`, already applied to memory. Invariants are checked
+    /// after every command; a broken one is a bug and panics.
+    pub fn execute(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        out: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        let index = match command.target() {
+            Target::New(_) => return self.open(now, command, out),
+            Target::Id(id) => *self
+                .by_id
+                .get(id.as_str())
+                .ok_or(Rejection::AccountNotFound)?,
+            Target::Handle(handle) => self.index_of(handle).ok_or_else(|| not_found(&command))?,
+        };
+        let catalog = &*self.catalog;
+        let account = &mut self.accounts[index as usize];
+        account.advance(catalog, now, out);
+        let decided = dispatch(account, Context { catalog, now, out }, command);
+        account.settle_debt(now, out);
+        if let Err(violation) = account.check_invariants(now) {
+            panic!("ledger invariant broken: {violation}");
+        }
+        decided.map(|primary| Receipt {
+            account: account.handle(),
+            primary,
+        })
+    }
+
+    /// Applies time-driven work due by `now` on every account (a full sweep;
+    /// servers schedule per account with [`Account::next_due`] instead).
+    pub fn advance_all(&mut self, now: Timestamp, out: &mut Vec<Entry>) {
+        let catalog = &*self.catalog;
+        for account in &mut self.accounts {
+            account.advance(catalog, now, out);
+        }
+    }
+
+    fn index_of(&self, handle: AccountHandle) -> Option<u32> {
+        (handle.partition() == self.partition && (handle.index() as usize) < self.accounts.len())
+            .then_some(handle.index())
+    }
+
+    fn open(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        out: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        let Command::OpenAccount {
+            id,
+            name,
+            tier,
+            anchor,
+            member_monthly_cap,
+            metadata,
+        } = command
+        else {
+            unreachable!("open is only called for OpenAccount");
+        };
+        let opened = self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;
+        let handle = AccountHandle::new(self.partition, self.accounts.len() as u32);
+        let entry = Entry {
+            account: handle,
+            seq: 0,
+            at: now,
+            body: Body::Opened(Box::new(opened)),
+            balance_after: BalanceAfter::default(),
+        };
+        self.apply_opened(&entry)
+            .expect("a checked opening applies");
+        out.push(entry);
+        let primary = out.len() - 1;
+        let catalog = &*self.catalog;
+        let account = self.accounts.last_mut().expect("just opened");
+        let monthly = catalog
+            .tier(account.tier().as_str())
+            .map_or(Credits::ZERO, |t| t.monthly_credits);
+        let grant = account.budget_grant(monthly, account.period_index(), account.period_start());
+        account.emit(now, Body::Granted(Box::new(grant)), out);
+        if let Err(violation) = account.check_invariants(now) {
+            panic!("ledger invariant broken: {violation}");
+        }
+        Ok(Receipt {
+            account: handle,
+            primary: Some(primary),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_open(
+        &self,
+        now: Timestamp,
+        id: AccountId,
+        name: Option<String>,
+        tier: TierId,
+        anchor: Option<Timestamp>,
+        member_monthly_cap: Option<Credits>,
+        metadata: Metadata,
+    ) -> Result<Opened, Rejection> {
+        if self.by_id.contains_key(id.as_str()) {
+            return Err(Rejection::AccountExists);
+        }
+        if self.catalog.tier(tier.as_str()).is_none() {
+            return Err(Rejection::UnknownTier);
+        }
+        let name = name.unwrap_or_else(|| id.to_string());
+        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+            return Err(Rejection::LimitExceeded(Limit::NameLength));
+        }
+        let anchor = anchor.unwrap_or(now);
+        Ok(Opened {
+            id,
+            name: name.into(),
+            tier,
+            anchor,
+            member_monthly_cap,
+            metadata,
+            period_index: period_index_at(anchor, now),
+        })
+    }
+
+    fn apply_opened(&mut self, entry: &Entry) -> Result<(), ApplyError> {
+        let Body::Opened(opened) = &entry.body else {
+            return Err(ApplyError::UnknownAccount);
+        };
+        if entry.seq != 0 {
+            return Err(ApplyError::NotFirstEntry);
+        }
+        if entry.account.partition() != self.partition {
+            return Err(ApplyError::WrongPartition);
+        }
+        if entry.account.index() as usize != self.accounts.len()
+            || self.by_id.contains_key(opened.id.as_str())
+        {
+            return Err(ApplyError::AccountExists);
+        }
+        self.by_id.insert(opened.id.clone(), entry.account.index());
+        self.accounts
+            .push(Account::open(entry.account, entry.seq, entry.at, opened));
+        Ok(())
+    }
+
+    /// Replays a stored entry (recovery, `verify`). The entry's recorded
+    /// balances must match the replayed ones.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {
+        if matches!(entry.body, Body::Opened(_)) {
+            return self.apply_opened(entry);
+        }
+        let index = self
+            .index_of(entry.account)
+            .ok_or(ApplyError::UnknownAccount)?;
+        let account = &mut self.accounts[index as usize];
+        account.apply(entry)?;
+        let replayed = account.balance_after(entry.at);
+        if replayed != entry.balance_after {
+            return Err(ApplyError::BalanceMismatch {
+                recorded: entry.balance_after,
+                replayed,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn not_found(command: &Command) -> Rejection {
+    match command {
+        Command::CaptureHold { .. } | Command::ReleaseHold { .. } => Rejection::HoldNotFound,
+        Command::VoidGrant { .. } => Rejection::GrantNotFound,
+        Command::Reverse { .. } => Rejection::DebitNotFound,
+        Command::CompletePurchase { .. }
+        | Command::FailPurchase { .. }
+        | Command::CancelPurchase { .. }
+        | Command::RefundPurchase { .. } => Rejection::PurchaseNotFound,
+        _ => Rejection::AccountNotFound,
+    }
+}
+
+fn dispatch(account: &mut Account, cx: Context<'_>, command: Command) -> Decided {
+    match command {
+        Command::OpenAccount { .. } => Err(Rejection::AccountExists),
+        Command::UpdateAccount { update, .. } => account.update(cx, update),
+        Command::CloseAccount { .. } => account.close(cx),
+        Command::Charge {
+            amount,
+            member,
+            mode,
+            metadata,
+            ..
+        } => account.charge(cx, amount, member, mode, metadata),
+        Command::PlaceHold {
+            amount,
+            ttl_seconds,
+            member,
+            metadata,
+            ..
+        } => account.place_hold(cx, amount, ttl_seconds, member, metadata),
+        Command::CaptureHold { hold, amount, mode } => account.capture(cx, hold.seq, amount, mode),
+        Command::ReleaseHold { hold } => account.release(cx, hold.seq),
+        Command::Reverse { debit, credits } => account.reverse(cx, &debit, credits),
+        Command::IssueGrant {
+            kind,
+            credits,
+            expires_at,
+            priority,
+            reason,
+            ..
+        } => account.issue_grant(cx, kind, credits, expires_at, priority, reason),
+        Command::VoidGrant { grant } => account.void_grant(cx, grant.seq),
+        Command::CreatePurchase { package, .. } => account.create_purchase(cx, package),
+        Command::CompletePurchase { purchase } => account.complete_purchase(cx, purchase.seq),
+        Command::FailPurchase { purchase } => account.fail_purchase(cx, purchase.seq),
+        Command::CancelPurchase { purchase } => account.cancel_purchase(cx, purchase.seq),
+        Command::RefundPurchase { purchase } => account.refund_purchase(cx, purchase.seq),
+        Command::ChangeTier {
+            tier, proration, ..
+        } => account.change_tier(cx, tier, proration),
+        Command::Advance { .. } => Ok(None),
+    }
+}

@@ -1,0 +1,52 @@
+//! purser-core: the exact, pure credits engine.
+//!
+//! Owns the credits type, the catalog, grants and their burn order, periods,
+//! holds, purchases, reversals, debt, member caps, the journal entries every
+//! change produces, and the invariants that must hold after each of them.
+//!
+//! It must not do IO, be async, read a clock, or know serde, SQL or HTTP:
+//! callers pass `now` and already-parsed commands in, and get entries (or a
+//! typed [`Rejection`]) back. The same [`Ledger::apply`] that commands go
+//! through replays a stored journal, so recovery and `verify` rebuild exactly
+//! the state the live engine had.
+
+mod account;
+mod catalog;
+mod command;
+mod credits;
+mod decide;
+mod entry;
+mod grant;
+mod idempotency;
+mod ids;
+mod ledger;
+pub mod limits;
+mod metadata;
+mod rejection;
+pub mod time;
+pub mod verify;
+
+pub use account::{
+    Account, AccountStatus, ApplyError, Balance, BudgetBalance, KindBalance, Violation,
+};
+pub use catalog::{Catalog, CatalogError, Package, Task, Tier, price_at};
+pub use command::{Amount, CaptureAmount, Command, DebitRecord, Target};
+pub use credits::{
+    AmountError, CreditSum, Credits, MAX_MICROS, MAX_UNITS, MICROS_PER_UNIT, Notation, Quantity,
+    parse_decimal,
+};
+pub use entry::{
+    AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold, Opened,
+    Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason, Reversal, TierChange,
+    VoidReason, allocated,
+};
+pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
+pub use idempotency::{Claim, Fingerprint, IdempotencyTable};
+pub use ids::{
+    AccountHandle, AccountId, IdError, MemberId, ObjectId, ObjectKind, PackageId, TaskId, TierId,
+};
+pub use ledger::{Ledger, Receipt};
+pub use limits::Limit;
+pub use metadata::Metadata;
+pub use rejection::{ErrorType, Rejection};
+pub use time::Timestamp;
