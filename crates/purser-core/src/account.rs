@@ -735,3 +735,19 @@ fn add(a: Credits, b: Credits) -> Result<Credits, ApplyError> {
 fn sub(a: Credits, b: Credits, grant: u64) -> Result<Credits, ApplyError> {
     a.checked_sub(b).ok_or(ApplyError::GrantBounds(grant))
 }
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn print_sizes() {
+        eprintln!(
+            "Account {} Grant {} Hold {} Entry {} Body {} GrantSource {}",
+            std::mem::size_of::<super::Account>(),
+            std::mem::size_of::<super::Grant>(),
+            std::mem::size_of::<super::Hold>(),
+            std::mem::size_of::<super::Entry>(),
+            std::mem::size_of::<super::Body>(),
+            std::mem::size_of::<super::GrantSource>()
+        );
+    }
+}

@@ -35,7 +35,9 @@ pub struct Ledger {
     partition: u16,
     catalog: Arc<Catalog>,
     accounts: Vec<Account>,
-    by_id: HashMap<AccountId, u32>,
+    /// Account ids are the operator's own, not an attacker's: a fast,
+    /// seeded hash is enough.
+    by_id: HashMap<AccountId, u32, foldhash::fast::RandomState>,
 }
 
 impl Ledger {
@@ -44,7 +46,7 @@ impl Ledger {
             partition,
             catalog,
             accounts: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
         }
     }
 
