@@ -738,16 +738,19 @@ fn sub(a: Credits, b: Credits, grant: u64) -> Result<Credits, ApplyError> {
 
 #[cfg(test)]
 mod size_tests {
+    use std::mem::size_of;
+
+    /// A million resident accounts must fit in about half a gigabyte: these
+    /// sizes are budgeted, and growing them is a decision, not an accident.
     #[test]
-    fn print_sizes() {
-        eprintln!(
-            "Account {} Grant {} Hold {} Entry {} Body {} GrantSource {}",
-            std::mem::size_of::<super::Account>(),
-            std::mem::size_of::<super::Grant>(),
-            std::mem::size_of::<super::Hold>(),
-            std::mem::size_of::<super::Entry>(),
-            std::mem::size_of::<super::Body>(),
-            std::mem::size_of::<super::GrantSource>()
-        );
+    fn resident_types_stay_within_their_budget() {
+        let sizes = [
+            ("Account", size_of::<super::Account>(), 272),
+            ("Grant", size_of::<super::Grant>(), 96),
+            ("Entry", size_of::<super::Entry>(), 208),
+        ];
+        for (name, size, budget) in sizes {
+            assert!(size <= budget, "{name} is {size} bytes, budget {budget}");
+        }
     }
 }
