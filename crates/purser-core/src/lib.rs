@@ -50,3 +50,8 @@ pub use limits::Limit;
 pub use metadata::Metadata;
 pub use rejection::{ErrorType, Rejection};
 pub use time::Timestamp;
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
