@@ -1,0 +1,679 @@
+//! The binary form of journal entries, shared by every backend.
+//!
+//! Hand-written rather than derived, because the core must not know serde and
+//! because this format is on disk forever: every field has a fixed place, every
+//! enum a fixed tag, and the first byte is a format version. Integers are
+//! LEB128 varints (signed ones zigzagged), strings are length-prefixed UTF-8.
+//! Decoding re-parses every id and amount, so a corrupt record is an error,
+//! never a value out of range.
+
+use purser_core::{
+    AccountHandle, AccountId, AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode,
+    CreditSum, Credits, Debit, Entry, Grant, GrantKind, GrantSource, GrantState, Hold, MemberId,
+    Metadata, Opened, PackageId, Pricing, Proration, Purchase, PurchaseStatus, Quantity, Release,
+    ReleaseReason, Reversal, TaskId, TierChange, TierId, Timestamp, VoidReason,
+};
+
+/// The format version written first in every encoded entry.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Why bytes could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("truncated record")]
+    Truncated,
+    #[error("unknown format version {0}")]
+    Version(u8),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// Encodes an entry, appending to `out`.
+pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.u8(FORMAT_VERSION);
+    w.varint(entry.account.raw());
+    w.varint(entry.seq);
+    w.time(entry.at);
+    w.body(&entry.body);
+    w.sum(entry.balance_after.available);
+    w.sum(entry.balance_after.held);
+    w.credits(entry.balance_after.debt);
+}
+
+/// Decodes one entry; the bytes must hold exactly one.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let entry = Entry {
+        account: AccountHandle::from_raw(r.varint()?),
+        seq: r.varint()?,
+        at: r.time()?,
+        body: r.body()?,
+        balance_after: BalanceAfter {
+            available: r.sum()?,
+            held: r.sum()?,
+            debt: r.credits()?,
+        },
+    };
+    match r.0.len() {
+        0 => Ok(entry),
+        n => Err(CodecError::Trailing(n)),
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn varint(&mut self, value: u64) {
+        self.wide(u128::from(value));
+    }
+
+    fn wide(&mut self, mut value: u128) {
+        while value >= 0x80 {
+            self.0.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+    }
+
+    fn signed(&mut self, value: i64) {
+        self.varint(((value << 1) ^ (value >> 63)) as u64);
+    }
+
+    fn sum(&mut self, value: CreditSum) {
+        let micros = value.micros();
+        self.wide(((micros << 1) ^ (micros >> 127)) as u128);
+    }
+
+    fn bool(&mut self, value: bool) {
+        self.u8(u8::from(value));
+    }
+
+    fn str(&mut self, value: &str) {
+        self.varint(value.len() as u64);
+        self.0.extend_from_slice(value.as_bytes());
+    }
+
+    fn credits(&mut self, value: Credits) {
+        self.varint(value.micros());
+    }
+
+    fn time(&mut self, value: Timestamp) {
+        self.signed(value.micros());
+    }
+
+    fn option<T>(&mut self, value: Option<&T>, write: impl FnOnce(&mut Self, &T)) {
+        match value {
+            None => self.u8(0),
+            Some(value) => {
+                self.u8(1);
+                write(self, value);
+            }
+        }
+    }
+
+    fn metadata(&mut self, metadata: &Metadata) {
+        let pairs: Vec<(&str, &str)> = metadata.iter().collect();
+        self.varint(pairs.len() as u64);
+        for (key, value) in pairs {
+            self.str(key);
+            self.str(value);
+        }
+    }
+
+    fn allocation(&mut self, allocation: &Allocation) {
+        self.varint(allocation.grant);
+        self.u8(kind_tag(allocation.kind));
+        self.credits(allocation.credits);
+    }
+
+    fn allocations(&mut self, allocations: &[Allocation]) {
+        self.varint(allocations.len() as u64);
+        for allocation in allocations {
+            self.allocation(allocation);
+        }
+    }
+
+    fn pricing(&mut self, pricing: &Pricing) {
+        self.str(pricing.task.as_str());
+        self.option(pricing.quantity.as_ref(), |w, q| w.varint(q.micros()));
+        self.credits(pricing.rate);
+        self.option(pricing.minimum.as_ref(), |w, m| w.credits(*m));
+    }
+
+    fn member(&mut self, member: Option<&MemberId>) {
+        self.option(member, |w, m| w.str(m.as_str()));
+    }
+
+    fn grant(&mut self, grant: &Grant) {
+        self.varint(grant.seq);
+        self.u8(kind_tag(grant.kind));
+        self.varint(u64::from(grant.priority));
+        self.credits(grant.amount);
+        self.credits(grant.remaining);
+        self.credits(grant.held);
+        self.credits(grant.consumed);
+        self.time(grant.effective_at);
+        self.time(grant.expires_at);
+        self.u8(match grant.state {
+            GrantState::Live => 0,
+            GrantState::Voided => 1,
+        });
+        match &grant.source {
+            GrantSource::Period { tier, index } => {
+                self.u8(0);
+                self.str(tier.as_str());
+                self.signed(*index);
+            }
+            GrantSource::Rollover { index } => {
+                self.u8(1);
+                self.signed(*index);
+            }
+            GrantSource::Purchase { purchase } => {
+                self.u8(2);
+                self.varint(*purchase);
+            }
+            GrantSource::Operator { reason } => {
+                self.u8(3);
+                self.str(reason);
+            }
+            GrantSource::Reversal { debit } => {
+                self.u8(4);
+                self.varint(*debit);
+            }
+        }
+    }
+
+    fn purchase(&mut self, purchase: &Purchase) {
+        self.varint(purchase.seq);
+        self.str(purchase.package.as_str());
+        self.credits(purchase.credits);
+        self.credits(purchase.price);
+        self.u8(purchase_tag(purchase.status));
+        self.option(purchase.grant.as_ref(), |w, g| w.varint(*g));
+        self.time(purchase.created_at);
+        self.time(purchase.updated_at);
+    }
+
+    fn body(&mut self, body: &Body) {
+        match body {
+            Body::Opened(opened) => {
+                self.u8(0);
+                self.str(opened.id.as_str());
+                self.str(&opened.name);
+                self.str(opened.tier.as_str());
+                self.time(opened.anchor);
+                self.option(opened.member_monthly_cap.as_ref(), |w, c| w.credits(*c));
+                self.metadata(&opened.metadata);
+                self.signed(opened.period_index);
+            }
+            Body::Updated(update) => {
+                self.u8(1);
+                self.option(update.name.as_ref(), |w, n| w.str(n));
+                self.option(update.metadata.as_ref(), |w, m| w.metadata(m));
+                self.option(update.member_monthly_cap.as_ref(), |w, cap| {
+                    w.option(cap.as_ref(), |w, c| w.credits(*c));
+                });
+            }
+            Body::Closed => self.u8(2),
+            Body::Granted(grant) => {
+                self.u8(3);
+                self.grant(grant);
+            }
+            Body::Debited(debit) => {
+                self.u8(4);
+                self.credits(debit.credits);
+                self.option(debit.pricing.as_ref(), |w, p| w.pricing(p));
+                self.member(debit.member.as_ref());
+                self.u8(mode_tag(debit.mode));
+                self.allocations(&debit.allocations);
+                self.credits(debit.debt_incurred);
+                self.metadata(&debit.metadata);
+            }
+            Body::Held(hold) => {
+                self.u8(5);
+                self.varint(hold.seq);
+                self.credits(hold.credits);
+                self.option(hold.pricing.as_ref(), |w, p| w.pricing(p));
+                self.member(hold.member.as_ref());
+                self.allocations(&hold.allocations);
+                self.time(hold.created_at);
+                self.time(hold.expires_at);
+                self.metadata(&hold.metadata);
+            }
+            Body::Captured(capture) => {
+                self.u8(6);
+                self.varint(capture.hold);
+                self.credits(capture.credits);
+                self.option(capture.pricing.as_ref(), |w, p| w.pricing(p));
+                self.member(capture.member.as_ref());
+                self.u8(mode_tag(capture.mode));
+                self.allocations(&capture.from_hold);
+                self.allocations(&capture.excess);
+                self.credits(capture.debt_incurred);
+                self.allocations(&capture.released);
+            }
+            Body::Released(release) => {
+                self.u8(7);
+                self.varint(release.hold);
+                self.u8(match release.reason {
+                    ReleaseReason::Released => 0,
+                    ReleaseReason::Expired => 1,
+                });
+                self.allocations(&release.allocations);
+            }
+            Body::Expired(allocation) => {
+                self.u8(8);
+                self.allocation(allocation);
+            }
+            Body::Voided { allocation, reason } => {
+                self.u8(9);
+                self.allocation(allocation);
+                match reason {
+                    VoidReason::GrantVoided => self.u8(0),
+                    VoidReason::Refund { purchase } => {
+                        self.u8(1);
+                        self.varint(*purchase);
+                    }
+                    VoidReason::HoldEnded => self.u8(2),
+                }
+            }
+            Body::Reversed(reversal) => {
+                self.u8(10);
+                self.varint(reversal.debit);
+                self.credits(reversal.credits);
+                self.allocations(&reversal.returned);
+                self.allocations(&reversal.forfeited);
+                self.credits(reversal.debt_canceled);
+                self.credits(reversal.debt_refunded);
+                self.member(reversal.member.as_ref());
+                self.credits(reversal.member_usage_reduced);
+            }
+            Body::DebtPaid(allocations) => {
+                self.u8(11);
+                self.allocations(allocations);
+            }
+            Body::TierChanged(change) => {
+                self.u8(12);
+                self.str(change.from.as_str());
+                self.str(change.to.as_str());
+                self.u8(match change.proration {
+                    Proration::Full => 0,
+                    Proration::Prorated => 1,
+                    Proration::None => 2,
+                });
+                self.credits(change.budget_increase);
+                self.option(change.budget_grant.as_ref(), |w, g| w.varint(*g));
+                self.bool(change.scheduled);
+            }
+            Body::TierScheduled(tier) => {
+                self.u8(13);
+                self.option(tier.as_ref(), |w, t| w.str(t.as_str()));
+            }
+            Body::RolledOver { from, grant } => {
+                self.u8(14);
+                self.allocations(from);
+                self.grant(grant);
+            }
+            Body::PurchaseCreated(purchase) => {
+                self.u8(15);
+                self.purchase(purchase);
+            }
+            Body::PurchaseUpdated { purchase, status } => {
+                self.u8(16);
+                self.varint(*purchase);
+                self.u8(purchase_tag(*status));
+            }
+        }
+    }
+}
+
+fn kind_tag(kind: GrantKind) -> u8 {
+    match kind {
+        GrantKind::Budget => 0,
+        GrantKind::Rollover => 1,
+        GrantKind::Package => 2,
+        GrantKind::Promo => 3,
+    }
+}
+
+fn mode_tag(mode: ChargeMode) -> u8 {
+    match mode {
+        ChargeMode::Strict => 0,
+        ChargeMode::Record => 1,
+    }
+}
+
+fn purchase_tag(status: PurchaseStatus) -> u8 {
+    match status {
+        PurchaseStatus::Pending => 0,
+        PurchaseStatus::Completed => 1,
+        PurchaseStatus::Failed => 2,
+        PurchaseStatus::Canceled => 3,
+        PurchaseStatus::Refunded => 4,
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        let (&first, rest) = self.0.split_first().ok_or(CodecError::Truncated)?;
+        self.0 = rest;
+        Ok(first)
+    }
+
+    fn wide(&mut self) -> Result<u128, CodecError> {
+        let mut value: u128 = 0;
+        for shift in (0..128).step_by(7) {
+            let byte = self.u8()?;
+            value |= u128::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(CodecError::Invalid("varint"))
+    }
+
+    fn varint(&mut self) -> Result<u64, CodecError> {
+        u64::try_from(self.wide()?).map_err(|_| CodecError::Invalid("varint"))
+    }
+
+    fn signed(&mut self) -> Result<i64, CodecError> {
+        let raw = self.varint()?;
+        Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+    }
+
+    fn sum(&mut self) -> Result<CreditSum, CodecError> {
+        let raw = self.wide()?;
+        Ok(CreditSum::from_micros(
+            (raw >> 1) as i128 ^ -((raw & 1) as i128),
+        ))
+    }
+
+    fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(CodecError::Invalid("bool")),
+        }
+    }
+
+    fn str(&mut self) -> Result<&str, CodecError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| CodecError::Invalid("length"))?;
+        if len > self.0.len() {
+            return Err(CodecError::Truncated);
+        }
+        let (bytes, rest) = self.0.split_at(len);
+        self.0 = rest;
+        std::str::from_utf8(bytes).map_err(|_| CodecError::Invalid("utf-8"))
+    }
+
+    fn credits(&mut self) -> Result<Credits, CodecError> {
+        Credits::from_micros(self.varint()?).ok_or(CodecError::Invalid("credits"))
+    }
+
+    fn quantity(&mut self) -> Result<Quantity, CodecError> {
+        Quantity::from_micros(self.varint()?).ok_or(CodecError::Invalid("quantity"))
+    }
+
+    fn time(&mut self) -> Result<Timestamp, CodecError> {
+        Ok(Timestamp::from_micros(self.signed()?))
+    }
+
+    fn option<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, CodecError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            _ => Err(CodecError::Invalid("option")),
+        }
+    }
+
+    fn metadata(&mut self) -> Result<Metadata, CodecError> {
+        let count = self.varint()?;
+        if count > purser_core::limits::MAX_METADATA_KEYS as u64 {
+            return Err(CodecError::Invalid("metadata"));
+        }
+        let mut pairs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let key = self.str()?.to_owned();
+            pairs.push((key, self.str()?.to_owned()));
+        }
+        Metadata::new(pairs).map_err(|_| CodecError::Invalid("metadata"))
+    }
+
+    fn kind(&mut self) -> Result<GrantKind, CodecError> {
+        match self.u8()? {
+            0 => Ok(GrantKind::Budget),
+            1 => Ok(GrantKind::Rollover),
+            2 => Ok(GrantKind::Package),
+            3 => Ok(GrantKind::Promo),
+            _ => Err(CodecError::Invalid("grant kind")),
+        }
+    }
+
+    fn mode(&mut self) -> Result<ChargeMode, CodecError> {
+        match self.u8()? {
+            0 => Ok(ChargeMode::Strict),
+            1 => Ok(ChargeMode::Record),
+            _ => Err(CodecError::Invalid("mode")),
+        }
+    }
+
+    fn status(&mut self) -> Result<PurchaseStatus, CodecError> {
+        match self.u8()? {
+            0 => Ok(PurchaseStatus::Pending),
+            1 => Ok(PurchaseStatus::Completed),
+            2 => Ok(PurchaseStatus::Failed),
+            3 => Ok(PurchaseStatus::Canceled),
+            4 => Ok(PurchaseStatus::Refunded),
+            _ => Err(CodecError::Invalid("purchase status")),
+        }
+    }
+
+    fn tier(&mut self) -> Result<TierId, CodecError> {
+        TierId::parse(self.str()?).map_err(|_| CodecError::Invalid("tier id"))
+    }
+
+    fn member(&mut self) -> Result<Option<MemberId>, CodecError> {
+        self.option(|r| MemberId::parse(r.str()?).map_err(|_| CodecError::Invalid("member id")))
+    }
+
+    fn allocation(&mut self) -> Result<Allocation, CodecError> {
+        Ok(Allocation {
+            grant: self.varint()?,
+            kind: self.kind()?,
+            credits: self.credits()?,
+        })
+    }
+
+    fn allocations(&mut self) -> Result<Vec<Allocation>, CodecError> {
+        let count = self.varint()?;
+        // Each allocation takes at least 3 bytes: refuse counts the bytes cannot hold.
+        if count > self.0.len() as u64 {
+            return Err(CodecError::Truncated);
+        }
+        (0..count).map(|_| self.allocation()).collect()
+    }
+
+    fn pricing(&mut self) -> Result<Pricing, CodecError> {
+        Ok(Pricing {
+            task: TaskId::parse(self.str()?).map_err(|_| CodecError::Invalid("task id"))?,
+            quantity: self.option(Self::quantity)?,
+            rate: self.credits()?,
+            minimum: self.option(Self::credits)?,
+        })
+    }
+
+    fn grant(&mut self) -> Result<Grant, CodecError> {
+        Ok(Grant {
+            seq: self.varint()?,
+            kind: self.kind()?,
+            priority: u16::try_from(self.varint()?).map_err(|_| CodecError::Invalid("priority"))?,
+            amount: self.credits()?,
+            remaining: self.credits()?,
+            held: self.credits()?,
+            consumed: self.credits()?,
+            effective_at: self.time()?,
+            expires_at: self.time()?,
+            state: match self.u8()? {
+                0 => GrantState::Live,
+                1 => GrantState::Voided,
+                _ => return Err(CodecError::Invalid("grant state")),
+            },
+            source: match self.u8()? {
+                0 => GrantSource::Period {
+                    tier: self.tier()?,
+                    index: self.signed()?,
+                },
+                1 => GrantSource::Rollover {
+                    index: self.signed()?,
+                },
+                2 => GrantSource::Purchase {
+                    purchase: self.varint()?,
+                },
+                3 => GrantSource::Operator {
+                    reason: self.str()?.into(),
+                },
+                4 => GrantSource::Reversal {
+                    debit: self.varint()?,
+                },
+                _ => return Err(CodecError::Invalid("grant source")),
+            },
+        })
+    }
+
+    fn purchase(&mut self) -> Result<Purchase, CodecError> {
+        Ok(Purchase {
+            seq: self.varint()?,
+            package: PackageId::parse(self.str()?)
+                .map_err(|_| CodecError::Invalid("package id"))?,
+            credits: self.credits()?,
+            price: self.credits()?,
+            status: self.status()?,
+            grant: self.option(Self::varint)?,
+            created_at: self.time()?,
+            updated_at: self.time()?,
+        })
+    }
+
+    fn body(&mut self) -> Result<Body, CodecError> {
+        Ok(match self.u8()? {
+            0 => Body::Opened(Box::new(Opened {
+                id: AccountId::parse(self.str()?).map_err(|_| CodecError::Invalid("account id"))?,
+                name: self.str()?.into(),
+                tier: self.tier()?,
+                anchor: self.time()?,
+                member_monthly_cap: self.option(Self::credits)?,
+                metadata: self.metadata()?,
+                period_index: self.signed()?,
+            })),
+            1 => Body::Updated(Box::new(AccountUpdate {
+                name: self.option(|r| r.str().map(Into::into))?,
+                metadata: self.option(Self::metadata)?,
+                member_monthly_cap: self.option(|r| r.option(Self::credits))?,
+            })),
+            2 => Body::Closed,
+            3 => Body::Granted(Box::new(self.grant()?)),
+            4 => Body::Debited(Debit {
+                credits: self.credits()?,
+                pricing: self.option(Self::pricing)?,
+                member: self.member()?,
+                mode: self.mode()?,
+                allocations: self.allocations()?,
+                debt_incurred: self.credits()?,
+                metadata: self.metadata()?,
+            }),
+            5 => Body::Held(Box::new(Hold {
+                seq: self.varint()?,
+                credits: self.credits()?,
+                pricing: self.option(Self::pricing)?,
+                member: self.member()?,
+                allocations: self.allocations()?,
+                created_at: self.time()?,
+                expires_at: self.time()?,
+                metadata: self.metadata()?,
+            })),
+            6 => Body::Captured(Box::new(Capture {
+                hold: self.varint()?,
+                credits: self.credits()?,
+                pricing: self.option(Self::pricing)?,
+                member: self.member()?,
+                mode: self.mode()?,
+                from_hold: self.allocations()?,
+                excess: self.allocations()?,
+                debt_incurred: self.credits()?,
+                released: self.allocations()?,
+            })),
+            7 => Body::Released(Release {
+                hold: self.varint()?,
+                reason: match self.u8()? {
+                    0 => ReleaseReason::Released,
+                    1 => ReleaseReason::Expired,
+                    _ => return Err(CodecError::Invalid("release reason")),
+                },
+                allocations: self.allocations()?,
+            }),
+            8 => Body::Expired(self.allocation()?),
+            9 => Body::Voided {
+                allocation: self.allocation()?,
+                reason: match self.u8()? {
+                    0 => VoidReason::GrantVoided,
+                    1 => VoidReason::Refund {
+                        purchase: self.varint()?,
+                    },
+                    2 => VoidReason::HoldEnded,
+                    _ => return Err(CodecError::Invalid("void reason")),
+                },
+            },
+            10 => Body::Reversed(Box::new(Reversal {
+                debit: self.varint()?,
+                credits: self.credits()?,
+                returned: self.allocations()?,
+                forfeited: self.allocations()?,
+                debt_canceled: self.credits()?,
+                debt_refunded: self.credits()?,
+                member: self.member()?,
+                member_usage_reduced: self.credits()?,
+            })),
+            11 => Body::DebtPaid(self.allocations()?),
+            12 => Body::TierChanged(Box::new(TierChange {
+                from: self.tier()?,
+                to: self.tier()?,
+                proration: match self.u8()? {
+                    0 => Proration::Full,
+                    1 => Proration::Prorated,
+                    2 => Proration::None,
+                    _ => return Err(CodecError::Invalid("proration")),
+                },
+                budget_increase: self.credits()?,
+                budget_grant: self.option(Self::varint)?,
+                scheduled: self.bool()?,
+            })),
+            13 => Body::TierScheduled(self.option(Self::tier)?),
+            14 => Body::RolledOver {
+                from: self.allocations()?,
+                grant: Box::new(self.grant()?),
+            },
+            15 => Body::PurchaseCreated(Box::new(self.purchase()?)),
+            16 => Body::PurchaseUpdated {
+                purchase: self.varint()?,
+                status: self.status()?,
+            },
+            _ => return Err(CodecError::Invalid("entry type")),
+        })
+    }
+}

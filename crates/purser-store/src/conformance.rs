@@ -1,0 +1,523 @@
+//! The conformance suite: every backend runs these checks on a fresh store
+//! (see [`crate::conformance_tests!`]). They use the real core to produce
+//! journals with every kind of entry, so no backend is tested on made-up data.
+
+use std::sync::Arc;
+
+use purser_core::{
+    AccountHandle, AccountId, AccountUpdate, Amount, CaptureAmount, Catalog, ChargeMode, Command,
+    Credits, DebitRecord, Entry, GrantKind, Ledger, MemberId, Metadata, Notation, PackageId,
+    Proration, Quantity, TaskId, TierId, Timestamp,
+};
+
+use crate::{
+    ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, Store, UsageQuery, decode_entry,
+    encode_entry,
+};
+
+/// Generates one `#[test]` per conformance check for a backend; `$make` is an
+/// expression producing a fresh store (`Box<dyn Store>` or anything that derefs to a `Store`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        #[test]
+        fn conformance_commits_replay_in_order() {
+            $crate::conformance::commits_replay_in_order(&*$make);
+        }
+        #[test]
+        fn conformance_entry_lookup_and_pages() {
+            $crate::conformance::entry_lookup_and_pages(&*$make);
+        }
+        #[test]
+        fn conformance_usage_summaries() {
+            $crate::conformance::usage_summaries(&*$make);
+        }
+        #[test]
+        fn conformance_idempotency_records() {
+            $crate::conformance::idempotency_records(&*$make);
+        }
+        #[test]
+        fn conformance_api_keys_and_settings() {
+            $crate::conformance::api_keys_and_settings(&*$make);
+        }
+    };
+}
+
+fn at(text: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(text).unwrap()
+}
+
+fn credits(text: &str) -> Credits {
+    Credits::parse(text, Notation::String).unwrap()
+}
+
+/// A journal with every entry type: two accounts, charges by task and member,
+/// holds, captures, releases, expiries, renewals, rollovers, purchases,
+/// refunds, voids, reversals, debt, tier changes and account updates.
+pub fn sample_journal() -> Vec<Entry> {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    let mut out = Vec::new();
+    let mut now = at("2026-10-05T09:00:00Z");
+    let acme = AccountId::parse("acme").unwrap();
+    let beta = AccountId::parse("beta").unwrap();
+    let mut run = |ledger: &mut Ledger, now: Timestamp, command: Command| -> Option<Entry> {
+        let receipt = ledger
+            .execute(now, command, &mut out)
+            .expect("sample command accepted");
+        receipt.primary.map(|index| out[index].clone())
+    };
+    for (id, tier) in [(&acme, "pro"), (&beta, "free")] {
+        run(
+            &mut ledger,
+            now,
+            Command::OpenAccount {
+                id: id.clone(),
+                name: Some(format!("{id} Inc.")),
+                tier: TierId::parse(tier).unwrap(),
+                anchor: None,
+                member_monthly_cap: None,
+                metadata: Metadata::new([("plan".to_string(), tier.to_string())]).unwrap(),
+            },
+        );
+    }
+    let charge = |account: &AccountId, task: &str, quantity: u64, member: Option<&str>, mode| {
+        Command::Charge {
+            account: account.clone(),
+            amount: Amount::Task {
+                task: TaskId::parse(task).unwrap(),
+                quantity: Quantity::from_units(quantity).unwrap(),
+            },
+            member: member.map(|m| MemberId::parse(m).unwrap()),
+            mode,
+            metadata: Metadata::EMPTY,
+        }
+    };
+    let first = run(
+        &mut ledger,
+        now,
+        charge(
+            &acme,
+            "assistant_message",
+            10,
+            Some("ann"),
+            ChargeMode::Strict,
+        ),
+    )
+    .unwrap();
+    run(
+        &mut ledger,
+        now,
+        charge(
+            &acme,
+            "transcribe_video",
+            30,
+            Some("bob"),
+            ChargeMode::Strict,
+        ),
+    );
+    now = at("2026-10-06T10:00:00Z");
+    run(
+        &mut ledger,
+        now,
+        charge(
+            &acme,
+            "generate_documentation",
+            4,
+            Some("ann"),
+            ChargeMode::Strict,
+        ),
+    );
+    let hold = run(
+        &mut ledger,
+        now,
+        Command::PlaceHold {
+            account: acme.clone(),
+            amount: Amount::Task {
+                task: TaskId::parse("crawl_data").unwrap(),
+                quantity: Quantity::from_units(100).unwrap(),
+            },
+            ttl_seconds: 600,
+            member: None,
+            metadata: Metadata::EMPTY,
+        },
+    )
+    .unwrap();
+    run(
+        &mut ledger,
+        now,
+        Command::CaptureHold {
+            hold: hold.id(),
+            amount: CaptureAmount::Quantity(Quantity::from_units(60).unwrap()),
+            mode: ChargeMode::Strict,
+        },
+    );
+    run(
+        &mut ledger,
+        now,
+        Command::PlaceHold {
+            account: acme.clone(),
+            amount: Amount::Credits(credits("5")),
+            ttl_seconds: 60,
+            member: None,
+            metadata: Metadata::EMPTY,
+        },
+    );
+    let purchase = run(
+        &mut ledger,
+        now,
+        Command::CreatePurchase {
+            account: beta.clone(),
+            package: PackageId::parse("small").unwrap(),
+        },
+    )
+    .unwrap();
+    run(
+        &mut ledger,
+        now,
+        Command::CompletePurchase {
+            purchase: purchase.id(),
+        },
+    );
+    run(
+        &mut ledger,
+        now,
+        charge(&beta, "analyze_knowledge", 20, None, ChargeMode::Record),
+    );
+    run(
+        &mut ledger,
+        now,
+        Command::RefundPurchase {
+            purchase: purchase.id(),
+        },
+    );
+    run(
+        &mut ledger,
+        now,
+        charge(&beta, "crawl_data", 1000, None, ChargeMode::Record),
+    );
+    let grant = run(
+        &mut ledger,
+        now,
+        Command::IssueGrant {
+            account: beta.clone(),
+            kind: GrantKind::Promo,
+            credits: credits("500"),
+            expires_at: Some(at("2026-12-01T00:00:00Z")),
+            priority: None,
+            reason: "sorry for the outage".into(),
+        },
+    )
+    .unwrap();
+    run(&mut ledger, now, Command::VoidGrant { grant: grant.id() });
+    let debit = match &first.body {
+        purser_core::Body::Debited(debit) => debit.clone(),
+        _ => unreachable!(),
+    };
+    run(
+        &mut ledger,
+        now,
+        Command::Reverse {
+            debit: DebitRecord {
+                id: first.id(),
+                at: first.at,
+                credits: debit.credits,
+                allocations: debit.allocations,
+                debt_incurred: debit.debt_incurred,
+                member: debit.member,
+            },
+            credits: Some(credits("2")),
+        },
+    );
+    run(
+        &mut ledger,
+        now,
+        Command::ChangeTier {
+            account: acme.clone(),
+            tier: TierId::parse("starter").unwrap(),
+            proration: Proration::Full,
+        },
+    );
+    run(
+        &mut ledger,
+        now,
+        Command::UpdateAccount {
+            account: acme.clone(),
+            update: AccountUpdate {
+                name: Some("Acme Corp".into()),
+                ..AccountUpdate::default()
+            },
+        },
+    );
+    // Two renewals: expiries, a rollover, the scheduled downgrade.
+    now = at("2026-12-05T09:00:00Z");
+    for account in [AccountHandle::new(0, 0), AccountHandle::new(0, 1)] {
+        run(&mut ledger, now, Command::Advance { account });
+    }
+    run(
+        &mut ledger,
+        now,
+        charge(&acme, "assistant_message", 1, None, ChargeMode::Strict),
+    );
+    out
+}
+
+fn commit_all(store: &dyn Store, entries: &[Entry]) {
+    // Three batches of uneven size, as group commits would cut them.
+    let cut = [0, entries.len() / 3, entries.len() / 2, entries.len()];
+    for window in cut.windows(2) {
+        let commit = Commit {
+            entries: &entries[window[0]..window[1]],
+            idempotency: &[],
+        };
+        store.commit(commit).expect("commit");
+    }
+}
+
+/// Encoding then decoding gives the same entry, for every entry type, and
+/// no truncated record decodes.
+pub fn codec_round_trips() {
+    let journal = sample_journal();
+    let mut types: Vec<&str> = journal.iter().map(|e| e.body.type_name()).collect();
+    types.sort_unstable();
+    types.dedup();
+    assert!(
+        types.len() >= 17,
+        "the sample covers every entry type: {types:?}"
+    );
+    for entry in &journal {
+        let mut bytes = Vec::new();
+        encode_entry(entry, &mut bytes);
+        assert_eq!(decode_entry(&bytes).as_ref(), Ok(entry));
+        for end in 0..bytes.len() {
+            assert!(
+                decode_entry(&bytes[..end]).is_err(),
+                "a truncated {} decoded",
+                entry.body.type_name()
+            );
+        }
+    }
+}
+
+pub fn commits_replay_in_order(store: &dyn Store) {
+    let journal = sample_journal();
+    commit_all(store, &journal);
+    let mut replayed = Vec::new();
+    let count = store
+        .replay(&mut |entry| {
+            replayed.push(entry);
+            Ok(())
+        })
+        .expect("replay");
+    assert_eq!(count, journal.len() as u64);
+    assert_eq!(
+        replayed, journal,
+        "entries come back in commit order, unchanged"
+    );
+    store
+        .commit(Commit {
+            entries: &[],
+            idempotency: &[],
+        })
+        .expect("an empty commit is fine");
+    store.ping().expect("ping");
+}
+
+pub fn entry_lookup_and_pages(store: &dyn Store) {
+    let journal = sample_journal();
+    commit_all(store, &journal);
+    let acme = AccountHandle::new(0, 0);
+    let third = journal.iter().filter(|e| e.account == acme).nth(2).unwrap();
+    assert_eq!(store.entry(acme, third.seq).unwrap().as_ref(), Some(third));
+    assert_eq!(store.entry(acme, 100_000).unwrap(), None);
+    assert_eq!(store.entry(AccountHandle::new(0, 9), 0).unwrap(), None);
+
+    let mine: Vec<&Entry> = journal.iter().filter(|e| e.account == acme).rev().collect();
+    let mut pages = Vec::new();
+    let mut before_seq = None;
+    loop {
+        let page = store
+            .entries(&EntryQuery {
+                account: acme,
+                types: Vec::new(),
+                before_seq,
+                limit: 4,
+            })
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 4);
+        before_seq = page.last().map(|e| e.seq);
+        pages.extend(page);
+    }
+    assert_eq!(
+        pages.iter().collect::<Vec<_>>(),
+        mine,
+        "pages walk the account newest first"
+    );
+
+    let debits = store
+        .entries(&EntryQuery {
+            account: acme,
+            types: vec!["debit", "capture"],
+            before_seq: None,
+            limit: 100,
+        })
+        .unwrap();
+    let expected: Vec<&Entry> = mine
+        .iter()
+        .copied()
+        .filter(|e| matches!(e.body.type_name(), "debit" | "capture"))
+        .collect();
+    assert_eq!(debits.iter().collect::<Vec<_>>(), expected);
+}
+
+pub fn usage_summaries(store: &dyn Store) {
+    let journal = sample_journal();
+    commit_all(store, &journal);
+    let acme = AccountHandle::new(0, 0);
+    let query = |group_by, from: Option<&str>, to: Option<&str>| {
+        let rows = store
+            .usage(&UsageQuery {
+                account: acme,
+                from: from.map(at),
+                to: to.map(at),
+                group_by,
+            })
+            .unwrap();
+        rows.into_iter()
+            .map(|row| {
+                format!(
+                    "{}={}x{}",
+                    row.key.as_deref().unwrap_or("-"),
+                    row.credits,
+                    row.count
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // assistant_message: 10 × 0.5 = 5, minus a 2-credit reversal; a later 1 × 0.5.
+    // transcribe_video: 30 × 2 = 60; generate_documentation: 4 × 5 = 20;
+    // crawl_data: capture of 60 × 0.2 = 12.
+    assert_eq!(
+        query(GroupBy::Task, None, None),
+        [
+            "assistant_message=3.5x2",
+            "crawl_data=12x1",
+            "generate_documentation=20x1",
+            "transcribe_video=60x1"
+        ]
+    );
+    assert_eq!(
+        query(GroupBy::Day, None, None),
+        ["2026-10-05=63x2", "2026-10-06=32x2", "2026-12-05=0.5x1"]
+    );
+    assert_eq!(
+        query(GroupBy::Member, None, None),
+        ["-=12.5x2", "ann=23x2", "bob=60x1"]
+    );
+    assert_eq!(query(GroupBy::Kind, None, None), ["budget=95.5x5"]);
+    assert_eq!(
+        query(
+            GroupBy::Task,
+            Some("2026-10-06T00:00:00Z"),
+            Some("2026-10-07T00:00:00Z")
+        ),
+        ["crawl_data=12x1", "generate_documentation=20x1"]
+    );
+    // Debt shows as its own kind on the account that went short.
+    let beta = store
+        .usage(&UsageQuery {
+            account: AccountHandle::new(0, 1),
+            from: None,
+            to: None,
+            group_by: GroupBy::Kind,
+        })
+        .unwrap();
+    let keys: Vec<&str> = beta.iter().filter_map(|row| row.key.as_deref()).collect();
+    assert!(
+        keys.contains(&"debt") && keys.contains(&"package"),
+        "{beta:?}"
+    );
+}
+
+pub fn idempotency_records(store: &dyn Store) {
+    let record = |key: &str, expires: &str| IdempotencyRecord {
+        key: key.into(),
+        fingerprint: [7; 32],
+        status: 201,
+        body: br#"{"object":"debit"}"#.to_vec(),
+        expires_at: at(expires),
+    };
+    let records = [
+        record("a", "2026-11-02T00:00:00Z"),
+        record("b", "2026-11-03T00:00:00Z"),
+    ];
+    store
+        .commit(Commit {
+            entries: &[],
+            idempotency: &records,
+        })
+        .unwrap();
+    let live = store
+        .idempotency_records(at("2026-11-01T00:00:00Z"))
+        .unwrap();
+    assert_eq!(live, records);
+    let later = store
+        .idempotency_records(at("2026-11-02T00:00:00Z"))
+        .unwrap();
+    assert_eq!(later, records[1..], "expired records are not loaded");
+    assert_eq!(
+        store.purge_idempotency(at("2026-11-02T12:00:00Z")).unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .idempotency_records(at("2026-11-01T00:00:00Z"))
+            .unwrap(),
+        records[1..]
+    );
+}
+
+pub fn api_keys_and_settings(store: &dyn Store) {
+    let key = ApiKeyRecord {
+        id: "key_1".into(),
+        secret_hash: [3; 32],
+        scopes: vec!["usage".into(), "read".into()],
+        created_at: at("2026-11-01T00:00:00Z"),
+        revoked_at: None,
+    };
+    store.insert_api_key(&key).unwrap();
+    assert!(matches!(
+        store.insert_api_key(&key),
+        Err(crate::StoreError::Duplicate)
+    ));
+    assert_eq!(store.api_keys().unwrap(), std::slice::from_ref(&key));
+    assert!(
+        store
+            .revoke_api_key("key_1", at("2026-11-02T00:00:00Z"))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_api_key("key_404", at("2026-11-02T00:00:00Z"))
+            .unwrap()
+    );
+    assert_eq!(
+        store.api_keys().unwrap()[0].revoked_at,
+        Some(at("2026-11-02T00:00:00Z"))
+    );
+
+    assert_eq!(store.setting("test_clock").unwrap(), None);
+    store.set_setting("test_clock", "1").unwrap();
+    store.set_setting("test_clock", "2").unwrap();
+    assert_eq!(store.setting("test_clock").unwrap().as_deref(), Some("2"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn codec_round_trips() {
+        super::codec_round_trips();
+    }
+}

@@ -1,0 +1,152 @@
+//! purser-store: what purser needs from durable storage, as a trait.
+//!
+//! Owns the [`Store`] trait, its error enum, the binary journal [`codec`]
+//! every backend writes, the usage rows reports are computed from, and the
+//! [`conformance`] suite every backend runs. It must not know any backend:
+//! no SQL, no files.
+//!
+//! The journal is the truth: a store keeps the entries (append-only, in
+//! commit order), the idempotency records written with them, API keys and a
+//! few settings, and indexes for history queries. Balances are never read
+//! from a store; they are rebuilt by replaying the journal through the core.
+
+pub mod codec;
+pub mod conformance;
+mod usage;
+
+use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
+
+pub use codec::{CodecError, decode_entry, encode_entry};
+pub use usage::{KIND_KEYS, Usage, kind_index, usage_of};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (IO, database error). Nothing of the operation may be assumed done.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record at account {account:?} seq {seq}: {error}")]
+    Corrupt {
+        account: AccountHandle,
+        seq: u64,
+        error: CodecError,
+    },
+    /// The data was written by a newer purser.
+    #[error("schema version {found} is newer than this purser ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// A unique key already exists (an API key id).
+    #[error("already exists")]
+    Duplicate,
+}
+
+/// A remembered answer to an idempotent request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
+/// What one group commit makes durable, all or nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    /// In the order they were applied; per account, gapless by `seq`.
+    pub entries: &'a [Entry],
+    pub idempotency: &'a [IdempotencyRecord],
+}
+
+/// An API key as stored: only a hash of the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub secret_hash: [u8; 32],
+    pub scopes: Vec<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A page of an account's journal, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryQuery {
+    pub account: AccountHandle,
+    /// Only entries of these types (API names); empty: all.
+    pub types: Vec<&'static str>,
+    /// Entries older than this sequence number.
+    pub before_seq: Option<u64>,
+    pub limit: usize,
+}
+
+/// How usage is grouped in a summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Task,
+    /// UTC calendar day of the charge, `YYYY-MM-DD`.
+    Day,
+    Member,
+    /// Grant kind the credits came from, or `debt`.
+    Kind,
+}
+
+/// Usage of one account between two instants (charge time), net of reversals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub account: AccountHandle,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub group_by: GroupBy,
+}
+
+/// One group of a usage summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    /// `None` groups charges without a task (credits given directly) or
+    /// without a member.
+    pub key: Option<String>,
+    pub credits: CreditSum,
+    /// Charges in the group.
+    pub count: u64,
+}
+
+/// Durable storage. One committer calls [`Store::commit`]; readers may call
+/// the query methods concurrently from other threads.
+pub trait Store: Send + Sync {
+    /// Makes a batch durable (fsync'd) atomically; returns only once it is.
+    /// On error nothing of the batch may be assumed stored or not stored
+    /// until the store is reopened and read back.
+    fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError>;
+
+    /// Every entry, in commit order, for recovery and `verify`.
+    fn replay(
+        &self,
+        visit: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError>;
+
+    /// One entry of an account.
+    fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError>;
+
+    /// A page of an account's entries, newest first.
+    fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError>;
+
+    /// Usage grouped as asked, net of reversals, ordered by key.
+    fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Idempotency records still remembered at `now`.
+    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError>;
+
+    /// Forgets idempotency records expired at `now`; returns how many.
+    fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;
+    fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Small settings (the test clock, the partition count).
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Cheap reachability check for `/readyz`.
+    fn ping(&self) -> Result<(), StoreError>;
+}
