@@ -112,7 +112,7 @@ pub struct UsageRow {
 
 /// Durable storage. One committer calls [`Store::commit`]; readers may call
 /// the query methods concurrently from other threads.
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes a batch durable (fsync'd) atomically; returns only once it is.
     /// On error nothing of the batch may be assumed stored or not stored
     /// until the store is reopened and read back.

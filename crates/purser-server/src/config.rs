@@ -1,0 +1,400 @@
+//! `purser.toml`: listen address, data directory, database URL, engine
+//! limits, idempotency retention and the catalog. Amounts are strings, parsed
+//! exactly. `purser config default` prints the built-in file.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use purser_core::{Catalog, Credits, Notation, Package, PackageId, Task, TaskId, Tier, TierId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    shards: Option<usize>,
+    partitions: Option<u16>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+    catalog: Option<RawCatalog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    queue_capacity: Option<usize>,
+    batch_limit: Option<usize>,
+    request_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    retention_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    currency: String,
+    tiers: Vec<RawTier>,
+    #[serde(default)]
+    packages: Vec<RawPackage>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    id: String,
+    name: String,
+    monthly_credits: String,
+    price: String,
+    member_monthly_cap: Option<String>,
+    rollover_cap: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    id: String,
+    name: String,
+    credits: String,
+    price: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    id: String,
+    name: String,
+    unit: String,
+    credits_per_unit: String,
+    minimum: Option<String>,
+}
+
+/// The server's settings, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub shards: usize,
+    /// Used when a data directory is created; fixed for its life after that.
+    pub partitions: u16,
+    pub queue_capacity: usize,
+    pub batch_limit: usize,
+    pub request_timeout_seconds: u64,
+    pub idempotency_retention_seconds: i64,
+    pub catalog: Catalog,
+    pub test_clock: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8787".into(),
+            data_dir: PathBuf::from("./purser-data"),
+            database_url: None,
+            shards: std::thread::available_parallelism().map_or(2, usize::from),
+            partitions: 64,
+            queue_capacity: 16_384,
+            batch_limit: 2_048,
+            request_timeout_seconds: 30,
+            idempotency_retention_seconds:
+                purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
+            catalog: Catalog::builtin(),
+            test_clock: false,
+        }
+    }
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn amount(field: &str, text: &str) -> Result<Credits, ConfigError> {
+    Credits::parse(text, Notation::String)
+        .map_err(|e| ConfigError::Catalog(format!("{field} {text:?}: {e}")))
+}
+
+fn id<T>(
+    kind: &str,
+    text: &str,
+    parse: fn(&str) -> Result<T, purser_core::IdError>,
+) -> Result<T, ConfigError> {
+    parse(text).map_err(|e| ConfigError::Catalog(format!("{kind} id {text:?}: {e}")))
+}
+
+impl Config {
+    /// Reads a TOML configuration; missing settings keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let mut config = Config::default();
+        if let Some(listen) = raw.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = raw.data_dir {
+            config.data_dir = dir;
+        }
+        config.database_url = raw.database_url;
+        if let Some(shards) = raw.shards {
+            if !(1..=256).contains(&shards) {
+                return Err(ConfigError::Invalid("shards must be from 1 to 256".into()));
+            }
+            config.shards = shards;
+        }
+        if let Some(partitions) = raw.partitions {
+            if partitions == 0 {
+                return Err(ConfigError::Invalid("partitions must be at least 1".into()));
+            }
+            config.partitions = partitions;
+        }
+        if let Some(capacity) = raw.limits.queue_capacity {
+            config.queue_capacity = capacity.clamp(1, 1 << 20);
+        }
+        if let Some(limit) = raw.limits.batch_limit {
+            config.batch_limit = limit.clamp(1, 65_536);
+        }
+        if let Some(timeout) = raw.limits.request_timeout_seconds {
+            config.request_timeout_seconds = timeout.clamp(1, 3_600);
+        }
+        if let Some(retention) = raw.idempotency.retention_seconds {
+            if retention < 86_400 {
+                return Err(ConfigError::Invalid(
+                    "idempotency.retention_seconds must be at least 86400 (24 hours)".into(),
+                ));
+            }
+            config.idempotency_retention_seconds = retention;
+        }
+        if let Some(catalog) = raw.catalog {
+            config.catalog = catalog_from(catalog)?;
+        }
+        Ok(config)
+    }
+}
+
+fn catalog_from(raw: RawCatalog) -> Result<Catalog, ConfigError> {
+    let tiers = raw
+        .tiers
+        .into_iter()
+        .map(|t| {
+            Ok(Tier {
+                id: id("tier", &t.id, TierId::parse)?,
+                monthly_credits: amount("monthly_credits", &t.monthly_credits)?,
+                price: amount("price", &t.price)?,
+                member_monthly_cap: t
+                    .member_monthly_cap
+                    .as_deref()
+                    .map(|c| amount("member_monthly_cap", c))
+                    .transpose()?,
+                rollover_cap: t
+                    .rollover_cap
+                    .as_deref()
+                    .map_or(Ok(Credits::ZERO), |c| amount("rollover_cap", c))?,
+                name: t.name,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let packages = raw
+        .packages
+        .into_iter()
+        .map(|p| {
+            Ok(Package {
+                id: id("package", &p.id, PackageId::parse)?,
+                credits: amount("credits", &p.credits)?,
+                price: amount("price", &p.price)?,
+                name: p.name,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let tasks = raw
+        .tasks
+        .into_iter()
+        .map(|t| {
+            Ok(Task {
+                id: id("task", &t.id, TaskId::parse)?,
+                credits_per_unit: amount("credits_per_unit", &t.credits_per_unit)?,
+                minimum: t
+                    .minimum
+                    .as_deref()
+                    .map(|m| amount("minimum", m))
+                    .transpose()?,
+                unit: t.unit,
+                name: t.name,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Catalog::new(raw.currency, tiers, packages, tasks)
+        .map_err(|e| ConfigError::Catalog(e.to_string()))
+}
+
+/// The built-in configuration, as a commented `purser.toml`.
+pub fn default_toml() -> String {
+    let config = Config::default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# purser.toml: every setting, with its built-in value."
+    );
+    let _ = writeln!(out, "listen = {:?}", config.listen);
+    let _ = writeln!(
+        out,
+        "data_dir = {:?}",
+        config.data_dir.display().to_string()
+    );
+    let _ = writeln!(
+        out,
+        "# database_url = \"postgres://user@localhost/purser\"  (PostgreSQL store: not yet available)"
+    );
+    let _ = writeln!(
+        out,
+        "# shards = {}  (default: the number of cores)",
+        config.shards
+    );
+    let _ = writeln!(
+        out,
+        "partitions = {}  # fixed when the data directory is created",
+        config.partitions
+    );
+    let _ = writeln!(out, "\n[limits]");
+    let _ = writeln!(out, "queue_capacity = {}", config.queue_capacity);
+    let _ = writeln!(out, "batch_limit = {}", config.batch_limit);
+    let _ = writeln!(
+        out,
+        "request_timeout_seconds = {}",
+        config.request_timeout_seconds
+    );
+    let _ = writeln!(out, "\n[idempotency]");
+    let _ = writeln!(
+        out,
+        "retention_seconds = {}",
+        config.idempotency_retention_seconds
+    );
+    let catalog = &config.catalog;
+    let _ = writeln!(out, "\n[catalog]\ncurrency = {:?}", catalog.currency());
+    for tier in catalog.tiers() {
+        let _ = writeln!(
+            out,
+            "\n[[catalog.tiers]]\nid = {:?}\nname = {:?}",
+            tier.id.as_str(),
+            tier.name
+        );
+        let _ = writeln!(
+            out,
+            "monthly_credits = \"{}\"\nprice = \"{}\"\nrollover_cap = \"{}\"",
+            tier.monthly_credits, tier.price, tier.rollover_cap
+        );
+        if let Some(cap) = tier.member_monthly_cap {
+            let _ = writeln!(out, "member_monthly_cap = \"{cap}\"");
+        }
+    }
+    for package in catalog.packages() {
+        let _ = writeln!(
+            out,
+            "\n[[catalog.packages]]\nid = {:?}\nname = {:?}",
+            package.id.as_str(),
+            package.name
+        );
+        let _ = writeln!(
+            out,
+            "credits = \"{}\"\nprice = \"{}\"",
+            package.credits, package.price
+        );
+    }
+    for task in catalog.tasks() {
+        let _ = writeln!(
+            out,
+            "\n[[catalog.tasks]]\nid = {:?}\nname = {:?}\nunit = {:?}",
+            task.id.as_str(),
+            task.name,
+            task.unit
+        );
+        let _ = writeln!(out, "credits_per_unit = \"{}\"", task.credits_per_unit);
+        if let Some(minimum) = task.minimum {
+            let _ = writeln!(out, "minimum = \"{minimum}\"");
+        }
+    }
+    out
+}
+
+/// `GET /v1/catalog`.
+pub fn catalog_json(catalog: &Catalog) -> Value {
+    let tiers: Vec<Value> = catalog
+        .tiers()
+        .iter()
+        .map(|t| {
+            json!({
+                "object": "tier", "id": t.id.as_str(), "name": t.name,
+                "monthly_credits": t.monthly_credits.to_string(), "price": t.price.to_string(),
+                "currency": catalog.currency(),
+                "member_monthly_cap": t.member_monthly_cap.map(|c| c.to_string()),
+                "rollover_cap": t.rollover_cap.to_string(),
+            })
+        })
+        .collect();
+    let packages: Vec<Value> = catalog
+        .packages()
+        .iter()
+        .map(|p| {
+            json!({
+                "object": "package", "id": p.id.as_str(), "name": p.name,
+                "credits": p.credits.to_string(), "price": p.price.to_string(), "currency": catalog.currency(),
+            })
+        })
+        .collect();
+    let tasks: Vec<Value> = catalog
+        .tasks()
+        .iter()
+        .map(|t| {
+            json!({
+                "object": "task", "id": t.id.as_str(), "name": t.name, "unit": t.unit,
+                "credits_per_unit": t.credits_per_unit.to_string(),
+                "minimum": t.minimum.map(|m| m.to_string()),
+            })
+        })
+        .collect();
+    json!({"object": "catalog", "currency": catalog.currency(), "tiers": tiers, "packages": packages, "tasks": tasks})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_parses_back_to_the_builtin_catalog() {
+        let config = Config::from_toml(&default_toml()).unwrap();
+        assert_eq!(config.catalog, Catalog::builtin());
+        assert_eq!(config.listen, "127.0.0.1:8787");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let cases = [
+            ("listen = 5", "invalid type"),
+            ("colour = \"blue\"", "unknown field"),
+            ("[idempotency]\nretention_seconds = 60", "at least 86400"),
+            (
+                "[catalog]\ncurrency = \"USD\"\n[[catalog.tiers]]\nid = \"x\"\nname = \"X\"\nmonthly_credits = \"1.0000001\"\nprice = \"0\"",
+                "6 fractional digits",
+            ),
+        ];
+        for (text, reason) in cases {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
+}

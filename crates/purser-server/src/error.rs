@@ -1,0 +1,159 @@
+//! API errors: `{"error": {"type", "code", "message", "param"?, …}}`, and the
+//! one place where error types become HTTP statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+        let mut error = ApiError::new(400, "invalid_request", "parameter_invalid", message);
+        error.param = Some(param.to_owned());
+        error
+    }
+
+    pub fn missing(param: &str) -> ApiError {
+        let mut error = ApiError::new(
+            400,
+            "invalid_request",
+            "parameter_missing",
+            format!("{param} is required"),
+        );
+        error.param = Some(param.to_owned());
+        error
+    }
+
+    pub fn unknown_field(param: &str) -> ApiError {
+        let mut error = ApiError::new(
+            400,
+            "invalid_request",
+            "parameter_unknown",
+            format!("unknown field {param}"),
+        );
+        error.param = Some(param.to_owned());
+        error
+    }
+
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid_request", "malformed_json", message)
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid_request", code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(404, "not_found", code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(409, "conflict", code, message)
+    }
+
+    pub fn unauthenticated() -> ApiError {
+        ApiError::new(
+            401,
+            "authentication_error",
+            "invalid_api_key",
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    }
+
+    pub fn forbidden(scope: &str) -> ApiError {
+        ApiError::new(
+            403,
+            "permission_error",
+            "insufficient_scope",
+            format!("this API key lacks the {scope} scope"),
+        )
+    }
+
+    pub fn idempotency(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(409, "idempotency_error", code, message)
+    }
+
+    pub fn too_large() -> ApiError {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            "payload_too_large",
+            "the request body is larger than 1 MiB",
+        )
+    }
+
+    pub fn rate_limited() -> ApiError {
+        ApiError::new(
+            429,
+            "rate_limited",
+            "queue_full",
+            "the engine is saturated; retry with backoff",
+        )
+    }
+
+    pub fn unavailable() -> ApiError {
+        ApiError::new(
+            503,
+            "api_error",
+            "unavailable",
+            "the ledger is not accepting writes; retry later with the same idempotency key",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, "api_error", "internal_error", message)
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut error = json!({"type": self.kind, "code": self.code, "message": self.message});
+        if let Some(param) = &self.param {
+            error["param"] = json!(param);
+        }
+        if let Value::Object(map) = &mut error {
+            map.extend(self.extra.clone());
+        }
+        serde_json::to_vec(&json!({"error": error})).expect("JSON rendering cannot fail")
+    }
+}
+
+/// A JSON response from a status and a rendered body.
+pub fn json_response(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, self.body())
+    }
+}

@@ -1,0 +1,221 @@
+//! purser-server: the HTTP API of API.md over the single-writer engine.
+//!
+//! Owns the axum routes, wire conversion (by hand: the core has no serde),
+//! API keys, edge idempotency, the engine's shard and committer threads, the
+//! scheduler, the test clock, metrics and the OpenAPI document. It must not
+//! put ledger rules or SQL in handlers: rules live in `purser-core`, storage
+//! behind `purser_store::Store`.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod idempotency;
+pub mod metrics;
+pub mod openapi;
+pub mod render;
+pub mod request;
+
+use std::sync::Arc;
+
+use purser_core::{Catalog, Timestamp};
+use purser_store::{ApiKeyRecord, Store};
+use purser_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+
+use crate::api::{AppState, Shared};
+use crate::auth::{Keys, generate_secret, hash_secret, random_hex};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::idempotency::EdgeIdempotency;
+use crate::metrics::Metrics;
+
+/// Where the test clock's time is kept, so it survives restarts.
+pub const TEST_CLOCK_SETTING: &str = "test_clock_micros";
+const PARTITIONS_SETTING: &str = "partitions";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] purser_store::StoreError),
+    #[error("recovery: {0}")]
+    Recovery(#[from] engine::RecoveryError),
+    #[error("{0}")]
+    Config(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built server, ready to serve on its listener.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    /// The admin key generated on first start (shown once), if any.
+    pub generated_admin_key: Option<String>,
+    pub journal_entries: u64,
+}
+
+impl App {
+    /// Opens the store, replays the journal, loads keys and idempotency
+    /// records, and starts the engine. `admin_key` is `PURSER_ADMIN_KEY`.
+    pub async fn build(
+        config: Config,
+        listener: TcpListener,
+        admin_key: Option<String>,
+    ) -> Result<App, StartError> {
+        if config.database_url.is_some() {
+            return Err(StartError::Config(
+                "database_url: the PostgreSQL store is not available in this version; remove it to use the embedded store".into(),
+            ));
+        }
+        let data_dir = config.data_dir.clone();
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))??,
+        );
+        let (app_state, generated, entries) = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || prepare(config, store, admin_key))
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))??
+        };
+        Ok(App {
+            listener,
+            state: app_state,
+            generated_admin_key: generated,
+            journal_entries: entries,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = api::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+fn prepare(
+    config: Config,
+    store: Arc<dyn Store>,
+    admin_key: Option<String>,
+) -> Result<(AppState, Option<String>, u64), StartError> {
+    let partitions = match store.setting(PARTITIONS_SETTING)? {
+        Some(text) => text
+            .parse::<u16>()
+            .map_err(|_| StartError::Config(format!("stored partitions {text:?}")))?,
+        None => {
+            store.set_setting(PARTITIONS_SETTING, &config.partitions.to_string())?;
+            config.partitions
+        }
+    };
+    let clock = if config.test_clock {
+        let start = match store.setting(TEST_CLOCK_SETTING)? {
+            Some(text) => Timestamp::from_micros(
+                text.parse()
+                    .map_err(|_| StartError::Config("stored test clock".into()))?,
+            ),
+            None => {
+                let now = clock::system_now();
+                store.set_setting(TEST_CLOCK_SETTING, &now.micros().to_string())?;
+                now
+            }
+        };
+        Clock::test(start)
+    } else {
+        Clock::system()
+    };
+    let catalog = Arc::new(config.catalog.clone());
+    let (ledgers, entries) = engine::recover(&*store, catalog.clone(), partitions)?;
+    warn_missing_tiers(&ledgers, &catalog);
+    let idempotency = EdgeIdempotency::new(config.idempotency_retention_seconds);
+    let now = clock.now();
+    store.purge_idempotency(now)?;
+    idempotency.restore(store.idempotency_records(now)?);
+    let (keys, generated) = load_keys(&*store, admin_key, now)?;
+    let metrics = Arc::new(Metrics::new(&openapi::route_paths()));
+    let engine_config = EngineConfig {
+        shards: config.shards.max(1),
+        partitions,
+        queue_capacity: config.queue_capacity,
+        batch_limit: config.batch_limit,
+        idempotency_retention_seconds: config.idempotency_retention_seconds,
+    };
+    let engine = Engine::start(
+        &engine_config,
+        ledgers,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    );
+    let shared = Shared {
+        engine,
+        store,
+        clock,
+        catalog,
+        keys,
+        idempotency,
+        metrics,
+    };
+    Ok((AppState(Arc::new(shared)), generated, entries))
+}
+
+fn warn_missing_tiers(ledgers: &[purser_core::Ledger], catalog: &Catalog) {
+    for account in ledgers.iter().flat_map(|l| l.accounts()) {
+        if catalog.tier(account.tier().as_str()).is_none() {
+            tracing::warn!(account = %account.id(), tier = %account.tier(), "the account's tier is not in the catalog: it renews with 0 credits");
+        }
+    }
+}
+
+/// Loads API keys; makes sure `PURSER_ADMIN_KEY` is one; on a first start
+/// without it, generates an admin key to print once.
+fn load_keys(
+    store: &dyn Store,
+    admin_key: Option<String>,
+    now: Timestamp,
+) -> Result<(Keys, Option<String>), StartError> {
+    let records = store.api_keys()?;
+    let keys = Keys::load(&records);
+    let mut generated = None;
+    let wanted = match admin_key {
+        Some(secret) if !keys.contains_secret(&secret) => Some(secret),
+        Some(_) => None,
+        None if records.is_empty() => {
+            let secret = generate_secret();
+            generated = Some(secret.clone());
+            Some(secret)
+        }
+        None => None,
+    };
+    if let Some(secret) = wanted {
+        let record = ApiKeyRecord {
+            id: format!("key_{}", random_hex(12)),
+            secret_hash: hash_secret(&secret),
+            scopes: vec!["admin".into()],
+            created_at: now,
+            revoked_at: None,
+        };
+        store.insert_api_key(&record)?;
+        keys.add(&record);
+    }
+    Ok((keys, generated))
+}

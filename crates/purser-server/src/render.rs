@@ -1,0 +1,645 @@
+//! Wire output: core values rendered as the JSON objects of API.md, by hand
+//! (the core has no serde). Amounts are decimal strings, times RFC 3339.
+
+use std::fmt::Display;
+
+use purser_core::{
+    Account, AccountHandle, AccountId, Allocation, BalanceAfter, Body, Command, Entry, ErrorType,
+    Grant, GrantSource, GrantState, Hold, ObjectId, ObjectKind, Pricing, Purchase, Receipt,
+    Rejection, Timestamp,
+};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::{Value, json};
+
+use crate::engine::Answer;
+
+/// A value written with its `Display` (amounts, times, ids) as a JSON string.
+#[derive(Debug)]
+pub struct Text<T>(pub T);
+
+impl<T: Display> Serialize for Text<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+fn id(handle: AccountHandle, seq: u64, kind: ObjectKind) -> String {
+    ObjectId {
+        account: handle,
+        seq,
+    }
+    .format(kind)
+}
+
+/// What a shard can be asked to read.
+#[derive(Debug)]
+pub enum Read {
+    Account(AccountId),
+    AccountByHandle(AccountHandle),
+    Balance(AccountId),
+    Grants(AccountId),
+    Purchases(AccountId),
+    /// An active hold, or 404 from memory (the edge then asks the store).
+    Hold(ObjectId),
+    /// One purchase of an account.
+    Purchase(ObjectId),
+    /// The handle and creation time of an account id, to query the store by.
+    Handle(AccountId),
+    /// Up to `limit` accounts of the shard created before the cursor, newest first.
+    Accounts {
+        before: Option<(Timestamp, AccountHandle)>,
+        limit: usize,
+    },
+}
+
+/// How a read names its account.
+#[derive(Debug)]
+pub enum AccountRef<'a> {
+    Id(&'a AccountId),
+    Handle(AccountHandle),
+}
+
+impl Read {
+    pub fn account(&self) -> AccountRef<'_> {
+        match self {
+            Read::Account(id)
+            | Read::Balance(id)
+            | Read::Grants(id)
+            | Read::Purchases(id)
+            | Read::Handle(id) => AccountRef::Id(id),
+            Read::AccountByHandle(handle) => AccountRef::Handle(*handle),
+            Read::Hold(hold) | Read::Purchase(hold) => AccountRef::Handle(hold.account),
+            Read::Accounts { .. } => AccountRef::Handle(AccountHandle::from_raw(u64::MAX)),
+        }
+    }
+}
+
+fn json_answer(status: u16, value: &impl Serialize) -> Answer {
+    Answer::Json {
+        status,
+        body: serde_json::to_vec(value).expect("JSON rendering cannot fail"),
+    }
+}
+
+pub fn read(read: Read, account: Option<&Account>, now: Timestamp) -> Answer {
+    if let Read::Handle(_) = read {
+        return Answer::Handle(account.map(|a| (a.handle(), a.created_at())));
+    }
+    let Some(account) = account else {
+        let rejection = match read {
+            Read::Hold(_) => Rejection::HoldNotFound,
+            Read::Purchase(_) => Rejection::PurchaseNotFound,
+            _ => Rejection::AccountNotFound,
+        };
+        return rejection_answer(&rejection);
+    };
+    match read {
+        Read::Account(_) | Read::AccountByHandle(_) => Answer::Json {
+            status: 200,
+            body: account_body(account, now),
+        },
+        Read::Balance(_) => json_answer(200, &BalanceJson::new(account, now)),
+        Read::Grants(_) => {
+            let mut grants: Vec<&Grant> = account.grants().iter().collect();
+            // Active first (burn order), then the rest.
+            grants.sort_by_key(|g| !g.is_active(now));
+            let data: Vec<Value> = grants.iter().map(|g| grant_json(account, g, now)).collect();
+            json_answer(
+                200,
+                &json!({"object": "list", "data": data, "has_more": false}),
+            )
+        }
+        Read::Purchases(_) => {
+            let data: Vec<Value> = account
+                .purchases()
+                .iter()
+                .rev()
+                .map(|p| purchase_json(account, p))
+                .collect();
+            json_answer(
+                200,
+                &json!({"object": "list", "data": data, "has_more": false}),
+            )
+        }
+        Read::Hold(hold) => match account.hold(hold.seq) {
+            Some(active) => json_answer(200, &hold_json(account, active, "active")),
+            None => rejection_answer(&Rejection::HoldNotFound),
+        },
+        Read::Purchase(purchase) => match account.purchase(purchase.seq) {
+            Some(found) => json_answer(200, &purchase_json(account, found)),
+            None => rejection_answer(&Rejection::PurchaseNotFound),
+        },
+        Read::Handle(_) | Read::Accounts { .. } => unreachable!("answered above or by the shard"),
+    }
+}
+
+pub fn account_body(account: &Account, now: Timestamp) -> Vec<u8> {
+    serde_json::to_vec(&account_json(account, now)).expect("JSON rendering cannot fail")
+}
+
+pub fn account_json(account: &Account, now: Timestamp) -> Value {
+    let metadata: serde_json::Map<String, Value> = account
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+        .collect();
+    json!({
+        "object": "account",
+        "id": account.id().as_str(),
+        "name": account.name(),
+        "tier": account.tier().as_str(),
+        "pending_tier": account.pending_tier().map(|t| t.as_str()),
+        "anchor": Text(account.anchor()),
+        "status": account.status().as_str(),
+        "created_at": Text(account.created_at()),
+        "member_monthly_cap": account.member_monthly_cap().map(|c| c.to_string()),
+        "metadata": metadata,
+        "balance": BalanceJson::new(account, now),
+    })
+}
+
+/// The balance object of API.md.
+#[derive(Debug, Serialize)]
+pub struct BalanceJson<'a> {
+    object: &'static str,
+    account: &'a str,
+    available: Text<purser_core::CreditSum>,
+    held: Text<purser_core::CreditSum>,
+    debt: Text<purser_core::Credits>,
+    budget: BudgetJson,
+    rollover: KindJson,
+    packages: KindJson,
+    promo: KindJson,
+    tier: &'a str,
+    pending_tier: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct BudgetJson {
+    granted: Text<purser_core::CreditSum>,
+    used: Text<purser_core::CreditSum>,
+    held: Text<purser_core::CreditSum>,
+    available: Text<purser_core::CreditSum>,
+    period_start: Text<Timestamp>,
+    period_end: Text<Timestamp>,
+}
+
+#[derive(Debug, Serialize)]
+struct KindJson {
+    available: Text<purser_core::CreditSum>,
+    held: Text<purser_core::CreditSum>,
+}
+
+impl<'a> BalanceJson<'a> {
+    pub fn new(account: &'a Account, now: Timestamp) -> BalanceJson<'a> {
+        let balance = account.balance(now);
+        let kind = |k: purser_core::KindBalance| KindJson {
+            available: Text(k.available),
+            held: Text(k.held),
+        };
+        BalanceJson {
+            object: "balance",
+            account: account.id().as_str(),
+            available: Text(balance.available),
+            held: Text(balance.held),
+            debt: Text(balance.debt),
+            budget: BudgetJson {
+                granted: Text(balance.budget.granted),
+                used: Text(balance.budget.used),
+                held: Text(balance.budget.held),
+                available: Text(balance.budget.available),
+                period_start: Text(balance.budget.period_start),
+                period_end: Text(balance.budget.period_end),
+            },
+            rollover: kind(balance.rollover),
+            packages: kind(balance.packages),
+            promo: kind(balance.promo),
+            tier: account.tier().as_str(),
+            pending_tier: account.pending_tier().map(|t| t.as_str()),
+        }
+    }
+}
+
+/// Allocations as `[{"grant", "kind", "credits"}]`.
+struct AllocationsJson<'a>(AccountHandle, &'a [Allocation]);
+
+impl Serialize for AllocationsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.1.iter().map(|a| {
+            json!({"grant": id(self.0, a.grant, ObjectKind::Grant), "kind": a.kind.as_str(), "credits": a.credits.to_string()})
+        }))
+    }
+}
+
+/// A charge: a `debit` entry, or a hold's `capture`.
+struct DebitJson<'a> {
+    account: &'a Account,
+    entry: &'a Entry,
+    now: Timestamp,
+}
+
+impl Serialize for DebitJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let handle = self.entry.account;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("object", "debit")?;
+        map.serialize_entry("id", &id(handle, self.entry.seq, ObjectKind::Debit))?;
+        map.serialize_entry("account", self.account.id().as_str())?;
+        let (credits, pricing, member, mode, debt) = match &self.entry.body {
+            Body::Debited(d) => (d.credits, &d.pricing, &d.member, d.mode, d.debt_incurred),
+            Body::Captured(c) => (c.credits, &c.pricing, &c.member, c.mode, c.debt_incurred),
+            _ => unreachable!("a debit is a debit or a capture"),
+        };
+        serialize_pricing(&mut map, pricing.as_ref())?;
+        map.serialize_entry("credits", &Text(credits))?;
+        map.serialize_entry("member", &member.as_ref().map(|m| m.as_str()))?;
+        map.serialize_entry("mode", mode.as_str())?;
+        match &self.entry.body {
+            Body::Debited(d) => {
+                map.serialize_entry("allocations", &AllocationsJson(handle, &d.allocations))?;
+                map.serialize_entry("hold", &Option::<String>::None)?;
+                let metadata: serde_json::Map<String, Value> = d
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+                    .collect();
+                map.serialize_entry("metadata", &metadata)?;
+            }
+            Body::Captured(c) => {
+                let all: Vec<Allocation> = c.from_hold.iter().chain(&c.excess).copied().collect();
+                map.serialize_entry("allocations", &AllocationsJson(handle, &all))?;
+                map.serialize_entry("hold", &id(handle, c.hold, ObjectKind::Hold))?;
+                map.serialize_entry("metadata", &json!({}))?;
+            }
+            _ => {}
+        }
+        map.serialize_entry("debt_incurred", &Text(debt))?;
+        map.serialize_entry("created_at", &Text(self.entry.at))?;
+        map.serialize_entry("balance", &BalanceJson::new(self.account, self.now))?;
+        map.end()
+    }
+}
+
+fn serialize_pricing<M: SerializeMap>(
+    map: &mut M,
+    pricing: Option<&Pricing>,
+) -> Result<(), M::Error> {
+    map.serialize_entry("task", &pricing.map(|p| p.task.as_str()))?;
+    map.serialize_entry(
+        "quantity",
+        &pricing.and_then(|p| p.quantity).map(|q| q.to_string()),
+    )?;
+    map.serialize_entry("rate", &pricing.map(|p| p.rate.to_string()))?;
+    Ok(())
+}
+
+pub fn debit_body(account: &Account, entry: &Entry, now: Timestamp) -> Vec<u8> {
+    serde_json::to_vec(&DebitJson {
+        account,
+        entry,
+        now,
+    })
+    .expect("JSON rendering cannot fail")
+}
+
+pub fn hold_json(account: &Account, hold: &Hold, status: &str) -> Value {
+    let handle = account.handle();
+    json!({
+        "object": "hold",
+        "id": id(handle, hold.seq, ObjectKind::Hold),
+        "account": account.id().as_str(),
+        "credits": hold.credits.to_string(),
+        "status": status,
+        "task": hold.pricing.as_ref().map(|p| p.task.as_str()),
+        "quantity": hold.pricing.as_ref().and_then(|p| p.quantity).map(|q| q.to_string()),
+        "rate": hold.pricing.as_ref().map(|p| p.rate.to_string()),
+        "member": hold.member.as_ref().map(|m| m.as_str()),
+        "allocations": AllocationsJson(handle, &hold.allocations),
+        "created_at": Text(hold.created_at),
+        "expires_at": Text(hold.expires_at),
+        "metadata": hold.metadata.iter().map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn grant_status(grant: &Grant, now: Timestamp) -> &'static str {
+    if grant.state == GrantState::Voided {
+        "voided"
+    } else if grant.expires_at <= now {
+        "expired"
+    } else if grant.remaining.is_zero() {
+        "exhausted"
+    } else {
+        "active"
+    }
+}
+
+pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
+    let handle = account.handle();
+    let source = match &grant.source {
+        GrantSource::Period { tier, index } => {
+            json!({"type": "period", "tier": tier.as_str(), "period": index})
+        }
+        GrantSource::Rollover { index } => json!({"type": "rollover", "period": index}),
+        GrantSource::Purchase { purchase } => {
+            json!({"type": "purchase", "purchase": id(handle, *purchase, ObjectKind::Purchase)})
+        }
+        GrantSource::Operator { reason } => json!({"type": "operator", "reason": &**reason}),
+        GrantSource::Reversal { debit } => {
+            json!({"type": "reversal", "debit": id(handle, *debit, ObjectKind::Debit)})
+        }
+    };
+    json!({
+        "object": "grant",
+        "id": id(handle, grant.seq, ObjectKind::Grant),
+        "account": account.id().as_str(),
+        "kind": grant.kind.as_str(),
+        "status": grant_status(grant, now),
+        "amount": grant.amount.to_string(),
+        "remaining": grant.remaining.to_string(),
+        "held": grant.held.to_string(),
+        "available": if grant.is_active(now) { grant.free().to_string() } else { "0".to_string() },
+        "priority": grant.priority,
+        "effective_at": Text(grant.effective_at),
+        "expires_at": grant.expires().map(|t| t.to_string()),
+        "source": source,
+    })
+}
+
+pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
+    let handle = account.handle();
+    json!({
+        "object": "purchase",
+        "id": id(handle, purchase.seq, ObjectKind::Purchase),
+        "account": account.id().as_str(),
+        "package": purchase.package.as_str(),
+        "credits": purchase.credits.to_string(),
+        "price": purchase.price.to_string(),
+        "status": purchase.status.as_str(),
+        "grant": purchase.grant.map(|g| id(handle, g, ObjectKind::Grant)),
+        "created_at": Text(purchase.created_at),
+        "updated_at": Text(purchase.updated_at),
+        "checkout_url": Value::Null,
+    })
+}
+
+fn balance_after_json(balance: &BalanceAfter) -> Value {
+    json!({
+        "available": balance.available.to_string(),
+        "held": balance.held.to_string(),
+        "debt": balance.debt.to_string(),
+    })
+}
+
+/// A journal entry as a transaction; `account` is the account's id.
+pub fn transaction_json(account: &str, entry: &Entry) -> Value {
+    let handle = entry.account;
+    let allocations: Vec<Allocation> = match &entry.body {
+        Body::Debited(d) => d.allocations.clone(),
+        Body::Captured(c) => c.from_hold.iter().chain(&c.excess).copied().collect(),
+        Body::Held(h) => h.allocations.clone(),
+        Body::Released(r) => r.allocations.clone(),
+        Body::Expired(a) => vec![*a],
+        Body::Voided { allocation, .. } => vec![*allocation],
+        Body::Reversed(r) => r.returned.clone(),
+        Body::DebtPaid(allocations) => allocations.clone(),
+        Body::RolledOver { from, .. } => from.clone(),
+        Body::Granted(g) => vec![Allocation {
+            grant: g.seq,
+            kind: g.kind,
+            credits: g.amount,
+        }],
+        _ => Vec::new(),
+    };
+    let mut value = json!({
+        "object": "transaction",
+        "id": id(handle, entry.seq, ObjectKind::Transaction),
+        "account": account,
+        "type": entry.body.type_name(),
+        "credits": entry.body.signed_credits().to_string(),
+        "allocations": AllocationsJson(handle, &allocations),
+        "created_at": Text(entry.at),
+        "balance_after": balance_after_json(&entry.balance_after),
+    });
+    let extra = match &entry.body {
+        Body::Debited(d) => json!({
+            "debit": id(handle, entry.seq, ObjectKind::Debit),
+            "task": d.pricing.as_ref().map(|p| p.task.as_str()),
+            "member": d.member.as_ref().map(|m| m.as_str()),
+            "debt_incurred": d.debt_incurred.to_string(),
+        }),
+        Body::Captured(c) => json!({
+            "debit": id(handle, entry.seq, ObjectKind::Debit),
+            "hold": id(handle, c.hold, ObjectKind::Hold),
+            "task": c.pricing.as_ref().map(|p| p.task.as_str()),
+            "member": c.member.as_ref().map(|m| m.as_str()),
+            "debt_incurred": c.debt_incurred.to_string(),
+        }),
+        Body::Held(h) => {
+            json!({"hold": id(handle, h.seq, ObjectKind::Hold), "held": h.credits.to_string()})
+        }
+        Body::Released(r) => json!({"hold": id(handle, r.hold, ObjectKind::Hold)}),
+        Body::Reversed(r) => json!({
+            "debit": id(handle, r.debit, ObjectKind::Debit),
+            "reversed": r.credits.to_string(),
+            "forfeited": AllocationsJson(handle, &r.forfeited),
+            "debt_canceled": r.debt_canceled.to_string(),
+            "debt_refunded": r.debt_refunded.to_string(),
+        }),
+        Body::Granted(g) => {
+            json!({"grant": id(handle, g.seq, ObjectKind::Grant), "kind": g.kind.as_str()})
+        }
+        Body::TierChanged(c) => {
+            json!({"from": c.from.as_str(), "to": c.to.as_str(), "budget_increase": c.budget_increase.to_string()})
+        }
+        Body::TierScheduled(t) => json!({"pending_tier": t.as_ref().map(|t| t.as_str())}),
+        Body::PurchaseCreated(p) => {
+            json!({"purchase": id(handle, p.seq, ObjectKind::Purchase), "package": p.package.as_str()})
+        }
+        Body::PurchaseUpdated { purchase, status } => {
+            json!({"purchase": id(handle, *purchase, ObjectKind::Purchase), "status": status.as_str()})
+        }
+        _ => json!({}),
+    };
+    if let (Value::Object(base), Value::Object(extra)) = (&mut value, extra) {
+        base.extend(extra);
+    }
+    value
+}
+
+/// What an accepted command answers with.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    AccountCreated,
+    Account,
+    Debit {
+        status: u16,
+    },
+    Hold,
+    /// The hold as it was just before its release.
+    Released(Option<Box<Hold>>),
+    Grant {
+        status: u16,
+    },
+    /// `seq` when the command names the purchase (it may change nothing).
+    Purchase {
+        status: u16,
+        seq: Option<u64>,
+    },
+    Transaction,
+    Empty,
+}
+
+pub fn shape_of(command: &Command) -> Shape {
+    match command {
+        Command::OpenAccount { .. } => Shape::AccountCreated,
+        Command::UpdateAccount { .. }
+        | Command::CloseAccount { .. }
+        | Command::ChangeTier { .. } => Shape::Account,
+        Command::Charge { .. } => Shape::Debit { status: 201 },
+        Command::CaptureHold { .. } => Shape::Debit { status: 200 },
+        Command::PlaceHold { .. } => Shape::Hold,
+        Command::ReleaseHold { .. } => Shape::Released(None),
+        Command::IssueGrant { .. } => Shape::Grant { status: 201 },
+        Command::VoidGrant { .. } => Shape::Grant { status: 200 },
+        Command::CreatePurchase { .. } => Shape::Purchase {
+            status: 201,
+            seq: None,
+        },
+        Command::CompletePurchase { purchase }
+        | Command::FailPurchase { purchase }
+        | Command::CancelPurchase { purchase }
+        | Command::RefundPurchase { purchase } => Shape::Purchase {
+            status: 200,
+            seq: Some(purchase.seq),
+        },
+        Command::Reverse { .. } => Shape::Transaction,
+        Command::Advance { .. } => Shape::Empty,
+    }
+}
+
+/// Renders the answer of an accepted command from the entries it wrote and
+/// the account after it.
+pub fn accepted(
+    shape: Shape,
+    receipt: &Receipt,
+    account: &Account,
+    entries: &[Entry],
+    now: Timestamp,
+) -> Answer {
+    let primary = receipt.primary.map(|index| &entries[index]);
+    match (shape, primary) {
+        (Shape::AccountCreated, _) => Answer::Json {
+            status: 201,
+            body: account_body(account, now),
+        },
+        (Shape::Account, _) => Answer::Json {
+            status: 200,
+            body: account_body(account, now),
+        },
+        (Shape::Debit { status }, Some(entry)) => Answer::Json {
+            status,
+            body: debit_body(account, entry, now),
+        },
+        (
+            Shape::Hold,
+            Some(Entry {
+                body: Body::Held(hold),
+                ..
+            }),
+        ) => json_answer(201, &hold_json(account, hold, "active")),
+        (Shape::Released(Some(hold)), _) => {
+            json_answer(200, &hold_json(account, &hold, "released"))
+        }
+        (Shape::Grant { status }, Some(entry)) => {
+            let seq = match &entry.body {
+                Body::Granted(grant) => grant.seq,
+                Body::Voided { allocation, .. } => allocation.grant,
+                _ => unreachable!("a grant answer is a grant or a void"),
+            };
+            match account.grant(seq) {
+                Some(grant) => json_answer(status, &grant_json(account, grant, now)),
+                None => json_answer(
+                    status,
+                    &json!({"object": "grant", "id": id(account.handle(), seq, ObjectKind::Grant), "status": "voided"}),
+                ),
+            }
+        }
+        (Shape::Purchase { status, seq }, primary) => {
+            let seq = seq.or(match primary.map(|e| &e.body) {
+                Some(Body::PurchaseCreated(p)) => Some(p.seq),
+                _ => None,
+            });
+            match seq.and_then(|seq| account.purchase(seq)) {
+                Some(purchase) => json_answer(status, &purchase_json(account, purchase)),
+                None => rejection_answer(&Rejection::PurchaseNotFound),
+            }
+        }
+        (Shape::Transaction, Some(entry)) => {
+            json_answer(200, &transaction_json(account.id().as_str(), entry))
+        }
+        _ => Answer::Json {
+            status: 200,
+            body: b"{}".to_vec(),
+        },
+    }
+}
+
+/// Refusals of a command that names its object by id only.
+pub fn not_found_for(command: &Command) -> Rejection {
+    match command {
+        Command::CaptureHold { .. } | Command::ReleaseHold { .. } => Rejection::HoldNotFound,
+        Command::VoidGrant { .. } => Rejection::GrantNotFound,
+        Command::Reverse { .. } => Rejection::DebitNotFound,
+        Command::CompletePurchase { .. }
+        | Command::FailPurchase { .. }
+        | Command::CancelPurchase { .. }
+        | Command::RefundPurchase { .. } => Rejection::PurchaseNotFound,
+        _ => Rejection::AccountNotFound,
+    }
+}
+
+pub fn rejection(rejection: &Rejection) -> Answer {
+    rejection_answer(rejection)
+}
+
+fn rejection_answer(rejection: &Rejection) -> Answer {
+    let (status, kind) = match rejection.error_type() {
+        ErrorType::InvalidRequest => (400, "invalid_request"),
+        ErrorType::InsufficientCredits => (402, "insufficient_credits"),
+        ErrorType::MemberLimitExceeded => (402, "member_limit_exceeded"),
+        ErrorType::NotFound => (404, "not_found"),
+        ErrorType::Conflict => (409, "conflict"),
+    };
+    let mut error =
+        json!({"type": kind, "code": rejection.code(), "message": rejection.to_string()});
+    if let Some(param) = rejection.param() {
+        error["param"] = json!(param);
+    }
+    match rejection {
+        Rejection::InsufficientCredits {
+            available,
+            required,
+        } => {
+            error["available"] = json!(available.to_string());
+            error["required"] = json!(required.to_string());
+        }
+        Rejection::MemberLimitExceeded {
+            member,
+            cap,
+            used,
+            required,
+        } => {
+            error["member"] = json!(member.as_str());
+            error["cap"] = json!(cap.to_string());
+            error["used"] = json!(used.to_string());
+            error["required"] = json!(required.to_string());
+        }
+        Rejection::ReversalTooLarge { reversible } => {
+            error["reversible"] = json!(reversible.to_string())
+        }
+        Rejection::PurchaseNotAllowed { status } => error["status"] = json!(status.as_str()),
+        _ => {}
+    }
+    json_answer(status, &json!({"error": error}))
+}

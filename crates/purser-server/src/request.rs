@@ -1,0 +1,187 @@
+//! Wire input: a JSON body read as a map, every field checked by hand so
+//! that each refusal names its `param`. Unknown fields are refused.
+
+use purser_core::{Credits, IdError, Metadata, Notation, Quantity, Timestamp};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug)]
+pub struct Fields {
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    /// Parses a body; an empty one means `{}`. Fields outside `allowed` are refused.
+    pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Fields, ApiError> {
+        let fields = Fields::parse_value(bytes)?;
+        fields.only(allowed)?;
+        Ok(fields)
+    }
+
+    fn parse_value(bytes: &[u8]) -> Result<Fields, ApiError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields { map: Map::new() });
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => Ok(Fields { map }),
+            Ok(_) => Err(ApiError::malformed("the body must be a JSON object")),
+            Err(error) => Err(ApiError::malformed(format!("malformed JSON: {error}"))),
+        }
+    }
+
+    pub fn from_map(map: Map<String, Value>, allowed: &[&str]) -> Result<Fields, ApiError> {
+        let fields = Fields { map };
+        fields.only(allowed)?;
+        Ok(fields)
+    }
+
+    fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.map.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(unknown) => Err(ApiError::unknown_field(unknown)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.map.get(name).is_some_and(|value| !value.is_null())
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.map.get(name).filter(|value| !value.is_null())
+    }
+
+    /// Decimal text of an amount field: a string, or a JSON number's own text.
+    fn decimal(&self, name: &str) -> Result<Option<(&str, Notation)>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some((text, Notation::String))),
+            Some(Value::Number(number)) => Ok(Some((number.as_str(), Notation::Number))),
+            Some(_) => Err(ApiError::invalid(
+                name,
+                format!("{name} must be a decimal string or number"),
+            )),
+        }
+    }
+
+    /// A positive credit amount.
+    pub fn credits(&self, name: &str) -> Result<Option<Credits>, ApiError> {
+        self.decimal(name)?
+            .map(|(text, notation)| {
+                Credits::parse_positive(text, notation)
+                    .map_err(|error| ApiError::invalid(name, format!("{name} {error}")))
+            })
+            .transpose()
+    }
+
+    /// A positive quantity.
+    pub fn quantity(&self, name: &str) -> Result<Option<Quantity>, ApiError> {
+        self.decimal(name)?
+            .map(|(text, notation)| {
+                Quantity::parse_positive(text, notation)
+                    .map_err(|error| ApiError::invalid(name, format!("{name} {error}")))
+            })
+            .transpose()
+    }
+
+    pub fn string(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be a string"))),
+        }
+    }
+
+    /// An operator id (account, tier, task, package, member).
+    pub fn id<T>(
+        &self,
+        name: &str,
+        parse: fn(&str) -> Result<T, IdError>,
+    ) -> Result<Option<T>, ApiError> {
+        self.string(name)?
+            .map(|text| {
+                parse(text).map_err(|error| ApiError::invalid(name, format!("{name} {error}")))
+            })
+            .transpose()
+    }
+
+    pub fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(number)) => number
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(name, format!("{name} must be an integer"))),
+            Some(_) => Err(ApiError::invalid(
+                name,
+                format!("{name} must be an integer"),
+            )),
+        }
+    }
+
+    pub fn time(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
+        self.string(name)?
+            .map(|text| {
+                Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                    ApiError::invalid(name, format!("{name} must be an RFC 3339 time"))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn metadata(&self, name: &str) -> Result<Option<Metadata>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => {
+                let mut pairs = Vec::with_capacity(map.len());
+                for (key, value) in map {
+                    match value {
+                        Value::String(text) => pairs.push((key.clone(), text.clone())),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                name,
+                                format!("{name} values must be strings"),
+                            ));
+                        }
+                    }
+                }
+                Metadata::new(pairs)
+                    .map(Some)
+                    .map_err(|limit| ApiError::invalid(name, format!("{name} exceeds {limit}")))
+            }
+            Some(_) => Err(ApiError::invalid(
+                name,
+                format!("{name} must be an object of strings"),
+            )),
+        }
+    }
+
+    /// One of `choices`.
+    pub fn choice(&self, name: &str, choices: &[&str]) -> Result<Option<usize>, ApiError> {
+        self.string(name)?
+            .map(|text| {
+                choices
+                    .iter()
+                    .position(|choice| *choice == text)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            name,
+                            format!("{name} must be one of {}", choices.join(", ")),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn array(&self, name: &str) -> Result<Option<&Vec<Value>>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be an array"))),
+        }
+    }
+}
+
+pub fn required<T>(value: Option<T>, name: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::missing(name))
+}

@@ -1,0 +1,198 @@
+//! `purser`: serve the credits engine, print its default configuration,
+//! verify a stored ledger.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use purser_server::config::{Config, default_toml};
+
+#[derive(Debug, Parser)]
+#[command(name = "purser", version, about = "The credits engine for AI products")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the HTTP server on the embedded store.
+    Serve(ServeArgs),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Replay a stored journal through the core and report every invariant break.
+    Verify {
+        /// The data directory of the embedded store.
+        #[arg(long, default_value = "./purser-data")]
+        data_dir: PathBuf,
+        /// The configuration file (for the catalog).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the built-in configuration as a purser.toml.
+    Default,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8787).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory of the embedded store (default ./purser-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Configuration file; without one, ./purser.toml if present, else the built-in.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// PostgreSQL database URL (not yet available).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Start with a test clock that moves only by POST /v1/test_clock/advance.
+    #[arg(long)]
+    test_clock: bool,
+    /// Number of shard writer threads (default: the number of cores).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let path = match path {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from("purser.toml")).filter(|p| p.exists()),
+    };
+    match path {
+        None => Ok(Config::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", path.display()))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PURSER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Serve(args) => serve(args),
+        Commands::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", default_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Verify { data_dir, config } => verify(&data_dir, config.as_ref()),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("purser: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.database_url.is_some() {
+        config.database_url = args.database_url;
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards.clamp(1, 256);
+    }
+    config.test_clock |= args.test_clock;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let admin_key = std::env::var("PURSER_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        let data_dir = config.data_dir.clone();
+        let test_clock = config.test_clock;
+        let app = purser_server::App::build(config, listener, admin_key).await?;
+        if let Some(secret) = &app.generated_admin_key {
+            println!(
+                "purser: generated the first admin API key (shown once, store it now):\n{secret}"
+            );
+        }
+        tracing::info!(
+            address = %app.local_addr()?,
+            data_dir = %data_dir.display(),
+            journal_entries = app.journal_entries,
+            test_clock,
+            "purser is serving"
+        );
+        app.serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn verify(data_dir: &std::path::Path, config: Option<&PathBuf>) -> anyhow::Result<ExitCode> {
+    use purser_store::Store;
+    let config = load_config(config)?;
+    if !data_dir.join("purser.db").exists() {
+        anyhow::bail!("no purser store in {}", data_dir.display());
+    }
+    let store = purser_store_sqlite::SqliteStore::open(data_dir)?;
+    let mut entries = Vec::new();
+    store.replay(&mut |entry| {
+        entries.push(entry);
+        Ok(())
+    })?;
+    let catalog = Arc::new(config.catalog);
+    let mut by_partition: std::collections::BTreeMap<u16, Vec<purser_core::Entry>> =
+        Default::default();
+    for entry in entries {
+        by_partition
+            .entry(entry.account.partition())
+            .or_default()
+            .push(entry);
+    }
+    let (mut accounts, mut count, mut problems) = (0, 0, Vec::new());
+    for (partition, entries) in &by_partition {
+        let (_, report) = purser_core::verify::replay(*partition, catalog.clone(), entries.iter());
+        accounts += report.accounts;
+        count += report.entries;
+        problems.extend(report.problems);
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: {accounts} accounts, {count} journal entries, every entry applies and every invariant holds"
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        println!(
+            "{} problems in {accounts} accounts, {count} journal entries",
+            problems.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
