@@ -687,10 +687,14 @@ async fn list_accounts(
         let before = match query.get("starting_after") {
             None => None,
             Some(id) => {
-                let (handle, created) = account_handle(&state, id)
+                let (_, created) = account_handle(&state, id)
                     .await
                     .map_err(|_| ApiError::invalid("starting_after", "no such account"))?;
-                Some((created, handle))
+                Some((
+                    created,
+                    AccountId::parse(id)
+                        .map_err(|_| ApiError::invalid("starting_after", "no such account"))?,
+                ))
             }
         };
         let mut page = Vec::new();
@@ -699,7 +703,7 @@ async fn list_accounts(
                 &state,
                 shard,
                 Read::Accounts {
-                    before,
+                    before: before.clone(),
                     limit: limit + 1,
                 },
             )
@@ -708,7 +712,7 @@ async fn list_accounts(
                 page.extend(accounts);
             }
         }
-        page.sort_unstable_by_key(|a| std::cmp::Reverse((a.0, a.1)));
+        page.sort_unstable_by(|a, b| (&b.0, &b.1).cmp(&(&a.0, &a.1)));
         let has_more = page.len() > limit;
         page.truncate(limit);
         let mut body = Vec::with_capacity(page.iter().map(|p| p.2.len() + 1).sum::<usize>() + 64);

@@ -39,7 +39,7 @@ pub enum Answer {
     /// An account's handle and creation time.
     Handle(Option<(AccountHandle, Timestamp)>),
     /// Accounts of one shard for a list page: (created_at, handle, JSON).
-    Accounts(Vec<(Timestamp, AccountHandle, Vec<u8>)>),
+    Accounts(Vec<(Timestamp, AccountId, Vec<u8>)>),
     /// The engine cannot take writes (a commit failed).
     Unavailable,
 }
@@ -399,22 +399,25 @@ impl Shard {
 
     fn read(&mut self, read: Read, now: Timestamp) -> Answer {
         if let Read::Accounts { before, limit } = read {
+            // Newest first; accounts created at the same instant by id, highest first.
             let mut page: Vec<_> = self
                 .ledgers
                 .iter()
                 .flat_map(|ledger| ledger.accounts())
                 .filter(|account| {
-                    before.is_none_or(|cursor| (account.created_at(), account.handle()) < cursor)
+                    before
+                        .as_ref()
+                        .is_none_or(|(at, id)| (account.created_at(), account.id()) < (*at, id))
                 })
-                .map(|account| (account.created_at(), account.handle()))
+                .map(|account| (account.created_at(), account.id().clone(), account.handle()))
                 .collect();
             page.sort_unstable_by(|a, b| b.cmp(a));
             page.truncate(limit);
             let rendered = page
                 .into_iter()
-                .map(|(created, handle)| {
+                .map(|(created, id, handle)| {
                     let account = self.account_by_handle(handle).expect("listed");
-                    (created, handle, render::account_body(account, now))
+                    (created, id, render::account_body(account, now))
                 })
                 .collect();
             return Answer::Accounts(rendered);

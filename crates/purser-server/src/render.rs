@@ -48,7 +48,7 @@ pub enum Read {
     Handle(AccountId),
     /// Up to `limit` accounts of the shard created before the cursor, newest first.
     Accounts {
-        before: Option<(Timestamp, AccountHandle)>,
+        before: Option<(Timestamp, AccountId)>,
         limit: usize,
     },
 }

@@ -1,0 +1,944 @@
+//! The whole API over HTTP: each test starts the real app on port 0 with a
+//! fresh data directory and a test clock, and talks to it through the typed
+//! client. No sleeps: the test clock moves time, and answers come back only
+//! once durable.
+
+mod harness;
+
+use harness::{Server, charge, credits};
+use purser_client::{Charge, Cost};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_charge_burns_budget_then_packages_and_reads_back() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let purchase = api
+        .post("/v1/accounts/acme/purchases", &json!({"package": "small"}))
+        .await
+        .unwrap();
+    assert_eq!(purchase.status, 201, "{purchase:?}");
+    assert_eq!(purchase.str("status"), "pending");
+    let completed = api
+        .post(
+            &format!("/v1/purchases/{}/complete", purchase.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (completed.status, completed.str("status")),
+        (200, "completed")
+    );
+    let debit = charge(&api, "acme", Cost::credits("120")).await;
+    assert_eq!(debit.status, 201, "{debit:?}");
+    let kinds: Vec<&str> = debit.body["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["budget", "package"]);
+    assert_eq!(debit.body["balance"]["available"], "180");
+    let balance = api.balance("acme").await.unwrap();
+    assert_eq!(balance.body["budget"]["used"], "100");
+    assert_eq!(balance.body["packages"]["available"], "180");
+    assert_eq!(credits(&balance, "available"), "180");
+}
+
+#[tokio::test]
+async fn a_short_strict_charge_is_402_and_changes_nothing() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    charge(&api, "acme", Cost::credits("60")).await;
+    let before = api.transactions("acme", "").await.unwrap();
+    let refused = charge(&api, "acme", Cost::credits("40.5")).await;
+    assert_eq!(refused.status, 402);
+    assert_eq!(refused.error_type(), Some("insufficient_credits"));
+    assert_eq!(refused.body["error"]["available"], "40");
+    assert_eq!(refused.body["error"]["required"], "40.5");
+    assert_eq!(
+        api.transactions("acme", "").await.unwrap(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "40"
+    );
+}
+
+#[tokio::test]
+async fn idempotent_replays_return_the_first_answer_and_mismatches_are_refused() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let body = Charge::new(Cost::task("assistant_message", "3"));
+    let first = api.charge("acme", &body, Some("order-1")).await.unwrap();
+    assert_eq!(first.status, 201);
+    let again = api.charge("acme", &body, Some("order-1")).await.unwrap();
+    assert_eq!(again, first, "the same status and body");
+    // The same JSON value written differently is the same request.
+    let spaced = api
+        .send(
+            "POST",
+            "/v1/accounts/acme/usage",
+            Some(br#"{ "quantity": "3",  "task": "assistant_message" }"#.to_vec()),
+            Some("order-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spaced, first);
+    let other = api
+        .charge(
+            "acme",
+            &Charge::new(Cost::task("assistant_message", "4")),
+            Some("order-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.status, other.error_type()),
+        (409, Some("idempotency_error"))
+    );
+    let elsewhere = api
+        .post_idempotent(
+            "/v1/accounts/acme/holds",
+            &json!({"credits": "1"}),
+            "order-1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status, 409);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "98.5",
+        "charged once"
+    );
+    // A refusal is not remembered: the same key can be used again.
+    let short = api
+        .charge("acme", &Charge::new(Cost::credits("500")), Some("order-2"))
+        .await
+        .unwrap();
+    assert_eq!(short.status, 402);
+    let retried = api
+        .charge("acme", &Charge::new(Cost::credits("5")), Some("order-2"))
+        .await
+        .unwrap();
+    assert_eq!(retried.status, 201);
+    // Keys survive a restart.
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, |_| {}).await;
+    let replay = server
+        .admin()
+        .charge("acme", &body, Some("order-1"))
+        .await
+        .unwrap();
+    assert_eq!(replay, first);
+    assert_eq!(
+        credits(&server.admin().balance("acme").await.unwrap(), "available"),
+        "93.5"
+    );
+}
+
+#[tokio::test]
+async fn holds_capture_less_more_release_and_expire() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let hold = api
+        .post(
+            "/v1/accounts/acme/holds",
+            &json!({"credits": "40", "ttl_seconds": 600}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (hold.status, hold.str("status")),
+        (201, "active"),
+        "{hold:?}"
+    );
+    let balance = api.balance("acme").await.unwrap();
+    assert_eq!(
+        (credits(&balance, "available"), credits(&balance, "held")),
+        ("60", "40")
+    );
+    let capture = api
+        .post(
+            &format!("/v1/holds/{}/capture", hold.str("id")),
+            &json!({"credits": "25"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (capture.status, capture.str("object")),
+        (200, "debit"),
+        "{capture:?}"
+    );
+    assert_eq!(capture.body["balance"]["available"], "75");
+    let again = api
+        .post(&format!("/v1/holds/{}/release", hold.str("id")), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!((again.status, again.error_type()), (409, Some("conflict")));
+    let shown = api
+        .get(&format!("/v1/holds/{}", hold.str("id")))
+        .await
+        .unwrap();
+    assert_eq!(shown.str("status"), "captured", "{shown:?}");
+
+    let more = api
+        .post("/v1/accounts/acme/holds", &json!({"credits": "10"}))
+        .await
+        .unwrap();
+    let over = api
+        .post(
+            &format!("/v1/holds/{}/capture", more.str("id")),
+            &json!({"credits": "15"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(over.status, 200);
+    assert_eq!(over.body["balance"]["available"], "60");
+    let too_much = api
+        .post("/v1/accounts/acme/holds", &json!({"credits": "50"}))
+        .await
+        .unwrap();
+    let refused = api
+        .post(
+            &format!("/v1/holds/{}/capture", too_much.str("id")),
+            &json!({"credits": "61"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 402);
+    let released = api
+        .post(
+            &format!("/v1/holds/{}/release", too_much.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (released.status, released.str("status")),
+        (200, "released"),
+        "{released:?}"
+    );
+
+    let expiring = api
+        .post(
+            "/v1/accounts/acme/holds",
+            &json!({"credits": "20", "ttl_seconds": 60}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "40"
+    );
+    server.advance(60).await;
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "60"
+    );
+    let expired = api
+        .get(&format!("/v1/holds/{}", expiring.str("id")))
+        .await
+        .unwrap();
+    assert_eq!(expired.str("status"), "expired");
+    let late = api
+        .post(
+            &format!("/v1/holds/{}/capture", expiring.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.status, 409);
+    let missing = api
+        .post("/v1/holds/hold_10000000000009/capture", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn three_months_later_three_renewals_in_order() {
+    let server = Server::start().await;
+    let api = server.admin();
+    let opened = server.open("acme", "starter").await;
+    charge(&api, "acme", Cost::credits("30")).await;
+    let first_end = opened.body["balance"]["budget"]["period_end"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.advance(3 * 31 * 86_400).await;
+    let grants = api.transactions("acme", "?type=grant").await.unwrap();
+    let times: Vec<&str> = grants.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["created_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        times.len(),
+        4,
+        "the first budget and three renewals: {grants:?}"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0] > w[1]),
+        "newest first, in order: {times:?}"
+    );
+    assert_eq!(
+        times[2], first_end,
+        "the first renewal happened at the first period's end"
+    );
+    let expiries = api.transactions("acme", "?type=expire").await.unwrap();
+    let lost: Vec<&str> = expiries.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["credits"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, ["-100", "-100", "-70"]);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "100"
+    );
+}
+
+#[tokio::test]
+async fn upgrades_apply_at_once_and_downgrades_wait() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let upgraded = api
+        .post("/v1/accounts/acme/tier", &json!({"tier": "pro"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (upgraded.status, upgraded.str("tier")),
+        (200, "pro"),
+        "{upgraded:?}"
+    );
+    assert_eq!(upgraded.body["balance"]["budget"]["granted"], "1000");
+    let downgrade = api
+        .post("/v1/accounts/acme/tier", &json!({"tier": "free"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (downgrade.str("tier"), downgrade.str("pending_tier")),
+        ("pro", "free")
+    );
+    let cancel = api
+        .post("/v1/accounts/acme/tier", &json!({"tier": "pro"}))
+        .await
+        .unwrap();
+    assert!(cancel.body["pending_tier"].is_null());
+    api.post("/v1/accounts/acme/tier", &json!({"tier": "free"}))
+        .await
+        .unwrap();
+    server.advance(32 * 86_400).await;
+    let account = api.account("acme").await.unwrap();
+    assert_eq!(account.str("tier"), "free");
+    assert_eq!(account.body["balance"]["budget"]["granted"], "25");
+    // pro rolls over up to 250 of its unused 1000 into the new period.
+    assert_eq!(account.body["balance"]["rollover"]["available"], "250");
+    let bad = api
+        .post("/v1/accounts/acme/tier", &json!({"tier": "gold"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.status, bad.body["error"]["param"].as_str()),
+        (400, Some("tier"))
+    );
+}
+
+#[tokio::test]
+async fn recorded_usage_becomes_debt_paid_by_the_next_credits() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "free").await;
+    let recorded = api
+        .charge(
+            "acme",
+            &Charge {
+                mode: Some("record".into()),
+                ..Charge::new(Cost::credits("40"))
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (recorded.status, recorded.str("debt_incurred")),
+        (201, "15")
+    );
+    assert_eq!(recorded.body["balance"]["debt"], "15");
+    let grant = api
+        .post(
+            "/v1/accounts/acme/grants",
+            &json!({"credits": "50", "reason": "welcome"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grant.status, 201, "{grant:?}");
+    let balance = api.balance("acme").await.unwrap();
+    assert_eq!(
+        (credits(&balance, "available"), credits(&balance, "debt")),
+        ("35", "0")
+    );
+    let paid = api.transactions("acme", "?type=debt_paid").await.unwrap();
+    assert_eq!(paid.body["data"][0]["allocations"][0]["credits"], "15");
+}
+
+#[tokio::test]
+async fn member_caps_refuse_strict_charges() {
+    let server = Server::start().await;
+    let api = server.admin();
+    let created = api
+        .post(
+            "/v1/accounts",
+            &json!({"id": "acme", "tier": "pro", "member_monthly_cap": "10"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201);
+    let member =
+        |credits: &str, mode: &str| json!({"credits": credits, "member": "ann", "mode": mode});
+    assert_eq!(
+        api.post("/v1/accounts/acme/usage", &member("8", "strict"))
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    let refused = api
+        .post("/v1/accounts/acme/usage", &member("3", "strict"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status, refused.error_type()),
+        (402, Some("member_limit_exceeded"))
+    );
+    assert_eq!(
+        api.post("/v1/accounts/acme/usage", &member("3", "record"))
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    let other = api
+        .post(
+            "/v1/accounts/acme/usage",
+            &json!({"credits": "9", "member": "bob"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.status, 201);
+}
+
+#[tokio::test]
+async fn reversals_give_credits_back() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let debit = charge(&api, "acme", Cost::credits("30")).await;
+    let path = format!("/v1/debits/{}/reverse", debit.str("id"));
+    let partial = api.post(&path, &json!({"credits": "10"})).await.unwrap();
+    assert_eq!(
+        (partial.status, partial.str("type")),
+        (200, "reversal"),
+        "{partial:?}"
+    );
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "80"
+    );
+    let rest = api.post(&path, &json!({})).await.unwrap();
+    assert_eq!(rest.str("reversed"), "20");
+    let nothing = api.post(&path, &json!({})).await.unwrap();
+    assert_eq!(nothing.status, 409);
+    let unknown = api
+        .post("/v1/debits/deb_10000000000009/reverse", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 404);
+    let shown = api
+        .get(&format!("/v1/debits/{}", debit.str("id")))
+        .await
+        .unwrap();
+    assert_eq!((shown.status, shown.str("credits")), (200, "-30"));
+}
+
+#[tokio::test]
+async fn lists_paginate_newest_first() {
+    let server = Server::start().await;
+    let api = server.admin();
+    for id in ["a1", "a2", "a3", "a4", "a5"] {
+        server.open(id, "free").await;
+    }
+    // The test clock stands still: all five share one creation instant, and
+    // ties are ordered by id, newest (highest) first.
+    let first = api.get("/v1/accounts?limit=2").await.unwrap();
+    let ids = |reply: &purser_client::Reply| -> Vec<String> {
+        reply.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        (ids(&first), first.body["has_more"].as_bool()),
+        (vec!["a5".to_string(), "a4".into()], Some(true))
+    );
+    let second = api
+        .get("/v1/accounts?limit=2&starting_after=a4")
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), ["a3", "a2"]);
+    let last = api
+        .get("/v1/accounts?limit=2&starting_after=a2")
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&last), last.body["has_more"].as_bool()),
+        (vec!["a1".to_string()], Some(false))
+    );
+    for _ in 0..5 {
+        charge(&api, "a1", Cost::credits("1")).await;
+    }
+    let page = api.transactions("a1", "?limit=3").await.unwrap();
+    assert_eq!(page.body["data"].as_array().unwrap().len(), 3);
+    let cursor = page.body["data"][2]["id"].as_str().unwrap();
+    let next = api
+        .transactions("a1", &format!("?limit=10&starting_after={cursor}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.body["data"].as_array().unwrap().len(),
+        4,
+        "2 debits, the grant, the opening"
+    );
+    assert_eq!(api.get("/v1/accounts?limit=0").await.unwrap().status, 400);
+    assert_eq!(api.get("/v1/accounts?limit=101").await.unwrap().status, 400);
+}
+
+#[tokio::test]
+async fn usage_summaries_group_by_task_day_member_and_kind() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let post = |body: serde_json::Value| {
+        let api = api.clone();
+        async move { api.post("/v1/accounts/acme/usage", &body).await.unwrap() }
+    };
+    post(json!({"task": "assistant_message", "quantity": "4", "member": "ann"})).await;
+    post(json!({"task": "transcribe_video", "quantity": "10", "member": "bob"})).await;
+    post(json!({"credits": "3"})).await;
+    let by = |group: &str| {
+        let api = api.clone();
+        let group = group.to_owned();
+        async move {
+            let reply = api
+                .get(&format!("/v1/accounts/acme/usage/summary?group_by={group}"))
+                .await
+                .unwrap();
+            reply.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    format!(
+                        "{}={}x{}",
+                        row["key"].as_str().unwrap_or("-"),
+                        row["credits"].as_str().unwrap(),
+                        row["count"]
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by("task").await,
+        ["-=3x1", "assistant_message=2x1", "transcribe_video=20x1"]
+    );
+    assert_eq!(by("member").await, ["-=3x1", "ann=2x1", "bob=20x1"]);
+    assert_eq!(by("kind").await, ["budget=25x3"]);
+    assert_eq!(by("day").await.len(), 1);
+    let bad = api
+        .get("/v1/accounts/acme/usage/summary?group_by=colour")
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn scopes_are_enforced() {
+    let server = Server::start().await;
+    server.open("acme", "starter").await;
+    let anonymous = server.admin().with_key("sk_wrong");
+    assert_eq!(anonymous.balance("acme").await.unwrap().status, 401);
+    let no_header = reqwest_like_get(&server.base, "/v1/accounts/acme").await;
+    assert_eq!(no_header, 401);
+    let usage = server.key(&["usage"]).await;
+    assert_eq!(charge(&usage, "acme", Cost::credits("1")).await.status, 201);
+    assert_eq!(usage.balance("acme").await.unwrap().status, 200);
+    let forbidden = usage
+        .post("/v1/accounts", &json!({"id": "x", "tier": "free"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (forbidden.status, forbidden.error_type()),
+        (403, Some("permission_error"))
+    );
+    assert_eq!(usage.get("/v1/accounts").await.unwrap().status, 403);
+    let created = server
+        .admin()
+        .post("/v1/api_keys", &json!({"scopes": ["read"]}))
+        .await
+        .unwrap();
+    let read = server.admin().with_key(created.str("secret"));
+    assert_eq!(read.account("acme").await.unwrap().status, 200);
+    assert_eq!(charge(&read, "acme", Cost::credits("1")).await.status, 403);
+    let keys = server.admin().get("/v1/api_keys").await.unwrap();
+    assert!(
+        keys.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("secret").is_none())
+    );
+    let revoked = server
+        .admin()
+        .post(
+            &format!("/v1/api_keys/{}/revoke", created.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (revoked.status, revoked.body["revoked_at"].is_string()),
+        (200, true)
+    );
+    assert_eq!(
+        read.account("acme").await.unwrap().status,
+        401,
+        "a revoked key no longer works"
+    );
+    assert_eq!(
+        usage.balance("acme").await.unwrap().status,
+        200,
+        "other keys still do"
+    );
+}
+
+async fn reqwest_like_get(base: &str, path: &str) -> u16 {
+    let client = purser_client::Client::new(base, "");
+    client.get(path).await.unwrap().status
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_contract_errors() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let cases: &[(&str, &[u8], u16, Option<&str>)] = &[
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "-1"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "0"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "1.0000001"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "1.0000000"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "1e3"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "1000000000001"}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": 1.0000001}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": true}"#,
+            400,
+            Some("credits"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"credits": "1", "colour": "red"}"#,
+            400,
+            Some("colour"),
+        ),
+        ("/v1/accounts/acme/usage", br#"{"credits": "1""#, 400, None),
+        ("/v1/accounts/acme/usage", br#"[1, 2]"#, 400, None),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"task": "teleport", "quantity": "1"}"#,
+            400,
+            Some("task"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"task": "assistant_message", "quantity": "-2"}"#,
+            400,
+            Some("quantity"),
+        ),
+        (
+            "/v1/accounts/acme/usage",
+            br#"{"task": "assistant_message"}"#,
+            400,
+            Some("quantity"),
+        ),
+        ("/v1/accounts/acme/usage", br#"{}"#, 400, None),
+        (
+            "/v1/accounts/nobody/usage",
+            br#"{"credits": "1"}"#,
+            404,
+            None,
+        ),
+        (
+            "/v1/accounts/bad%20id/usage",
+            br#"{"credits": "1"}"#,
+            404,
+            None,
+        ),
+        (
+            "/v1/accounts",
+            br#"{"id": "acme", "tier": "starter"}"#,
+            409,
+            None,
+        ),
+        (
+            "/v1/accounts",
+            br#"{"id": "new", "tier": "gold"}"#,
+            400,
+            Some("tier"),
+        ),
+        (
+            "/v1/accounts",
+            br#"{"id": "bad id!", "tier": "free"}"#,
+            400,
+            Some("id"),
+        ),
+        (
+            "/v1/accounts/acme/holds",
+            br#"{"credits": "1", "ttl_seconds": 86401}"#,
+            400,
+            Some("ttl_seconds"),
+        ),
+        (
+            "/v1/accounts/acme/purchases",
+            br#"{"package": "huge"}"#,
+            400,
+            Some("package"),
+        ),
+        ("/v1/nowhere", br#"{}"#, 404, None),
+    ];
+    for (path, body, status, param) in cases {
+        let reply = api
+            .send("POST", path, Some(body.to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            *status,
+            "{path} {}: {reply:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(
+            reply.body["error"]["type"].is_string() && reply.body["error"]["message"].is_string(),
+            "{reply:?}"
+        );
+        if let Some(param) = param {
+            assert_eq!(
+                reply.body["error"]["param"].as_str(),
+                Some(*param),
+                "{path}: {reply:?}"
+            );
+        }
+    }
+    let huge = vec![b' '; 1024 * 1024 + 1];
+    let reply = api
+        .send("POST", "/v1/accounts/acme/usage", Some(huge), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.error_type()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "100",
+        "nothing was charged"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_charges_against_one_hundred_credits() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            charge(&api, "acme", Cost::credits("1")).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 100);
+    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 100);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn batches_apply_each_item_on_its_own() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "free").await;
+    server.open("beta", "free").await;
+    let items = json!({"items": [
+        {"account": "acme", "idempotency_key": "b1", "credits": "5"},
+        {"account": "beta", "idempotency_key": "b2", "task": "assistant_message", "quantity": "2"},
+        {"account": "acme", "idempotency_key": "b3", "credits": "50"},
+        {"account": "nobody", "idempotency_key": "b4", "credits": "1"},
+        {"account": "acme", "idempotency_key": "b5", "credits": "-1"},
+    ]});
+    let reply = api.post("/v1/usage/batch", &items).await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let statuses: Vec<u64> = reply.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 402, 404, 400]);
+    assert_eq!(reply.body["results"][0]["debit"]["credits"], "5");
+    let again = api.post("/v1/usage/batch", &items).await.unwrap();
+    assert_eq!(
+        again.body["results"][0], reply.body["results"][0],
+        "replayed by key"
+    );
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "20"
+    );
+    // A batch item and a single charge share one key space.
+    let single = api
+        .post_idempotent("/v1/accounts/acme/usage", &json!({"credits": "5"}), "b1")
+        .await
+        .unwrap();
+    assert_eq!(single.body, reply.body["results"][0]["debit"]);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    charge(&api, "acme", Cost::credits("12.345678")).await;
+    let hold = api
+        .post("/v1/accounts/acme/holds", &json!({"credits": "10"}))
+        .await
+        .unwrap();
+    let before = api.account("acme").await.unwrap();
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, |_| {}).await;
+    let api = server.admin();
+    assert_eq!(api.account("acme").await.unwrap(), before);
+    let capture = api
+        .post(&format!("/v1/holds/{}/capture", hold.str("id")), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(capture.status, 200);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "77.654322"
+    );
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let server = Server::start().await;
+    let anonymous = purser_client::Client::new(&server.base, "");
+    assert_eq!(anonymous.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(anonymous.get("/readyz").await.unwrap().status, 200);
+    let openapi = anonymous.get("/openapi.json").await.unwrap();
+    assert_eq!(openapi.body["openapi"], "3.1.0");
+    assert!(openapi.body["paths"]["/v1/accounts/{id}/usage"]["post"].is_object());
+    let catalog = server.admin().get("/v1/catalog").await.unwrap();
+    assert_eq!(catalog.body["tasks"].as_array().unwrap().len(), 5);
+    let clock = server.admin().get("/v1/test_clock").await.unwrap();
+    assert_eq!(clock.str("object"), "test_clock");
+    let moved = server.advance(3600).await;
+    assert!(moved.str("now") > clock.str("now"));
+    let metrics = reqwest_text(&server.base, "/metrics").await;
+    assert!(
+        metrics.contains("purser_commit_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("route=\"/v1/test_clock/advance\""),
+        "{metrics}"
+    );
+}
+
+async fn reqwest_text(base: &str, path: &str) -> String {
+    let client = purser_client::Client::new(base, "");
+    match client.send("GET", path, None, None).await {
+        Err(purser_client::ClientError::NotJson { text, .. }) => text,
+        other => panic!("expected text: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn without_the_test_clock_flag_its_endpoints_are_404() {
+    let server = Server::start_with(|config| config.test_clock = false).await;
+    assert_eq!(
+        server.admin().get("/v1/test_clock").await.unwrap().status,
+        404
+    );
+    let reply = server
+        .admin()
+        .post("/v1/test_clock/advance", &json!({"seconds": 1}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 404);
+}
