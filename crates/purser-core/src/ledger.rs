@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::account::{Account, ApplyError};
+use crate::account::{Account, AccountSnapshot, ApplyError};
 use crate::catalog::Catalog;
 use crate::command::{Command, Target};
 use crate::credits::Credits;
@@ -233,6 +233,34 @@ impl Ledger {
         self.accounts
             .push(Account::open(entry.account, entry.seq, entry.at, opened));
         Ok(())
+    }
+
+    /// Every account as plain data, in handle order.
+    pub fn snapshot(&self) -> Vec<AccountSnapshot> {
+        self.accounts.iter().map(Account::snapshot).collect()
+    }
+
+    /// Restores a snapshotted account; accounts come back in handle order.
+    pub fn restore(&mut self, snapshot: AccountSnapshot) -> Result<(), ApplyError> {
+        let handle = snapshot.handle;
+        if handle.partition() != self.partition {
+            return Err(ApplyError::WrongPartition);
+        }
+        if handle.index() as usize != self.accounts.len()
+            || self.by_id.contains_key(snapshot.id.as_str())
+        {
+            return Err(ApplyError::AccountExists);
+        }
+        self.by_id.insert(snapshot.id.clone(), handle.index());
+        self.accounts.push(Account::restore(snapshot));
+        Ok(())
+    }
+
+    /// Whether a stored entry is already reflected in memory (restored from a
+    /// snapshot taken after it): recovery skips those.
+    pub fn contains(&self, entry: &Entry) -> bool {
+        self.index_of(entry.account)
+            .is_some_and(|index| entry.seq < self.accounts[index as usize].next_seq())
     }
 
     /// Replays a stored entry (recovery, `verify`). The entry's recorded

@@ -27,7 +27,8 @@ pub mod time;
 pub mod verify;
 
 pub use account::{
-    Account, AccountStatus, ApplyError, Balance, BudgetBalance, KindBalance, Violation,
+    Account, AccountSnapshot, AccountStatus, ApplyError, Balance, BudgetBalance, KindBalance,
+    Violation,
 };
 pub use catalog::{Catalog, CatalogError, Package, Task, Tier, price_at};
 pub use command::{Amount, CaptureAmount, Command, DebitRecord, Target};

@@ -30,6 +30,7 @@ struct RawLimits {
     queue_capacity: Option<usize>,
     batch_limit: Option<usize>,
     request_timeout_seconds: Option<u64>,
+    snapshot_every_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +92,9 @@ pub struct Config {
     pub queue_capacity: usize,
     pub batch_limit: usize,
     pub request_timeout_seconds: u64,
+    /// A shard snapshots its partitions after writing this many entries, so
+    /// recovery replays at most about that many per shard.
+    pub snapshot_every_entries: u64,
     pub idempotency_retention_seconds: i64,
     pub catalog: Catalog,
     pub test_clock: bool,
@@ -107,6 +111,7 @@ impl Default for Config {
             queue_capacity: 16_384,
             batch_limit: 2_048,
             request_timeout_seconds: 30,
+            snapshot_every_entries: 1_000_000,
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
             catalog: Catalog::builtin(),
@@ -168,6 +173,9 @@ impl Config {
         }
         if let Some(limit) = raw.limits.batch_limit {
             config.batch_limit = limit.clamp(1, 65_536);
+        }
+        if let Some(every) = raw.limits.snapshot_every_entries {
+            config.snapshot_every_entries = every.max(1);
         }
         if let Some(timeout) = raw.limits.request_timeout_seconds {
             config.request_timeout_seconds = timeout.clamp(1, 3_600);

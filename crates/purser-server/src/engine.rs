@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use purser_core::{AccountHandle, AccountId, Catalog, Command, Entry, Ledger, Target, Timestamp};
-use purser_store::{Commit, IdempotencyRecord, Store};
+use purser_store::{Commit, IdempotencyRecord, PartitionSnapshot, Store};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -85,6 +85,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     pub batch_limit: usize,
     pub idempotency_retention_seconds: i64,
+    /// A shard snapshots its partitions after writing this many entries.
+    pub snapshot_every_entries: u64,
 }
 
 /// Handle to the running engine; cheap to clone.
@@ -140,6 +142,8 @@ impl Engine {
                 batch_limit: config.batch_limit,
                 retention_seconds: config.idempotency_retention_seconds,
                 due: BinaryHeap::new(),
+                since_snapshot: 0,
+                snapshot_every: config.snapshot_every_entries.max(1),
                 poisoned: poisoned.clone(),
                 queue_depth: queue_depth.clone(),
             };
@@ -232,6 +236,7 @@ impl Engine {
 struct Batch {
     entries: Vec<Entry>,
     idempotency: Vec<IdempotencyRecord>,
+    snapshots: Vec<PartitionSnapshot>,
     answers: Vec<(oneshot::Sender<Answer>, Answer)>,
 }
 
@@ -249,6 +254,9 @@ struct Shard {
     /// Accounts by the instant their time-driven work is next due (lazily
     /// deleted: an entry is acted on only if it still matches the account).
     due: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    /// Entries written since the last snapshot, and how many call for one.
+    since_snapshot: u64,
+    snapshot_every: u64,
     poisoned: Arc<AtomicBool>,
     queue_depth: Arc<AtomicU64>,
 }
@@ -271,6 +279,7 @@ impl Shard {
             let mut batch = Batch {
                 entries: Vec::new(),
                 idempotency: Vec::new(),
+                snapshots: Vec::new(),
                 answers: Vec::new(),
             };
             if let Some(job) = first {
@@ -286,10 +295,31 @@ impl Shard {
             if batch.answers.is_empty() && batch.entries.is_empty() {
                 continue;
             }
+            self.since_snapshot += batch.entries.len() as u64;
+            if self.since_snapshot >= self.snapshot_every {
+                batch.snapshots = self.snapshot();
+                self.since_snapshot = 0;
+            }
             if self.commit.send(batch).is_err() {
                 return;
             }
         }
+    }
+
+    /// Every partition of the shard, as it is after the batch at hand: written
+    /// with that batch, so it reflects everything committed before it.
+    fn snapshot(&self) -> Vec<PartitionSnapshot> {
+        self.ledgers
+            .iter()
+            .map(|ledger| {
+                let mut body = Vec::new();
+                purser_store::encode_snapshot(&ledger.snapshot(), &mut body);
+                PartitionSnapshot {
+                    partition: ledger.partition(),
+                    body,
+                }
+            })
+            .collect()
     }
 
     /// How long to wait for work before time-driven work falls due. The test
@@ -481,6 +511,7 @@ impl Committer {
     fn run(self) {
         let mut entries: Vec<Entry> = Vec::new();
         let mut idempotency: Vec<IdempotencyRecord> = Vec::new();
+        let mut snapshots: Vec<PartitionSnapshot> = Vec::new();
         let mut answers: Vec<(oneshot::Sender<Answer>, Answer)> = Vec::new();
         while let Ok(first) = self.rx.recv() {
             let mut batches = vec![first];
@@ -490,6 +521,7 @@ impl Committer {
             for batch in batches {
                 entries.extend(batch.entries);
                 idempotency.extend(batch.idempotency);
+                snapshots.extend(batch.snapshots);
                 answers.extend(batch.answers);
             }
             let started = std::time::Instant::now();
@@ -500,6 +532,7 @@ impl Committer {
                     .commit(Commit {
                         entries: &entries,
                         idempotency: &idempotency,
+                        snapshots: &snapshots,
                     })
                     .map_err(|error| error.to_string())
             };
@@ -522,12 +555,14 @@ impl Committer {
             }
             entries.clear();
             idempotency.clear();
+            snapshots.clear();
         }
     }
 }
 
-/// Rebuilds every partition from the store: the journal replayed through the
-/// core, each entry checked against the balances it recorded.
+/// Rebuilds every partition from the store: the latest snapshots, then the
+/// journal after them replayed through the core, each entry checked against
+/// the balances it recorded. Returns the ledgers and the entries replayed.
 pub fn recover(
     store: &dyn Store,
     catalog: Arc<Catalog>,
@@ -536,15 +571,53 @@ pub fn recover(
     let mut ledgers: Vec<Ledger> = (0..partitions)
         .map(|p| Ledger::new(p, catalog.clone()))
         .collect();
+    let snapshots = store.snapshots().map_err(RecoveryError::Store)?;
+    // Partitions without a snapshot need the journal from its start.
+    let snapshotted: std::collections::HashSet<u16> =
+        snapshots.iter().map(|s| s.partition).collect();
+    let mut start = if snapshotted.len() == usize::from(partitions) {
+        u64::MAX
+    } else {
+        0
+    };
+    for snapshot in snapshots {
+        let ledger = ledgers
+            .get_mut(usize::from(snapshot.partition))
+            .ok_or_else(|| {
+                RecoveryError::Invariant(format!(
+                    "snapshot of partition {} beyond {partitions}",
+                    snapshot.partition
+                ))
+            })?;
+        let accounts = purser_store::decode_snapshot(&snapshot.body).map_err(|error| {
+            RecoveryError::Invariant(format!(
+                "snapshot of partition {}: {error}",
+                snapshot.partition
+            ))
+        })?;
+        for account in accounts {
+            ledger.restore(account).map_err(|error| {
+                RecoveryError::Invariant(format!(
+                    "snapshot of partition {}: {error}",
+                    snapshot.partition
+                ))
+            })?;
+        }
+        start = start.min(snapshot.position);
+    }
     let mut last_at: std::collections::HashMap<u64, Timestamp> = std::collections::HashMap::new();
-    let count = store
-        .replay(&mut |entry| {
+    let mut replayed = 0;
+    store
+        .replay_after(start, &mut |_, entry| {
             let partition = usize::from(entry.account.partition());
             let ledger = ledgers.get_mut(partition).ok_or_else(|| {
                 purser_store::StoreError::Backend(format!(
                     "entry of partition {partition} beyond {partitions}"
                 ))
             })?;
+            if ledger.contains(&entry) {
+                return Ok(());
+            }
             ledger.apply(&entry).map_err(|error| {
                 purser_store::StoreError::Backend(format!(
                     "journal entry {} of account {:?} does not apply: {error}",
@@ -552,6 +625,7 @@ pub fn recover(
                 ))
             })?;
             last_at.insert(entry.account.raw(), entry.at);
+            replayed += 1;
             Ok(())
         })
         .map_err(RecoveryError::Store)?;
@@ -559,16 +633,15 @@ pub fn recover(
         for account in ledger.accounts() {
             // As of the account's last entry: work that fell due while the
             // server was down is applied by its shard right after start.
-            let at = last_at
-                .get(&account.handle().raw())
-                .copied()
-                .unwrap_or(account.created_at());
+            let Some(at) = last_at.get(&account.handle().raw()) else {
+                continue;
+            };
             account
-                .check_invariants(at)
+                .check_invariants(*at)
                 .map_err(|violation| RecoveryError::Invariant(violation.to_string()))?;
         }
     }
-    Ok((ledgers, count))
+    Ok((ledgers, replayed))
 }
 
 /// Why the engine could not be rebuilt from the store.

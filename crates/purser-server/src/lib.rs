@@ -57,6 +57,7 @@ pub struct App {
     state: AppState,
     /// The admin key generated on first start (shown once), if any.
     pub generated_admin_key: Option<String>,
+    /// Journal entries replayed on start (after the snapshots).
     pub journal_entries: u64,
 }
 
@@ -158,6 +159,7 @@ fn prepare(
         queue_capacity: config.queue_capacity,
         batch_limit: config.batch_limit,
         idempotency_retention_seconds: config.idempotency_retention_seconds,
+        snapshot_every_entries: config.snapshot_every_entries,
     };
     let engine = Engine::start(
         &engine_config,

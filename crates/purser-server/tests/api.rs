@@ -942,3 +942,55 @@ async fn without_the_test_clock_flag_its_endpoints_are_404() {
         .unwrap();
     assert_eq!(reply.status, 404);
 }
+
+#[tokio::test]
+async fn restarts_replay_only_the_journal_after_the_latest_snapshot() {
+    let server = Server::start_with(|config| config.snapshot_every_entries = 10).await;
+    let api = server.admin();
+    server.open("acme", "pro").await;
+    server.open("beta", "pro").await;
+    for i in 0..40 {
+        let account = if i % 2 == 0 { "acme" } else { "beta" };
+        assert_eq!(
+            charge(&api, account, Cost::credits("1.5")).await.status,
+            201
+        );
+    }
+    let hold = api
+        .post("/v1/accounts/acme/holds", &json!({"credits": "7"}))
+        .await
+        .unwrap();
+    let before = (
+        api.account("acme").await.unwrap(),
+        api.account("beta").await.unwrap(),
+    );
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, |config| config.snapshot_every_entries = 10).await;
+    assert!(
+        server.replayed < 20,
+        "replayed {} of 45 entries",
+        server.replayed
+    );
+    let api = server.admin();
+    assert_eq!(
+        (
+            api.account("acme").await.unwrap(),
+            api.account("beta").await.unwrap()
+        ),
+        before
+    );
+    let capture = api
+        .post(&format!("/v1/holds/{}/capture", hold.str("id")), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(capture.status, 200, "the hold came back from the snapshot");
+    let history = api
+        .transactions("acme", "?type=debit&limit=100")
+        .await
+        .unwrap();
+    assert_eq!(
+        history.body["data"].as_array().unwrap().len(),
+        20,
+        "history is complete"
+    );
+}

@@ -15,12 +15,13 @@ use std::sync::{Mutex, MutexGuard};
 use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
-    UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
+    StoredSnapshot, UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 /// Migrations, in order; `MIGRATIONS[i]` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE journal (
         pos     INTEGER PRIMARY KEY,
         account INTEGER NOT NULL,
@@ -75,7 +76,15 @@ const MIGRATIONS: &[&str] = &[r#"
         name  TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE snapshot (
+        partition INTEGER PRIMARY KEY,
+        position  INTEGER NOT NULL,
+        body      BLOB    NOT NULL
+    );
+"#,
+];
 
 /// The SQLite store. The writer connection is used by the committer; readers
 /// take a connection from a small pool, so history queries never wait for a
@@ -192,13 +201,37 @@ fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
 
 impl Store for SqliteStore {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
-        if commit.entries.is_empty() && commit.idempotency.is_empty() {
+        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
+        {
             return Ok(());
         }
         let mut connection = lock(&self.writer);
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
+        if !commit.snapshots.is_empty() {
+            // Everything committed before this transaction is in the snapshots.
+            let position: i64 = transaction
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM journal", [], |row| {
+                    row.get(0)
+                })
+                .map_err(backend)?;
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT INTO snapshot (partition, position, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position, body = excluded.body",
+                )
+                .map_err(backend)?;
+            for snapshot in commit.snapshots {
+                insert
+                    .execute(params![
+                        i64::from(snapshot.partition),
+                        position,
+                        snapshot.body
+                    ])
+                    .map_err(backend)?;
+            }
+        }
         {
             let mut journal = transaction
                 .prepare_cached("INSERT INTO journal (account, seq, type, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -287,30 +320,51 @@ impl Store for SqliteStore {
         transaction.commit().map_err(backend)
     }
 
-    fn replay(
+    fn replay_after(
         &self,
-        visit: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
+        position: u64,
+        visit: &mut dyn FnMut(u64, Entry) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare("SELECT account, seq, body FROM journal ORDER BY pos")
+                .prepare("SELECT pos, account, seq, body FROM journal WHERE pos > ?1 ORDER BY pos")
                 .map_err(backend)?;
-            let mut rows = statement.query([]).map_err(backend)?;
+            let mut rows = statement.query([position as i64]).map_err(backend)?;
             let mut count = 0;
             while let Some(row) = rows.next().map_err(backend)? {
-                let body: &[u8] = row
-                    .get_ref(2)
+                let pos: i64 = row.get(0).map_err(backend)?;
+                let body = row
+                    .get_ref(3)
                     .map_err(backend)?
                     .as_blob()
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
-                visit(decode(
-                    row.get(0).map_err(backend)?,
+                let entry = decode(
                     row.get(1).map_err(backend)?,
+                    row.get(2).map_err(backend)?,
                     body,
-                )?)?;
+                )?;
+                visit(pos as u64, entry)?;
                 count += 1;
             }
             Ok(count)
+        })
+    }
+
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare("SELECT partition, position, body FROM snapshot ORDER BY partition")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok(StoredSnapshot {
+                        partition: row.get::<_, i64>(0)? as u16,
+                        position: row.get::<_, i64>(1)? as u64,
+                        body: row.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
     }
 
@@ -604,6 +658,7 @@ mod tests {
                 .commit(Commit {
                     entries: &journal,
                     idempotency: &[],
+                    snapshots: &[],
                 })
                 .unwrap();
         }
@@ -626,6 +681,7 @@ mod tests {
             .commit(Commit {
                 entries: &journal[..3],
                 idempotency: &[],
+                snapshots: &[],
             })
             .unwrap();
         // Committing the same entries again violates (account, seq) uniqueness
@@ -633,6 +689,7 @@ mod tests {
         let error = store.commit(Commit {
             entries: &journal[2..6],
             idempotency: &[],
+            snapshots: &[],
         });
         assert!(error.is_err());
         let mut count = 0;

@@ -8,10 +8,11 @@
 //! never a value out of range.
 
 use purser_core::{
-    AccountHandle, AccountId, AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode,
-    CreditSum, Credits, Debit, Entry, Grant, GrantKind, GrantSource, GrantState, Hold, MemberId,
-    Metadata, Opened, PackageId, Pricing, Proration, Purchase, PurchaseStatus, Quantity, Release,
-    ReleaseReason, Reversal, TaskId, TierChange, TierId, Timestamp, VoidReason,
+    AccountHandle, AccountId, AccountSnapshot, AccountStatus, AccountUpdate, Allocation,
+    BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits, Debit, Entry, Grant, GrantKind,
+    GrantSource, GrantState, Hold, MemberId, Metadata, Opened, PackageId, Pricing, Proration,
+    Purchase, PurchaseStatus, Quantity, Release, ReleaseReason, Reversal, TaskId, TierChange,
+    TierId, Timestamp, VoidReason,
 };
 
 /// The format version written first in every encoded entry.
@@ -41,6 +42,33 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     w.sum(entry.balance_after.available);
     w.sum(entry.balance_after.held);
     w.credits(entry.balance_after.debt);
+}
+
+/// Encodes the snapshot of a partition's accounts, appending to `out`.
+pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.u8(FORMAT_VERSION);
+    w.varint(accounts.len() as u64);
+    for account in accounts {
+        w.account(account);
+    }
+}
+
+/// Decodes a partition snapshot; the bytes must hold exactly one.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let count = r.count()?;
+    let accounts = (0..count)
+        .map(|_| r.account())
+        .collect::<Result<Vec<_>, _>>()?;
+    match r.0.len() {
+        0 => Ok(accounts),
+        n => Err(CodecError::Trailing(n)),
+    }
 }
 
 /// Decodes one entry; the bytes must hold exactly one.
@@ -194,6 +222,58 @@ impl Writer<'_> {
         }
     }
 
+    fn hold(&mut self, hold: &Hold) {
+        self.varint(hold.seq);
+        self.credits(hold.credits);
+        self.option(hold.pricing.as_ref(), |w, p| w.pricing(p));
+        self.member(hold.member.as_ref());
+        self.allocations(&hold.allocations);
+        self.time(hold.created_at);
+        self.time(hold.expires_at);
+        self.metadata(&hold.metadata);
+    }
+
+    fn account(&mut self, account: &AccountSnapshot) {
+        self.str(account.id.as_str());
+        self.varint(account.handle.raw());
+        self.str(&account.name);
+        self.str(account.tier.as_str());
+        self.option(account.pending_tier.as_ref(), |w, t| w.str(t.as_str()));
+        self.time(account.anchor);
+        self.time(account.created_at);
+        self.u8(match account.status {
+            AccountStatus::Active => 0,
+            AccountStatus::Closed => 1,
+        });
+        self.option(account.member_monthly_cap.as_ref(), |w, c| w.credits(*c));
+        self.metadata(&account.metadata);
+        self.signed(account.period_index);
+        self.varint(account.next_seq);
+        self.credits(account.debt);
+        self.varint(account.grants.len() as u64);
+        for grant in &account.grants {
+            self.grant(grant);
+        }
+        self.varint(account.holds.len() as u64);
+        for hold in &account.holds {
+            self.hold(hold);
+        }
+        self.varint(account.purchases.len() as u64);
+        for purchase in &account.purchases {
+            self.purchase(purchase);
+        }
+        self.varint(account.member_usage.len() as u64);
+        for (member, usage) in &account.member_usage {
+            self.str(member.as_str());
+            self.sum(*usage);
+        }
+        self.varint(account.reversed.len() as u64);
+        for (debit, credits) in &account.reversed {
+            self.varint(*debit);
+            self.credits(*credits);
+        }
+    }
+
     fn purchase(&mut self, purchase: &Purchase) {
         self.varint(purchase.seq);
         self.str(purchase.package.as_str());
@@ -242,14 +322,7 @@ impl Writer<'_> {
             }
             Body::Held(hold) => {
                 self.u8(5);
-                self.varint(hold.seq);
-                self.credits(hold.credits);
-                self.option(hold.pricing.as_ref(), |w, p| w.pricing(p));
-                self.member(hold.member.as_ref());
-                self.allocations(&hold.allocations);
-                self.time(hold.created_at);
-                self.time(hold.expires_at);
-                self.metadata(&hold.metadata);
+                self.hold(hold);
             }
             Body::Captured(capture) => {
                 self.u8(6);
@@ -556,6 +629,69 @@ impl Reader<'_> {
         })
     }
 
+    fn hold(&mut self) -> Result<Hold, CodecError> {
+        Ok(Hold {
+            seq: self.varint()?,
+            credits: self.credits()?,
+            pricing: self.option(Self::pricing)?,
+            member: self.member()?,
+            allocations: self.allocations()?,
+            created_at: self.time()?,
+            expires_at: self.time()?,
+            metadata: self.metadata()?,
+        })
+    }
+
+    /// A count of items that each take at least one byte.
+    fn count(&mut self) -> Result<usize, CodecError> {
+        let count = self.varint()?;
+        if count > self.0.len() as u64 {
+            return Err(CodecError::Truncated);
+        }
+        Ok(count as usize)
+    }
+
+    fn account(&mut self) -> Result<AccountSnapshot, CodecError> {
+        Ok(AccountSnapshot {
+            id: AccountId::parse(self.str()?).map_err(|_| CodecError::Invalid("account id"))?,
+            handle: AccountHandle::from_raw(self.varint()?),
+            name: self.str()?.into(),
+            tier: self.tier()?,
+            pending_tier: self.option(Self::tier)?,
+            anchor: self.time()?,
+            created_at: self.time()?,
+            status: match self.u8()? {
+                0 => AccountStatus::Active,
+                1 => AccountStatus::Closed,
+                _ => return Err(CodecError::Invalid("account status")),
+            },
+            member_monthly_cap: self.option(Self::credits)?,
+            metadata: self.metadata()?,
+            period_index: self.signed()?,
+            next_seq: self.varint()?,
+            debt: self.credits()?,
+            grants: (0..self.count()?)
+                .map(|_| self.grant())
+                .collect::<Result<_, _>>()?,
+            holds: (0..self.count()?)
+                .map(|_| self.hold())
+                .collect::<Result<_, _>>()?,
+            purchases: (0..self.count()?)
+                .map(|_| self.purchase())
+                .collect::<Result<_, _>>()?,
+            member_usage: (0..self.count()?)
+                .map(|_| {
+                    let member = MemberId::parse(self.str()?)
+                        .map_err(|_| CodecError::Invalid("member id"))?;
+                    Ok((member, self.sum()?))
+                })
+                .collect::<Result<_, CodecError>>()?,
+            reversed: (0..self.count()?)
+                .map(|_| Ok((self.varint()?, self.credits()?)))
+                .collect::<Result<_, CodecError>>()?,
+        })
+    }
+
     fn purchase(&mut self) -> Result<Purchase, CodecError> {
         Ok(Purchase {
             seq: self.varint()?,
@@ -597,16 +733,7 @@ impl Reader<'_> {
                 debt_incurred: self.credits()?,
                 metadata: self.metadata()?,
             }),
-            5 => Body::Held(Box::new(Hold {
-                seq: self.varint()?,
-                credits: self.credits()?,
-                pricing: self.option(Self::pricing)?,
-                member: self.member()?,
-                allocations: self.allocations()?,
-                created_at: self.time()?,
-                expires_at: self.time()?,
-                metadata: self.metadata()?,
-            })),
+            5 => Body::Held(Box::new(self.hold()?)),
             6 => Body::Captured(Box::new(Capture {
                 hold: self.varint()?,
                 credits: self.credits()?,

@@ -37,6 +37,10 @@ macro_rules! conformance_tests {
             $crate::conformance::idempotency_records(&*$make);
         }
         #[test]
+        fn conformance_snapshots_and_tails() {
+            $crate::conformance::snapshots_and_tails(&*$make);
+        }
+        #[test]
         fn conformance_api_keys_and_settings() {
             $crate::conformance::api_keys_and_settings(&*$make);
         }
@@ -268,6 +272,7 @@ fn commit_all(store: &dyn Store, entries: &[Entry]) {
         let commit = Commit {
             entries: &entries[window[0]..window[1]],
             idempotency: &[],
+            snapshots: &[],
         };
         store.commit(commit).expect("commit");
     }
@@ -317,6 +322,7 @@ pub fn commits_replay_in_order(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: &[],
+            snapshots: &[],
         })
         .expect("an empty commit is fine");
     store.ping().expect("ping");
@@ -441,6 +447,80 @@ pub fn usage_summaries(store: &dyn Store) {
     );
 }
 
+/// A snapshot taken with a commit, plus the journal after its position,
+/// rebuilds exactly what the whole journal rebuilds.
+pub fn snapshots_and_tails(store: &dyn Store) {
+    let journal = sample_journal();
+    let half = journal.len() / 2;
+    store
+        .commit(Commit {
+            entries: &journal[..half],
+            idempotency: &[],
+            snapshots: &[],
+        })
+        .unwrap();
+    let mut first_half = Ledger::new(0, Arc::new(Catalog::builtin()));
+    for entry in &journal[..half] {
+        first_half.apply(entry).unwrap();
+    }
+    let mut body = Vec::new();
+    crate::encode_snapshot(&first_half.snapshot(), &mut body);
+    let snapshot = crate::PartitionSnapshot { partition: 0, body };
+    // Taken with the next commit: it reflects everything before that commit.
+    let second = &journal[half..];
+    store
+        .commit(Commit {
+            entries: &second[..1],
+            idempotency: &[],
+            snapshots: std::slice::from_ref(&snapshot),
+        })
+        .unwrap();
+    store
+        .commit(Commit {
+            entries: &second[1..],
+            idempotency: &[],
+            snapshots: &[],
+        })
+        .unwrap();
+    let stored = store.snapshots().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].partition, &stored[0].body), (0, &snapshot.body));
+    let mut recovered = Ledger::new(0, Arc::new(Catalog::builtin()));
+    for account in crate::decode_snapshot(&stored[0].body).unwrap() {
+        recovered.restore(account).unwrap();
+    }
+    let mut tail = 0;
+    store
+        .replay_after(stored[0].position, &mut |_, entry| {
+            tail += 1;
+            if !recovered.contains(&entry) {
+                recovered
+                    .apply(&entry)
+                    .map_err(|e| crate::StoreError::Backend(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(tail < journal.len(), "the tail is shorter than the journal");
+    let mut full = Ledger::new(0, Arc::new(Catalog::builtin()));
+    for entry in &journal {
+        full.apply(entry).unwrap();
+    }
+    assert_eq!(purser_core::verify::compare(&recovered, &full), []);
+    // A newer snapshot replaces the older one.
+    let mut body = Vec::new();
+    crate::encode_snapshot(&full.snapshot(), &mut body);
+    let newer = crate::PartitionSnapshot { partition: 0, body };
+    store
+        .commit(Commit {
+            entries: &[],
+            idempotency: &[],
+            snapshots: std::slice::from_ref(&newer),
+        })
+        .unwrap();
+    assert_eq!(store.snapshots().unwrap()[0].body, newer.body);
+}
+
 pub fn idempotency_records(store: &dyn Store) {
     let record = |key: &str, expires: &str| IdempotencyRecord {
         key: key.into(),
@@ -457,6 +537,7 @@ pub fn idempotency_records(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: &records,
+            snapshots: &[],
         })
         .unwrap();
     let live = store

@@ -16,7 +16,7 @@ mod usage;
 
 use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
 
-pub use codec::{CodecError, decode_entry, encode_entry};
+pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use usage::{KIND_KEYS, Usage, kind_index, usage_of};
 
 /// Why a store operation failed.
@@ -56,6 +56,27 @@ pub struct Commit<'a> {
     /// In the order they were applied; per account, gapless by `seq`.
     pub entries: &'a [Entry],
     pub idempotency: &'a [IdempotencyRecord],
+    /// Partition snapshots ([`encode_snapshot`]) that reflect every entry
+    /// committed before this commit and possibly some of its own; each
+    /// replaces the partition's previous snapshot.
+    pub snapshots: &'a [PartitionSnapshot],
+}
+
+/// The encoded state of one partition's accounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSnapshot {
+    pub partition: u16,
+    pub body: Vec<u8>,
+}
+
+/// A stored snapshot and the journal position it is safe to replay after:
+/// every entry at or before `position` is reflected in it; entries after it
+/// may be too (recovery skips those by their sequence numbers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub partition: u16,
+    pub position: u64,
+    pub body: Vec<u8>,
 }
 
 /// An API key as stored: only a hash of the secret.
@@ -122,7 +143,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn replay(
         &self,
         visit: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        self.replay_after(0, &mut |_, entry| visit(entry))
+    }
+
+    /// Entries after a journal position, in commit order, with their positions.
+    fn replay_after(
+        &self,
+        position: u64,
+        visit: &mut dyn FnMut(u64, Entry) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError>;
+
+    /// The latest snapshot of every partition that has one.
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError>;
 
     /// One entry of an account.
     fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError>;

@@ -334,6 +334,13 @@ impl Drop for World {
         assert!(report.is_clean(), "replay problems: {:?}", report.problems);
         let differences = verify::compare(&replayed, &self.ledger);
         assert!(differences.is_empty(), "replay differs: {differences:?}");
+        // A snapshot restores every account exactly.
+        let mut restored = Ledger::new(0, self.catalog.clone());
+        for snapshot in self.ledger.snapshot() {
+            restored.restore(snapshot).unwrap();
+        }
+        let differences = verify::compare(&restored, &self.ledger);
+        assert!(differences.is_empty(), "snapshot differs: {differences:?}");
         // Signed journal credits add up to what the grants hold, net of debt.
         for account in self.ledger.accounts() {
             let journal: CreditSum = self

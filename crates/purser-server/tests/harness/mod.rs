@@ -10,6 +10,8 @@ pub const ADMIN_KEY: &str = "sk_test_admin_0123456789";
 
 pub struct Server {
     pub base: String,
+    /// Journal entries replayed on start, after the snapshots.
+    pub replayed: u64,
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -40,6 +42,7 @@ impl Server {
             .await
             .expect("the app starts");
         let base = format!("http://{}", app.local_addr().unwrap());
+        let replayed = app.journal_entries;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.serve(async {
@@ -50,6 +53,7 @@ impl Server {
         });
         Server {
             base,
+            replayed,
             dir,
             shutdown: Some(shutdown),
             task: Some(task),
