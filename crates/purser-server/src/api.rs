@@ -46,6 +46,9 @@ pub struct Shared {
     pub keys: Keys,
     pub idempotency: EdgeIdempotency,
     pub metrics: Arc<Metrics>,
+    /// How long a request waits for its answer before a 503 (the command may
+    /// still commit: clients retry with the same idempotency key).
+    pub request_timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -222,7 +225,10 @@ async fn submit(
     };
     let key = claim.as_ref().map(|claim| claim.key.clone());
     let answer = match state.engine.submit_command(command, claim) {
-        Ok(receiver) => receiver.await.unwrap_or(Answer::Unavailable),
+        Ok(receiver) => match tokio::time::timeout(state.request_timeout, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Answer::Unavailable,
+        },
         Err(error) => {
             let error = busy(error);
             Answer::Json {
@@ -277,7 +283,10 @@ async fn mutate(
 
 async fn ask(state: &AppState, shard: usize, read: Read) -> Result<Answer> {
     let receiver = state.engine.submit(shard, Work::Read(read)).map_err(busy)?;
-    receiver.await.map_err(|_| ApiError::unavailable())
+    match tokio::time::timeout(state.request_timeout, receiver).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) | Err(_) => Err(ApiError::unavailable()),
+    }
 }
 
 fn answer_response(answer: Answer) -> Response {

@@ -176,6 +176,7 @@ fn prepare(
         keys,
         idempotency,
         metrics,
+        request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
     };
     Ok((AppState(Arc::new(shared)), generated, entries))
 }

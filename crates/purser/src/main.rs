@@ -1,5 +1,7 @@
 //! `purser`: serve the credits engine, print its default configuration,
-//! verify a stored ledger.
+//! verify a stored ledger, and talk to a running server (`cli`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +14,8 @@ use purser_server::config::{Config, default_toml};
 #[derive(Debug, Parser)]
 #[command(name = "purser", version, about = "The credits engine for AI products")]
 struct Cli {
+    #[command(flatten)]
+    connection: cli::Connection,
     #[command(subcommand)]
     command: Commands,
 }
@@ -34,6 +38,8 @@ enum Commands {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Verify { data_dir, config } => verify(&data_dir, config.as_ref()),
+        Commands::Client(command) => cli::run(cli.connection, command),
     };
     result.unwrap_or_else(|error| {
         eprintln!("purser: {error:#}");
