@@ -30,7 +30,7 @@ use crate::engine::{Answer, Busy, Engine, KeyClaim, Work};
 use crate::error::{ApiError, json_response};
 use crate::idempotency::{Claimed, EdgeIdempotency, Stored, fingerprint};
 use crate::metrics::Metrics;
-use crate::render::{self, Read, Text};
+use crate::render::{self, Page, Read, Text};
 use crate::request::{Fields, required};
 
 /// Everything a handler needs; cheap to clone.
@@ -301,7 +301,7 @@ async fn read_account(
     headers: &HeaderMap,
     need: Need,
     id: &str,
-    read: fn(AccountId) -> Read,
+    read: impl FnOnce(AccountId) -> Read,
 ) -> Response {
     if let Err(error) = state.keys.authorize(headers, need) {
         return error.into_response();
@@ -669,20 +669,59 @@ async fn balance(
     read_account(&state, &headers, Need::Balance, &id, Read::Balance).await
 }
 
+/// `limit` and `starting_after` (an id of `kind`) of an in-memory list.
+fn page(query: &std::collections::HashMap<String, String>, kind: ObjectKind) -> Result<Page> {
+    let starting_after = match query.get("starting_after") {
+        None => None,
+        Some(text) => Some(
+            ObjectId::parse(kind, text)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "starting_after",
+                        format!("starting_after must be a {} id", kind.prefix()),
+                    )
+                })?
+                .seq,
+        ),
+    };
+    Ok(Page {
+        limit: list_limit(query)?,
+        starting_after,
+    })
+}
+
 async fn list_grants(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): QueryMap,
 ) -> Response {
-    read_account(&state, &headers, Need::Read, &id, Read::Grants).await
+    match page(&query, ObjectKind::Grant) {
+        Ok(page) => {
+            read_account(&state, &headers, Need::Read, &id, |account| {
+                Read::Grants(account, page)
+            })
+            .await
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn list_purchases(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): QueryMap,
 ) -> Response {
-    read_account(&state, &headers, Need::Read, &id, Read::Purchases).await
+    match page(&query, ObjectKind::Purchase) {
+        Ok(page) => {
+            read_account(&state, &headers, Need::Read, &id, |account| {
+                Read::Purchases(account, page)
+            })
+            .await
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn list_accounts(

@@ -38,8 +38,8 @@ pub enum Read {
     Account(AccountId),
     AccountByHandle(AccountHandle),
     Balance(AccountId),
-    Grants(AccountId),
-    Purchases(AccountId),
+    Grants(AccountId, Page),
+    Purchases(AccountId, Page),
     /// An active hold, or 404 from memory (the edge then asks the store).
     Hold(ObjectId),
     /// One purchase of an account.
@@ -51,6 +51,29 @@ pub enum Read {
         before: Option<(Timestamp, AccountId)>,
         limit: usize,
     },
+}
+
+/// A page of an in-memory list: at most `limit` items after the object
+/// `starting_after` (a sequence number of this account).
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub limit: usize,
+    pub starting_after: Option<u64>,
+}
+
+impl Page {
+    fn list(self, items: Vec<(u64, Value)>) -> Value {
+        let start = match self.starting_after {
+            None => 0,
+            Some(seq) => items
+                .iter()
+                .position(|(s, _)| *s == seq)
+                .map_or(items.len(), |at| at + 1),
+        };
+        let rest = &items[start.min(items.len())..];
+        let data: Vec<&Value> = rest.iter().take(self.limit).map(|(_, v)| v).collect();
+        json!({"object": "list", "data": data, "has_more": rest.len() > self.limit})
+    }
 }
 
 /// How a read names its account.
@@ -65,8 +88,8 @@ impl Read {
         match self {
             Read::Account(id)
             | Read::Balance(id)
-            | Read::Grants(id)
-            | Read::Purchases(id)
+            | Read::Grants(id, _)
+            | Read::Purchases(id, _)
             | Read::Handle(id) => AccountRef::Id(id),
             Read::AccountByHandle(handle) => AccountRef::Handle(*handle),
             Read::Hold(hold) | Read::Purchase(hold) => AccountRef::Handle(hold.account),
@@ -100,27 +123,24 @@ pub fn read(read: Read, account: Option<&Account>, now: Timestamp) -> Answer {
             body: account_body(account, now),
         },
         Read::Balance(_) => json_answer(200, &BalanceJson::new(account, now)),
-        Read::Grants(_) => {
+        Read::Grants(_, page) => {
             let mut grants: Vec<&Grant> = account.grants().iter().collect();
             // Active first (burn order), then the rest.
             grants.sort_by_key(|g| !g.is_active(now));
-            let data: Vec<Value> = grants.iter().map(|g| grant_json(account, g, now)).collect();
-            json_answer(
-                200,
-                &json!({"object": "list", "data": data, "has_more": false}),
-            )
+            let items: Vec<(u64, Value)> = grants
+                .iter()
+                .map(|g| (g.seq, grant_json(account, g, now)))
+                .collect();
+            json_answer(200, &page.list(items))
         }
-        Read::Purchases(_) => {
-            let data: Vec<Value> = account
+        Read::Purchases(_, page) => {
+            let items: Vec<(u64, Value)> = account
                 .purchases()
                 .iter()
                 .rev()
-                .map(|p| purchase_json(account, p))
+                .map(|p| (p.seq, purchase_json(account, p)))
                 .collect();
-            json_answer(
-                200,
-                &json!({"object": "list", "data": data, "has_more": false}),
-            )
+            json_answer(200, &page.list(items))
         }
         Read::Hold(hold) => match account.hold(hold.seq) {
             Some(active) => json_answer(200, &hold_json(account, active, "active")),

@@ -522,6 +522,36 @@ async fn lists_paginate_newest_first() {
         4,
         "2 debits, the grant, the opening"
     );
+    for _ in 0..3 {
+        api.post(
+            "/v1/accounts/a2/grants",
+            &json!({"credits": "1", "reason": "thanks"}),
+        )
+        .await
+        .unwrap();
+    }
+    let grants = api.get("/v1/accounts/a2/grants?limit=2").await.unwrap();
+    assert_eq!(
+        (
+            grants.body["data"].as_array().unwrap().len(),
+            grants.body["has_more"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    let after = grants.body["data"][1]["id"].as_str().unwrap();
+    let rest = api
+        .get(&format!(
+            "/v1/accounts/a2/grants?limit=2&starting_after={after}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rest.body["data"].as_array().unwrap().len(),
+            rest.body["has_more"].as_bool()
+        ),
+        (2, Some(false))
+    );
     assert_eq!(api.get("/v1/accounts?limit=0").await.unwrap().status, 400);
     assert_eq!(api.get("/v1/accounts?limit=101").await.unwrap().status, 400);
 }
