@@ -1024,3 +1024,137 @@ async fn restarts_replay_only_the_journal_after_the_latest_snapshot() {
         "history is complete"
     );
 }
+
+#[tokio::test]
+async fn grants_purchases_and_accounts_through_their_lifecycles() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let grant = api
+        .post("/v1/accounts/acme/grants", &json!({"credits": "50", "reason": "outage credit", "expires_at": "2999-01-01T00:00:00Z"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (grant.status, grant.str("kind"), grant.str("status")),
+        (201, "promo", "active"),
+        "{grant:?}"
+    );
+    let void = format!("/v1/grants/{}/void", grant.str("id"));
+    let voided = api.post(&void, &json!({})).await.unwrap();
+    assert_eq!(
+        (voided.status, voided.str("status")),
+        (200, "voided"),
+        "{voided:?}"
+    );
+    assert_eq!(api.post(&void, &json!({})).await.unwrap().status, 409);
+    assert_eq!(
+        api.post("/v1/grants/gr_10000000000009/void", &json!({}))
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    let no_reason = api
+        .post("/v1/accounts/acme/grants", &json!({"credits": "5"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (no_reason.status, no_reason.body["error"]["param"].as_str()),
+        (400, Some("reason"))
+    );
+
+    let small = json!({"package": "small"});
+    let buy = || api.post("/v1/accounts/acme/purchases", &small);
+    let failed = buy().await.unwrap();
+    let fail_path = format!("/v1/purchases/{}/fail", failed.str("id"));
+    assert_eq!(
+        api.post(&fail_path, &json!({}))
+            .await
+            .unwrap()
+            .str("status"),
+        "failed"
+    );
+    let complete_failed = api
+        .post(
+            &format!("/v1/purchases/{}/complete", failed.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (complete_failed.status, complete_failed.error_type()),
+        (409, Some("conflict"))
+    );
+    let canceled = buy().await.unwrap();
+    let cancel = api
+        .post(
+            &format!("/v1/purchases/{}/cancel", canceled.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancel.str("status"), "canceled");
+    let bought = buy().await.unwrap();
+    let complete = format!("/v1/purchases/{}/complete", bought.str("id"));
+    assert_eq!(
+        api.post(&complete, &json!({})).await.unwrap().str("status"),
+        "completed"
+    );
+    let again = api.post(&complete, &json!({})).await.unwrap();
+    assert_eq!(
+        (again.status, again.str("status")),
+        (200, "completed"),
+        "a redelivered confirmation is fine"
+    );
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "300",
+        "granted once"
+    );
+    charge(&api, "acme", Cost::credits("150")).await;
+    let refunded = api
+        .post(
+            &format!("/v1/purchases/{}/refund", bought.str("id")),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refunded.str("status"), "refunded");
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "0",
+        "the unused 150 were voided"
+    );
+    let shown = api
+        .get(&format!("/v1/purchases/{}", bought.str("id")))
+        .await
+        .unwrap();
+    assert_eq!(shown.str("status"), "refunded");
+    let listed = api.get("/v1/accounts/acme/purchases").await.unwrap();
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 3);
+
+    let updated = api
+        .post(
+            "/v1/accounts/acme",
+            &json!({"name": "Acme Corp", "metadata": {"crm": "42"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            updated.str("name"),
+            updated.body["metadata"]["crm"].as_str()
+        ),
+        ("Acme Corp", Some("42"))
+    );
+    let closed = api
+        .post("/v1/accounts/acme/close", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(closed.str("status"), "closed");
+    let refused = charge(&api, "acme", Cost::credits("1")).await;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (409, Some("account_closed"))
+    );
+}
