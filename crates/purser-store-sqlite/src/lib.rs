@@ -2,8 +2,10 @@
 //!
 //! One SQLite database file in the data directory, in WAL mode with
 //! `synchronous=FULL`: each group commit is one transaction and one fsync.
-//! The journal table is append-only (rowid order = commit order); the charge
-//! and reversal tables are the usage facts reports group by. Schema changes
+//! The `entry` table holds the journal clustered by account (history and
+//! reports read one account's range), its commit order in `pos` (an index that
+//! only appends), and the usage facts of charges and reversals in columns that
+//! reports group by: a charge costs one random B-tree page, its account's. Schema changes
 //! are versioned migrations, applied forward-only on open.
 //!
 //! This crate holds no business rules: it stores entries the core produced
@@ -84,6 +86,41 @@ const MIGRATIONS: &[&str] = &[
         body      BLOB    NOT NULL
     );
 "#,
+    r#"
+    -- One table clustered by account: a charge writes one random B-tree page
+    -- (its account's), not three; the commit-order index only appends.
+    CREATE TABLE entry (
+        account   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        pos       INTEGER NOT NULL,
+        type      TEXT    NOT NULL,
+        at        INTEGER NOT NULL,
+        body      BLOB    NOT NULL,
+        task      TEXT,
+        member    TEXT,
+        credits   INTEGER,
+        budget    INTEGER,
+        rollover  INTEGER,
+        package   INTEGER,
+        promo     INTEGER,
+        debt      INTEGER,
+        debit_seq INTEGER,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX entry_by_pos ON entry (pos);
+    INSERT INTO entry
+    SELECT j.account, j.seq, j.pos, j.type, j.at, j.body,
+           c.task, c.member, COALESCE(c.credits, r.credits),
+           COALESCE(c.budget, r.budget), COALESCE(c.rollover, r.rollover),
+           COALESCE(c.package, r.package), COALESCE(c.promo, r.promo),
+           COALESCE(c.debt, r.debt), r.debit_seq
+      FROM journal j
+      LEFT JOIN charge c ON c.account = j.account AND c.seq = j.seq
+      LEFT JOIN reversal r ON r.account = j.account AND r.seq = j.seq;
+    DROP TABLE journal;
+    DROP TABLE charge;
+    DROP TABLE reversal;
+"#,
 ];
 
 /// The SQLite store. The writer connection is used by the committer; readers
@@ -127,7 +164,9 @@ impl SqliteStore {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = OFF;
-                 PRAGMA cache_size = -65536;
+                 PRAGMA cache_size = -262144;
+                 PRAGMA mmap_size = 4294967296;
+                 PRAGMA wal_autocheckpoint = 8192;
                  PRAGMA busy_timeout = 10000;",
             )
             .map_err(backend)?;
@@ -212,7 +251,7 @@ impl Store for SqliteStore {
         if !commit.snapshots.is_empty() {
             // Everything committed before this transaction is in the snapshots.
             let position: i64 = transaction
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM journal", [], |row| {
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM entry", [], |row| {
                     row.get(0)
                 })
                 .map_err(backend)?;
@@ -233,71 +272,48 @@ impl Store for SqliteStore {
             }
         }
         {
-            let mut journal = transaction
-                .prepare_cached("INSERT INTO journal (account, seq, type, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")
+            let mut pos: i64 = transaction
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM entry", [], |row| {
+                    row.get(0)
+                })
                 .map_err(backend)?;
-            let mut charge = transaction
+            let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO charge (account, seq, at, task, member, credits, budget, rollover, package, promo, debt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(backend)?;
-            let mut reversal = transaction
-                .prepare_cached(
-                    "INSERT INTO reversal (account, seq, debit_seq, credits, budget, rollover, package, promo, debt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
+                                        budget, rollover, package, promo, debt, debit_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .map_err(backend)?;
             let mut buffer = Vec::with_capacity(256);
             for entry in commit.entries {
                 buffer.clear();
                 encode_entry(entry, &mut buffer);
-                let account = entry.account.raw() as i64;
-                let seq = entry.seq as i64;
-                journal
+                pos += 1;
+                let usage = usage_of(entry);
+                let kind = |index: usize| usage.as_ref().map(|u| u.by_kind[index]);
+                let debit_seq = usage
+                    .as_ref()
+                    .filter(|u| !u.is_charge)
+                    .map(|u| u.charge_seq as i64);
+                insert
                     .execute(params![
-                        account,
-                        seq,
+                        entry.account.raw() as i64,
+                        entry.seq as i64,
+                        pos,
                         entry.body.type_name(),
                         entry.at.micros(),
-                        buffer
+                        buffer,
+                        usage.as_ref().and_then(|u| u.task.as_deref()),
+                        usage.as_ref().and_then(|u| u.member.as_deref()),
+                        usage.as_ref().map(|u| u.credits),
+                        kind(0),
+                        kind(1),
+                        kind(2),
+                        kind(3),
+                        kind(4),
+                        debit_seq,
                     ])
                     .map_err(backend)?;
-                let Some(usage) = usage_of(entry) else {
-                    continue;
-                };
-                let [budget, rollover, package, promo, debt] = usage.by_kind;
-                if usage.is_charge {
-                    charge
-                        .execute(params![
-                            account,
-                            seq,
-                            entry.at.micros(),
-                            usage.task,
-                            usage.member,
-                            usage.credits,
-                            budget,
-                            rollover,
-                            package,
-                            promo,
-                            debt
-                        ])
-                        .map_err(backend)?;
-                } else {
-                    reversal
-                        .execute(params![
-                            account,
-                            seq,
-                            usage.charge_seq as i64,
-                            usage.credits,
-                            budget,
-                            rollover,
-                            package,
-                            promo,
-                            debt
-                        ])
-                        .map_err(backend)?;
-                }
             }
             let mut idempotency = transaction
                 .prepare_cached(
@@ -327,7 +343,7 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare("SELECT pos, account, seq, body FROM journal WHERE pos > ?1 ORDER BY pos")
+                .prepare("SELECT pos, account, seq, body FROM entry WHERE pos > ?1 ORDER BY pos")
                 .map_err(backend)?;
             let mut rows = statement.query([position as i64]).map_err(backend)?;
             let mut count = 0;
@@ -371,7 +387,7 @@ impl Store for SqliteStore {
     fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError> {
         self.read(|connection| {
             let body: Option<Vec<u8>> = connection
-                .prepare_cached("SELECT body FROM journal WHERE account = ?1 AND seq = ?2")
+                .prepare_cached("SELECT body FROM entry WHERE account = ?1 AND seq = ?2")
                 .map_err(backend)?
                 .query_row(params![account.raw() as i64, seq as i64], |row| row.get(0))
                 .optional()
@@ -390,7 +406,7 @@ impl Store for SqliteStore {
                 format!("AND type IN ({placeholders})")
             };
             let sql = format!(
-                "SELECT seq, body FROM journal WHERE account = ? AND seq < ? {type_filter} ORDER BY seq DESC LIMIT ?"
+                "SELECT seq, body FROM entry WHERE account = ? AND seq < ? {type_filter} ORDER BY seq DESC LIMIT ?"
             );
             let mut values: Vec<rusqlite::types::Value> = vec![
                 (query.account.raw() as i64).into(),
@@ -546,14 +562,15 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
             .unwrap_or(slot.0);
         slot.1 += count;
     };
-    let window = "c.account = ?1 AND c.at >= ?2 AND c.at < ?3";
+    let window = "c.account = ?1 AND c.type IN ('debit', 'capture') AND c.at >= ?2 AND c.at < ?3";
     if query.group_by == GroupBy::Kind {
         let columns = "SUM(c.budget), SUM(c.rollover), SUM(c.package), SUM(c.promo), SUM(c.debt)";
         let counts = "SUM(c.budget != 0), SUM(c.rollover != 0), SUM(c.package != 0), SUM(c.promo != 0), SUM(c.debt != 0)";
-        let charges = format!("SELECT {columns}, {counts} FROM charge c WHERE {window}");
+        let charges = format!("SELECT {columns}, {counts} FROM entry c WHERE {window}");
         let reversals = format!(
             "SELECT SUM(r.budget), SUM(r.rollover), SUM(r.package), SUM(r.promo), SUM(r.debt), 0, 0, 0, 0, 0
-             FROM reversal r JOIN charge c ON c.account = r.account AND c.seq = r.debit_seq WHERE {window}"
+             FROM entry r JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
+             WHERE r.account = ?1 AND r.type = 'reversal' AND {window}"
         );
         for sql in [charges, reversals] {
             connection
@@ -583,11 +600,12 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
             }
         };
         let charges = format!(
-            "SELECT {key}, SUM(c.credits), COUNT(*) FROM charge c WHERE {window} GROUP BY {key}"
+            "SELECT {key}, SUM(c.credits), COUNT(*) FROM entry c WHERE {window} GROUP BY {key}"
         );
         let reversals = format!(
-            "SELECT {key}, SUM(r.credits), 0 FROM reversal r
-             JOIN charge c ON c.account = r.account AND c.seq = r.debit_seq WHERE {window} GROUP BY {key}"
+            "SELECT {key}, SUM(r.credits), 0 FROM entry r
+             JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
+             WHERE r.account = ?1 AND r.type = 'reversal' AND {window} GROUP BY {key}"
         );
         for sql in [charges, reversals] {
             let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
