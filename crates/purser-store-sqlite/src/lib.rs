@@ -166,7 +166,7 @@ impl SqliteStore {
                  PRAGMA foreign_keys = OFF;
                  PRAGMA cache_size = -262144;
                  PRAGMA mmap_size = 4294967296;
-                 PRAGMA wal_autocheckpoint = 8192;
+                 PRAGMA wal_autocheckpoint = 2000;
                  PRAGMA busy_timeout = 10000;",
             )
             .map_err(backend)?;
