@@ -194,6 +194,32 @@ async fn submit(
     path: &str,
     body: &[u8],
 ) -> Response {
+    let (status, body) = settle(state, start(state, command, key, path, body)).await;
+    json_response(status, body)
+}
+
+/// A command handed to the engine, or answered at once (a replay, a refusal
+/// of its key, a full queue).
+enum Submitted {
+    Answered(u16, Vec<u8>),
+    Waiting {
+        key: Option<String>,
+        receiver: tokio::sync::oneshot::Receiver<Answer>,
+    },
+}
+
+fn error_answer(error: ApiError) -> Submitted {
+    Submitted::Answered(error.status, error.body())
+}
+
+/// Claims the idempotency key (if any) and queues the command; does not wait.
+fn start(
+    state: &AppState,
+    command: Command,
+    key: Option<String>,
+    path: &str,
+    body: &[u8],
+) -> Submitted {
     let claim = match key {
         None => None,
         Some(key) => {
@@ -204,38 +230,45 @@ async fn submit(
                     fingerprint: print,
                 }),
                 Claimed::Replay(stored) => {
-                    return json_response(stored.status, stored.body.to_vec());
+                    return Submitted::Answered(stored.status, stored.body.to_vec());
                 }
                 Claimed::Mismatch => {
-                    return ApiError::idempotency(
+                    return error_answer(ApiError::idempotency(
                         "idempotency_key_reused",
                         "this Idempotency-Key was used with a different request",
-                    )
-                    .into_response();
+                    ));
                 }
                 Claimed::InFlight => {
-                    return ApiError::idempotency(
+                    return error_answer(ApiError::idempotency(
                         "idempotency_key_in_use",
                         "a request with this Idempotency-Key is still running",
-                    )
-                    .into_response();
+                    ));
                 }
             }
         }
     };
     let key = claim.as_ref().map(|claim| claim.key.clone());
-    let answer = match state.engine.submit_command(command, claim) {
-        Ok(receiver) => match tokio::time::timeout(state.request_timeout, receiver).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => Answer::Unavailable,
-        },
+    match state.engine.submit_command(command, claim) {
+        Ok(receiver) => Submitted::Waiting { key, receiver },
         Err(error) => {
-            let error = busy(error);
-            Answer::Json {
-                status: error.status,
-                body: error.body(),
+            if let Some(key) = key {
+                state.idempotency.abandon(&key);
             }
+            error_answer(busy(error))
         }
+    }
+}
+
+/// Waits for a queued command's answer (sent once durable) and remembers it
+/// under its key if it was accepted.
+async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<u8>) {
+    let (key, receiver) = match submitted {
+        Submitted::Answered(status, body) => return (status, body),
+        Submitted::Waiting { key, receiver } => (key, receiver),
+    };
+    let answer = match tokio::time::timeout(state.request_timeout, receiver).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) | Err(_) => Answer::Unavailable,
     };
     match answer {
         Answer::Json { status, body } => {
@@ -250,13 +283,14 @@ async fn submit(
                     state.idempotency.abandon(&key);
                 }
             }
-            json_response(status, body)
+            (status, body)
         }
         _ => {
             if let Some(key) = key {
                 state.idempotency.abandon(&key);
             }
-            ApiError::unavailable().into_response()
+            let error = ApiError::unavailable();
+            (error.status, error.body())
         }
     }
 }
@@ -822,40 +856,47 @@ async fn batch(
                 "items must hold 1 to 1000 charges",
             ));
         }
-        let mut pending = Vec::with_capacity(items.len());
-        for item in items {
-            pending.push(batch_item(&state, item));
-        }
-        let mut results = Vec::with_capacity(pending.len());
-        for item in pending {
-            let response = match item {
-                Ok(future) => future.await,
-                Err(error) => (error.status, error.body()),
-            };
-            let body: Value = serde_json::from_slice(&response.1).unwrap_or(Value::Null);
-            let mut result = json!({"status": response.0});
-            if (200..300).contains(&response.0) {
-                result["debit"] = body;
-            } else {
-                result["error"] = body.get("error").cloned().unwrap_or(Value::Null);
+        // Every item is queued before any is awaited, so they share group commits.
+        let started: Vec<Submitted> = items.iter().map(|item| batch_item(&state, item)).collect();
+        let mut body = Vec::with_capacity(started.len() * 600 + 32);
+        body.extend_from_slice(br#"{"object":"list","results":["#);
+        for (index, submitted) in started.into_iter().enumerate() {
+            let (status, answer) = settle(&state, submitted).await;
+            if index > 0 {
+                body.push(b',');
             }
-            results.push(result);
+            if (200..300).contains(&status) {
+                body.extend_from_slice(format!(r#"{{"status":{status},"debit":"#).as_bytes());
+                body.extend_from_slice(&answer);
+            } else {
+                let error = serde_json::from_slice::<Value>(&answer)
+                    .ok()
+                    .and_then(|value| value.get("error").cloned())
+                    .unwrap_or(Value::Null);
+                body.extend_from_slice(
+                    format!(r#"{{"status":{status},"error":{error}"#).as_bytes(),
+                );
+            }
+            body.push(b'}');
         }
-        Ok(json_response(
-            200,
-            serde_json::to_vec(&json!({"object": "list", "results": results})).expect("JSON"),
-        ))
+        body.extend_from_slice(b"]}");
+        Ok(json_response(200, body))
     };
     result
         .await
         .unwrap_or_else(|error: ApiError| error.into_response())
 }
 
-type ItemFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, Vec<u8>)> + Send>>;
-
-/// Validates and submits one batch item; its own idempotency key, in the
+/// Validates and queues one batch item, with its own idempotency key in the
 /// same key space as single charges (the path is that of a single charge).
-fn batch_item(state: &AppState, item: &Value) -> Result<ItemFuture> {
+fn batch_item(state: &AppState, item: &Value) -> Submitted {
+    match batch_command(item) {
+        Ok((command, key, path, body)) => start(state, command, Some(key), &path, &body),
+        Err(error) => error_answer(error),
+    }
+}
+
+fn batch_command(item: &Value) -> Result<(Command, String, String, Vec<u8>)> {
     let map = item
         .as_object()
         .ok_or_else(|| ApiError::invalid("items", "each item must be an object"))?;
@@ -875,16 +916,7 @@ fn batch_item(state: &AppState, item: &Value) -> Result<ItemFuture> {
     single.remove("account");
     single.remove("idempotency_key");
     let body = serde_json::to_vec(&Value::Object(single)).expect("JSON");
-    let path = format!("/v1/accounts/{account}/usage");
-    let state = state.clone();
-    Ok(Box::pin(async move {
-        let response = submit(&state, command, Some(key), &path, &body).await;
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_default();
-        (status, bytes.to_vec())
-    }))
+    Ok((command, key, format!("/v1/accounts/{account}/usage"), body))
 }
 
 /// The stored record of a debit, for reversal and `GET /v1/debits/{id}`.

@@ -21,10 +21,10 @@ pub struct Connection {
         env = "PURSER_URL",
         default_value = "http://127.0.0.1:8787"
     )]
-    url: String,
+    pub(crate) url: String,
     /// API key sent as `Authorization: Bearer <key>`.
     #[arg(long, global = true, env = "PURSER_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    pub(crate) api_key: Option<String>,
 }
 
 /// Commands that talk to a running server.

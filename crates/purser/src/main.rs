@@ -1,6 +1,7 @@
 //! `purser`: serve the credits engine, print its default configuration,
 //! verify a stored ledger, and talk to a running server (`cli`).
 
+mod bench;
 mod cli;
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Commands {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load-test a running server (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Verify { data_dir, config } => verify(&data_dir, config.as_ref()),
+        Commands::Bench(args) => bench::run(&cli.connection.url, cli.connection.api_key, args),
         Commands::Client(command) => cli::run(cli.connection, command),
     };
     result.unwrap_or_else(|error| {
