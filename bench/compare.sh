@@ -30,6 +30,10 @@ RESULTS_DIR=$OUT/pg-baseline CLIENTS="$CLIENTS" MODES=durable SAMPLE_WAITS=0 DUR
 # The baseline leaves its cluster running with 4 GB of shared buffers: stop it
 # so that purser runs on the same, otherwise idle, machine.
 pg_ctlcluster 15 pgbaseline stop 2>/dev/null || true
+# ...and let the kernel finish writing its files back, so that the fsyncs
+# purser waits for are not queued behind PostgreSQL's.
+sync
+sleep 5
 
 : > "$OUT/purser.jsonl"
 for scenario in uniform hot; do
