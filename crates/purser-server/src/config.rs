@@ -266,7 +266,7 @@ pub fn default_toml() -> String {
     );
     let _ = writeln!(
         out,
-        "# database_url = \"postgres://user@localhost/purser\"  (PostgreSQL store: not yet available)"
+        "# database_url = \"postgres://user@localhost/purser\"  (the PostgreSQL store instead of data_dir)"
     );
     let _ = writeln!(
         out,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use purser_core::{Catalog, Timestamp};
 use purser_store::{ApiKeyRecord, Store};
+use purser_store_postgres::PostgresStore;
 use purser_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
@@ -69,17 +70,17 @@ impl App {
         listener: TcpListener,
         admin_key: Option<String>,
     ) -> Result<App, StartError> {
-        if config.database_url.is_some() {
-            return Err(StartError::Config(
-                "database_url: the PostgreSQL store is not available in this version; remove it to use the embedded store".into(),
-            ));
-        }
         let data_dir = config.data_dir.clone();
-        let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
-                .await
-                .map_err(|e| StartError::Config(e.to_string()))??,
-        );
+        let database_url = config.database_url.clone();
+        let store: Arc<dyn Store> =
+            tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StartError> {
+                Ok(match database_url {
+                    Some(url) => Arc::new(PostgresStore::open(&url)?),
+                    None => Arc::new(SqliteStore::open(&data_dir)?),
+                })
+            })
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))??;
         let (app_state, generated, entries) = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || prepare(config, store, admin_key))

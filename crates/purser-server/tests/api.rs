@@ -1,7 +1,7 @@
-//! The whole API over HTTP: each test starts the real app on port 0 with a
-//! fresh data directory and a test clock, and talks to it through the typed
-//! client. No sleeps: the test clock moves time, and answers come back only
-//! once durable.
+// The whole API over HTTP: each test starts the real app on port 0 with a
+// fresh data directory and a test clock, and talks to it through the typed
+// client. No sleeps: the test clock moves time, and answers come back only
+// once durable.
 
 mod harness;
 

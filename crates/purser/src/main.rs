@@ -62,7 +62,7 @@ struct ServeArgs {
     /// Configuration file; without one, ./purser.toml if present, else the built-in.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// PostgreSQL database URL (not yet available).
+    /// PostgreSQL database URL: the PostgreSQL store instead of the embedded one.
     #[arg(long)]
     database_url: Option<String>,
     /// Start with a test clock that moves only by POST /v1/test_clock/advance.

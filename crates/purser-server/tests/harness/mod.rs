@@ -8,11 +8,74 @@ use purser_server::config::Config;
 
 pub const ADMIN_KEY: &str = "sk_test_admin_0123456789";
 
+/// Where a server keeps its data: a directory, and on PostgreSQL a database
+/// of its own (dropped with it).
+pub struct Data {
+    pub dir: tempfile::TempDir,
+    database: Option<String>,
+}
+
+/// The `api_postgres` test binary runs this same suite on PostgreSQL.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
+fn admin_url() -> String {
+    std::env::var("PURSER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// Runs blocking PostgreSQL admin work off the async threads.
+fn admin(sql: String) {
+    std::thread::spawn(move || {
+        let mut client =
+            postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap_or_else(|error| {
+                panic!(
+                    "PostgreSQL is required by api_postgres and is not reachable at {} ({error})",
+                    admin_url()
+                )
+            });
+        client.batch_execute(&sql).unwrap();
+    })
+    .join()
+    .expect("PostgreSQL admin work");
+}
+
+impl Data {
+    pub fn fresh() -> Data {
+        let dir = tempfile::tempdir().unwrap();
+        let database = on_postgres().then(|| {
+            let mut bytes = [0u8; 6];
+            getrandom::fill(&mut bytes).unwrap();
+            let name = format!("purser_test_{}", hex::encode(bytes));
+            admin(format!("CREATE DATABASE {name}"));
+            name
+        });
+        Data { dir, database }
+    }
+}
+
+impl Drop for Data {
+    fn drop(&mut self) {
+        if let Some(name) = self.database.take() {
+            admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
 pub struct Server {
     pub base: String,
     /// Journal entries replayed on start, after the snapshots.
     pub replayed: u64,
-    pub dir: tempfile::TempDir,
+    pub data: Option<Data>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -24,14 +87,14 @@ impl Server {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        Server::start_in(dir, configure).await
+        Server::start_in(Data::fresh(), configure).await
     }
 
     /// (Re)starts a server on an existing data directory.
-    pub async fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Server {
+    pub async fn start_in(data: Data, configure: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: data.dir.path().to_path_buf(),
+            database_url: data.database.as_deref().map(database_url),
             test_clock: true,
             shards: 2,
             ..Config::default()
@@ -54,22 +117,21 @@ impl Server {
         Server {
             base,
             replayed,
-            dir,
+            data: Some(data),
             shutdown: Some(shutdown),
             task: Some(task),
         }
     }
 
-    /// Stops the server and gives its data directory back.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    /// Stops the server and gives its data back.
+    pub async fn stop(mut self) -> Data {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        self.data.take().expect("data until stopped")
     }
 
     pub fn admin(&self) -> Client {

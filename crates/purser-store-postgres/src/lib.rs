@@ -1,0 +1,735 @@
+//! purser-store-postgres: the PostgreSQL store.
+//!
+//! The same tables as the embedded store: `entry` clustered by
+//! `(account, seq)` with the commit order in `pos` and the usage facts in
+//! columns; idempotency records, API keys, settings, partition snapshots.
+//! A group commit is one transaction (`synchronous_commit` left on) with
+//! every entry in one multi-row `INSERT … SELECT FROM unnest(…)`.
+//!
+//! Exactly one writer per database: opening a store takes a session-level
+//! advisory lock on the writer's connection and refuses to open while
+//! another purser holds it. The lock goes when that connection does, so a
+//! writer that lost its connection can never commit again on it.
+//!
+//! This crate holds no business rules.
+
+use std::sync::{Mutex, MutexGuard};
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
+use purser_store::{
+    ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
+    StoredSnapshot, UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
+};
+
+/// Forward-only migrations; `MIGRATIONS[i]` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE entry (
+        account   BIGINT NOT NULL,
+        seq       BIGINT NOT NULL,
+        pos       BIGINT NOT NULL,
+        type      TEXT   NOT NULL,
+        at        BIGINT NOT NULL,
+        body      BYTEA  NOT NULL,
+        task      TEXT,
+        member    TEXT,
+        credits   BIGINT,
+        budget    BIGINT,
+        rollover  BIGINT,
+        package   BIGINT,
+        promo     BIGINT,
+        debt      BIGINT,
+        debit_seq BIGINT,
+        PRIMARY KEY (account, seq)
+    );
+    CREATE UNIQUE INDEX entry_by_pos ON entry (pos);
+    CREATE TABLE idempotency (
+        key         TEXT   PRIMARY KEY,
+        fingerprint BYTEA  NOT NULL,
+        status      INT    NOT NULL,
+        body        BYTEA  NOT NULL,
+        expires_at  BIGINT NOT NULL
+    );
+    CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
+    CREATE TABLE api_key (
+        id          TEXT   PRIMARY KEY,
+        secret_hash BYTEA  NOT NULL UNIQUE,
+        scopes      TEXT   NOT NULL,
+        created_at  BIGINT NOT NULL,
+        revoked_at  BIGINT
+    );
+    CREATE TABLE setting (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE snapshot (
+        partition INT    PRIMARY KEY,
+        position  BIGINT NOT NULL,
+        body      BYTEA  NOT NULL
+    );
+"#];
+
+/// The advisory lock key of the writer ("purser" in ASCII).
+const WRITER_LOCK: i64 = 0x7075_7273_6572;
+
+pub struct PostgresStore {
+    url: String,
+    /// `None` only while the store is being dropped.
+    writer: Mutex<Option<Client>>,
+    readers: Mutex<Vec<Client>>,
+}
+
+impl Drop for PostgresStore {
+    /// A synchronous client owns a small runtime, which must not be dropped
+    /// on an async thread: the clients are dropped on a thread of their own.
+    fn drop(&mut self) {
+        let writer = lock(&self.writer).take();
+        let readers = std::mem::take(&mut *lock(&self.readers));
+        let _ = std::thread::spawn(move || drop((writer, readers))).join();
+    }
+}
+
+/// The writer connection; present for the store's whole life.
+fn writer<'a>(guard: &'a mut MutexGuard<'_, Option<Client>>) -> &'a mut Client {
+    guard
+        .as_mut()
+        .expect("the writer connection lives as long as the store")
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only its host part is shown.
+        let host = self.url.rsplit_once('@').map_or("", |(_, host)| host);
+        f.debug_struct("PostgresStore")
+            .field("host", &host)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(error: postgres::Error) -> StoreError {
+    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return StoreError::Duplicate;
+    }
+    StoreError::Backend(error.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PostgresStore {
+    /// Connects, takes the writer lock, and migrates.
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut writer = Client::connect(url, NoTls).map_err(backend)?;
+        let locked: bool = writer
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+            .map_err(backend)?
+            .get(0);
+        if !locked {
+            return Err(StoreError::Backend(
+                "another purser is the writer on this database (its advisory lock is held)".into(),
+            ));
+        }
+        migrate(&mut writer)?;
+        Ok(PostgresStore {
+            url: url.to_owned(),
+            writer: Mutex::new(Some(writer)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn read<T>(
+        &self,
+        work: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = match lock(&self.readers).pop() {
+            Some(client) if !client.is_closed() => client,
+            _ => Client::connect(&self.url, NoTls).map_err(backend)?,
+        };
+        let result = work(&mut client);
+        let mut pool = lock(&self.readers);
+        if pool.len() < 8 && !client.is_closed() {
+            pool.push(client);
+        }
+        result
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut transaction = client.transaction().map_err(backend)?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);
+             LOCK TABLE purser_schema_version IN EXCLUSIVE MODE;",
+        )
+        .map_err(backend)?;
+    let current: i32 = transaction
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM purser_schema_version",
+            &[],
+        )
+        .map_err(backend)?
+        .get(0);
+    let supported = MIGRATIONS.len() as i64;
+    if i64::from(current) > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: i64::from(current),
+            supported,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        transaction.batch_execute(migration).map_err(backend)?;
+        let version = index as i32 + 1;
+        transaction
+            .execute(
+                "INSERT INTO purser_schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .map_err(backend)?;
+    }
+    transaction.commit().map_err(backend)
+}
+
+fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
+    decode_entry(body).map_err(|error| StoreError::Corrupt {
+        account: AccountHandle::from_raw(account as u64),
+        seq: seq as u64,
+        error,
+    })
+}
+
+/// The columns of a batch of entries, for one `unnest` insert.
+#[derive(Default)]
+struct Columns {
+    account: Vec<i64>,
+    seq: Vec<i64>,
+    pos: Vec<i64>,
+    kind: Vec<&'static str>,
+    at: Vec<i64>,
+    body: Vec<Vec<u8>>,
+    task: Vec<Option<String>>,
+    member: Vec<Option<String>>,
+    credits: Vec<Option<i64>>,
+    parts: [Vec<Option<i64>>; 5],
+    debit_seq: Vec<Option<i64>>,
+}
+
+impl Store for PostgresStore {
+    fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
+        {
+            return Ok(());
+        }
+        let mut guard = lock(&self.writer);
+        let mut transaction = writer(&mut guard).transaction().map_err(backend)?;
+        let before: i64 = transaction
+            .query_one("SELECT COALESCE(MAX(pos), 0) FROM entry", &[])
+            .map_err(backend)?
+            .get(0);
+        for snapshot in commit.snapshots {
+            transaction
+                .execute(
+                    "INSERT INTO snapshot (partition, position, body) VALUES ($1, $2, $3)
+                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position, body = excluded.body",
+                    &[&i32::from(snapshot.partition), &before, &snapshot.body],
+                )
+                .map_err(backend)?;
+        }
+        if !commit.entries.is_empty() {
+            let mut columns = Columns::default();
+            for (offset, entry) in commit.entries.iter().enumerate() {
+                let mut body = Vec::with_capacity(128);
+                encode_entry(entry, &mut body);
+                let usage = usage_of(entry);
+                columns.account.push(entry.account.raw() as i64);
+                columns.seq.push(entry.seq as i64);
+                columns.pos.push(before + 1 + offset as i64);
+                columns.kind.push(entry.body.type_name());
+                columns.at.push(entry.at.micros());
+                columns.body.push(body);
+                columns
+                    .task
+                    .push(usage.as_ref().and_then(|u| u.task.clone()));
+                columns
+                    .member
+                    .push(usage.as_ref().and_then(|u| u.member.clone()));
+                columns.credits.push(usage.as_ref().map(|u| u.credits));
+                for (index, part) in columns.parts.iter_mut().enumerate() {
+                    part.push(usage.as_ref().map(|u| u.by_kind[index]));
+                }
+                columns.debit_seq.push(
+                    usage
+                        .as_ref()
+                        .filter(|u| !u.is_charge)
+                        .map(|u| u.charge_seq as i64),
+                );
+            }
+            let [budget, rollover, package, promo, debt] = &columns.parts;
+            transaction
+                .execute(
+                    "INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
+                                        budget, rollover, package, promo, debt, debit_seq)
+                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                                          $6::bytea[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],
+                                          $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])",
+                    &[
+                        &columns.account,
+                        &columns.seq,
+                        &columns.pos,
+                        &columns.kind,
+                        &columns.at,
+                        &columns.body,
+                        &columns.task,
+                        &columns.member,
+                        &columns.credits,
+                        budget,
+                        rollover,
+                        package,
+                        promo,
+                        debt,
+                        &columns.debit_seq,
+                    ],
+                )
+                .map_err(backend)?;
+        }
+        if !commit.idempotency.is_empty() {
+            let keys: Vec<&str> = commit.idempotency.iter().map(|r| r.key.as_str()).collect();
+            let prints: Vec<&[u8]> = commit
+                .idempotency
+                .iter()
+                .map(|r| &r.fingerprint[..])
+                .collect();
+            let statuses: Vec<i32> = commit
+                .idempotency
+                .iter()
+                .map(|r| i32::from(r.status))
+                .collect();
+            let bodies: Vec<&[u8]> = commit
+                .idempotency
+                .iter()
+                .map(|r| r.body.as_slice())
+                .collect();
+            let expiries: Vec<i64> = commit
+                .idempotency
+                .iter()
+                .map(|r| r.expires_at.micros())
+                .collect();
+            transaction
+                .execute(
+                    "INSERT INTO idempotency (key, fingerprint, status, body, expires_at)
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[])
+                     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
+                                                     body = excluded.body, expires_at = excluded.expires_at",
+                    &[&keys, &prints, &statuses, &bodies, &expiries],
+                )
+                .map_err(backend)?;
+        }
+        transaction.commit().map_err(backend)
+    }
+
+    fn replay_after(
+        &self,
+        position: u64,
+        visit: &mut dyn FnMut(u64, Entry) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        self.read(|client| {
+            let mut transaction = client.transaction().map_err(backend)?;
+            let portal = transaction
+                .bind(
+                    "SELECT pos, account, seq, body FROM entry WHERE pos > $1 ORDER BY pos",
+                    &[&(position as i64)],
+                )
+                .map_err(backend)?;
+            let mut count = 0;
+            loop {
+                let rows = transaction.query_portal(&portal, 10_000).map_err(backend)?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in rows {
+                    let pos: i64 = row.get(0);
+                    let body: &[u8] = row.get(3);
+                    visit(pos as u64, decode(row.get(1), row.get(2), body)?)?;
+                    count += 1;
+                }
+            }
+            Ok(count)
+        })
+    }
+
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT partition, position, body FROM snapshot ORDER BY partition",
+                    &[],
+                )
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| StoredSnapshot {
+                    partition: row.get::<_, i32>(0) as u16,
+                    position: row.get::<_, i64>(1) as u64,
+                    body: row.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT body FROM entry WHERE account = $1 AND seq = $2",
+                    &[&(account.raw() as i64), &(seq as i64)],
+                )
+                .map_err(backend)?;
+            row.map(|row| decode(account.raw() as i64, seq as i64, row.get(0)))
+                .transpose()
+        })
+    }
+
+    fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError> {
+        self.read(|client| {
+            let types: Vec<&str> = query.types.to_vec();
+            let rows = client
+                .query(
+                    "SELECT seq, body FROM entry
+                     WHERE account = $1 AND seq < $2 AND (cardinality($3::text[]) = 0 OR type = ANY($3))
+                     ORDER BY seq DESC LIMIT $4",
+                    &[
+                        &(query.account.raw() as i64),
+                        &query.before_seq.map_or(i64::MAX, |seq| seq as i64),
+                        &types,
+                        &(query.limit as i64),
+                    ],
+                )
+                .map_err(backend)?;
+            rows.iter()
+                .map(|row| decode(query.account.raw() as i64, row.get(0), row.get(1)))
+                .collect()
+        })
+    }
+
+    fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.read(|client| usage(client, query))
+    }
+
+    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT key, fingerprint, status, body, expires_at FROM idempotency
+                     WHERE expires_at > $1 ORDER BY expires_at, key",
+                    &[&now.micros()],
+                )
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let fingerprint: Vec<u8> = row.get(1);
+                    IdempotencyRecord {
+                        key: row.get(0),
+                        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+                        status: row.get::<_, i32>(2) as u16,
+                        body: row.get(3),
+                        expires_at: Timestamp::from_micros(row.get(4)),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut guard = lock(&self.writer);
+        writer(&mut guard)
+            .execute(
+                "DELETE FROM idempotency WHERE expires_at <= $1",
+                &[&now.micros()],
+            )
+            .map_err(backend)
+    }
+
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut guard = lock(&self.writer);
+        writer(&mut guard)
+            .execute(
+                "INSERT INTO api_key (id, secret_hash, scopes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &key.id,
+                    &&key.secret_hash[..],
+                    &key.scopes.join(" "),
+                    &key.created_at.micros(),
+                    &key.revoked_at.map(|t| t.micros()),
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let mut guard = lock(&self.writer);
+        let changed = writer(&mut guard)
+            .execute(
+                "UPDATE api_key SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+                &[&id, &at.micros()],
+            )
+            .map_err(backend)?;
+        Ok(changed > 0)
+    }
+
+    fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT id, secret_hash, scopes, created_at, revoked_at FROM api_key ORDER BY created_at, id",
+                    &[],
+                )
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let hash: Vec<u8> = row.get(1);
+                    let scopes: String = row.get(2);
+                    ApiKeyRecord {
+                        id: row.get(0),
+                        secret_hash: hash.try_into().unwrap_or([0; 32]),
+                        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                        created_at: Timestamp::from_micros(row.get(3)),
+                        revoked_at: row.get::<_, Option<i64>>(4).map(Timestamp::from_micros),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_opt("SELECT value FROM setting WHERE name = $1", &[&name])
+                .map_err(backend)?;
+            Ok(row.map(|row| row.get(0)))
+        })
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut guard = lock(&self.writer);
+        writer(&mut guard)
+            .execute(
+                "INSERT INTO setting (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &value],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(backend))
+    }
+}
+
+/// Usage grouped in SQL: charges in the window, minus their reversals
+/// (attributed to the charge's own time, task and member).
+fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+    let account = query.account.raw() as i64;
+    let from = query.from.map_or(i64::MIN, |t| t.micros());
+    let to = query.to.map_or(i64::MAX, |t| t.micros());
+    let mut totals: std::collections::BTreeMap<Option<String>, (CreditSum, u64)> =
+        Default::default();
+    let mut add = |key: Option<String>, micros: i64, count: i64| {
+        let slot = totals.entry(key).or_insert((CreditSum::ZERO, 0));
+        slot.0 = slot
+            .0
+            .checked_add(CreditSum::from_micros(i128::from(micros)))
+            .unwrap_or(slot.0);
+        slot.1 += count.max(0) as u64;
+    };
+    let window = "c.account = $1 AND c.type IN ('debit', 'capture') AND c.at >= $2 AND c.at < $3";
+    let join = "FROM entry r JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
+                WHERE r.account = $1 AND r.type = 'reversal' AND";
+    if query.group_by == GroupBy::Kind {
+        let sums = |t: &str| {
+            KIND_KEYS
+                .iter()
+                .map(|k| format!("COALESCE(SUM({t}.{k}), 0)::bigint"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let counts = KIND_KEYS
+            .iter()
+            .map(|k| format!("COUNT(*) FILTER (WHERE c.{k} <> 0)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let charges = client
+            .query_one(
+                &format!("SELECT {}, {counts} FROM entry c WHERE {window}", sums("c")),
+                &[&account, &from, &to],
+            )
+            .map_err(backend)?;
+        let reversals = client
+            .query_one(
+                &format!("SELECT {} {join} {window}", sums("r")),
+                &[&account, &from, &to],
+            )
+            .map_err(backend)?;
+        for (index, key) in KIND_KEYS.iter().enumerate() {
+            let credits: i64 = charges.get::<_, i64>(index) + reversals.get::<_, i64>(index);
+            let count: i64 = charges.get(index + 5);
+            if count > 0 || credits != 0 {
+                add(Some((*key).to_owned()), credits, count);
+            }
+        }
+    } else {
+        let key = match query.group_by {
+            GroupBy::Task => "c.task",
+            GroupBy::Member => "c.member",
+            GroupBy::Day | GroupBy::Kind => {
+                "(c.at / 86400000000 - CASE WHEN c.at < 0 AND c.at % 86400000000 <> 0 THEN 1 ELSE 0 END)::text"
+            }
+        };
+        let charges = format!(
+            "SELECT {key}, SUM(c.credits)::bigint, COUNT(*) FROM entry c WHERE {window} GROUP BY 1"
+        );
+        let reversals =
+            format!("SELECT {key}, SUM(r.credits)::bigint, 0::bigint {join} {window} GROUP BY 1");
+        for sql in [charges, reversals] {
+            for row in client
+                .query(&sql, &[&account, &from, &to])
+                .map_err(backend)?
+            {
+                let mut key: Option<String> = row.get(0);
+                if query.group_by == GroupBy::Day {
+                    key = key.and_then(|days| days.parse::<i64>().ok()).map(day_key);
+                }
+                add(key, row.get(1), row.get(2));
+            }
+        }
+    }
+    Ok(totals
+        .into_iter()
+        .map(|(key, (credits, count))| UsageRow {
+            key,
+            credits,
+            count,
+        })
+        .collect())
+}
+
+fn day_key(days: i64) -> String {
+    let (year, month, day) = purser_core::time::civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server tests run against; a fresh database per test, dropped after.
+    fn admin_url() -> String {
+        std::env::var("PURSER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// A store on a database of its own, dropped with it.
+    struct Fresh {
+        store: Option<PostgresStore>,
+        name: String,
+    }
+
+    impl std::ops::Deref for Fresh {
+        type Target = PostgresStore;
+        fn deref(&self) -> &PostgresStore {
+            self.store.as_ref().expect("open")
+        }
+    }
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            drop(self.store.take());
+            if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
+                let _ = admin.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        }
+    }
+
+    fn database_url(name: &str) -> String {
+        let admin = admin_url();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        format!("{base}/{name}")
+    }
+
+    fn make() -> Fresh {
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).unwrap();
+        let name = format!("purser_test_{}", hex::encode(bytes));
+        let mut admin = Client::connect(&admin_url(), NoTls).unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is required for these tests and is not reachable at {} ({error}); \
+                 start it, or point PURSER_TEST_POSTGRES_URL at one",
+                admin_url()
+            )
+        });
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let store = PostgresStore::open(&database_url(&name)).unwrap();
+        Fresh {
+            store: Some(store),
+            name,
+        }
+    }
+
+    purser_store::conformance_tests!(make());
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+        let first = make();
+        let second = PostgresStore::open(&database_url(&first.name));
+        assert!(
+            matches!(second, Err(StoreError::Backend(message)) if message.contains("another purser"))
+        );
+        let name = first.name.clone();
+        let url = database_url(&name);
+        let Fresh { store, .. } = &mut { first };
+        drop(store.take());
+        let third =
+            PostgresStore::open(&url).expect("the lock went with the first writer's connection");
+        drop(third);
+        if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_stores_nothing_of_its_batch() {
+        let store = make();
+        let journal = purser_store::conformance::sample_journal();
+        store
+            .commit(Commit {
+                entries: &journal[..3],
+                idempotency: &[],
+                snapshots: &[],
+            })
+            .unwrap();
+        assert!(
+            store
+                .commit(Commit {
+                    entries: &journal[2..6],
+                    idempotency: &[],
+                    snapshots: &[]
+                })
+                .is_err()
+        );
+        let count = store.replay(&mut |_| Ok(())).unwrap();
+        assert_eq!(count, 3);
+    }
+}
