@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod render;
 pub mod request;
+pub mod supervisor;
 
 use std::sync::Arc;
 
@@ -55,41 +56,86 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
-    state: AppState,
+    role: Role,
     /// The admin key generated on first start (shown once), if any.
     pub generated_admin_key: Option<String>,
     /// Journal entries replayed on start (after the snapshots).
     pub journal_entries: u64,
 }
 
+/// How this process serves.
+#[derive(Debug)]
+enum Role {
+    /// The embedded store: this process is the only writer.
+    Sole(AppState),
+    /// PostgreSQL: the writer while it holds the lease, a standby otherwise.
+    Supervised(Arc<supervisor::Supervisor>),
+}
+
 impl App {
     /// Opens the store, replays the journal, loads keys and idempotency
     /// records, and starts the engine. `admin_key` is `PURSER_ADMIN_KEY`.
+    /// On PostgreSQL, a database whose lease another purser holds makes this
+    /// one a standby, which takes over when that lease runs out.
     pub async fn build(
         config: Config,
         listener: TcpListener,
         admin_key: Option<String>,
     ) -> Result<App, StartError> {
+        if let Some(url) = config.database_url.clone() {
+            return App::build_supervised(config, listener, admin_key, url).await;
+        }
         let data_dir = config.data_dir.clone();
-        let database_url = config.database_url.clone();
-        let store: Arc<dyn Store> =
-            tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StartError> {
-                Ok(match database_url {
-                    Some(url) => Arc::new(PostgresStore::open(&url)?),
-                    None => Arc::new(SqliteStore::open(&data_dir)?),
-                })
-            })
-            .await
-            .map_err(|e| StartError::Config(e.to_string()))??;
-        let (app_state, generated, entries) = {
-            let store = store.clone();
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))??,
+        );
+        let (state, generated, entries) =
             tokio::task::spawn_blocking(move || prepare(config, store, admin_key))
                 .await
-                .map_err(|e| StartError::Config(e.to_string()))??
-        };
+                .map_err(|e| StartError::Config(e.to_string()))??;
         Ok(App {
             listener,
-            state: app_state,
+            role: Role::Sole(state),
+            generated_admin_key: generated,
+            journal_entries: entries,
+        })
+    }
+
+    async fn build_supervised(
+        config: Config,
+        listener: TcpListener,
+        admin_key: Option<String>,
+        url: String,
+    ) -> Result<App, StartError> {
+        let holder = format!("{}:{}", std::process::id(), random_hex(6));
+        let opened = {
+            let (url, holder) = (url.clone(), holder.clone());
+            tokio::task::spawn_blocking(move || PostgresStore::open(&url, &holder))
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))?
+        };
+        let (initial, generated, entries) = match opened {
+            Ok(store) => {
+                let (config, admin_key) = (config.clone(), admin_key.clone());
+                let store: Arc<dyn Store> = Arc::new(store);
+                let (state, generated, entries) =
+                    tokio::task::spawn_blocking(move || prepare(config, store, admin_key))
+                        .await
+                        .map_err(|e| StartError::Config(e.to_string()))??;
+                (Some(state), generated, entries)
+            }
+            Err(purser_store::StoreError::LeaseHeld) => {
+                tracing::info!("another purser holds the writer lease: starting as a standby");
+                (None, None, 0)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let supervisor = supervisor::Supervisor::start(config, admin_key, url, holder, initial);
+        Ok(App {
+            listener,
+            role: Role::Supervised(supervisor),
             generated_admin_key: generated,
             journal_entries: entries,
         })
@@ -99,8 +145,12 @@ impl App {
         self.listener.local_addr()
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
+    /// The serving state, when this process is the writer.
+    pub fn state(&self) -> Option<AppState> {
+        match &self.role {
+            Role::Sole(state) => Some(state.clone()),
+            Role::Supervised(supervisor) => supervisor.active(),
+        }
     }
 
     /// Serves until `shutdown` completes.
@@ -108,14 +158,24 @@ impl App {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = api::router(self.state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        match self.role {
+            Role::Sole(state) => {
+                axum::serve(self.listener, api::router(state))
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Role::Supervised(supervisor) => {
+                let served = axum::serve(self.listener, supervisor::router(supervisor.clone()))
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                supervisor.shutdown();
+                served
+            }
+        }
     }
 }
 
-fn prepare(
+pub(crate) fn prepare(
     config: Config,
     store: Arc<dyn Store>,
     admin_key: Option<String>,

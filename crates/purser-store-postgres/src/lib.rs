@@ -6,10 +6,11 @@
 //! A group commit is one transaction (`synchronous_commit` left on) with
 //! every entry in one multi-row `INSERT … SELECT FROM unnest(…)`.
 //!
-//! Exactly one writer per database: opening a store takes a session-level
-//! advisory lock on the writer's connection and refuses to open while
-//! another purser holds it. The lock goes when that connection does, so a
-//! writer that lost its connection can never commit again on it.
+//! Exactly one writer per database: a lease row with a fencing epoch. Opening
+//! a store takes the lease (bumping the epoch) only when the last one ran out;
+//! the writer renews it every second and in every commit, which checks the
+//! epoch inside its own transaction. A writer whose lease ran out (it was
+//! paused, or cut off) is fenced: it can never commit again.
 //!
 //! This crate holds no business rules.
 
@@ -24,7 +25,8 @@ use purser_store::{
 };
 
 /// Forward-only migrations; `MIGRATIONS[i]` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE entry (
         account   BIGINT NOT NULL,
         seq       BIGINT NOT NULL,
@@ -68,13 +70,32 @@ const MIGRATIONS: &[&str] = &[r#"
         position  BIGINT NOT NULL,
         body      BYTEA  NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE writer_lease (
+        id         INT         PRIMARY KEY CHECK (id = 1),
+        epoch      BIGINT      NOT NULL,
+        holder     TEXT        NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    INSERT INTO writer_lease (id, epoch, holder, expires_at) VALUES (1, 0, '', now());
+"#,
+];
 
-/// The advisory lock key of the writer ("purser" in ASCII).
-const WRITER_LOCK: i64 = 0x7075_7273_6572;
+/// How long a writer's lease lasts without renewal; renewed every second
+/// and by every commit. A standby takes over once it has run out.
+const LEASE_SECONDS: i64 = 5;
+
+/// Serializes concurrent migrations of several purser processes.
+const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
 
 pub struct PostgresStore {
     url: String,
+    /// The fencing epoch this writer holds the lease under.
+    epoch: i64,
+    /// Set once a renewal finds the lease gone: no commit may follow.
+    fenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// `None` only while the store is being dropped.
     writer: Mutex<Option<Client>>,
     readers: Mutex<Vec<Client>>,
@@ -83,10 +104,22 @@ pub struct PostgresStore {
 impl Drop for PostgresStore {
     /// A synchronous client owns a small runtime, which must not be dropped
     /// on an async thread: the clients are dropped on a thread of their own.
+    /// Hands the lease back (a standby can take over at once), then closes.
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let writer = lock(&self.writer).take();
         let readers = std::mem::take(&mut *lock(&self.readers));
-        let _ = std::thread::spawn(move || drop((writer, readers))).join();
+        let epoch = self.epoch;
+        let _ = std::thread::spawn(move || {
+            if let Some(mut writer) = writer {
+                let _ = writer.execute(
+                    "UPDATE writer_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND epoch = $1",
+                    &[&epoch],
+                );
+            }
+            drop(readers);
+        })
+        .join();
     }
 }
 
@@ -121,24 +154,46 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PostgresStore {
-    /// Connects, takes the writer lock, and migrates.
-    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+    /// Connects, migrates, and takes the writer lease; refuses with
+    /// [`StoreError::LeaseHeld`] while another purser's lease is current.
+    /// `holder` names this process in the lease row.
+    pub fn open(url: &str, holder: &str) -> Result<PostgresStore, StoreError> {
         let mut writer = Client::connect(url, NoTls).map_err(backend)?;
-        let locked: bool = writer
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-            .map_err(backend)?
-            .get(0);
-        if !locked {
-            return Err(StoreError::Backend(
-                "another purser is the writer on this database (its advisory lock is held)".into(),
-            ));
-        }
+        // A writer paused inside a transaction must not keep the lease row
+        // locked forever: PostgreSQL ends such a transaction after a while.
+        writer
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = '{LEASE_SECONDS}s'"
+            ))
+            .map_err(backend)?;
         migrate(&mut writer)?;
+        let epoch: Option<i64> = writer
+            .query_opt(
+                "UPDATE writer_lease
+                    SET epoch = epoch + 1, holder = $1, expires_at = now() + make_interval(secs => $2)
+                  WHERE id = 1 AND (expires_at < now() OR holder = $1)
+              RETURNING epoch",
+                &[&holder, &(LEASE_SECONDS as f64)],
+            )
+            .map_err(backend)?
+            .map(|row| row.get(0));
+        let epoch = epoch.ok_or(StoreError::LeaseHeld)?;
+        let fenced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_renewal(url, epoch, fenced.clone(), stop.clone())?;
         Ok(PostgresStore {
             url: url.to_owned(),
+            epoch,
+            fenced,
+            stop,
             writer: Mutex::new(Some(writer)),
             readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The fencing epoch of this writer.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
     }
 
     fn read<T>(
@@ -158,13 +213,54 @@ impl PostgresStore {
     }
 }
 
+/// Renews the lease every second on a connection of its own; a renewal that
+/// finds another epoch (or none) fences this writer for good.
+fn spawn_renewal(
+    url: &str,
+    epoch: i64,
+    fenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), StoreError> {
+    let url = url.to_owned();
+    std::thread::Builder::new()
+        .name("purser-lease".into())
+        .spawn(move || {
+            let mut client: Option<Client> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && !fenced.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1000));
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = Client::connect(&url, NoTls).ok();
+                }
+                let Some(connection) = client.as_mut() else {
+                    continue;
+                };
+                match connection.execute(
+                    "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
+                      WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
+                    &[&epoch, &(LEASE_SECONDS as f64)],
+                ) {
+                    Ok(0) => fenced.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Ok(_) => {}
+                    // Unreachable database: try again; commits fail meanwhile,
+                    // and the lease runs out if this lasts.
+                    Err(_) => client = None,
+                }
+            }
+            drop(client);
+        })
+        .map_err(|e| StoreError::Backend(format!("lease thread: {e}")))?;
+    Ok(())
+}
+
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut transaction = client.transaction().map_err(backend)?;
     transaction
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);
-             LOCK TABLE purser_schema_version IN EXCLUSIVE MODE;",
-        )
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(backend)?;
+    transaction
+        .batch_execute("CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);")
         .map_err(backend)?;
     let current: i32 = transaction
         .query_one(
@@ -223,8 +319,25 @@ impl Store for PostgresStore {
         {
             return Ok(());
         }
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Fenced);
+        }
         let mut guard = lock(&self.writer);
         let mut transaction = writer(&mut guard).transaction().map_err(backend)?;
+        // Fencing: the lease row, checked and renewed inside the commit, and
+        // locked until it ends, so no takeover can slip in between.
+        let renewed = transaction
+            .execute(
+                "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
+                  WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
+                &[&self.epoch, &(LEASE_SECONDS as f64)],
+            )
+            .map_err(backend)?;
+        if renewed == 0 {
+            self.fenced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(StoreError::Fenced);
+        }
         let before: i64 = transaction
             .query_one("SELECT COALESCE(MAX(pos), 0) FROM entry", &[])
             .map_err(backend)?
@@ -681,7 +794,7 @@ mod tests {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        let store = PostgresStore::open(&database_url(&name)).unwrap();
+        let store = PostgresStore::open(&database_url(&name), "test").unwrap();
         Fresh {
             store: Some(store),
             name,
@@ -691,22 +804,39 @@ mod tests {
     purser_store::conformance_tests!(make());
 
     #[test]
-    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+    fn a_second_writer_waits_for_the_lease_and_the_first_is_fenced_after() {
         let first = make();
-        let second = PostgresStore::open(&database_url(&first.name));
+        let url = database_url(&first.name);
+        assert!(matches!(
+            PostgresStore::open(&url, "second"),
+            Err(StoreError::LeaseHeld)
+        ));
+        // The first writer stops renewing (as if paused): its lease runs out.
+        first.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let second = loop {
+            match PostgresStore::open(&url, "second") {
+                Ok(store) => break store,
+                Err(StoreError::LeaseHeld) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(other) => panic!("takeover failed: {other}"),
+            }
+        };
+        assert!(second.epoch() > first.epoch());
+        let journal = purser_store::conformance::sample_journal();
+        let commit = Commit {
+            entries: &journal[..2],
+            idempotency: &[],
+            snapshots: &[],
+        };
         assert!(
-            matches!(second, Err(StoreError::Backend(message)) if message.contains("another purser"))
+            matches!(first.commit(commit), Err(StoreError::Fenced)),
+            "the old writer is fenced"
         );
-        let name = first.name.clone();
-        let url = database_url(&name);
-        let Fresh { store, .. } = &mut { first };
-        drop(store.take());
-        let third =
-            PostgresStore::open(&url).expect("the lock went with the first writer's connection");
-        drop(third);
-        if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+        second.commit(commit).expect("the new writer commits");
+        assert_eq!(second.replay(&mut |_| Ok(())).unwrap(), 2);
+        drop(second);
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub enum StoreError {
     /// A unique key already exists (an API key id).
     #[error("already exists")]
     Duplicate,
+    /// Another process holds the writer lease of this database.
+    #[error("another purser holds the writer lease")]
+    LeaseHeld,
+    /// This process lost its writer lease: it must never commit again.
+    #[error("the writer lease was lost (fenced): another purser may be the writer now")]
+    Fenced,
 }
 
 /// A remembered answer to an idempotent request.

@@ -114,6 +114,17 @@ impl Server {
             .await
             .unwrap();
         });
+        // Ready when /readyz says so (on PostgreSQL the previous writer of a
+        // restarted database may still be handing its lease over).
+        let probe = Client::new(&base, "");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while probe.get("/readyz").await.map(|reply| reply.status).ok() != Some(200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not become ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         Server {
             base,
             replayed,
