@@ -214,3 +214,42 @@ impl Rng {
         low + self.next_u64() % (high - low + 1)
     }
 }
+
+impl ServerProcess {
+    /// Starts `purser serve --database-url <database_url>` and waits until
+    /// `/healthz` answers (a writer or a standby); panics with the server's
+    /// log if it does not within 10 s. It runs in `work_dir` (so no stray
+    /// `purser.toml` is picked up) and logs to `<work_dir>/<log_name>.log`.
+    pub fn start_on_database(database_url: &str, work_dir: &Path, log_name: &str) -> ServerProcess {
+        let log = work_dir.join(format!("{log_name}.log"));
+        let port = free_port();
+        let out = File::create(&log).expect("create the server log");
+        let err = out.try_clone().expect("clone the log handle");
+        let child = purser()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", database_url])
+            .env("PURSER_ADMIN_KEY", ADMIN_KEY)
+            .env("PURSER_LOG", "info")
+            .current_dir(work_dir)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn purser serve");
+        let mut server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_healthy(port);
+        server
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+}
