@@ -6,6 +6,7 @@ use crate::entry::{AccountUpdate, Allocation, ChargeMode, Proration};
 use crate::grant::GrantKind;
 use crate::ids::{AccountHandle, AccountId, MemberId, ObjectId, PackageId, TaskId, TierId};
 use crate::metadata::Metadata;
+use crate::rejection::Rejection;
 use crate::time::Timestamp;
 
 /// What a charge or hold costs: credits directly, or a task priced by the rate card.
@@ -120,6 +121,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// The refusal for a command whose account does not exist: the object
+    /// it names (hold, grant, debit, purchase) is what is not found.
+    pub fn not_found(&self) -> Rejection {
+        match self {
+            Command::CaptureHold { .. } | Command::ReleaseHold { .. } => Rejection::HoldNotFound,
+            Command::VoidGrant { .. } => Rejection::GrantNotFound,
+            Command::Reverse { .. } => Rejection::DebitNotFound,
+            Command::CompletePurchase { .. }
+            | Command::FailPurchase { .. }
+            | Command::CancelPurchase { .. }
+            | Command::RefundPurchase { .. } => Rejection::PurchaseNotFound,
+            _ => Rejection::AccountNotFound,
+        }
+    }
+
     /// The account the command is addressed to, by id or by handle.
     pub fn target(&self) -> Target<'_> {
         match self {

@@ -105,7 +105,7 @@ impl Ledger {
                 .by_id
                 .get(id.as_str())
                 .ok_or(Rejection::AccountNotFound)?,
-            Target::Handle(handle) => self.index_of(handle).ok_or_else(|| not_found(&command))?,
+            Target::Handle(handle) => self.index_of(handle).ok_or_else(|| command.not_found())?,
         };
         let catalog = &*self.catalog;
         let account = &mut self.accounts[index as usize];
@@ -282,19 +282,6 @@ impl Ledger {
             });
         }
         Ok(())
-    }
-}
-
-fn not_found(command: &Command) -> Rejection {
-    match command {
-        Command::CaptureHold { .. } | Command::ReleaseHold { .. } => Rejection::HoldNotFound,
-        Command::VoidGrant { .. } => Rejection::GrantNotFound,
-        Command::Reverse { .. } => Rejection::DebitNotFound,
-        Command::CompletePurchase { .. }
-        | Command::FailPurchase { .. }
-        | Command::CancelPurchase { .. }
-        | Command::RefundPurchase { .. } => Rejection::PurchaseNotFound,
-        _ => Rejection::AccountNotFound,
     }
 }
 

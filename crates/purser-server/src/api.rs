@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -1605,10 +1605,8 @@ async fn get_test_clock(State(state): State<AppState>, headers: HeaderMap) -> Re
 async fn advance_test_clock(
     State(state): State<AppState>,
     headers: HeaderMap,
-    method: Method,
     JsonBody(body): JsonBody,
 ) -> Response {
-    let _ = method;
     if !state.clock.is_test() {
         return not_found().await.into_response();
     }

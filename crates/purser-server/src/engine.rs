@@ -380,7 +380,7 @@ impl Shard {
             Target::New(id) | Target::Id(id) => self.ledger_of_id(id),
             Target::Handle(handle) => match self.ledger_index(handle.partition()) {
                 Some(index) if index < self.ledgers.len() => index,
-                _ => return render::rejection(&render::not_found_for(&command)),
+                _ => return render::rejection(&command.not_found()),
             },
         };
         let ledger = &mut self.ledgers[index];

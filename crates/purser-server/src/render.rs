@@ -605,20 +605,6 @@ pub fn accepted(
     }
 }
 
-/// Refusals of a command that names its object by id only.
-pub fn not_found_for(command: &Command) -> Rejection {
-    match command {
-        Command::CaptureHold { .. } | Command::ReleaseHold { .. } => Rejection::HoldNotFound,
-        Command::VoidGrant { .. } => Rejection::GrantNotFound,
-        Command::Reverse { .. } => Rejection::DebitNotFound,
-        Command::CompletePurchase { .. }
-        | Command::FailPurchase { .. }
-        | Command::CancelPurchase { .. }
-        | Command::RefundPurchase { .. } => Rejection::PurchaseNotFound,
-        _ => Rejection::AccountNotFound,
-    }
-}
-
 pub fn rejection(rejection: &Rejection) -> Answer {
     rejection_answer(rejection)
 }
