@@ -118,10 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/holds/{id}/release", post(release))
         .route("/v1/grants/{id}/void", post(void_grant))
         .route("/v1/purchases/{id}", get(get_purchase))
-        .route("/v1/purchases/{id}/complete", post(complete_purchase))
-        .route("/v1/purchases/{id}/fail", post(fail_purchase))
-        .route("/v1/purchases/{id}/cancel", post(cancel_purchase))
-        .route("/v1/purchases/{id}/refund", post(refund_purchase))
+        // complete, fail, cancel, refund
+        .route("/v1/purchases/{id}/{action}", post(purchase_action))
         .route("/v1/test_clock", get(get_test_clock))
         .route("/v1/test_clock/advance", post(advance_test_clock))
         .fallback(not_found)
@@ -1356,18 +1354,21 @@ async fn create_purchase(
     .await
 }
 
+/// `POST /v1/purchases/{id}/complete|fail|cancel|refund`.
 async fn purchase_action(
-    state: AppState,
+    State(state): State<AppState>,
     headers: HeaderMap,
-    id: String,
-    body: Bytes,
-    action: &str,
+    Path((id, action)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
 ) -> Response {
+    if !matches!(action.as_str(), "complete" | "fail" | "cancel" | "refund") {
+        return not_found().await.into_response();
+    }
     let path = format!("/v1/purchases/{id}/{action}");
     mutate(&state, &headers, Need::Admin, &path, &body, |body| {
         Fields::parse(body, &[])?;
         let purchase = object_id(ObjectKind::Purchase, &id, "purchase_not_found")?;
-        Ok(match action {
+        Ok(match action.as_str() {
             "complete" => Command::CompletePurchase { purchase },
             "fail" => Command::FailPurchase { purchase },
             "cancel" => Command::CancelPurchase { purchase },
@@ -1375,42 +1376,6 @@ async fn purchase_action(
         })
     })
     .await
-}
-
-async fn complete_purchase(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Response {
-    purchase_action(state, headers, id, body, "complete").await
-}
-
-async fn fail_purchase(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Response {
-    purchase_action(state, headers, id, body, "fail").await
-}
-
-async fn cancel_purchase(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Response {
-    purchase_action(state, headers, id, body, "cancel").await
-}
-
-async fn refund_purchase(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Response {
-    purchase_action(state, headers, id, body, "refund").await
 }
 
 async fn get_purchase(

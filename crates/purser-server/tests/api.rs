@@ -1158,3 +1158,35 @@ async fn grants_purchases_and_accounts_through_their_lifecycles() {
         (409, Some("account_closed"))
     );
 }
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let server = Server::start().await;
+    let api = server.admin();
+    for route in purser_server::openapi::ROUTES {
+        let path = route.path.replace("{id}", "x");
+        let body = (route.method == "post").then(|| b"{}".to_vec());
+        let reply = match api
+            .send(&route.method.to_uppercase(), &path, body, None)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(purser_client::ClientError::NotJson { status, .. }) => purser_client::Reply {
+                status,
+                body: serde_json::Value::Null,
+            },
+            Err(error) => panic!("{path}: {error}"),
+        };
+        assert_ne!(
+            reply.status, 405,
+            "{} {path} is not routed with that method",
+            route.method
+        );
+        assert_ne!(
+            reply.error_code(),
+            Some("route_not_found"),
+            "{} {path} is not routed",
+            route.method
+        );
+    }
+}

@@ -18,10 +18,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
-use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
+use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
-    StoredSnapshot, UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
+    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, day_key, decode_entry, encode_entry,
+    usage_of,
 };
 
 /// Forward-only migrations; `MIGRATIONS[i]` brings the schema to version `i + 1`.
@@ -651,16 +652,9 @@ fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, Store
     let account = query.account.raw() as i64;
     let from = query.from.map_or(i64::MIN, |t| t.micros());
     let to = query.to.map_or(i64::MAX, |t| t.micros());
-    let mut totals: std::collections::BTreeMap<Option<String>, (CreditSum, u64)> =
-        Default::default();
-    let mut add = |key: Option<String>, micros: i64, count: i64| {
-        let slot = totals.entry(key).or_insert((CreditSum::ZERO, 0));
-        slot.0 = slot
-            .0
-            .checked_add(CreditSum::from_micros(i128::from(micros)))
-            .unwrap_or(slot.0);
-        slot.1 += count.max(0) as u64;
-    };
+    let mut totals = UsageTotals::default();
+    let mut add =
+        |key: Option<String>, micros: i64, count: i64| totals.add(key, micros, count.max(0) as u64);
     let window = "c.account = $1 AND c.type IN ('debit', 'capture') AND c.at >= $2 AND c.at < $3";
     let join = "FROM entry r JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
                 WHERE r.account = $1 AND r.type = 'reversal' AND";
@@ -722,19 +716,7 @@ fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, Store
             }
         }
     }
-    Ok(totals
-        .into_iter()
-        .map(|(key, (credits, count))| UsageRow {
-            key,
-            credits,
-            count,
-        })
-        .collect())
-}
-
-fn day_key(days: i64) -> String {
-    let (year, month, day) = purser_core::time::civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}")
+    Ok(totals.into_rows())
 }
 
 #[cfg(test)]

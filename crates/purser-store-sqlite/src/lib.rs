@@ -14,10 +14,11 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
+use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
-    StoredSnapshot, UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
+    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, day_key, decode_entry, encode_entry,
+    usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
@@ -552,16 +553,9 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
     let account = query.account.raw() as i64;
     let from = query.from.map_or(i64::MIN, |t| t.micros());
     let to = query.to.map_or(i64::MAX, |t| t.micros());
-    let mut totals: std::collections::BTreeMap<Option<String>, (CreditSum, u64)> =
-        Default::default();
-    let mut add = |key: Option<String>, micros: i64, count: u64| {
-        let slot = totals.entry(key).or_insert((CreditSum::ZERO, 0));
-        slot.0 = slot
-            .0
-            .checked_add(CreditSum::from_micros(i128::from(micros)))
-            .unwrap_or(slot.0);
-        slot.1 += count;
-    };
+    let mut totals = UsageTotals::default();
+    let mut add =
+        |key: Option<String>, micros: i64, count: i64| totals.add(key, micros, count.max(0) as u64);
     let window = "c.account = ?1 AND c.type IN ('debit', 'capture') AND c.at >= ?2 AND c.at < ?3";
     if query.group_by == GroupBy::Kind {
         let columns = "SUM(c.budget), SUM(c.rollover), SUM(c.package), SUM(c.promo), SUM(c.debt)";
@@ -582,7 +576,7 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
                             add(
                                 Some((*key).to_owned()),
                                 credits.unwrap_or(0),
-                                count.unwrap_or(0) as u64,
+                                count.unwrap_or(0),
                             );
                         }
                     }
@@ -590,7 +584,7 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
                 })
                 .map_err(backend)?;
         }
-        totals.retain(|_, (credits, count)| *count > 0 || *credits != CreditSum::ZERO);
+        totals.retain_nonempty();
     } else {
         let key = match query.group_by {
             GroupBy::Task => "c.task",
@@ -619,23 +613,11 @@ fn usage(connection: &Connection, query: &UsageQuery) -> Result<Vec<UsageRow>, S
                 }
                 let credits: i64 = row.get(1).map_err(backend)?;
                 let count: i64 = row.get(2).map_err(backend)?;
-                add(key, credits, count as u64);
+                add(key, credits, count);
             }
         }
     }
-    Ok(totals
-        .into_iter()
-        .map(|(key, (credits, count))| UsageRow {
-            key,
-            credits,
-            count,
-        })
-        .collect())
-}
-
-fn day_key(days: i64) -> String {
-    let (year, month, day) = purser_core::time::civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}")
+    Ok(totals.into_rows())
 }
 
 #[cfg(test)]

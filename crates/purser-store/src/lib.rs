@@ -17,7 +17,7 @@ mod usage;
 use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
-pub use usage::{KIND_KEYS, Usage, kind_index, usage_of};
+pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

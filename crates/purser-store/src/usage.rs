@@ -1,7 +1,11 @@
 //! The usage facts reports are built from, derived from charge and reversal
 //! entries the same way by every backend.
 
-use purser_core::{Allocation, Body, Credits, Entry, GrantKind};
+use std::collections::BTreeMap;
+
+use purser_core::{Allocation, Body, CreditSum, Credits, Entry, GrantKind};
+
+use crate::UsageRow;
 
 /// What a charge consumed, or (negative) what a reversal gave back, split by
 /// the kind of grant it touched; `debt` is what no grant covered.
@@ -83,5 +87,45 @@ pub fn usage_of(entry: &Entry) -> Option<Usage> {
             })
         }
         _ => None,
+    }
+}
+
+/// The `YYYY-MM-DD` key of a day number (days since 1970-01-01, UTC).
+pub fn day_key(days: i64) -> String {
+    let (year, month, day) = purser_core::time::civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Sums of usage by group key, as backends add up their query rows.
+#[derive(Debug, Default)]
+pub struct UsageTotals(BTreeMap<Option<String>, (CreditSum, u64)>);
+
+impl UsageTotals {
+    /// Adds `micros` credits (negative for reversals) and `count` charges.
+    pub fn add(&mut self, key: Option<String>, micros: i64, count: u64) {
+        let slot = self.0.entry(key).or_insert((CreditSum::ZERO, 0));
+        slot.0 = slot
+            .0
+            .checked_add(CreditSum::from_micros(i128::from(micros)))
+            .unwrap_or(slot.0);
+        slot.1 += count;
+    }
+
+    /// Drops groups with neither charges nor credits.
+    pub fn retain_nonempty(&mut self) {
+        self.0
+            .retain(|_, (credits, count)| *count > 0 || *credits != CreditSum::ZERO);
+    }
+
+    /// The groups, ordered by key.
+    pub fn into_rows(self) -> Vec<UsageRow> {
+        self.0
+            .into_iter()
+            .map(|(key, (credits, count))| UsageRow {
+                key,
+                credits,
+                count,
+            })
+            .collect()
     }
 }
