@@ -263,6 +263,28 @@ impl Ledger {
             .is_some_and(|index| entry.seq < self.accounts[index as usize].next_seq())
     }
 
+    /// Makes accounts share the catalog's tier ids instead of each holding a
+    /// copy decoded from the journal (recovery calls it; it changes no value).
+    pub fn share_catalog_ids(&mut self) {
+        let catalog = self.catalog.clone();
+        let shared = |tier: &mut TierId| {
+            if let Some(known) = catalog.tier(tier.as_str()) {
+                *tier = known.id.clone();
+            }
+        };
+        for account in &mut self.accounts {
+            shared(&mut account.tier);
+            if let Some(pending) = account.pending_tier.as_mut() {
+                shared(pending);
+            }
+            for grant in &mut account.grants {
+                if let crate::grant::GrantSource::Period { tier, .. } = &mut grant.source {
+                    shared(tier);
+                }
+            }
+        }
+    }
+
     /// Replays a stored entry (recovery, `verify`). The entry's recorded
     /// balances must match the replayed ones.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {

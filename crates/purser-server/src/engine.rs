@@ -441,8 +441,11 @@ impl Shard {
                 })
                 .map(|account| (account.created_at(), account.id().clone(), account.handle()))
                 .collect();
+            if page.len() > limit {
+                page.select_nth_unstable_by(limit, |a, b| b.cmp(a));
+                page.truncate(limit);
+            }
             page.sort_unstable_by(|a, b| b.cmp(a));
-            page.truncate(limit);
             let rendered = page
                 .into_iter()
                 .map(|(created, id, handle)| {
@@ -640,6 +643,9 @@ pub fn recover(
                 .check_invariants(*at)
                 .map_err(|violation| RecoveryError::Invariant(violation.to_string()))?;
         }
+    }
+    for ledger in &mut ledgers {
+        ledger.share_catalog_ids();
     }
     Ok((ledgers, replayed))
 }
