@@ -95,7 +95,7 @@ impl Supervisor {
             }
             tracing::info!(holder = %self.holder, "serving as the writer");
             self.set(Some(state.clone()));
-            while !state.engine.is_poisoned() && !self.stopping() {
+            while !state.engine.is_poisoned() && !state.store.is_fenced() && !self.stopping() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if self.stopping() {

@@ -644,6 +644,10 @@ impl Store for PostgresStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(backend))
     }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Usage grouped in SQL: charges in the window, minus their reversals

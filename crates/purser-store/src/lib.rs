@@ -188,4 +188,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether this store lost its right to commit (a shared database's
+    /// writer lease ran out): its holder must stop serving at once.
+    fn is_fenced(&self) -> bool {
+        false
+    }
 }

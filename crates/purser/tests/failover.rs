@@ -103,6 +103,8 @@ async fn standby_takes_over_after_kill_9() {
     tokio::time::sleep(delay).await;
     let killed_at = Instant::now();
     let status = blocking(|| a.kill());
+    // A commits nothing after this (it is reaped); B nothing before it.
+    let killed_wall = wall_clock_micros();
     let takeover = wait_ready(&b, killed_at, TAKEOVER_LIMIT).await;
     let Some(takeover) = takeover else {
         stop.store(true, Ordering::SeqCst);
@@ -118,6 +120,7 @@ async fn standby_takes_over_after_kill_9() {
 
     let mut expected = Expected::default();
     let mut tally = Tally::default();
+    let (mut acknowledged_by_a, mut sent_only_to_b) = (Vec::new(), Vec::new());
     for (sent, outcome) in results {
         match outcome {
             Outcome::Acknowledged {
@@ -129,6 +132,10 @@ async fn standby_takes_over_after_kill_9() {
                 if uncertain {
                     tally.acknowledged_after_retry += 1;
                     expected.retried.push((sent.clone(), debit.clone()));
+                } else if by == 0 {
+                    acknowledged_by_a.push((debit.clone(), sent.clone()));
+                } else {
+                    sent_only_to_b.push((debit.clone(), sent.clone()));
                 }
                 expected.acknowledge(sent, debit);
             }
@@ -151,12 +158,30 @@ async fn standby_takes_over_after_kill_9() {
         "debits in B's ledger that no charge accounts for: {unexplained:?}\n{}",
         logs.text()
     );
+    // Each writer committed what it acknowledged: A before its kill, B after.
+    for (debit, sent) in &acknowledged_by_a {
+        assert!(
+            ledger[debit].at_micros < killed_wall,
+            "{sent:?}, acknowledged by A as {debit}, was committed after A was killed"
+        );
+    }
+    for (debit, sent) in &sent_only_to_b {
+        assert!(
+            ledger[debit].at_micros > killed_wall,
+            "{sent:?}, sent only to B, was committed as {debit} before A was killed"
+        );
+    }
     // A charge acknowledged only after a failed attempt (A died under it, or
-    // B was still a standby) answers the same debit when replayed.
+    // B was still a standby) answers the same debit when replayed; some of
+    // them committed on A before the kill, and B answered A's debit.
     for (sent, debit) in &expected.retried {
+        if ledger[debit].at_micros < killed_wall {
+            tally.retried_committed_on_a += 1;
+        }
         let again = send_once(&b_client, sent).await;
         assert_eq!(
-            again.status, 201,
+            again.status,
+            201,
             "replaying {sent:?} on B: {again:?}\n{}",
             logs.text()
         );
@@ -222,7 +247,12 @@ async fn paused_writer_is_fenced() {
     for n in 0..CHARGES_ON_NEW_WRITER {
         let sent = Sent::random(&mut rng_b, format!("fencing-b-{n}"), &FENCING_ACCOUNTS);
         let reply = send_once(&b_client, &sent).await;
-        assert_eq!(reply.status, 201, "{sent:?} on B: {reply:?}\n{}", logs.text());
+        assert_eq!(
+            reply.status,
+            201,
+            "{sent:?} on B: {reply:?}\n{}",
+            logs.text()
+        );
         expected.acknowledge(sent, reply.str("id").to_owned());
     }
 
@@ -231,7 +261,13 @@ async fn paused_writer_is_fenced() {
     let resumed_at = Instant::now();
     let mut rng_stale = Rng::new(rng.next_u64());
     let stale: Vec<Sent> = (0..CHARGES_ON_RESUMED_WRITER)
-        .map(|n| Sent::random(&mut rng_stale, format!("fencing-stale-{n}"), &FENCING_ACCOUNTS))
+        .map(|n| {
+            Sent::random(
+                &mut rng_stale,
+                format!("fencing-stale-{n}"),
+                &FENCING_ACCOUNTS,
+            )
+        })
         .collect();
     let sending: Vec<_> = stale
         .iter()
@@ -291,7 +327,12 @@ async fn paused_writer_is_fenced() {
     let unexplained = check_acknowledged(&expected, &ledger, &logs);
     for sent in &stale {
         let reply = send_once(&b_client, sent).await;
-        assert_eq!(reply.status, 201, "{sent:?} on B: {reply:?}\n{}", logs.text());
+        assert_eq!(
+            reply.status,
+            201,
+            "{sent:?} on B: {reply:?}\n{}",
+            logs.text()
+        );
         let debit = reply.str("id").to_owned();
         assert!(
             !ledger.contains_key(&debit),
@@ -373,13 +414,13 @@ async fn idle_resumed_writer_stands_by() {
         "idle resumed writer: B ready {takeover:?} after the pause; A a standby after the \
          resume: {standby:?}; balance on A {on_a:?}, on B {on_b:?}"
     );
-    // SERVER BUG: a fenced writer that is sent no write keeps its engine: the
-    // lease thread marks the store fenced, but only a failed commit stops the
-    // engine, so A keeps answering /readyz 200 (a load balancer keeps routing
-    // to it) and serves reads from its stale memory, for as long as no write
-    // reaches it. Re-enable once losing the lease stops the engine:
-    // assert!(standby.is_some(), "A was still ready {STAND_BY_LIMIT:?} after being resumed, \
-    //     though B holds the lease\n{}", logs.text());
+    // Losing the lease stops the engine even when no write reaches it: the
+    // resumed writer stops answering ready and stops serving stale reads.
+    assert!(
+        standby.is_some(),
+        "A was still ready {STAND_BY_LIMIT:?} after being resumed, though B holds the lease\n{}",
+        logs.text()
+    );
     // A write is still refused: the fencing epoch is checked in the commit.
     let third = Sent {
         key: "idle-3".into(),
@@ -431,9 +472,11 @@ fn admin_sql(sql: String) -> Result<(), String> {
     let url = admin_url();
     std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).map_err(|error| {
+            let cause = std::error::Error::source(&error)
+                .map_or_else(String::new, |cause| format!(": {cause}"));
             format!(
                 "PostgreSQL is required by the failover tests and is not reachable at {url} \
-                 ({error}); start it, or point PURSER_TEST_POSTGRES_URL at one"
+                 ({error}{cause}); start it, or point PURSER_TEST_POSTGRES_URL at one"
             )
         })?;
         client
@@ -463,7 +506,9 @@ impl TestDatabase {
             Some((base, query)) => (base.to_owned(), format!("?{query}")),
             None => (admin.clone(), String::new()),
         };
-        let server = base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server);
+        let server = base
+            .rsplit_once('/')
+            .map_or(base.as_str(), |(server, _)| server);
         let url = format!("{server}/{name}{query}");
         TestDatabase { name, url }
     }
@@ -476,6 +521,14 @@ impl Drop for TestDatabase {
             eprintln!("could not drop the test database {}: {error}", self.name);
         }
     }
+}
+
+/// Now, in microseconds since 1970 (the servers' clock: the same machine's).
+fn wall_clock_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    i64::try_from(since_epoch.as_micros()).expect("micros fit in i64")
 }
 
 /// Blocking work (processes, the admin client) off the async threads.
@@ -520,10 +573,7 @@ impl Drop for Resume<'_> {
 async fn start_pair(database: &TestDatabase, dir: &Path) -> (ServerProcess, ServerProcess) {
     let a = blocking(|| ServerProcess::start_on_database(&database.url, dir, "a"));
     if wait_ready(&a, Instant::now(), READY_LIMIT).await.is_none() {
-        panic!(
-            "A was not ready within {READY_LIMIT:?}:\n{}",
-            a.log_text()
-        );
+        panic!("A was not ready within {READY_LIMIT:?}:\n{}", a.log_text());
     }
     let b = blocking(|| ServerProcess::start_on_database(&database.url, dir, "b"));
     let probe = Client::new(&b.base, ADMIN_KEY).with_timeout(PROBE_TIMEOUT);
@@ -656,7 +706,11 @@ async fn failover_worker(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let sent = Sent::random(&mut rng, format!("failover-{worker}-{n}"), &FAILOVER_ACCOUNTS);
+        let sent = Sent::random(
+            &mut rng,
+            format!("failover-{worker}-{n}"),
+            &FAILOVER_ACCOUNTS,
+        );
         let mut outcome = Outcome::Unknown;
         let mut uncertain = false;
         for _ in 0..MAX_ATTEMPTS {
@@ -708,7 +762,11 @@ async fn single_server_worker(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let sent = Sent::random(&mut rng, format!("fencing-a-{worker}-{n}"), &FENCING_ACCOUNTS);
+        let sent = Sent::random(
+            &mut rng,
+            format!("fencing-a-{worker}-{n}"),
+            &FENCING_ACCOUNTS,
+        );
         let outcome = match client
             .charge(sent.account, &sent.charge(), Some(&sent.key))
             .await
@@ -736,10 +794,7 @@ async fn join_all(
     let mut results = Vec::new();
     for worker in workers {
         let done = tokio::time::timeout_at(deadline, worker).await;
-        results.extend(
-            done.expect("the load stops in time")
-                .expect("a load task"),
-        );
+        results.extend(done.expect("the load stops in time").expect("a load task"));
     }
     results
 }
@@ -768,7 +823,10 @@ struct Expected {
 
 impl Expected {
     fn acknowledge(&mut self, sent: Sent, debit: String) {
-        assert!(debit.starts_with("deb_"), "a 201 without a debit id: {sent:?}");
+        assert!(
+            debit.starts_with("deb_"),
+            "a 201 without a debit id: {sent:?}"
+        );
         if let Some(other) = self.debits.get(&debit) {
             panic!("debit {debit} was answered to two different charges: {other:?} and {sent:?}");
         }
@@ -783,6 +841,8 @@ struct Tally {
     acknowledged: [usize; 2],
     /// Acknowledged after an attempt that got no answer or a 5xx.
     acknowledged_after_retry: usize,
+    /// Of those, committed by A before the kill (B answered A's debit).
+    retried_committed_on_a: usize,
     /// No answer by the end of the load.
     unknown: usize,
     /// Unknown charges whose retry returned a debit already in the ledger.
@@ -796,6 +856,8 @@ struct Tally {
 struct LedgerDebit {
     account: &'static str,
     credits_micros: i128,
+    /// When it was committed (`created_at`), in microseconds since 1970.
+    at_micros: i64,
 }
 
 /// Every debit of `accounts`, read through the transaction list; no debit
@@ -811,9 +873,14 @@ async fn ledger_debits(
                 .as_str()
                 .expect("a debit entry names its debit");
             let credits_micros = -parse_micros(entry["credits"].as_str().expect("credits"));
+            let created_at = entry["created_at"].as_str().expect("created_at");
+            let at_micros = purser_core::Timestamp::parse_rfc3339(created_at)
+                .unwrap_or_else(|| panic!("created_at {created_at:?} is not RFC 3339"))
+                .micros();
             let debit = LedgerDebit {
                 account,
                 credits_micros,
+                at_micros,
             };
             if let Some(first) = debits.insert(id.to_owned(), debit) {
                 panic!("debit {id} appears twice in the ledger (first {first:?})");
