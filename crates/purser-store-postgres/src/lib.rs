@@ -111,7 +111,10 @@ impl Drop for PostgresStore {
         let writer = lock(&self.writer).take();
         let readers = std::mem::take(&mut *lock(&self.readers));
         let epoch = self.epoch;
-        let _ = std::thread::spawn(move || {
+        // Not joined: with the database unreachable this could take as long
+        // as TCP does to give up, and the drop may happen on an async thread.
+        // The lease runs out by itself if the hand-back never lands.
+        let _ = std::thread::Builder::new().name("purser-lease-release".into()).spawn(move || {
             if let Some(mut writer) = writer {
                 let _ = writer.execute(
                     "UPDATE writer_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND epoch = $1",
@@ -119,8 +122,7 @@ impl Drop for PostgresStore {
                 );
             }
             drop(readers);
-        })
-        .join();
+        });
     }
 }
 
