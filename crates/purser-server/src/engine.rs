@@ -147,9 +147,22 @@ impl Engine {
                 poisoned: poisoned.clone(),
                 queue_depth: queue_depth.clone(),
             };
+            let stopped = poisoned.clone();
             std::thread::Builder::new()
                 .name(format!("purser-shard-{index}"))
-                .spawn(move || shard.run())
+                .spawn(move || {
+                    // A panic is a bug (a broken invariant): the shard's
+                    // memory can no longer be trusted, so the engine stops.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || shard.run()));
+                    if outcome.is_err() {
+                        stopped.store(true, Ordering::Relaxed);
+                        tracing::error!(
+                            shard = index,
+                            "a shard panicked: the engine stops taking requests"
+                        );
+                    }
+                })
                 .expect("spawn shard thread");
         }
         drop(commit_tx);

@@ -10,14 +10,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Rng, ServerProcess};
-use purser_client::{Charge, Client, Cost, NewAccount, PurchaseAction, Reply};
+use common::ledger::{
+    Expected, Sent, admin, check_acknowledged, check_balances, expect_status, ledger_debits,
+    open_account, retry_unknown,
+};
+use common::{Rng, ServerProcess};
+use purser_client::{Client, PurchaseAction};
 
 const ROUNDS: usize = 20;
 const ACCOUNTS: [&str; 4] = ["crash-a", "crash-b", "crash-c", "crash-d"];
@@ -29,22 +32,7 @@ const KILL_DELAY_MS: (u64, u64) = (20, 250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds how long the load tasks may take to notice the kill.
 const LOAD_STOP_DEADLINE: Duration = Duration::from_secs(30);
-const PAGE_LIMIT: usize = 100;
 const MAX_PAGES: usize = 10_000;
-
-/// One charge as sent: retrying it sends exactly the same request.
-#[derive(Clone, Debug)]
-struct Sent {
-    key: String,
-    account: &'static str,
-    credits_micros: i128,
-}
-
-impl Sent {
-    fn charge(&self) -> Charge {
-        Charge::new(Cost::credits(format_micros(self.credits_micros)))
-    }
-}
 
 /// What the client learned about one charge.
 #[derive(Debug)]
@@ -55,24 +43,6 @@ enum Outcome {
     Refused { status: u16 },
     /// The connection failed or was cut, or a 5xx: it may or may not have committed.
     Unknown,
-}
-
-/// What the test knows the ledger must hold.
-#[derive(Debug, Default)]
-struct Expected {
-    /// Debit id → the charge it answers (acknowledged, or recovered by a retry).
-    debits: HashMap<String, Sent>,
-    /// Charges whose outcome is unknown until they are retried.
-    unknown: Vec<Sent>,
-}
-
-impl Expected {
-    fn acknowledge(&mut self, sent: Sent, debit: String) {
-        if let Some(other) = self.debits.get(&debit) {
-            panic!("debit {debit} was answered to two different charges: {other:?} and {sent:?}");
-        }
-        self.debits.insert(debit, sent);
-    }
 }
 
 /// Totals printed at the end.
@@ -100,7 +70,7 @@ async fn acknowledged_charges_survive_kill_9() {
 
     for round in 1..=ROUNDS {
         let server = start(&data_dir, &format!("server-{round}"));
-        let client = admin(&server);
+        let client = admin(&server, REQUEST_TIMEOUT);
         if round == 1 {
             open_accounts(&client).await;
         } else {
@@ -116,7 +86,7 @@ async fn acknowledged_charges_survive_kill_9() {
     }
 
     let server = start(&data_dir, "server-final");
-    let client = admin(&server);
+    let client = admin(&server, REQUEST_TIMEOUT);
     recover_and_check(&client, &mut expected, &mut tally, &server).await;
     let status = tokio::task::block_in_place(|| server.stop());
     assert!(
@@ -148,35 +118,14 @@ fn start(data_dir: &Path, log_name: &str) -> ServerProcess {
     tokio::task::block_in_place(|| ServerProcess::start(data_dir, log_name))
 }
 
-/// A fresh client per server process: no pooled connection to a dead one.
-fn admin(server: &ServerProcess) -> Client {
-    Client::new(&server.base, ADMIN_KEY).with_timeout(REQUEST_TIMEOUT)
-}
-
 /// Round 1: the accounts, each with its budget and a completed package.
 async fn open_accounts(client: &Client) {
     for id in ACCOUNTS {
-        let account = NewAccount {
-            id: id.into(),
-            tier: "business".into(),
-            name: None,
-            anchor: None,
-        };
-        expect_status(client.create_account(&account).await, 201, "create account");
+        open_account(client, id).await;
         let purchase = expect_status(client.create_purchase(id, "small").await, 201, "purchase");
         let action = client.purchase_action(purchase.str("id"), PurchaseAction::Complete);
         expect_status(action.await, 200, "complete purchase");
     }
-}
-
-fn expect_status(
-    reply: Result<Reply, purser_client::ClientError>,
-    status: u16,
-    what: &str,
-) -> Reply {
-    let reply = reply.unwrap_or_else(|error| panic!("{what}: {error}"));
-    assert_eq!(reply.status, status, "{what}: {reply:?}");
-    reply
 }
 
 /// Starts the load, kills the server after `delay`, stops the load, and
@@ -225,12 +174,7 @@ async fn charge_until_stopped(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let sent = Sent {
-            key: format!("crash-{round}-{worker}-{n}"),
-            account: ACCOUNTS[rng.range(0, ACCOUNTS.len() as u64 - 1) as usize],
-            // 0.001 to 0.5 credits.
-            credits_micros: i128::from(rng.range(1, 500)) * 1_000,
-        };
+        let sent = Sent::random(&mut rng, format!("crash-{round}-{worker}-{n}"), &ACCOUNTS);
         let outcome = send(&client, &sent).await;
         results.push((sent, outcome));
     }
@@ -256,10 +200,6 @@ fn record(results: Vec<(Sent, Outcome)>, expected: &mut Expected, tally: &mut Ta
     for (sent, outcome) in results {
         match outcome {
             Outcome::Acknowledged { debit } => {
-                assert!(
-                    debit.starts_with("deb_"),
-                    "a 201 without a debit id: {sent:?}"
-                );
                 tally.acknowledged += 1;
                 expected.acknowledge(sent, debit);
             }
@@ -288,197 +228,18 @@ async fn recover_and_check(
     tally: &mut Tally,
     server: &ServerProcess,
 ) {
-    let before = ledger_debits(client).await;
-    let unexplained = check_acknowledged(expected, &before, server);
-    retry_unknown(client, expected, tally, &unexplained).await;
-    let after = ledger_debits(client).await;
-    let unexplained = check_acknowledged(expected, &after, server);
+    let logs = || format!("server log:\n{}", server.log_text());
+    let before = ledger_debits(client, &ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(expected, &before, "after the restart", logs);
+    let retries = retry_unknown(client, expected, &unexplained).await;
+    tally.committed_before_crash += retries.committed_before;
+    tally.created_by_retry += retries.created_by_retry;
+    let after = ledger_debits(client, &ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(expected, &after, "after the restart", logs);
     assert!(
         unexplained.is_empty(),
         "debits in the ledger that no charge accounts for: {unexplained:?}\nserver log:\n{}",
         server.log_text()
     );
-    check_balances(client, expected, &after).await;
-}
-
-/// A debit as the journal lists it.
-#[derive(Clone, Debug)]
-struct LedgerDebit {
-    account: &'static str,
-    credits_micros: i128,
-}
-
-/// Every debit of every account, read through the transaction list.
-async fn ledger_debits(client: &Client) -> BTreeMap<String, LedgerDebit> {
-    let mut debits = BTreeMap::new();
-    for account in ACCOUNTS {
-        for entry in journal(client, account, "debit").await {
-            let id = entry["debit"]
-                .as_str()
-                .expect("a debit entry names its debit");
-            let credits_micros = -parse_micros(entry["credits"].as_str().expect("credits"));
-            let debit = LedgerDebit {
-                account,
-                credits_micros,
-            };
-            if let Some(first) = debits.insert(id.to_owned(), debit) {
-                panic!("debit {id} appears twice in the ledger (first {first:?})");
-            }
-        }
-    }
-    debits
-}
-
-/// Every journal entry of one type for one account, newest first.
-async fn journal(client: &Client, account: &str, kind: &str) -> Vec<serde_json::Value> {
-    let mut entries: Vec<serde_json::Value> = Vec::new();
-    let mut seen = HashSet::new();
-    for _ in 0..MAX_PAGES {
-        let mut query = format!("?type={kind}&limit={PAGE_LIMIT}");
-        if let Some(last) = entries.last() {
-            query.push_str(&format!(
-                "&starting_after={}",
-                last["id"].as_str().expect("id")
-            ));
-        }
-        let page = expect_status(
-            client.transactions(account, &query).await,
-            200,
-            "transactions",
-        );
-        for entry in page.body["data"].as_array().expect("a list").iter() {
-            let id = entry["id"].as_str().expect("a transaction id").to_owned();
-            assert!(seen.insert(id.clone()), "transaction {id} listed twice");
-            entries.push(entry.clone());
-        }
-        if page.body["has_more"] != serde_json::Value::Bool(true) {
-            return entries;
-        }
-    }
-    panic!("more than {MAX_PAGES} pages of {kind} entries for {account}");
-}
-
-/// Every expected debit is in the ledger with its account and credits; returns
-/// the ledger's debits that nothing expected (yet) accounts for.
-fn check_acknowledged(
-    expected: &Expected,
-    ledger: &BTreeMap<String, LedgerDebit>,
-    server: &ServerProcess,
-) -> BTreeMap<String, LedgerDebit> {
-    let missing: Vec<_> = expected
-        .debits
-        .iter()
-        .filter(|(id, _)| !ledger.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged charges are missing after the restart, e.g. {:?}\nserver log:\n{}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        server.log_text()
-    );
-    for (id, sent) in &expected.debits {
-        let found = &ledger[id];
-        assert_eq!(
-            (found.account, found.credits_micros),
-            (sent.account, sent.credits_micros),
-            "debit {id} differs from its charge {sent:?}"
-        );
-    }
-    ledger
-        .iter()
-        .filter(|(id, _)| !expected.debits.contains_key(*id))
-        .map(|(id, debit)| (id.clone(), debit.clone()))
-        .collect()
-}
-
-/// Retries every charge whose outcome is unknown, with the same key and body:
-/// it must return the debit it committed before the crash, or create it now.
-async fn retry_unknown(
-    client: &Client,
-    expected: &mut Expected,
-    tally: &mut Tally,
-    unexplained: &BTreeMap<String, LedgerDebit>,
-) {
-    for sent in std::mem::take(&mut expected.unknown) {
-        let reply = client
-            .charge(sent.account, &sent.charge(), Some(&sent.key))
-            .await;
-        let reply = reply.unwrap_or_else(|error| panic!("retrying {sent:?}: {error}"));
-        assert_eq!(reply.status, 201, "retrying {sent:?}: {reply:?}");
-        let debit = reply.str("id").to_owned();
-        if unexplained.contains_key(&debit) {
-            tally.committed_before_crash += 1;
-        } else {
-            tally.created_by_retry += 1;
-        }
-        expected.acknowledge(sent, debit);
-    }
-}
-
-/// Per account: nothing held, no debt, and available = granted − debited.
-async fn check_balances(
-    client: &Client,
-    expected: &Expected,
-    ledger: &BTreeMap<String, LedgerDebit>,
-) {
-    for account in ACCOUNTS {
-        let balance = expect_status(client.balance(account).await, 200, "balance");
-        assert_eq!(balance.str("held"), "0", "{balance:?}");
-        assert_eq!(balance.str("debt"), "0", "{balance:?}");
-        let granted: i128 = journal(client, account, "grant")
-            .await
-            .iter()
-            .map(|entry| parse_micros(entry["credits"].as_str().expect("credits")))
-            .sum();
-        let debited: i128 = ledger
-            .values()
-            .filter(|debit| debit.account == account)
-            .map(|debit| debit.credits_micros)
-            .sum();
-        let charged: i128 = expected
-            .debits
-            .values()
-            .filter(|sent| sent.account == account)
-            .map(|sent| sent.credits_micros)
-            .sum();
-        assert_eq!(
-            debited, charged,
-            "{account}: the ledger's debits differ from the charges"
-        );
-        assert_eq!(
-            parse_micros(balance.str("available")),
-            granted - debited,
-            "{account}: available != granted {} - debited {}: {balance:?}",
-            format_micros(granted),
-            format_micros(debited)
-        );
-    }
-}
-
-/// `"-12.5"` → −12,500,000 micros.
-fn parse_micros(text: &str) -> i128 {
-    let (sign, digits) = match text.strip_prefix('-') {
-        Some(rest) => (-1, rest),
-        None => (1, text),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    assert!(fraction.len() <= 6, "more than 6 fractional digits: {text}");
-    let whole: i128 = whole
-        .parse()
-        .unwrap_or_else(|_| panic!("not credits: {text}"));
-    let fraction: i128 = format!("{fraction:0<6}").parse().expect("digits");
-    sign * (whole * 1_000_000 + fraction)
-}
-
-fn format_micros(micros: i128) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let (whole, fraction) = (micros.abs() / 1_000_000, micros.abs() % 1_000_000);
-    let fraction = format!("{fraction:06}");
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.is_empty() {
-        format!("{sign}{whole}")
-    } else {
-        format!("{sign}{whole}.{fraction}")
-    }
+    check_balances(client, &ACCOUNTS, MAX_PAGES, expected, &after).await;
 }

@@ -24,14 +24,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ledger::{
+    Expected, Retries, Sent, admin, check_acknowledged, check_balances, expect_status,
+    ledger_debits, open_account, retry_unknown,
+};
 use common::{ADMIN_KEY, Rng, ServerProcess};
-use purser_client::{Charge, Client, Cost, NewAccount, Reply};
+use purser_client::{Client, Reply};
 
 /// A standby must be serving this soon after the writer is killed or paused.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(10);
@@ -47,8 +50,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PAUSED_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounds how long the load tasks may take to wind down once stopped.
 const LOAD_STOP_DEADLINE: Duration = Duration::from_secs(40);
-const PAGE_LIMIT: usize = 100;
 const MAX_PAGES: usize = 1_000;
+/// Where acknowledged charges must not be missing from.
+const MISSING_FROM: &str = "from the new writer's ledger";
 
 const FAILOVER_ACCOUNTS: [&str; 4] = ["failover-a", "failover-b", "failover-c", "failover-d"];
 const FAILOVER_WORKERS: usize = 12;
@@ -148,11 +152,11 @@ async fn standby_takes_over_after_kill_9() {
     tally.unknown = expected.unknown.len();
 
     // Everything is checked through B, the writer now.
-    let ledger = ledger_debits(&b_client, &FAILOVER_ACCOUNTS).await;
-    let unexplained = check_acknowledged(&expected, &ledger, &logs);
-    retry_unknown(&b_client, &mut expected, &mut tally, &unexplained).await;
-    let ledger = ledger_debits(&b_client, &FAILOVER_ACCOUNTS).await;
-    let unexplained = check_acknowledged(&expected, &ledger, &logs);
+    let ledger = ledger_debits(&b_client, &FAILOVER_ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(&expected, &ledger, MISSING_FROM, || logs.text());
+    tally.retried(retry_unknown(&b_client, &mut expected, &unexplained).await);
+    let ledger = ledger_debits(&b_client, &FAILOVER_ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(&expected, &ledger, MISSING_FROM, || logs.text());
     assert!(
         unexplained.is_empty(),
         "debits in B's ledger that no charge accounts for: {unexplained:?}\n{}",
@@ -187,7 +191,7 @@ async fn standby_takes_over_after_kill_9() {
         );
         assert_eq!(again.str("id"), debit, "replaying {sent:?} on B");
     }
-    check_balances(&b_client, &FAILOVER_ACCOUNTS, &expected, &ledger).await;
+    check_balances(&b_client, &FAILOVER_ACCOUNTS, MAX_PAGES, &expected, &ledger).await;
     assert!(
         tally.acknowledged[0] > 0 && tally.acknowledged[1] > 0,
         "both writers should have acknowledged charges: {tally:?}"
@@ -323,8 +327,8 @@ async fn paused_writer_is_fenced() {
 
     // Through B: what A acknowledged before the pause and what B did are
     // there; none of the charges sent to the resumed A is.
-    let ledger = ledger_debits(&b_client, &FENCING_ACCOUNTS).await;
-    let unexplained = check_acknowledged(&expected, &ledger, &logs);
+    let ledger = ledger_debits(&b_client, &FENCING_ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(&expected, &ledger, MISSING_FROM, || logs.text());
     for sent in &stale {
         let reply = send_once(&b_client, sent).await;
         assert_eq!(
@@ -341,15 +345,15 @@ async fn paused_writer_is_fenced() {
         );
         expected.acknowledge(sent.clone(), debit);
     }
-    retry_unknown(&b_client, &mut expected, &mut tally, &unexplained).await;
-    let ledger = ledger_debits(&b_client, &FENCING_ACCOUNTS).await;
-    let unexplained = check_acknowledged(&expected, &ledger, &logs);
+    tally.retried(retry_unknown(&b_client, &mut expected, &unexplained).await);
+    let ledger = ledger_debits(&b_client, &FENCING_ACCOUNTS, MAX_PAGES).await;
+    let unexplained = check_acknowledged(&expected, &ledger, MISSING_FROM, || logs.text());
     assert!(
         unexplained.is_empty(),
         "debits in B's ledger that no charge accounts for: {unexplained:?}\n{}",
         logs.text()
     );
-    check_balances(&b_client, &FENCING_ACCOUNTS, &expected, &ledger).await;
+    check_balances(&b_client, &FENCING_ACCOUNTS, MAX_PAGES, &expected, &ledger).await;
     assert!(
         tally.acknowledged[0] > 0,
         "A acknowledged nothing before the pause: {tally:?}"
@@ -595,10 +599,6 @@ async fn start_pair(database: &TestDatabase, dir: &Path) -> (ServerProcess, Serv
     (a, b)
 }
 
-fn admin(server: &ServerProcess, timeout: Duration) -> Client {
-    Client::new(&server.base, ADMIN_KEY).with_timeout(timeout)
-}
-
 /// Polls `/readyz` until 200; the time since `since`, or `None` past `limit`.
 async fn wait_ready(server: &ServerProcess, since: Instant, limit: Duration) -> Option<Duration> {
     let probe = Client::new(&server.base, ADMIN_KEY).with_timeout(PROBE_TIMEOUT);
@@ -629,51 +629,8 @@ async fn wait_standby(server: &ServerProcess, since: Instant, limit: Duration) -
     None
 }
 
-async fn open_account(client: &Client, id: &str) {
-    let account = NewAccount {
-        id: id.into(),
-        tier: "business".into(),
-        name: None,
-        anchor: None,
-    };
-    expect_status(client.create_account(&account).await, 201, "create account");
-}
-
-fn expect_status(
-    reply: Result<Reply, purser_client::ClientError>,
-    status: u16,
-    what: &str,
-) -> Reply {
-    let reply = reply.unwrap_or_else(|error| panic!("{what}: {error}"));
-    assert_eq!(reply.status, status, "{what}: {reply:?}");
-    reply
-}
-
 // ---------------------------------------------------------------------------
 // The load.
-
-/// One charge as sent: retrying it sends exactly the same request.
-#[derive(Clone, Debug)]
-struct Sent {
-    key: String,
-    account: &'static str,
-    credits_micros: i128,
-}
-
-impl Sent {
-    fn random(rng: &mut Rng, key: String, accounts: &[&'static str]) -> Sent {
-        Sent {
-            key,
-            account: accounts[rng.range(0, accounts.len() as u64 - 1) as usize],
-            // 0.001 to 0.5 credits.
-            credits_micros: i128::from(rng.range(1, 500)) * 1_000,
-        }
-    }
-
-    fn charge(&self) -> Charge {
-        Charge::new(Cost::credits(format_micros(self.credits_micros)))
-    }
-}
 
 /// What the client learned about one charge.
 #[derive(Debug)]
@@ -810,30 +767,6 @@ async fn send_once(client: &Client, sent: &Sent) -> Reply {
 // ---------------------------------------------------------------------------
 // The checks.
 
-/// What the test knows the ledger must hold.
-#[derive(Debug, Default)]
-struct Expected {
-    /// Debit id → the charge it answers (acknowledged, or recovered by a retry).
-    debits: HashMap<String, Sent>,
-    /// Charges whose outcome is unknown until they are retried.
-    unknown: Vec<Sent>,
-    /// Charges acknowledged after a failed attempt, with their debits.
-    retried: Vec<(Sent, String)>,
-}
-
-impl Expected {
-    fn acknowledge(&mut self, sent: Sent, debit: String) {
-        assert!(
-            debit.starts_with("deb_"),
-            "a 201 without a debit id: {sent:?}"
-        );
-        if let Some(other) = self.debits.get(&debit) {
-            panic!("debit {debit} was answered to two different charges: {other:?} and {sent:?}");
-        }
-        self.debits.insert(debit, sent);
-    }
-}
-
 /// Totals printed at the end.
 #[derive(Debug, Default)]
 struct Tally {
@@ -851,196 +784,9 @@ struct Tally {
     created_by_retry: usize,
 }
 
-/// A debit as the journal lists it.
-#[derive(Clone, Debug)]
-struct LedgerDebit {
-    account: &'static str,
-    credits_micros: i128,
-    /// When it was committed (`created_at`), in microseconds since 1970.
-    at_micros: i64,
-}
-
-/// Every debit of `accounts`, read through the transaction list; no debit
-/// may be listed twice.
-async fn ledger_debits(
-    client: &Client,
-    accounts: &[&'static str],
-) -> BTreeMap<String, LedgerDebit> {
-    let mut debits = BTreeMap::new();
-    for &account in accounts {
-        for entry in journal(client, account, "debit").await {
-            let id = entry["debit"]
-                .as_str()
-                .expect("a debit entry names its debit");
-            let credits_micros = -parse_micros(entry["credits"].as_str().expect("credits"));
-            let created_at = entry["created_at"].as_str().expect("created_at");
-            let at_micros = purser_core::Timestamp::parse_rfc3339(created_at)
-                .unwrap_or_else(|| panic!("created_at {created_at:?} is not RFC 3339"))
-                .micros();
-            let debit = LedgerDebit {
-                account,
-                credits_micros,
-                at_micros,
-            };
-            if let Some(first) = debits.insert(id.to_owned(), debit) {
-                panic!("debit {id} appears twice in the ledger (first {first:?})");
-            }
-        }
-    }
-    debits
-}
-
-/// Every journal entry of one type for one account, newest first.
-async fn journal(client: &Client, account: &str, kind: &str) -> Vec<serde_json::Value> {
-    let mut entries: Vec<serde_json::Value> = Vec::new();
-    let mut seen = HashSet::new();
-    for _ in 0..MAX_PAGES {
-        let mut query = format!("?type={kind}&limit={PAGE_LIMIT}");
-        if let Some(last) = entries.last() {
-            query.push_str(&format!(
-                "&starting_after={}",
-                last["id"].as_str().expect("id")
-            ));
-        }
-        let page = expect_status(
-            client.transactions(account, &query).await,
-            200,
-            "transactions",
-        );
-        for entry in page.body["data"].as_array().expect("a list") {
-            let id = entry["id"].as_str().expect("a transaction id").to_owned();
-            assert!(seen.insert(id.clone()), "transaction {id} listed twice");
-            entries.push(entry.clone());
-        }
-        if page.body["has_more"] != serde_json::Value::Bool(true) {
-            return entries;
-        }
-    }
-    panic!("more than {MAX_PAGES} pages of {kind} entries for {account}");
-}
-
-/// Every expected debit is in the ledger with its account and credits;
-/// returns the ledger's debits that nothing expected (yet) accounts for.
-fn check_acknowledged(
-    expected: &Expected,
-    ledger: &BTreeMap<String, LedgerDebit>,
-    logs: &Logs,
-) -> BTreeMap<String, LedgerDebit> {
-    let missing: Vec<_> = expected
-        .debits
-        .iter()
-        .filter(|(id, _)| !ledger.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged charges are missing from the new writer's ledger, e.g. {:?}\n{}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        logs.text()
-    );
-    for (id, sent) in &expected.debits {
-        let found = &ledger[id];
-        assert_eq!(
-            (found.account, found.credits_micros),
-            (sent.account, sent.credits_micros),
-            "debit {id} differs from its charge {sent:?}"
-        );
-    }
-    ledger
-        .iter()
-        .filter(|(id, _)| !expected.debits.contains_key(*id))
-        .map(|(id, debit)| (id.clone(), debit.clone()))
-        .collect()
-}
-
-/// Retries every charge whose outcome is unknown, with the same key and
-/// body: it returns the debit it committed before (one the ledger lists that
-/// no acknowledged charge explains) or creates it now, never another
-/// charge's debit.
-async fn retry_unknown(
-    client: &Client,
-    expected: &mut Expected,
-    tally: &mut Tally,
-    unexplained: &BTreeMap<String, LedgerDebit>,
-) {
-    for sent in std::mem::take(&mut expected.unknown) {
-        let reply = send_once(client, &sent).await;
-        assert_eq!(reply.status, 201, "retrying {sent:?}: {reply:?}");
-        let debit = reply.str("id").to_owned();
-        if unexplained.contains_key(&debit) {
-            tally.committed_before += 1;
-        } else {
-            tally.created_by_retry += 1;
-        }
-        expected.acknowledge(sent, debit);
-    }
-}
-
-/// Per account: nothing held, no debt, the debits are exactly the charges,
-/// and available = granted − debited.
-async fn check_balances(
-    client: &Client,
-    accounts: &[&'static str],
-    expected: &Expected,
-    ledger: &BTreeMap<String, LedgerDebit>,
-) {
-    for &account in accounts {
-        let balance = expect_status(client.balance(account).await, 200, "balance");
-        assert_eq!(balance.str("held"), "0", "{balance:?}");
-        assert_eq!(balance.str("debt"), "0", "{balance:?}");
-        let granted: i128 = journal(client, account, "grant")
-            .await
-            .iter()
-            .map(|entry| parse_micros(entry["credits"].as_str().expect("credits")))
-            .sum();
-        let debited: i128 = ledger
-            .values()
-            .filter(|debit| debit.account == account)
-            .map(|debit| debit.credits_micros)
-            .sum();
-        let charged: i128 = expected
-            .debits
-            .values()
-            .filter(|sent| sent.account == account)
-            .map(|sent| sent.credits_micros)
-            .sum();
-        assert_eq!(
-            debited, charged,
-            "{account}: the ledger's debits differ from the charges"
-        );
-        assert_eq!(
-            parse_micros(balance.str("available")),
-            granted - debited,
-            "{account}: available != granted {} - debited {}: {balance:?}",
-            format_micros(granted),
-            format_micros(debited)
-        );
-    }
-}
-
-/// `"-12.5"` → −12,500,000 micros.
-fn parse_micros(text: &str) -> i128 {
-    let (sign, digits) = match text.strip_prefix('-') {
-        Some(rest) => (-1, rest),
-        None => (1, text),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    assert!(fraction.len() <= 6, "more than 6 fractional digits: {text}");
-    let whole: i128 = whole
-        .parse()
-        .unwrap_or_else(|_| panic!("not credits: {text}"));
-    let fraction: i128 = format!("{fraction:0<6}").parse().expect("digits");
-    sign * (whole * 1_000_000 + fraction)
-}
-
-fn format_micros(micros: i128) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let (whole, fraction) = (micros.abs() / 1_000_000, micros.abs() % 1_000_000);
-    let fraction = format!("{fraction:06}");
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.is_empty() {
-        format!("{sign}{whole}")
-    } else {
-        format!("{sign}{whole}.{fraction}")
+impl Tally {
+    fn retried(&mut self, retries: Retries) {
+        self.committed_before += retries.committed_before;
+        self.created_by_retry += retries.created_by_retry;
     }
 }

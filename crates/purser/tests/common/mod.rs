@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ledger;
+
 /// The first admin key of every test server.
 pub const ADMIN_KEY: &str = "sk_test_admin_crash_0123456789";
 
