@@ -316,6 +316,144 @@ struct Columns {
     debit_seq: Vec<Option<i64>>,
 }
 
+impl PostgresStore {
+    /// The usual group commit (no snapshot) as one statement, so one round
+    /// trip: the lease check, the entries and the idempotency records in
+    /// data-modifying CTEs that insert nothing unless the lease is still ours.
+    fn commit_in_one_statement(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let columns = Columns::of(commit.entries, 1);
+        let [budget, rollover, package, promo, debt] = &columns.parts;
+        let keys: Vec<&str> = commit.idempotency.iter().map(|r| r.key.as_str()).collect();
+        let prints: Vec<&[u8]> = commit
+            .idempotency
+            .iter()
+            .map(|r| &r.fingerprint[..])
+            .collect();
+        let statuses: Vec<i32> = commit
+            .idempotency
+            .iter()
+            .map(|r| i32::from(r.status))
+            .collect();
+        let bodies: Vec<&[u8]> = commit
+            .idempotency
+            .iter()
+            .map(|r| r.body.as_slice())
+            .collect();
+        let expiries: Vec<i64> = commit
+            .idempotency
+            .iter()
+            .map(|r| r.expires_at.micros())
+            .collect();
+        let mut guard = lock(&self.writer);
+        let row = writer(&mut guard)
+            .query_one(
+                "WITH lease AS (
+                     UPDATE writer_lease SET expires_at = now() + make_interval(secs => $17)
+                      WHERE id = 1 AND epoch = $16 AND expires_at >= now()
+                  RETURNING epoch
+                 ), base AS (
+                     SELECT COALESCE(MAX(pos), 0) AS pos FROM entry
+                 ), entries AS (
+                     INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
+                                        budget, rollover, package, promo, debt, debit_seq)
+                     SELECT u.account, u.seq, base.pos + u.n, u.type, u.at, u.body, u.task, u.member,
+                            u.credits, u.budget, u.rollover, u.package, u.promo, u.debt, u.debit_seq
+                       FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                                   $6::bytea[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],
+                                   $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+                            AS u(account, seq, n, type, at, body, task, member, credits,
+                                 budget, rollover, package, promo, debt, debit_seq),
+                            base, lease
+                     RETURNING 1
+                 ), keys AS (
+                     INSERT INTO idempotency (key, fingerprint, status, body, expires_at)
+                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at
+                       FROM unnest($18::text[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[])
+                            AS k(key, fingerprint, status, body, expires_at),
+                            lease
+                     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                        status = excluded.status, body = excluded.body, expires_at = excluded.expires_at
+                     RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM entries), (SELECT count(*) FROM keys)",
+                &[
+                    &columns.account,
+                    &columns.seq,
+                    &columns.pos,
+                    &columns.kind,
+                    &columns.at,
+                    &columns.body,
+                    &columns.task,
+                    &columns.member,
+                    &columns.credits,
+                    budget,
+                    rollover,
+                    package,
+                    promo,
+                    debt,
+                    &columns.debit_seq,
+                    &self.epoch,
+                    &(LEASE_SECONDS as f64),
+                    &keys,
+                    &prints,
+                    &statuses,
+                    &bodies,
+                    &expiries,
+                ],
+            )
+            .map_err(backend)?;
+        let (lease, entries, records): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if lease == 0 {
+            self.fenced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(StoreError::Fenced);
+        }
+        if entries != commit.entries.len() as i64 || records != commit.idempotency.len() as i64 {
+            return Err(StoreError::Backend(format!(
+                "commit wrote {entries} entries and {records} keys of {} and {}",
+                commit.entries.len(),
+                commit.idempotency.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Columns {
+    /// The columns of `entries`, positions counted from `first_pos`.
+    fn of(entries: &[Entry], first_pos: i64) -> Columns {
+        let mut columns = Columns::default();
+        for (offset, entry) in entries.iter().enumerate() {
+            let mut body = Vec::with_capacity(128);
+            encode_entry(entry, &mut body);
+            let usage = usage_of(entry);
+            columns.account.push(entry.account.raw() as i64);
+            columns.seq.push(entry.seq as i64);
+            columns.pos.push(first_pos + offset as i64);
+            columns.kind.push(entry.body.type_name());
+            columns.at.push(entry.at.micros());
+            columns.body.push(body);
+            columns
+                .task
+                .push(usage.as_ref().and_then(|u| u.task.clone()));
+            columns
+                .member
+                .push(usage.as_ref().and_then(|u| u.member.clone()));
+            columns.credits.push(usage.as_ref().map(|u| u.credits));
+            for (index, part) in columns.parts.iter_mut().enumerate() {
+                part.push(usage.as_ref().map(|u| u.by_kind[index]));
+            }
+            columns.debit_seq.push(
+                usage
+                    .as_ref()
+                    .filter(|u| !u.is_charge)
+                    .map(|u| u.charge_seq as i64),
+            );
+        }
+        columns
+    }
+}
+
 impl Store for PostgresStore {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
@@ -324,6 +462,9 @@ impl Store for PostgresStore {
         }
         if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Fenced);
+        }
+        if commit.snapshots.is_empty() {
+            return self.commit_in_one_statement(commit);
         }
         let mut guard = lock(&self.writer);
         let mut transaction = writer(&mut guard).transaction().map_err(backend)?;
@@ -355,34 +496,7 @@ impl Store for PostgresStore {
                 .map_err(backend)?;
         }
         if !commit.entries.is_empty() {
-            let mut columns = Columns::default();
-            for (offset, entry) in commit.entries.iter().enumerate() {
-                let mut body = Vec::with_capacity(128);
-                encode_entry(entry, &mut body);
-                let usage = usage_of(entry);
-                columns.account.push(entry.account.raw() as i64);
-                columns.seq.push(entry.seq as i64);
-                columns.pos.push(before + 1 + offset as i64);
-                columns.kind.push(entry.body.type_name());
-                columns.at.push(entry.at.micros());
-                columns.body.push(body);
-                columns
-                    .task
-                    .push(usage.as_ref().and_then(|u| u.task.clone()));
-                columns
-                    .member
-                    .push(usage.as_ref().and_then(|u| u.member.clone()));
-                columns.credits.push(usage.as_ref().map(|u| u.credits));
-                for (index, part) in columns.parts.iter_mut().enumerate() {
-                    part.push(usage.as_ref().map(|u| u.by_kind[index]));
-                }
-                columns.debit_seq.push(
-                    usage
-                        .as_ref()
-                        .filter(|u| !u.is_charge)
-                        .map(|u| u.charge_seq as i64),
-                );
-            }
+            let columns = Columns::of(commit.entries, before + 1);
             let [budget, rollover, package, promo, debt] = &columns.parts;
             transaction
                 .execute(
