@@ -722,21 +722,41 @@ fn page(query: &std::collections::HashMap<String, String>, kind: ObjectKind) -> 
     })
 }
 
+/// A page of one of an account's in-memory lists (grants, purchases).
+async fn list_in_memory(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    query: &std::collections::HashMap<String, String>,
+    kind: ObjectKind,
+    read: fn(AccountId, Page) -> Read,
+) -> Response {
+    match page(query, kind) {
+        Ok(page) => {
+            read_account(state, headers, Need::Read, id, |account| {
+                read(account, page)
+            })
+            .await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
 async fn list_grants(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> Response {
-    match page(&query, ObjectKind::Grant) {
-        Ok(page) => {
-            read_account(&state, &headers, Need::Read, &id, |account| {
-                Read::Grants(account, page)
-            })
-            .await
-        }
-        Err(error) => error.into_response(),
-    }
+    list_in_memory(
+        &state,
+        &headers,
+        &id,
+        &query,
+        ObjectKind::Grant,
+        Read::Grants,
+    )
+    .await
 }
 
 async fn list_purchases(
@@ -745,15 +765,15 @@ async fn list_purchases(
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> Response {
-    match page(&query, ObjectKind::Purchase) {
-        Ok(page) => {
-            read_account(&state, &headers, Need::Read, &id, |account| {
-                Read::Purchases(account, page)
-            })
-            .await
-        }
-        Err(error) => error.into_response(),
-    }
+    list_in_memory(
+        &state,
+        &headers,
+        &id,
+        &query,
+        ObjectKind::Purchase,
+        Read::Purchases,
+    )
+    .await
 }
 
 async fn list_accounts(

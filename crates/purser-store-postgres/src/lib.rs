@@ -323,27 +323,7 @@ impl PostgresStore {
     fn commit_in_one_statement(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         let columns = Columns::of(commit.entries, 1);
         let [budget, rollover, package, promo, debt] = &columns.parts;
-        let keys: Vec<&str> = commit.idempotency.iter().map(|r| r.key.as_str()).collect();
-        let prints: Vec<&[u8]> = commit
-            .idempotency
-            .iter()
-            .map(|r| &r.fingerprint[..])
-            .collect();
-        let statuses: Vec<i32> = commit
-            .idempotency
-            .iter()
-            .map(|r| i32::from(r.status))
-            .collect();
-        let bodies: Vec<&[u8]> = commit
-            .idempotency
-            .iter()
-            .map(|r| r.body.as_slice())
-            .collect();
-        let expiries: Vec<i64> = commit
-            .idempotency
-            .iter()
-            .map(|r| r.expires_at.micros())
-            .collect();
+        let keys = KeyColumns::of(commit.idempotency);
         let mut guard = lock(&self.writer);
         let row = writer(&mut guard)
             .query_one(
@@ -394,11 +374,11 @@ impl PostgresStore {
                     &columns.debit_seq,
                     &self.epoch,
                     &(LEASE_SECONDS as f64),
-                    &keys,
-                    &prints,
-                    &statuses,
-                    &bodies,
-                    &expiries,
+                    &keys.keys,
+                    &keys.prints,
+                    &keys.statuses,
+                    &keys.bodies,
+                    &keys.expiries,
                 ],
             )
             .map_err(backend)?;
@@ -416,6 +396,27 @@ impl PostgresStore {
             )));
         }
         Ok(())
+    }
+}
+
+/// The columns of a batch of idempotency records, for one `unnest` insert.
+struct KeyColumns<'a> {
+    keys: Vec<&'a str>,
+    prints: Vec<&'a [u8]>,
+    statuses: Vec<i32>,
+    bodies: Vec<&'a [u8]>,
+    expiries: Vec<i64>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(records: &'a [IdempotencyRecord]) -> KeyColumns<'a> {
+        KeyColumns {
+            keys: records.iter().map(|r| r.key.as_str()).collect(),
+            prints: records.iter().map(|r| &r.fingerprint[..]).collect(),
+            statuses: records.iter().map(|r| i32::from(r.status)).collect(),
+            bodies: records.iter().map(|r| r.body.as_slice()).collect(),
+            expiries: records.iter().map(|r| r.expires_at.micros()).collect(),
+        }
     }
 }
 
@@ -526,34 +527,14 @@ impl Store for PostgresStore {
                 .map_err(backend)?;
         }
         if !commit.idempotency.is_empty() {
-            let keys: Vec<&str> = commit.idempotency.iter().map(|r| r.key.as_str()).collect();
-            let prints: Vec<&[u8]> = commit
-                .idempotency
-                .iter()
-                .map(|r| &r.fingerprint[..])
-                .collect();
-            let statuses: Vec<i32> = commit
-                .idempotency
-                .iter()
-                .map(|r| i32::from(r.status))
-                .collect();
-            let bodies: Vec<&[u8]> = commit
-                .idempotency
-                .iter()
-                .map(|r| r.body.as_slice())
-                .collect();
-            let expiries: Vec<i64> = commit
-                .idempotency
-                .iter()
-                .map(|r| r.expires_at.micros())
-                .collect();
+            let keys = KeyColumns::of(commit.idempotency);
             transaction
                 .execute(
                     "INSERT INTO idempotency (key, fingerprint, status, body, expires_at)
                      SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[])
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
                                                      body = excluded.body, expires_at = excluded.expires_at",
-                    &[&keys, &prints, &statuses, &bodies, &expiries],
+                    &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries],
                 )
                 .map_err(backend)?;
         }
