@@ -49,6 +49,7 @@ pub struct Shared {
     /// How long a request waits for its answer before a 503 (the command may
     /// still commit: clients retry with the same idempotency key).
     pub request_timeout: std::time::Duration,
+    pub portal: crate::portal::Portal,
 }
 
 impl std::ops::Deref for AppState {
@@ -120,8 +121,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/purchases/{id}", get(get_purchase))
         // complete, fail, cancel, refund
         .route("/v1/purchases/{id}/{action}", post(purchase_action))
+        .route(
+            "/v1/accounts/{id}/portal_sessions",
+            post(crate::portal::create_session),
+        )
         .route("/v1/test_clock", get(get_test_clock))
         .route("/v1/test_clock/advance", post(advance_test_clock))
+        .merge(crate::portal::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -157,7 +163,7 @@ async fn method_not_allowed() -> Response {
 
 // ----- plumbing -----
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -176,7 +182,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     Ok(Some(key.to_owned()))
 }
 
-fn busy(busy: Busy) -> ApiError {
+pub(crate) fn busy(busy: Busy) -> ApiError {
     match busy {
         Busy::QueueFull => ApiError::rate_limited(),
         Busy::Stopped => ApiError::unavailable(),
@@ -198,7 +204,7 @@ async fn submit(
 
 /// A command handed to the engine, or answered at once (a replay, a refusal
 /// of its key, a full queue).
-enum Submitted {
+pub(crate) enum Submitted {
     Answered(u16, Vec<u8>),
     Waiting {
         key: Option<String>,
@@ -211,7 +217,7 @@ fn error_answer(error: ApiError) -> Submitted {
 }
 
 /// Claims the idempotency key (if any) and queues the command; does not wait.
-fn start(
+pub(crate) fn start(
     state: &AppState,
     command: Command,
     key: Option<String>,
@@ -259,7 +265,7 @@ fn start(
 
 /// Waits for a queued command's answer (sent once durable) and remembers it
 /// under its key if it was accepted.
-async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<u8>) {
+pub(crate) async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<u8>) {
     let (key, receiver) = match submitted {
         Submitted::Answered(status, body) => return (status, body),
         Submitted::Waiting { key, receiver } => (key, receiver),
@@ -313,7 +319,7 @@ async fn mutate(
     }
 }
 
-async fn ask(state: &AppState, shard: usize, read: Read) -> Result<Answer> {
+pub(crate) async fn ask(state: &AppState, shard: usize, read: Read) -> Result<Answer> {
     let receiver = state.engine.submit(shard, Work::Read(read)).map_err(busy)?;
     match tokio::time::timeout(state.request_timeout, receiver).await {
         Ok(Ok(answer)) => Ok(answer),
@@ -349,7 +355,7 @@ async fn read_account(
 }
 
 /// The handle and creation time of an account id, from its shard.
-async fn account_handle(state: &AppState, id: &str) -> Result<(AccountHandle, Timestamp)> {
+pub(crate) async fn account_handle(state: &AppState, id: &str) -> Result<(AccountHandle, Timestamp)> {
     let missing = || ApiError::not_found("account_not_found", "no such account");
     let account = AccountId::parse(id).map_err(|_| missing())?;
     let shard = state.engine.shard_of_id(account.as_str());
@@ -361,7 +367,7 @@ async fn account_handle(state: &AppState, id: &str) -> Result<(AccountHandle, Ti
 }
 
 /// Runs a store query off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&dyn Store) -> Result<T, purser_store::StoreError> + Send + 'static,
 ) -> Result<T> {
@@ -411,7 +417,7 @@ fn account_path(id: &str) -> Result<AccountId> {
     AccountId::parse(id).map_err(|_| ApiError::not_found("account_not_found", "no such account"))
 }
 
-fn list_limit(query: &std::collections::HashMap<String, String>) -> Result<usize> {
+pub(crate) fn list_limit(query: &std::collections::HashMap<String, String>) -> Result<usize> {
     match query.get("limit") {
         None => Ok(DEFAULT_PAGE_LIMIT),
         Some(text) => text

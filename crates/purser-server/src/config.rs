@@ -21,7 +21,24 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     idempotency: RawIdempotency,
+    #[serde(default)]
+    portal: RawPortal,
+    #[serde(default)]
+    payments: RawPayments,
     catalog: Option<RawCatalog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortal {
+    public_url: Option<String>,
+    session_ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPayments {
+    provider: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,7 +115,16 @@ pub struct Config {
     pub idempotency_retention_seconds: i64,
     pub catalog: Catalog,
     pub test_clock: bool,
+    /// The base of portal links (`https://billing.example.com`); without
+    /// it, the `Host` the operator's request came to, over http.
+    pub public_url: Option<String>,
+    pub portal_session_ttl_seconds: i64,
+    /// `manual` or `instant` (see `payments`).
+    pub payment_provider: String,
 }
+
+/// How long a portal link works by default: one hour.
+pub const DEFAULT_PORTAL_SESSION_TTL_SECONDS: i64 = 3_600;
 
 impl Default for Config {
     fn default() -> Config {
@@ -116,6 +142,9 @@ impl Default for Config {
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
             catalog: Catalog::builtin(),
             test_clock: false,
+            public_url: None,
+            portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
+            payment_provider: "manual".into(),
         }
     }
 }
@@ -188,10 +217,48 @@ impl Config {
             }
             config.idempotency_retention_seconds = retention;
         }
+        if let Some(url) = raw.portal.public_url {
+            config.set_public_url(&url)?;
+        }
+        if let Some(ttl) = raw.portal.session_ttl_seconds {
+            if !(60..=7 * 86_400).contains(&ttl) {
+                return Err(ConfigError::Invalid(
+                    "portal.session_ttl_seconds must be from 60 to 604800 (7 days)".into(),
+                ));
+            }
+            config.portal_session_ttl_seconds = ttl;
+        }
+        if let Some(provider) = raw.payments.provider {
+            config.set_payment_provider(&provider)?;
+        }
         if let Some(catalog) = raw.catalog {
             config.catalog = catalog_from(catalog)?;
         }
         Ok(config)
+    }
+
+    /// Sets `portal.public_url`: an absolute http(s) URL, kept without a
+    /// trailing slash.
+    pub fn set_public_url(&mut self, url: &str) -> Result<(), ConfigError> {
+        if !crate::portal::session::valid_return_url(url) {
+            return Err(ConfigError::Invalid(format!(
+                "portal.public_url {url:?} must be an absolute http or https URL"
+            )));
+        }
+        self.public_url = Some(url.trim_end_matches('/').to_owned());
+        Ok(())
+    }
+
+    /// Sets `payments.provider`.
+    pub fn set_payment_provider(&mut self, name: &str) -> Result<(), ConfigError> {
+        if !crate::payments::PROVIDERS.contains(&name) {
+            return Err(ConfigError::Invalid(format!(
+                "payments.provider {name:?} must be one of {}",
+                crate::payments::PROVIDERS.join(", ")
+            )));
+        }
+        self.payment_provider = name.to_owned();
+        Ok(())
     }
 }
 
@@ -291,6 +358,22 @@ pub fn default_toml() -> String {
         out,
         "retention_seconds = {}",
         config.idempotency_retention_seconds
+    );
+    let _ = writeln!(out, "\n[portal]");
+    let _ = writeln!(
+        out,
+        "# public_url = \"https://billing.example.com\"  (the base of portal links; default: the Host the API was called on)"
+    );
+    let _ = writeln!(
+        out,
+        "session_ttl_seconds = {}",
+        config.portal_session_ttl_seconds
+    );
+    let _ = writeln!(out, "\n[payments]");
+    let _ = writeln!(
+        out,
+        "provider = {:?}  # manual: the operator confirms each purchase through the API; instant: completes at once (demos, tests)",
+        config.payment_provider
     );
     let catalog = &config.catalog;
     let _ = writeln!(out, "\n[catalog]\ncurrency = {:?}", catalog.currency());

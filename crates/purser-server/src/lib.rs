@@ -15,6 +15,8 @@ pub mod error;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
+pub mod payments;
+pub mod portal;
 pub mod render;
 pub mod request;
 pub mod supervisor;
@@ -229,6 +231,17 @@ pub(crate) fn prepare(
         clock.clone(),
         metrics.clone(),
     );
+    let portal = portal::Portal {
+        signer: portal_signer(&*store)?,
+        public_url: config.public_url.clone(),
+        session_ttl_seconds: config.portal_session_ttl_seconds,
+        payments: payments::provider(&config.payment_provider).ok_or_else(|| {
+            StartError::Config(format!(
+                "unknown payment provider {:?}",
+                config.payment_provider
+            ))
+        })?,
+    };
     let shared = Shared {
         engine,
         store,
@@ -238,8 +251,22 @@ pub(crate) fn prepare(
         idempotency,
         metrics,
         request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
+        portal,
     };
     Ok((AppState(Arc::new(shared)), generated, entries))
+}
+
+/// The portal's signing key: made on first start and kept in the store, so
+/// links survive restarts and work on whichever node is the writer.
+fn portal_signer(store: &dyn Store) -> Result<portal::session::Signer, StartError> {
+    if let Some(text) = store.setting(portal::session::SIGNING_KEY_SETTING)? {
+        return portal::session::Signer::from_hex(&text)
+            .ok_or_else(|| StartError::Config("the stored portal signing key is malformed".into()));
+    }
+    let key = random_hex(32);
+    store.set_setting(portal::session::SIGNING_KEY_SETTING, &key)?;
+    portal::session::Signer::from_hex(&key)
+        .ok_or_else(|| StartError::Config("a generated portal signing key is malformed".into()))
 }
 
 fn warn_missing_tiers(ledgers: &[purser_core::Ledger], catalog: &Catalog) {

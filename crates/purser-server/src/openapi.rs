@@ -104,6 +104,8 @@ pub const ROUTES: &[Route] = &[
     route!("post" "/v1/purchases/{id}/fail", "admin", 200 "Purchase", "Payment failed"),
     route!("post" "/v1/purchases/{id}/cancel", "admin", 200 "Purchase", "Cancel a pending purchase"),
     route!("post" "/v1/purchases/{id}/refund", "admin", 200 "Purchase", "Refund: void the unused credits"),
+    route!("post" "/v1/accounts/{id}/portal_sessions", "admin", 201 "PortalSession", "A signed, expiring link to the account's credits dashboard and billing settings",
+        "return_url": "string" => "where the portal's back link goes (absolute http or https URL)"),
     route!("get" "/v1/test_clock", "read", 200 "TestClock", "The test clock (only with --test-clock)"),
     route!("post" "/v1/test_clock/advance", "admin", 200 "TestClock", "Move the test clock; answered once due work is applied",
         "seconds*": "integer" => "how far"),
@@ -189,6 +191,7 @@ pub fn document() -> Value {
         "BatchResults",
         "Transaction",
         "TestClock",
+        "PortalSession",
     ] {
         schemas.insert(name.to_owned(), json!({"type": "object"}));
     }

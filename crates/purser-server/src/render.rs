@@ -445,6 +445,7 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
         Body::Debited(d) => json!({
             "debit": id(handle, entry.seq, ObjectKind::Debit),
             "task": d.pricing.as_ref().map(|p| p.task.as_str()),
+            "quantity": d.pricing.as_ref().and_then(|p| p.quantity).map(|q| q.to_string()),
             "member": d.member.as_ref().map(|m| m.as_str()),
             "debt_incurred": d.debt_incurred.to_string(),
         }),
@@ -452,6 +453,7 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
             "debit": id(handle, entry.seq, ObjectKind::Debit),
             "hold": id(handle, c.hold, ObjectKind::Hold),
             "task": c.pricing.as_ref().map(|p| p.task.as_str()),
+            "quantity": c.pricing.as_ref().and_then(|p| p.quantity).map(|q| q.to_string()),
             "member": c.member.as_ref().map(|m| m.as_str()),
             "debt_incurred": c.debt_incurred.to_string(),
         }),

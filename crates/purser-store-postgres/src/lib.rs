@@ -759,7 +759,13 @@ fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, Store
     let window = "c.account = $1 AND c.type IN ('debit', 'capture') AND c.at >= $2 AND c.at < $3";
     let join = "FROM entry r JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
                 WHERE r.account = $1 AND r.type = 'reversal' AND";
-    if query.group_by == GroupBy::Kind {
+    let day = "(c.at / 86400000000 - CASE WHEN c.at < 0 AND c.at % 86400000000 <> 0 THEN 1 ELSE 0 END)::text";
+    if matches!(query.group_by, GroupBy::Kind | GroupBy::DayKind) {
+        let group = if query.group_by == GroupBy::DayKind {
+            day
+        } else {
+            "NULL::text"
+        };
         let sums = |t: &str| {
             KIND_KEYS
                 .iter()
@@ -767,37 +773,53 @@ fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, Store
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let counts = KIND_KEYS
-            .iter()
-            .map(|k| format!("COUNT(*) FILTER (WHERE c.{k} <> 0)"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let charges = client
-            .query_one(
-                &format!("SELECT {}, {counts} FROM entry c WHERE {window}", sums("c")),
-                &[&account, &from, &to],
-            )
-            .map_err(backend)?;
-        let reversals = client
-            .query_one(
-                &format!("SELECT {} {join} {window}", sums("r")),
-                &[&account, &from, &to],
-            )
-            .map_err(backend)?;
-        for (index, key) in KIND_KEYS.iter().enumerate() {
-            let credits: i64 = charges.get::<_, i64>(index) + reversals.get::<_, i64>(index);
-            let count: i64 = charges.get(index + 5);
-            if count > 0 || credits != 0 {
-                add(Some((*key).to_owned()), credits, count);
+        let counts = |filtered: bool| {
+            KIND_KEYS
+                .iter()
+                .map(|k| {
+                    if filtered {
+                        format!("COUNT(*) FILTER (WHERE c.{k} <> 0)")
+                    } else {
+                        "0::bigint".to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let charges = format!(
+            "SELECT {group}, {}, {} FROM entry c WHERE {window} GROUP BY 1",
+            sums("c"),
+            counts(true)
+        );
+        let reversals = format!(
+            "SELECT {group}, {}, {} {join} {window} GROUP BY 1",
+            sums("r"),
+            counts(false)
+        );
+        for sql in [charges, reversals] {
+            for row in client
+                .query(&sql, &[&account, &from, &to])
+                .map_err(backend)?
+            {
+                let day: Option<String> = row.get(0);
+                let day = day.and_then(|days| days.parse::<i64>().ok()).map(day_key);
+                for (index, kind) in KIND_KEYS.iter().enumerate() {
+                    let credits: i64 = row.get(index + 1);
+                    let count: i64 = row.get(index + 6);
+                    let key = match &day {
+                        Some(day) => format!("{day}/{kind}"),
+                        None => (*kind).to_owned(),
+                    };
+                    add(Some(key), credits, count);
+                }
             }
         }
+        totals.retain_nonempty();
     } else {
         let key = match query.group_by {
             GroupBy::Task => "c.task",
             GroupBy::Member => "c.member",
-            GroupBy::Day | GroupBy::Kind => {
-                "(c.at / 86400000000 - CASE WHEN c.at < 0 AND c.at % 86400000000 <> 0 THEN 1 ELSE 0 END)::text"
-            }
+            GroupBy::Day | GroupBy::Kind | GroupBy::DayKind => day,
         };
         let charges = format!(
             "SELECT {key}, SUM(c.credits)::bigint, COUNT(*) FROM entry c WHERE {window} GROUP BY 1"

@@ -424,6 +424,14 @@ pub fn usage_summaries(store: &dyn Store) {
     );
     assert_eq!(query(GroupBy::Kind, None, None), ["budget=95.5x5"]);
     assert_eq!(
+        query(GroupBy::DayKind, None, None),
+        [
+            "2026-10-05/budget=63x2",
+            "2026-10-06/budget=32x2",
+            "2026-12-05/budget=0.5x1"
+        ]
+    );
+    assert_eq!(
         query(
             GroupBy::Task,
             Some("2026-10-06T00:00:00Z"),

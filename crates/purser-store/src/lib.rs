@@ -115,6 +115,8 @@ pub enum GroupBy {
     Member,
     /// Grant kind the credits came from, or `debt`.
     Kind,
+    /// Day and kind together, `YYYY-MM-DD/kind`: the stacked daily chart.
+    DayKind,
 }
 
 /// Usage of one account between two instants (charge time), net of reversals.

@@ -71,6 +71,15 @@ struct ServeArgs {
     /// Number of shard writer threads (default: the number of cores).
     #[arg(long)]
     shards: Option<usize>,
+    /// How portal purchases are paid: `manual` (the operator's backend
+    /// confirms each one through the API; the default) or `instant`
+    /// (completes at once: demos and tests).
+    #[arg(long, env = "PURSER_PAYMENT_PROVIDER")]
+    payment_provider: Option<String>,
+    /// The base of customer portal links, e.g. https://billing.example.com
+    /// (default: the Host the API was called on).
+    #[arg(long, env = "PURSER_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -130,6 +139,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shards = shards.clamp(1, 256);
     }
     config.test_clock |= args.test_clock;
+    if let Some(provider) = args.payment_provider {
+        config.set_payment_provider(&provider)?;
+    }
+    if let Some(url) = args.public_url {
+        config.set_public_url(&url)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -51,6 +51,12 @@ impl ServerProcess {
     /// panics with the server's log if it does not within 10 s. The log goes
     /// to `<data_dir>/../<log_name>.log`.
     pub fn start(data_dir: &Path, log_name: &str) -> ServerProcess {
+        ServerProcess::start_with(data_dir, log_name, &[])
+    }
+
+    /// [`ServerProcess::start`] with `extra_args` after the `serve` arguments
+    /// (e.g. `&["--payment-provider", "instant"]`).
+    pub fn start_with(data_dir: &Path, log_name: &str, extra_args: &[&str]) -> ServerProcess {
         let work_dir = data_dir.parent().expect("the data directory has a parent");
         let log = work_dir.join(format!("{log_name}.log"));
         let port = free_port();
@@ -60,6 +66,7 @@ impl ServerProcess {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra_args)
             .env("PURSER_ADMIN_KEY", ADMIN_KEY)
             .current_dir(work_dir)
             .stdout(out)
