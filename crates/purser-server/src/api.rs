@@ -355,7 +355,10 @@ async fn read_account(
 }
 
 /// The handle and creation time of an account id, from its shard.
-pub(crate) async fn account_handle(state: &AppState, id: &str) -> Result<(AccountHandle, Timestamp)> {
+pub(crate) async fn account_handle(
+    state: &AppState,
+    id: &str,
+) -> Result<(AccountHandle, Timestamp)> {
     let missing = || ApiError::not_found("account_not_found", "no such account");
     let account = AccountId::parse(id).map_err(|_| missing())?;
     let shard = state.engine.shard_of_id(account.as_str());

@@ -260,8 +260,9 @@ pub(crate) fn prepare(
 /// links survive restarts and work on whichever node is the writer.
 fn portal_signer(store: &dyn Store) -> Result<portal::session::Signer, StartError> {
     if let Some(text) = store.setting(portal::session::SIGNING_KEY_SETTING)? {
-        return portal::session::Signer::from_hex(&text)
-            .ok_or_else(|| StartError::Config("the stored portal signing key is malformed".into()));
+        return portal::session::Signer::from_hex(&text).ok_or_else(|| {
+            StartError::Config("the stored portal signing key is malformed".into())
+        });
     }
     let key = random_hex(32);
     store.set_setting(portal::session::SIGNING_KEY_SETTING, &key)?;

@@ -157,8 +157,14 @@ mod tests {
         let svg = stacked_days("d", "By day", &days).into_string();
         // Budget 3 of max 4 → 112 px of 150, from the axis at 168 up to 56;
         // the package part (37 px) sits on top of it.
-        assert!(svg.contains(r#"class="bar budget" x="7.50%" y="56""#), "{svg}");
-        assert!(svg.contains(r#"class="bar package" x="7.50%" y="19" width="35.00%" height="37""#), "{svg}");
+        assert!(
+            svg.contains(r#"class="bar budget" x="7.50%" y="56""#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"class="bar package" x="7.50%" y="19" width="35.00%" height="37""#),
+            "{svg}"
+        );
         assert!(svg.contains("Nov 1: 4"), "{svg}");
         assert!(!svg.contains("Nov 2: "), "{svg}");
         let empty = stacked_days("d", "By day", &[]).into_string();

@@ -21,7 +21,10 @@ pub fn parse_micros(text: &str) -> Option<i128> {
     if whole.is_empty()
         || (fraction.is_empty() && digits.contains('.'))
         || fraction.len() > 6
-        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return None;
     }
@@ -164,7 +167,14 @@ mod tests {
 
     #[test]
     fn amounts_round_trip_and_read_well() {
-        for text in ["0", "1", "-12.5", "0.000001", "1234567.891", "1000000000000"] {
+        for text in [
+            "0",
+            "1",
+            "-12.5",
+            "0.000001",
+            "1234567.891",
+            "1000000000000",
+        ] {
             assert_eq!(canonical(parse_micros(text).unwrap()), text);
         }
         for bad in ["", "-", "1.", ".5", "1.0000001", "1e3", "+1", "1,000"] {
@@ -189,7 +199,10 @@ mod tests {
         assert_eq!(date_time(at), "Dec 1, 2026, 14:05 UTC");
         assert_eq!(iso_seconds(at), "2026-12-01 14:05:09");
         assert_eq!(day_month(at), "Dec 1");
-        assert_eq!(day_start(day_number(at)).to_string(), "2026-12-01T00:00:00Z");
+        assert_eq!(
+            day_start(day_number(at)).to_string(),
+            "2026-12-01T00:00:00Z"
+        );
         let hour = 3_600_000_000;
         assert_eq!(duration(6 * 24 * hour + 4 * hour + 59), "6 days, 4 hours");
         assert_eq!(duration(24 * hour), "1 day");

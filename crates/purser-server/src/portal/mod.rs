@@ -18,8 +18,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod chart;
-pub mod format;
 pub mod forecast;
+pub mod format;
 pub mod session;
 mod view;
 
@@ -34,8 +34,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use purser_core::{
-    AccountHandle, Command, ObjectId, ObjectKind, PackageId, Proration, TierId,
-    Timestamp,
+    AccountHandle, Command, ObjectId, ObjectKind, PackageId, Proration, TierId, Timestamp,
 };
 use purser_store::{EntryQuery, GroupBy, UsageQuery, UsageRow};
 use serde_json::{Value, json};
@@ -77,7 +76,10 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/{token}/transactions.csv", get(export_csv))
         .route("/portal/{token}/tier", post(change_tier))
         .route("/portal/{token}/purchases", post(buy))
-        .route("/portal/{token}/purchases/{id}/cancel", post(cancel_purchase))
+        .route(
+            "/portal/{token}/purchases/{id}/cancel",
+            post(cancel_purchase),
+        )
         .route("/portal/assets/portal.css", get(css))
         .route("/portal/assets/portal.js", get(js))
         .layer(middleware::map_response(security_headers))
@@ -508,7 +510,14 @@ async fn credits_page(
             .collect();
         let catalog = &state.catalog;
         let view = view::Credits {
-            frame: frame(&state, &token, &session, &account, view::Tab::Credits, &query),
+            frame: frame(
+                &state,
+                &token,
+                &session,
+                &account,
+                view::Tab::Credits,
+                &query,
+            ),
             catalog,
             account: &account,
             now,
@@ -594,7 +603,14 @@ async fn billing_page(
             _ => return Err(unavailable()),
         };
         let view = view::Billing {
-            frame: frame(&state, &token, &session, &account, view::Tab::Billing, &query),
+            frame: frame(
+                &state,
+                &token,
+                &session,
+                &account,
+                view::Tab::Billing,
+                &query,
+            ),
             account: &account,
             catalog: &state.catalog,
             purchases: purchases["data"].as_array().cloned().unwrap_or_default(),
@@ -688,7 +704,11 @@ async fn change_tier(
         .and_then(|tier| TierId::parse(tier).ok())
         .filter(|tier| state.catalog.tier(tier.as_str()).is_some())
     else {
-        return back(&token, "billing", Err(&json!({"error": {"code": "unknown_tier"}})));
+        return back(
+            &token,
+            "billing",
+            Err(&json!({"error": {"code": "unknown_tier"}})),
+        );
     };
     let command = Command::ChangeTier {
         account: session.account.clone(),
@@ -859,7 +879,10 @@ async fn export_csv(State(state): State<AppState>, Path(token): Path<String>) ->
                 let transaction = crate::render::transaction_json(&account, entry);
                 view::csv_row(&mut chunk, &transaction, &catalog);
             }
-            if sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            if sender
+                .blocking_send(Ok(std::mem::take(&mut chunk)))
+                .is_err()
+            {
                 return;
             }
             match entries.last() {

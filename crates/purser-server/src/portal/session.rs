@@ -75,7 +75,10 @@ impl Signer {
     /// The token for `session`: `base64url(payload).base64url(signature)`.
     pub fn sign(&self, session: &Session) -> String {
         let payload = encode(session);
-        let signature = self.mac(SESSION_DOMAIN, &[&payload]).finalize().into_bytes();
+        let signature = self
+            .mac(SESSION_DOMAIN, &[&payload])
+            .finalize()
+            .into_bytes();
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(&payload),

@@ -61,7 +61,9 @@ pub fn notice(code: &str) -> Option<&'static str> {
         "downgrade_scheduled" => {
             "Your downgrade is scheduled for the start of the next period. You keep your current plan until then."
         }
-        "downgrade_canceled" => "The scheduled downgrade is canceled. You stay on your current plan.",
+        "downgrade_canceled" => {
+            "The scheduled downgrade is canceled. You stay on your current plan."
+        }
         "purchase_completed" => "Payment received: the package credits are in your account.",
         "purchase_pending" => {
             "Your purchase is pending until the payment is confirmed. The credits are added as soon as it is."
@@ -169,7 +171,7 @@ fn meter(label: &str, part: i128, whole: i128) -> Markup {
             aria-valuemin="0" aria-valuemax="100" aria-valuenow=(filled / 100) {
             rect.track x="0" y="0" width="100%" height="10" rx="5" {}
             @if filled > 0 {
-                rect.fill class=[(filled >= 9_000).then_some("high")] x="0" y="0" width=(percent) height="10" rx="5" {}
+                rect class=(if filled >= 9_000 { "fill high" } else { "fill" }) x="0" y="0" width=(percent) height="10" rx="5" {}
             }
         }
     }
@@ -387,7 +389,7 @@ pub fn credits(view: &Credits<'_>) -> Markup {
                                 }
                                 td { (what) }
                                 td.details { (details) }
-                                td.r.num class=[signed_class(credits)] { (signed(credits)) }
+                                td class=(signed_class(credits)) { (signed(credits)) }
                                 td.r.num.after { (format::group(amount_of(&tx["balance_after"]["available"]))) }
                             }
                         }
@@ -418,13 +420,13 @@ fn signed(text: &str) -> String {
     }
 }
 
-fn signed_class(text: &str) -> Option<&'static str> {
+fn signed_class(text: &str) -> &'static str {
     if text.starts_with('-') {
-        Some("neg")
+        "r num neg"
     } else if text != "0" {
-        Some("pos")
+        "r num pos"
     } else {
-        None
+        "r num"
     }
 }
 
@@ -471,11 +473,17 @@ fn describe(tx: &Value, catalog: &Catalog) -> (&'static str, String) {
         "capture" => ("Charge", format!("{} (from a hold)", task())),
         "release" => ("Hold released", "Unused credits returned".into()),
         "hold_expired" => ("Hold expired", "Reserved credits returned".into()),
-        "expire" => ("Expired", "Unused credits at the end of their period".into()),
+        "expire" => (
+            "Expired",
+            "Unused credits at the end of their period".into(),
+        ),
         "void" => ("Voided", "Credits withdrawn".into()),
         "reversal" => ("Refunded charge", "Credits returned for a charge".into()),
         "debt_paid" => ("Debt paid", "From newly added credits".into()),
-        "rollover" => ("Rolled over", "Unused budget carried into this period".into()),
+        "rollover" => (
+            "Rolled over",
+            "Unused budget carried into this period".into(),
+        ),
         "tier_changed" => (
             "Plan changed",
             format!("{} → {}", tier_name(&text("from")), tier_name(&text("to"))),
@@ -740,8 +748,14 @@ pub fn csv_row(out: &mut String, tx: &Value, catalog: &Catalog) {
             .as_str()
             .unwrap_or("")
             .to_owned(),
-        tx["balance_after"]["held"].as_str().unwrap_or("").to_owned(),
-        tx["balance_after"]["debt"].as_str().unwrap_or("").to_owned(),
+        tx["balance_after"]["held"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        tx["balance_after"]["debt"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
         text("task"),
         text("quantity"),
         text("member"),
