@@ -215,7 +215,9 @@ pub(crate) fn prepare(
     store.purge_idempotency(now)?;
     idempotency.restore(store.idempotency_records(now)?);
     let (keys, generated) = load_keys(&*store, admin_key, now)?;
-    let metrics = Arc::new(Metrics::new(&openapi::route_paths()));
+    let mut routes = openapi::route_paths();
+    routes.extend(portal::ROUTE_PATHS);
+    let metrics = Arc::new(Metrics::new(&routes));
     let engine_config = EngineConfig {
         shards: config.shards.max(1),
         partitions,

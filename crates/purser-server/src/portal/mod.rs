@@ -68,20 +68,39 @@ const EXPORT_STEP: usize = 1_000;
 const CSS: &str = include_str!("assets/portal.css");
 const JS: &str = include_str!("assets/portal.js");
 
+/// The portal's route templates (metrics are labelled with them).
+pub const ROUTE_PATHS: [&str; 8] = [
+    "/portal/{token}",
+    "/portal/{token}/billing",
+    "/portal/{token}/transactions.csv",
+    "/portal/{token}/tier",
+    "/portal/{token}/purchases",
+    "/portal/{token}/purchases/{id}/cancel",
+    "/portal/assets/portal.css",
+    "/portal/assets/portal.js",
+];
+
 /// The portal's pages, actions and assets.
 pub fn routes() -> Router<AppState> {
+    let [
+        credits,
+        billing,
+        csv,
+        tier,
+        purchases,
+        cancel,
+        style,
+        script,
+    ] = ROUTE_PATHS;
     Router::new()
-        .route("/portal/{token}", get(credits_page))
-        .route("/portal/{token}/billing", get(billing_page))
-        .route("/portal/{token}/transactions.csv", get(export_csv))
-        .route("/portal/{token}/tier", post(change_tier))
-        .route("/portal/{token}/purchases", post(buy))
-        .route(
-            "/portal/{token}/purchases/{id}/cancel",
-            post(cancel_purchase),
-        )
-        .route("/portal/assets/portal.css", get(css))
-        .route("/portal/assets/portal.js", get(js))
+        .route(credits, get(credits_page))
+        .route(billing, get(billing_page))
+        .route(csv, get(export_csv))
+        .route(tier, post(change_tier))
+        .route(purchases, post(buy))
+        .route(cancel, post(cancel_purchase))
+        .route(style, get(css))
+        .route(script, get(js))
         .layer(middleware::map_response(security_headers))
 }
 
