@@ -1,18 +1,25 @@
 //! purser-store-sqlite: the embedded default store.
 //!
-//! One SQLite database file in the data directory, in WAL mode with
-//! `synchronous=FULL`: each group commit is one transaction and one fsync.
-//! The `entry` table holds the journal clustered by account (history and
-//! reports read one account's range), its commit order in `pos` (an index that
-//! only appends), and the usage facts of charges and reversals in columns that
-//! reports group by: a charge costs one random B-tree page, its account's. Schema changes
-//! are versioned migrations, applied forward-only on open.
+//! Two SQLite files in the data directory:
+//! - `purser.db`, in WAL mode with `synchronous=FULL`: the truth. Each group
+//!   commit is one transaction and one fsync that appends entries to `log`
+//!   (clustered by commit position, so a batch fills pages in order however
+//!   many accounts it touches) and writes idempotency records and snapshots.
+//! - `history.db`: the per-account history index (`entry`, keyed by account
+//!   and sequence number, with the usage facts reports group by), derived
+//!   from `log` by an indexer thread in large sorted batches, with the
+//!   position it reached stored in the same transaction. It is never ahead
+//!   of the log and is rebuilt from it when missing or behind; history reads
+//!   first wait until it holds every acknowledged entry, so they see all of
+//!   them.
 //!
+//! Schema changes are versioned migrations, applied forward-only on open.
 //! This crate holds no business rules: it stores entries the core produced
 //! and answers queries about them.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
@@ -122,16 +129,90 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE charge;
     DROP TABLE reversal;
 "#,
+    r#"
+    -- The journal in commit order only: a group commit appends to the end of
+    -- one B-tree whatever accounts it touches. The per-account index moves
+    -- to history.db, built from here.
+    CREATE TABLE log (
+        pos     INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        body    BLOB    NOT NULL
+    );
+    INSERT INTO log (pos, account, seq, body) SELECT pos, account, seq, body FROM entry ORDER BY pos;
+    DROP TABLE entry;
+"#,
 ];
 
+/// The history index's schema (`history.db`), created when missing. It is
+/// derived data: a mismatch is repaired by deleting the file.
+const HISTORY_SCHEMA: &str = r#"
+    CREATE TABLE IF NOT EXISTS entry (
+        account   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        pos       INTEGER NOT NULL,
+        type      TEXT    NOT NULL,
+        at        INTEGER NOT NULL,
+        task      TEXT,
+        member    TEXT,
+        credits   INTEGER,
+        budget    INTEGER,
+        rollover  INTEGER,
+        package   INTEGER,
+        promo     INTEGER,
+        debt      INTEGER,
+        debit_seq INTEGER,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS indexed (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        pos INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO indexed (one, pos) VALUES (1, 0);
+"#;
+
+/// Log entries the indexer takes per transaction.
+const INDEX_CHUNK: i64 = 50_000;
+/// How long a history read waits for the index to reach the log's end.
+const INDEX_WAIT: Duration = Duration::from_secs(30);
+/// With fewer entries than this to index and no reader waiting, the indexer
+/// lingers up to `INDEX_LINGER` for more: large sorted batches are what make
+/// it cheap (many entries per history page).
+const INDEX_BATCH: u64 = 20_000;
+const INDEX_LINGER: Duration = Duration::from_millis(200);
+
 /// The SQLite store. The writer connection is used by the committer; readers
-/// take a connection from a small pool, so history queries never wait for a
-/// commit (WAL readers see the last committed state).
+/// take a connection from a small pool (with `history.db` attached), so
+/// history queries never wait for a commit (WAL readers see the last
+/// committed state); the indexer thread keeps `history.db` up with the log.
 #[derive(Debug)]
 pub struct SqliteStore {
-    path: std::path::PathBuf,
+    path: PathBuf,
+    history_path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    index: Arc<IndexState>,
+    indexer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the log and its index are, shared with the indexer thread.
+#[derive(Debug, Default)]
+struct IndexState {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last position committed to the log.
+    committed: u64,
+    /// The last position in the history index.
+    indexed: u64,
+    stop: bool,
+    /// History reads waiting for the index: the indexer does not linger.
+    waiting: usize,
+    /// Why the indexer stopped, if it failed.
+    failed: Option<String>,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -154,29 +235,103 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `purser.db` in `data_dir` and migrates it.
+    /// Opens (creating if needed) `purser.db` in `data_dir`, migrates it,
+    /// opens its history index and starts the indexer.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join("purser.db");
+        let history_path = data_dir.join("history.db");
         let writer = Connection::open(&path).map_err(backend)?;
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = OFF;
-                 PRAGMA cache_size = -262144;
+                 PRAGMA cache_size = -65536;
                  PRAGMA mmap_size = 4294967296;
                  PRAGMA wal_autocheckpoint = 2000;
                  PRAGMA busy_timeout = 10000;",
             )
             .map_err(backend)?;
         migrate(&writer)?;
+        let committed: i64 = writer
+            .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
+                row.get(0)
+            })
+            .map_err(backend)?;
+        let history = open_history(&history_path, committed as u64)?;
+        let indexed: i64 = history
+            .query_row("SELECT pos FROM indexed", [], |row| row.get(0))
+            .map_err(backend)?;
+        let index = Arc::new(IndexState::default());
+        {
+            let mut progress = lock(&index.progress);
+            progress.committed = committed as u64;
+            progress.indexed = indexed as u64;
+        }
+        let log_reader = open_reader(&path, None)?;
+        let indexer = {
+            let index = index.clone();
+            std::thread::Builder::new()
+                .name("purser-indexer".into())
+                .spawn(move || run_indexer(&log_reader, history, &index))
+                .map_err(|e| StoreError::Backend(format!("starting the indexer: {e}")))?
+        };
         Ok(SqliteStore {
             path,
+            history_path,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            index,
+            indexer: Some(indexer),
         })
+    }
+
+    /// Waits until the history index holds everything committed so far.
+    fn wait_indexed(&self) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + INDEX_WAIT;
+        let mut progress = lock(&self.index.progress);
+        let target = progress.committed;
+        if progress.indexed >= target {
+            return Ok(());
+        }
+        // Tell the indexer someone is waiting, so it does not linger.
+        progress.waiting += 1;
+        self.index.changed.notify_all();
+        let result = loop {
+            if progress.indexed >= target {
+                break Ok(());
+            }
+            if let Some(error) = &progress.failed {
+                break Err(StoreError::Backend(format!(
+                    "the history index failed: {error}"
+                )));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Err(StoreError::Backend(
+                    "the history index is behind the journal".into(),
+                ));
+            }
+            progress = self
+                .index
+                .changed
+                .wait_timeout(progress, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        };
+        progress.waiting -= 1;
+        result
+    }
+
+    /// A read of the history index, once it holds every committed entry.
+    fn read_history<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.wait_indexed()?;
+        self.read(work)
     }
 
     fn read<T>(
@@ -185,14 +340,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let connection = match lock(&self.readers).pop() {
             Some(connection) => connection,
-            None => {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let connection = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
-                connection
-                    .busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(backend)?;
-                connection
-            }
+            None => open_reader(&self.path, Some(&self.history_path))?,
         };
         let result = work(&connection);
         let mut pool = lock(&self.readers);
@@ -231,6 +379,209 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        lock(&self.index.progress).stop = true;
+        self.index.changed.notify_all();
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
+        }
+    }
+}
+
+/// A read-only connection to `purser.db`, with `history.db` attached as `h`.
+fn open_reader(path: &Path, history: Option<&Path>) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags).map_err(backend)?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    if let Some(history) = history {
+        connection
+            .execute(
+                "ATTACH DATABASE ?1 AS h",
+                [history.to_string_lossy().as_ref()],
+            )
+            .map_err(backend)?;
+    }
+    Ok(connection)
+}
+
+/// Opens `history.db`, creating its schema; starts it over when it claims
+/// more than the log holds (a log restored from elsewhere).
+fn open_history(path: &Path, committed: u64) -> Result<Connection, StoreError> {
+    let open = || -> Result<Connection, StoreError> {
+        let connection = Connection::open(path).map_err(backend)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA cache_size = -131072;
+                 PRAGMA busy_timeout = 10000;",
+            )
+            .map_err(backend)?;
+        connection.execute_batch(HISTORY_SCHEMA).map_err(backend)?;
+        Ok(connection)
+    };
+    let connection = open()?;
+    let indexed: i64 = connection
+        .query_row("SELECT pos FROM indexed", [], |row| row.get(0))
+        .map_err(backend)?;
+    if indexed as u64 <= committed {
+        return Ok(connection);
+    }
+    tracing::warn!(
+        indexed,
+        committed,
+        "history.db is ahead of the journal: rebuilding it"
+    );
+    connection
+        .execute_batch("DELETE FROM entry; UPDATE indexed SET pos = 0;")
+        .map_err(backend)?;
+    Ok(connection)
+}
+
+/// The indexer: takes the log after the indexed position in chunks, sorts
+/// each by account and sequence, and inserts it into `history.db` with the
+/// new position, one transaction per chunk.
+fn run_indexer(log: &Connection, mut history: Connection, index: &IndexState) {
+    loop {
+        let from = {
+            let mut progress = lock(&index.progress);
+            let mut linger_until: Option<std::time::Instant> = None;
+            loop {
+                if progress.stop {
+                    return;
+                }
+                let pending = progress.committed.saturating_sub(progress.indexed);
+                let now = std::time::Instant::now();
+                if pending >= INDEX_BATCH
+                    || (pending > 0
+                        && (progress.waiting > 0 || linger_until.is_some_and(|t| now >= t)))
+                {
+                    break progress.indexed;
+                }
+                progress = if pending == 0 {
+                    linger_until = None;
+                    index
+                        .changed
+                        .wait(progress)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                } else {
+                    let until = *linger_until.get_or_insert(now + INDEX_LINGER);
+                    index
+                        .changed
+                        .wait_timeout(progress, until.saturating_duration_since(now))
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                };
+            }
+        };
+        match index_chunk(log, &mut history, from) {
+            Ok(reached) => {
+                let mut progress = lock(&index.progress);
+                progress.indexed = reached;
+                // Positions this process did not commit (another writer's
+                // log, or a crash's tail) still count as committed.
+                progress.committed = progress.committed.max(reached);
+                index.changed.notify_all();
+            }
+            Err(error) => {
+                tracing::error!(%error, "the history indexer stopped: history reads fail until restart");
+                let mut progress = lock(&index.progress);
+                progress.failed = Some(error.to_string());
+                index.changed.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// One row of the history index.
+struct IndexRow {
+    account: i64,
+    seq: i64,
+    pos: i64,
+    kind: &'static str,
+    at: i64,
+    usage: Option<purser_store::Usage>,
+}
+
+fn index_chunk(log: &Connection, history: &mut Connection, from: u64) -> Result<u64, StoreError> {
+    let mut rows = Vec::new();
+    {
+        let mut statement = log
+            .prepare_cached(
+                "SELECT pos, account, seq, body FROM log WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let mut query = statement
+            .query(params![from as i64, INDEX_CHUNK])
+            .map_err(backend)?;
+        while let Some(row) = query.next().map_err(backend)? {
+            let pos: i64 = row.get(0).map_err(backend)?;
+            let account: i64 = row.get(1).map_err(backend)?;
+            let seq: i64 = row.get(2).map_err(backend)?;
+            let body = row
+                .get_ref(3)
+                .map_err(backend)?
+                .as_blob()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let entry = decode(account, seq, body)?;
+            rows.push(IndexRow {
+                account,
+                seq,
+                pos,
+                kind: entry.body.type_name(),
+                at: entry.at.micros(),
+                usage: usage_of(&entry),
+            });
+        }
+    }
+    let Some(reached) = rows.iter().map(|row| row.pos).max() else {
+        return Ok(from);
+    };
+    rows.sort_unstable_by_key(|row| (row.account, row.seq));
+    let transaction = history.transaction().map_err(backend)?;
+    {
+        let mut insert = transaction
+            .prepare_cached(
+                "INSERT INTO entry (account, seq, pos, type, at, task, member, credits,
+                                    budget, rollover, package, promo, debt, debit_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .map_err(backend)?;
+        for row in &rows {
+            let usage = row.usage.as_ref();
+            let kind = |index: usize| usage.map(|u| u.by_kind[index]);
+            let debit_seq = usage.filter(|u| !u.is_charge).map(|u| u.charge_seq as i64);
+            insert
+                .execute(params![
+                    row.account,
+                    row.seq,
+                    row.pos,
+                    row.kind,
+                    row.at,
+                    usage.and_then(|u| u.task.as_deref()),
+                    usage.and_then(|u| u.member.as_deref()),
+                    usage.map(|u| u.credits),
+                    kind(0),
+                    kind(1),
+                    kind(2),
+                    kind(3),
+                    kind(4),
+                    debit_seq,
+                ])
+                .map_err(backend)?;
+        }
+        transaction
+            .execute("UPDATE indexed SET pos = ?1", [reached])
+            .map_err(backend)?;
+    }
+    transaction.commit().map_err(backend)?;
+    Ok(reached as u64)
+}
+
 fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
     decode_entry(body).map_err(|error| StoreError::Corrupt {
         account: AccountHandle::from_raw(account as u64),
@@ -252,7 +603,7 @@ impl Store for SqliteStore {
         if !commit.snapshots.is_empty() {
             // Everything committed before this transaction is in the snapshots.
             let position: i64 = transaction
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM entry", [], |row| {
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
                     row.get(0)
                 })
                 .map_err(backend)?;
@@ -272,47 +623,26 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
             }
         }
+        let mut pos: i64 = transaction
+            .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
+                row.get(0)
+            })
+            .map_err(backend)?;
         {
-            let mut pos: i64 = transaction
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM entry", [], |row| {
-                    row.get(0)
-                })
-                .map_err(backend)?;
             let mut insert = transaction
-                .prepare_cached(
-                    "INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
-                                        budget, rollover, package, promo, debt, debit_seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )
+                .prepare_cached("INSERT INTO log (pos, account, seq, body) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(backend)?;
             let mut buffer = Vec::with_capacity(256);
             for entry in commit.entries {
                 buffer.clear();
                 encode_entry(entry, &mut buffer);
                 pos += 1;
-                let usage = usage_of(entry);
-                let kind = |index: usize| usage.as_ref().map(|u| u.by_kind[index]);
-                let debit_seq = usage
-                    .as_ref()
-                    .filter(|u| !u.is_charge)
-                    .map(|u| u.charge_seq as i64);
                 insert
                     .execute(params![
+                        pos,
                         entry.account.raw() as i64,
                         entry.seq as i64,
-                        pos,
-                        entry.body.type_name(),
-                        entry.at.micros(),
-                        buffer,
-                        usage.as_ref().and_then(|u| u.task.as_deref()),
-                        usage.as_ref().and_then(|u| u.member.as_deref()),
-                        usage.as_ref().map(|u| u.credits),
-                        kind(0),
-                        kind(1),
-                        kind(2),
-                        kind(3),
-                        kind(4),
-                        debit_seq,
+                        buffer
                     ])
                     .map_err(backend)?;
             }
@@ -334,7 +664,14 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
             }
         }
-        transaction.commit().map_err(backend)
+        transaction.commit().map_err(backend)?;
+        if !commit.entries.is_empty() {
+            let mut progress = lock(&self.index.progress);
+            progress.committed = progress.committed.max(pos as u64);
+            drop(progress);
+            self.index.changed.notify_all();
+        }
+        Ok(())
     }
 
     fn replay_after(
@@ -344,7 +681,7 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare("SELECT pos, account, seq, body FROM entry WHERE pos > ?1 ORDER BY pos")
+                .prepare("SELECT pos, account, seq, body FROM log WHERE pos > ?1 ORDER BY pos")
                 .map_err(backend)?;
             let mut rows = statement.query([position as i64]).map_err(backend)?;
             let mut count = 0;
@@ -386,9 +723,12 @@ impl Store for SqliteStore {
     }
 
     fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError> {
-        self.read(|connection| {
+        self.read_history(|connection| {
             let body: Option<Vec<u8>> = connection
-                .prepare_cached("SELECT body FROM entry WHERE account = ?1 AND seq = ?2")
+                .prepare_cached(
+                    "SELECT l.body FROM h.entry e JOIN log l ON l.pos = e.pos
+                     WHERE e.account = ?1 AND e.seq = ?2",
+                )
                 .map_err(backend)?
                 .query_row(params![account.raw() as i64, seq as i64], |row| row.get(0))
                 .optional()
@@ -399,21 +739,27 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError> {
-        self.read(|connection| {
+        self.read_history(|connection| {
             let placeholders = vec!["?"; query.types.len()].join(", ");
             let type_filter = if query.types.is_empty() {
                 String::new()
             } else {
-                format!("AND type IN ({placeholders})")
+                format!("AND e.type IN ({placeholders})")
             };
             let sql = format!(
-                "SELECT seq, body FROM entry WHERE account = ? AND seq < ? {type_filter} ORDER BY seq DESC LIMIT ?"
+                "SELECT e.seq, l.body FROM h.entry e JOIN log l ON l.pos = e.pos
+                 WHERE e.account = ? AND e.seq < ? {type_filter} ORDER BY e.seq DESC LIMIT ?"
             );
             let mut values: Vec<rusqlite::types::Value> = vec![
                 (query.account.raw() as i64).into(),
                 query.before_seq.map_or(i64::MAX, |seq| seq as i64).into(),
             ];
-            values.extend(query.types.iter().map(|t| rusqlite::types::Value::Text((*t).into())));
+            values.extend(
+                query
+                    .types
+                    .iter()
+                    .map(|t| rusqlite::types::Value::Text((*t).into())),
+            );
             values.push((query.limit as i64).into());
             let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
             let mut rows = statement.query(params_from_iter(values)).map_err(backend)?;
@@ -428,7 +774,7 @@ impl Store for SqliteStore {
     }
 
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        self.read(|connection| usage(connection, query))
+        self.read_history(|connection| usage(connection, query))
     }
 
     fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
@@ -683,7 +1029,7 @@ mod tests {
 
     #[test]
     fn a_failed_commit_stores_nothing_of_its_batch() {
-        let (_dir, store) = fresh();
+        let (dir, store) = fresh();
         let journal = purser_store::conformance::sample_journal();
         store
             .commit(Commit {
@@ -692,10 +1038,17 @@ mod tests {
                 snapshots: &[],
             })
             .unwrap();
-        // Committing the same entries again violates (account, seq) uniqueness
-        // half-way through the batch: the whole batch must roll back.
+        // A failure half-way through a batch (injected: the log refuses its
+        // fifth entry) rolls the whole batch back.
+        Connection::open(dir.path().join("purser.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON log WHEN NEW.pos = 5
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
         let error = store.commit(Commit {
-            entries: &journal[2..6],
+            entries: &journal[3..7],
             idempotency: &[],
             snapshots: &[],
         });
@@ -708,6 +1061,50 @@ mod tests {
             })
             .unwrap();
         assert_eq!(count, 3);
+        assert_eq!(
+            store
+                .entries(&EntryQuery {
+                    account: journal[0].account,
+                    types: Vec::new(),
+                    before_seq: None,
+                    limit: 100,
+                })
+                .unwrap()
+                .len(),
+            journal[..3]
+                .iter()
+                .filter(|e| e.account == journal[0].account)
+                .count()
+        );
+    }
+
+    #[test]
+    fn a_lost_history_index_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = purser_store::conformance::sample_journal();
+        let query = EntryQuery {
+            account: journal[0].account,
+            types: Vec::new(),
+            before_seq: None,
+            limit: 100,
+        };
+        let before = {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store
+                .commit(Commit {
+                    entries: &journal,
+                    idempotency: &[],
+                    snapshots: &[],
+                })
+                .unwrap();
+            store.entries(&query).unwrap()
+        };
+        assert!(!before.is_empty());
+        for file in ["history.db", "history.db-wal", "history.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(file));
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.entries(&query).unwrap(), before);
     }
 
     #[test]
