@@ -4,7 +4,9 @@
 //! - `purser.db`, in WAL mode with `synchronous=FULL`: the truth. Each group
 //!   commit is one transaction and one fsync that appends entries to `log`
 //!   (clustered by commit position, so a batch fills pages in order however
-//!   many accounts it touches) and writes idempotency records and snapshots.
+//!   many accounts it touches), appends idempotency records (no index on
+//!   their random keys: they are read back whole on start) and writes
+//!   snapshots.
 //! - `history.db`: the per-account history index (`entry`, keyed by account
 //!   and sequence number, with the usage facts reports group by), derived
 //!   from `log` by an indexer thread in large sorted batches, with the
@@ -142,6 +144,23 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO log (pos, account, seq, body) SELECT pos, account, seq, body FROM entry ORDER BY pos;
     DROP TABLE entry;
 "#,
+    r#"
+    -- Idempotency records are only read back whole (on start) and purged by
+    -- expiry: appended in commit order, with no index on the (random) key.
+    -- The newest record of a key wins.
+    CREATE TABLE idempotency_log (
+        id          INTEGER PRIMARY KEY,
+        key         TEXT    NOT NULL,
+        fingerprint BLOB    NOT NULL,
+        status      INTEGER NOT NULL,
+        body        BLOB    NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_log_by_expiry ON idempotency_log (expires_at);
+    INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at)
+    SELECT key, fingerprint, status, body, expires_at FROM idempotency ORDER BY expires_at, key;
+    DROP TABLE idempotency;
+"#,
 ];
 
 /// The history index's schema (`history.db`), created when missing. It is
@@ -172,14 +191,14 @@ const HISTORY_SCHEMA: &str = r#"
 "#;
 
 /// Log entries the indexer takes per transaction.
-const INDEX_CHUNK: i64 = 50_000;
+const INDEX_CHUNK: i64 = 100_000;
 /// How long a history read waits for the index to reach the log's end.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
 /// With fewer entries than this to index and no reader waiting, the indexer
 /// lingers up to `INDEX_LINGER` for more: large sorted batches are what make
 /// it cheap (many entries per history page).
-const INDEX_BATCH: u64 = 20_000;
-const INDEX_LINGER: Duration = Duration::from_millis(200);
+const INDEX_BATCH: u64 = 100_000;
+const INDEX_LINGER: Duration = Duration::from_millis(1_000);
 
 /// The SQLite store. The writer connection is used by the committer; readers
 /// take a connection from a small pool (with `history.db` attached), so
@@ -648,7 +667,7 @@ impl Store for SqliteStore {
             }
             let mut idempotency = transaction
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO idempotency (key, fingerprint, status, body, expires_at)
+                    "INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(backend)?;
@@ -781,8 +800,8 @@ impl Store for SqliteStore {
         self.read(|connection| {
             let mut statement = connection
                 .prepare(
-                    "SELECT key, fingerprint, status, body, expires_at FROM idempotency
-                     WHERE expires_at > ?1 ORDER BY expires_at, key",
+                    "SELECT key, fingerprint, status, body, expires_at FROM idempotency_log
+                     WHERE expires_at > ?1 ORDER BY id",
                 )
                 .map_err(backend)?;
             let rows = statement
@@ -797,7 +816,15 @@ impl Store for SqliteStore {
                     })
                 })
                 .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            // The newest record of a key replaces older ones.
+            let mut newest = std::collections::HashMap::new();
+            for record in rows {
+                let record = record.map_err(backend)?;
+                newest.insert(record.key.clone(), record);
+            }
+            let mut records: Vec<IdempotencyRecord> = newest.into_values().collect();
+            records.sort_by(|a, b| (a.expires_at, &a.key).cmp(&(b.expires_at, &b.key)));
+            Ok(records)
         })
     }
 
@@ -805,7 +832,7 @@ impl Store for SqliteStore {
         let connection = lock(&self.writer);
         let purged = connection
             .execute(
-                "DELETE FROM idempotency WHERE expires_at <= ?1",
+                "DELETE FROM idempotency_log WHERE expires_at <= ?1",
                 [now.micros()],
             )
             .map_err(backend)?;

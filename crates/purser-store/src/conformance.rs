@@ -556,6 +556,22 @@ pub fn idempotency_records(store: &dyn Store) {
         .idempotency_records(at("2026-11-02T00:00:00Z"))
         .unwrap();
     assert_eq!(later, records[1..], "expired records are not loaded");
+    // A key stored again (after its first record expired, say): the newest wins.
+    let mut renewed = record("b", "2026-11-04T00:00:00Z");
+    renewed.status = 200;
+    store
+        .commit(Commit {
+            entries: &[],
+            idempotency: std::slice::from_ref(&renewed),
+            snapshots: &[],
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .idempotency_records(at("2026-11-02T00:00:00Z"))
+            .unwrap(),
+        std::slice::from_ref(&renewed)
+    );
     assert_eq!(
         store.purge_idempotency(at("2026-11-02T12:00:00Z")).unwrap(),
         1
@@ -564,7 +580,7 @@ pub fn idempotency_records(store: &dyn Store) {
         store
             .idempotency_records(at("2026-11-01T00:00:00Z"))
             .unwrap(),
-        records[1..]
+        std::slice::from_ref(&renewed)
     );
 }
 

@@ -12,6 +12,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use purser_server::config::{Config, default_toml};
 
+/// mimalloc: the server allocates small, short-lived buffers on every request
+/// across threads, where it beats glibc's allocator (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "purser", version, about = "The credits engine for AI products")]
 struct Cli {
