@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// How long to measure, in seconds (after the warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Stop after this many measured requests instead.
+    /// Stop after this many measured requests instead (the duration is then ignored).
     #[arg(long)]
     count: Option<u64>,
     /// Unmeasured warm-up, in seconds.
@@ -197,6 +197,35 @@ struct Shared {
     measuring: AtomicBool,
     stop: AtomicBool,
     start: Instant,
+    /// Open loop: one permit per request that has come due, released by a
+    /// pacer thread (tokio's timers tick in whole milliseconds, which would
+    /// add up to a millisecond to every latency counted from the due time).
+    due: tokio::sync::Semaphore,
+}
+
+/// Releases a permit for each request of the open-loop schedule as it comes
+/// due, sleeping with the OS timer's precision in between.
+fn pace(shared: &Shared, rate: u64) {
+    let rate = u128::from(rate.max(1));
+    let mut released: u128 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let elapsed = shared.start.elapsed().as_nanos();
+        let due_now = elapsed * rate / 1_000_000_000 + 1;
+        if due_now > released {
+            let more = usize::try_from(due_now - released).unwrap_or(usize::MAX);
+            shared
+                .due
+                .add_permits(more.min(tokio::sync::Semaphore::MAX_PERMITS / 2));
+            released = due_now;
+        }
+        let next = Duration::from_nanos(
+            u64::try_from(released * 1_000_000_000 / rate).unwrap_or(u64::MAX),
+        );
+        if let Some(wait) = next.checked_sub(shared.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    shared.due.close();
 }
 
 pub fn run(
@@ -221,7 +250,12 @@ pub fn run(
             measuring: AtomicBool::new(args.warmup == 0),
             stop: AtomicBool::new(false),
             start: Instant::now(),
+            due: tokio::sync::Semaphore::new(0),
             args,
+        });
+        let pacer = shared.args.rate.map(|rate| {
+            let shared = shared.clone();
+            std::thread::spawn(move || pace(&shared, rate))
         });
         let mut workers = Vec::new();
         for worker in 0..shared.args.concurrency.max(1) {
@@ -235,7 +269,11 @@ pub fn run(
         shared.done.store(0, Ordering::Relaxed);
         shared.measuring.store(true, Ordering::Relaxed);
         let measured_from = Instant::now();
-        let limit = Duration::from_secs(shared.args.duration.max(1));
+        // `--count` replaces the duration.
+        let limit = match shared.args.count {
+            Some(_) => Duration::MAX,
+            None => Duration::from_secs(shared.args.duration.max(1)),
+        };
         let mut last = 0;
         while measured_from.elapsed() < limit
             && shared
@@ -258,6 +296,10 @@ pub fn run(
         }
         let elapsed = measured_from.elapsed();
         shared.stop.store(true, Ordering::Relaxed);
+        if let Some(pacer) = pacer {
+            // It closes the schedule, so workers waiting for a due request stop.
+            let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+        }
         let mut total = Tally::new();
         for worker in workers {
             total.merge(worker.await??);
@@ -335,13 +377,17 @@ async fn work(shared: Arc<Shared>, worker: u64) -> anyhow::Result<Tally> {
     };
     let mut sequence = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
+        if args.rate.is_some() {
+            match shared.due.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+        }
         let ticket = shared.issued.fetch_add(1, Ordering::Relaxed);
         let due = match args.rate {
             Some(rate) => {
-                let due = shared.start
-                    + Duration::from_nanos(ticket.saturating_mul(1_000_000_000) / rate.max(1));
-                tokio::time::sleep_until(due.into()).await;
-                due
+                shared.start
+                    + Duration::from_nanos(ticket.saturating_mul(1_000_000_000) / rate.max(1))
             }
             None => Instant::now(),
         };
