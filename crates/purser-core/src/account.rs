@@ -40,7 +40,8 @@ impl AccountStatus {
 pub struct Account {
     pub(crate) id: AccountId,
     pub(crate) handle: AccountHandle,
-    pub(crate) name: Box<str>,
+    /// `None`: the same as the id (most accounts; saves an allocation).
+    pub(crate) name: Option<Box<str>>,
     pub(crate) tier: TierId,
     pub(crate) pending_tier: Option<TierId>,
     pub(crate) anchor: Timestamp,
@@ -133,7 +134,7 @@ impl Account {
         let mut account = Account {
             id: opened.id.clone(),
             handle,
-            name: opened.name.clone(),
+            name: (*opened.name != *opened.id.as_str()).then(|| opened.name.clone()),
             tier: opened.tier.clone(),
             pending_tier: None,
             anchor: opened.anchor,
@@ -305,7 +306,7 @@ impl Account {
 
     fn apply_update(&mut self, update: &AccountUpdate) {
         if let Some(name) = &update.name {
-            self.name = name.clone();
+            self.name = (**name != *self.id.as_str()).then(|| name.clone());
         }
         if let Some(metadata) = &update.metadata {
             self.metadata = metadata.clone();
@@ -647,7 +648,7 @@ impl Account {
         AccountSnapshot {
             id: self.id.clone(),
             handle: self.handle,
-            name: self.name.clone(),
+            name: self.name().into(),
             tier: self.tier.clone(),
             pending_tier: self.pending_tier.clone(),
             anchor: self.anchor,
@@ -667,10 +668,11 @@ impl Account {
     }
 
     pub fn restore(snapshot: AccountSnapshot) -> Account {
+        let name = (*snapshot.name != *snapshot.id.as_str()).then_some(snapshot.name);
         let mut account = Account {
             id: snapshot.id,
             handle: snapshot.handle,
-            name: snapshot.name,
+            name,
             tier: snapshot.tier,
             pending_tier: snapshot.pending_tier,
             anchor: snapshot.anchor,
@@ -706,7 +708,7 @@ impl Account {
         self.handle
     }
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_deref().unwrap_or(self.id.as_str())
     }
     pub fn tier(&self) -> &TierId {
         &self.tier

@@ -89,6 +89,19 @@ impl Ledger {
         self.accounts.iter()
     }
 
+    /// Gives back the spare capacity that growing left behind (after
+    /// recovery: a million accounts would otherwise keep up to half as much
+    /// again in empty slots).
+    pub fn shrink_to_fit(&mut self) {
+        self.accounts.shrink_to_fit();
+        self.by_id.shrink_to_fit();
+        for account in &mut self.accounts {
+            account.grants.shrink_to_fit();
+            account.holds.shrink_to_fit();
+            account.purchases.shrink_to_fit();
+        }
+    }
+
     /// Decides `command` at `now`. Entries (including time-driven ones due
     /// before it, which are written even when the command is refused) are
     /// appended to `out`, already applied to memory. Invariants are checked

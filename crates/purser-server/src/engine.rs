@@ -645,6 +645,9 @@ pub fn recover(
             Ok(())
         })
         .map_err(RecoveryError::Store)?;
+    for ledger in &mut ledgers {
+        ledger.shrink_to_fit();
+    }
     for ledger in &ledgers {
         for account in ledger.accounts() {
             // As of the account's last entry: work that fell due while the
