@@ -694,12 +694,24 @@ fn back(token: &str, page: &str, outcome: Result<&str, &Value>) -> Response {
         .expect("a redirect")
 }
 
-fn bad_form() -> Response {
-    problem(
-        StatusCode::BAD_REQUEST,
-        "This form could not be read",
-        "Reload the page and try again.",
-    )
+/// The session and fields of a form POST: the token checked, the body read
+/// as a form, the CSRF token and the origin checked; or the refusal page.
+fn accept_form(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<(Session, HashMap<String, String>), Response> {
+    let session = authenticate(state, token)?;
+    let Ok(Form(form)) = form else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "This form could not be read",
+            "Reload the page and try again.",
+        ));
+    };
+    check_form(state, headers, &session, &form)?;
+    Ok((session, form))
 }
 
 async fn change_tier(
@@ -708,16 +720,10 @@ async fn change_tier(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let session = match authenticate(&state, &token) {
-        Ok(session) => session,
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let Ok(Form(form)) = form else {
-        return bad_form();
-    };
-    if let Err(page) = check_form(&state, &headers, &session, &form) {
-        return page;
-    }
     let Some(tier) = form
         .get("tier")
         .and_then(|tier| TierId::parse(tier).ok())
@@ -755,16 +761,10 @@ async fn buy(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let session = match authenticate(&state, &token) {
-        Ok(session) => session,
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let Ok(Form(form)) = form else {
-        return bad_form();
-    };
-    if let Err(page) = check_form(&state, &headers, &session, &form) {
-        return page;
-    }
     let Some(package) = form
         .get("package")
         .and_then(|id| PackageId::parse(id).ok())
@@ -827,16 +827,10 @@ async fn cancel_purchase(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let session = match authenticate(&state, &token) {
-        Ok(session) => session,
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let Ok(Form(form)) = form else {
-        return bad_form();
-    };
-    if let Err(page) = check_form(&state, &headers, &session, &form) {
-        return page;
-    }
     let handle = match handle_of(&state, &session).await {
         Ok(handle) => handle,
         Err(page) => return page,
