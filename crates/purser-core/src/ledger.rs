@@ -1,6 +1,6 @@
 //! A partition of accounts: the unit a single writer owns.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::account::{Account, AccountSnapshot, ApplyError};
@@ -35,9 +35,12 @@ pub struct Ledger {
     partition: u16,
     catalog: Arc<Catalog>,
     accounts: Vec<Account>,
-    /// Account ids are the operator's own, not an attacker's: a fast,
-    /// seeded hash is enough.
-    by_id: HashMap<AccountId, u32, foldhash::fast::RandomState>,
+    /// Positions in `accounts`, found by hashing the account's own id (four
+    /// bytes a slot instead of a second reference to the id). Account ids
+    /// are the operator's own, not an attacker's: a fast, seeded hash is
+    /// enough.
+    by_id: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Ledger {
@@ -46,7 +49,8 @@ impl Ledger {
             partition,
             catalog,
             accounts: Vec::new(),
-            by_id: HashMap::default(),
+            by_id: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -73,9 +77,32 @@ impl Ledger {
     }
 
     pub fn account(&self, id: &str) -> Option<&Account> {
+        self.position(id)
+            .map(|index| &self.accounts[index as usize])
+    }
+
+    /// The position of the account with this id.
+    fn position(&self, id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
         self.by_id
-            .get(id)
-            .map(|&index| &self.accounts[index as usize])
+            .find(hash, |&index| {
+                self.accounts[index as usize].id.as_str() == id
+            })
+            .copied()
+    }
+
+    /// Indexes the account at `position` (already in `accounts`) by its id.
+    fn index_id(&mut self, position: u32) {
+        let Ledger {
+            by_id,
+            accounts,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(accounts[position as usize].id.as_str());
+        by_id.insert_unique(hash, position, |&index| {
+            hasher.hash_one(accounts[index as usize].id.as_str())
+        });
     }
 
     pub fn account_by_handle(&self, handle: AccountHandle) -> Option<&Account> {
@@ -94,7 +121,13 @@ impl Ledger {
     /// again in empty slots).
     pub fn shrink_to_fit(&mut self) {
         self.accounts.shrink_to_fit();
-        self.by_id.shrink_to_fit();
+        let Ledger {
+            by_id,
+            accounts,
+            hasher,
+            ..
+        } = self;
+        by_id.shrink_to_fit(|&index| hasher.hash_one(accounts[index as usize].id.as_str()));
         for account in &mut self.accounts {
             account.grants.shrink_to_fit();
             account.holds.shrink_to_fit();
@@ -114,9 +147,8 @@ impl Ledger {
     ) -> Result<Receipt, Rejection> {
         let index = match command.target() {
             Target::New(_) => return self.open(now, command, out),
-            Target::Id(id) => *self
-                .by_id
-                .get(id.as_str())
+            Target::Id(id) => self
+                .position(id.as_str())
                 .ok_or(Rejection::AccountNotFound)?,
             Target::Handle(handle) => self.index_of(handle).ok_or_else(|| command.not_found())?,
         };
@@ -205,7 +237,7 @@ impl Ledger {
         member_monthly_cap: Option<Credits>,
         metadata: Metadata,
     ) -> Result<Opened, Rejection> {
-        if self.by_id.contains_key(id.as_str()) {
+        if self.position(id.as_str()).is_some() {
             return Err(Rejection::AccountExists);
         }
         if self.catalog.tier(tier.as_str()).is_none() {
@@ -238,13 +270,13 @@ impl Ledger {
             return Err(ApplyError::WrongPartition);
         }
         if entry.account.index() as usize != self.accounts.len()
-            || self.by_id.contains_key(opened.id.as_str())
+            || self.position(opened.id.as_str()).is_some()
         {
             return Err(ApplyError::AccountExists);
         }
-        self.by_id.insert(opened.id.clone(), entry.account.index());
         self.accounts
             .push(Account::open(entry.account, entry.seq, entry.at, opened));
+        self.index_id(entry.account.index());
         Ok(())
     }
 
@@ -260,12 +292,12 @@ impl Ledger {
             return Err(ApplyError::WrongPartition);
         }
         if handle.index() as usize != self.accounts.len()
-            || self.by_id.contains_key(snapshot.id.as_str())
+            || self.position(snapshot.id.as_str()).is_some()
         {
             return Err(ApplyError::AccountExists);
         }
-        self.by_id.insert(snapshot.id.clone(), handle.index());
         self.accounts.push(Account::restore(snapshot));
+        self.index_id(handle.index());
         Ok(())
     }
 

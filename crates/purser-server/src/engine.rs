@@ -276,12 +276,13 @@ struct Shard {
 
 impl Shard {
     fn run(mut self) {
-        for ledger in &self.ledgers {
-            for account in ledger.accounts() {
-                self.due
-                    .push(Reverse((account.next_due(), account.handle().raw())));
-            }
-        }
+        let due: Vec<_> = self
+            .ledgers
+            .iter()
+            .flat_map(|ledger| ledger.accounts())
+            .map(|account| Reverse((account.next_due(), account.handle().raw())))
+            .collect();
+        self.due = BinaryHeap::from(due);
         loop {
             let first = match self.rx.recv_timeout(self.idle_wait()) {
                 Ok(job) => Some(job),
@@ -403,6 +404,13 @@ impl Shard {
                 .and_then(|a| a.hold(hold.seq));
             shape = render::Shape::Released(active.cloned().map(Box::new));
         }
+        // The heap holds an entry for each account's current due instant:
+        // only a command that moves it needs a new one.
+        let due_before = match command.target() {
+            Target::New(_) => None,
+            Target::Id(id) => ledger.account(id.as_str()).map(|a| a.next_due()),
+            Target::Handle(handle) => ledger.account_by_handle(handle).map(|a| a.next_due()),
+        };
         let before = batch.entries.len();
         let result = ledger.execute(now, command, &mut batch.entries);
         let (answer, handle) = match result {
@@ -422,7 +430,9 @@ impl Shard {
         };
         if let Some(handle) = handle {
             let account = ledger.account_by_handle(handle).expect("known account");
-            self.due.push(Reverse((account.next_due(), handle.raw())));
+            if due_before != Some(account.next_due()) {
+                self.due.push(Reverse((account.next_due(), handle.raw())));
+            }
         }
         if let (Some(claim), Answer::Json { status, body }) = (claim, &answer)
             && (200..300).contains(status)
