@@ -56,9 +56,10 @@ pub struct Account {
     pub(crate) debt: Credits,
     /// In burn order.
     pub(crate) grants: Vec<Grant>,
-    /// Active holds, in the order placed.
-    pub(crate) holds: Vec<Hold>,
-    pub(crate) purchases: Vec<Purchase>,
+    /// Active holds, in the order placed. Thin vectors (one pointer, no
+    /// allocation while empty): most accounts have neither.
+    pub(crate) holds: thin_vec::ThinVec<Hold>,
+    pub(crate) purchases: thin_vec::ThinVec<Purchase>,
     /// Credits each member consumed in the current period. Boxed: most
     /// accounts have none, and an empty `Option<Box<_>>` is one word.
     #[allow(clippy::box_collection)]
@@ -148,8 +149,8 @@ impl Account {
             next_seq: entry_seq + 1,
             debt: Credits::ZERO,
             grants: Vec::new(),
-            holds: Vec::new(),
-            purchases: Vec::new(),
+            holds: thin_vec::ThinVec::new(),
+            purchases: thin_vec::ThinVec::new(),
             member_usage: None,
             reversed: None,
             next_due: Timestamp::NEVER,
@@ -660,8 +661,8 @@ impl Account {
             next_seq: self.next_seq,
             debt: self.debt,
             grants: self.grants.clone(),
-            holds: self.holds.clone(),
-            purchases: self.purchases.clone(),
+            holds: self.holds.to_vec(),
+            purchases: self.purchases.to_vec(),
             member_usage,
             reversed,
         }
@@ -686,8 +687,8 @@ impl Account {
             next_seq: snapshot.next_seq,
             debt: snapshot.debt,
             grants: snapshot.grants,
-            holds: snapshot.holds,
-            purchases: snapshot.purchases,
+            holds: snapshot.holds.into(),
+            purchases: snapshot.purchases.into(),
             member_usage: (!snapshot.member_usage.is_empty())
                 .then(|| Box::new(snapshot.member_usage.into_iter().collect())),
             reversed: (!snapshot.reversed.is_empty())
