@@ -23,6 +23,9 @@ pub struct Receipt {
     /// (the debit, the hold, the grant…); `None` when the command changed
     /// nothing (completing a completed purchase, choosing the current tier).
     pub primary: Option<usize>,
+    /// Whether the account's next due instant ([`Account::next_due`]) moved:
+    /// a scheduler keeping one entry per account needs a new one only then.
+    pub due_moved: bool,
 }
 
 /// The accounts of one partition, and the catalog they are charged against.
@@ -154,6 +157,7 @@ impl Ledger {
         };
         let catalog = &*self.catalog;
         let account = &mut self.accounts[index as usize];
+        let due_before = account.next_due();
         account.advance(catalog, now, out);
         let decided = dispatch(account, Context { catalog, now, out }, command);
         account.settle_debt(now, out);
@@ -163,6 +167,7 @@ impl Ledger {
         decided.map(|primary| Receipt {
             account: account.handle(),
             primary,
+            due_moved: account.next_due() != due_before,
         })
     }
 
@@ -223,6 +228,7 @@ impl Ledger {
         Ok(Receipt {
             account: handle,
             primary: Some(primary),
+            due_moved: true,
         })
     }
 

@@ -216,6 +216,56 @@ fn error_answer(error: ApiError) -> Submitted {
     Submitted::Answered(error.status, error.body())
 }
 
+/// Claims a request's idempotency key: `Ok(None)` without a key,
+/// `Ok(Some(claim))` for a new one, `Err` with the answer to give instead (a
+/// replay's first answer, or the refusal of a key in use or reused).
+pub(crate) fn claim_key(
+    state: &AppState,
+    key: Option<String>,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<KeyClaim>, (u16, Vec<u8>)> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let print = fingerprint("POST", path, body);
+    match state.idempotency.claim(&key, print, state.clock.now()) {
+        Claimed::New => Ok(Some(KeyClaim {
+            key,
+            fingerprint: print,
+        })),
+        Claimed::Replay(stored) => Err((stored.status, stored.body.to_vec())),
+        Claimed::Mismatch => {
+            let error = ApiError::idempotency(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            );
+            Err((error.status, error.body()))
+        }
+        Claimed::InFlight => {
+            let error = ApiError::idempotency(
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still running",
+            );
+            Err((error.status, error.body()))
+        }
+    }
+}
+
+/// Settles a claimed key with its request's answer: remembered if accepted,
+/// released otherwise (refusals are judged afresh on retry).
+pub(crate) fn release_key(state: &AppState, key: &str, status: u16, body: &[u8]) {
+    if (200..300).contains(&status) {
+        let stored = Stored {
+            status,
+            body: body.to_vec().into(),
+        };
+        state.idempotency.finish(key, stored, state.clock.now());
+    } else {
+        state.idempotency.abandon(key);
+    }
+}
+
 /// Claims the idempotency key (if any) and queues the command; does not wait.
 pub(crate) fn start(
     state: &AppState,
@@ -224,32 +274,9 @@ pub(crate) fn start(
     path: &str,
     body: &[u8],
 ) -> Submitted {
-    let claim = match key {
-        None => None,
-        Some(key) => {
-            let print = fingerprint("POST", path, body);
-            match state.idempotency.claim(&key, print, state.clock.now()) {
-                Claimed::New => Some(KeyClaim {
-                    key,
-                    fingerprint: print,
-                }),
-                Claimed::Replay(stored) => {
-                    return Submitted::Answered(stored.status, stored.body.to_vec());
-                }
-                Claimed::Mismatch => {
-                    return error_answer(ApiError::idempotency(
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used with a different request",
-                    ));
-                }
-                Claimed::InFlight => {
-                    return error_answer(ApiError::idempotency(
-                        "idempotency_key_in_use",
-                        "a request with this Idempotency-Key is still running",
-                    ));
-                }
-            }
-        }
+    let claim = match claim_key(state, key, path, body) {
+        Ok(claim) => claim,
+        Err((status, body)) => return Submitted::Answered(status, body),
     };
     let key = claim.as_ref().map(|claim| claim.key.clone());
     match state.engine.submit_command(command, claim) {
@@ -277,15 +304,7 @@ pub(crate) async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<
     match answer {
         Answer::Json { status, body } => {
             if let Some(key) = key {
-                if (200..300).contains(&status) {
-                    let stored = Stored {
-                        status,
-                        body: body.clone().into(),
-                    };
-                    state.idempotency.finish(&key, stored, state.clock.now());
-                } else {
-                    state.idempotency.abandon(&key);
-                }
+                release_key(state, &key, status, &body);
             }
             (status, body)
         }

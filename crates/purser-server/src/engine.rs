@@ -404,23 +404,19 @@ impl Shard {
                 .and_then(|a| a.hold(hold.seq));
             shape = render::Shape::Released(active.cloned().map(Box::new));
         }
-        // The heap holds an entry for each account's current due instant:
-        // only a command that moves it needs a new one.
-        let due_before = match command.target() {
-            Target::New(_) => None,
-            Target::Id(id) => ledger.account(id.as_str()).map(|a| a.next_due()),
-            Target::Handle(handle) => ledger.account_by_handle(handle).map(|a| a.next_due()),
-        };
         let before = batch.entries.len();
         let result = ledger.execute(now, command, &mut batch.entries);
-        let (answer, handle) = match result {
+        // The heap holds an entry for each account's current due instant: a
+        // new one only when a command moved it (a refusal moved it only if
+        // time-driven work ran before it).
+        let (answer, moved) = match result {
             Ok(receipt) => {
                 let account = ledger
                     .account_by_handle(receipt.account)
                     .expect("receipt names an account");
                 (
                     render::accepted(shape, &receipt, account, &batch.entries, now),
-                    Some(receipt.account),
+                    receipt.due_moved.then_some(receipt.account),
                 )
             }
             Err(rejection) => (
@@ -428,11 +424,9 @@ impl Shard {
                 batch.entries.get(before).map(|e| e.account),
             ),
         };
-        if let Some(handle) = handle {
+        if let Some(handle) = moved {
             let account = ledger.account_by_handle(handle).expect("known account");
-            if due_before != Some(account.next_due()) {
-                self.due.push(Reverse((account.next_due(), handle.raw())));
-            }
+            self.due.push(Reverse((account.next_due(), handle.raw())));
         }
         if let (Some(claim), Answer::Json { status, body }) = (claim, &answer)
             && (200..300).contains(status)

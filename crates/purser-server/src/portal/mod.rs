@@ -264,32 +264,12 @@ pub async fn create_session(
             ));
         }
         let path = format!("/v1/accounts/{id}/portal_sessions");
-        let claim = match &key {
-            None => None,
-            Some(key) => {
-                let print = crate::idempotency::fingerprint("POST", &path, &body);
-                match state.idempotency.claim(key, print, state.clock.now()) {
-                    crate::idempotency::Claimed::New => Some(key.clone()),
-                    crate::idempotency::Claimed::Replay(stored) => {
-                        return Ok(json_response(stored.status, stored.body.to_vec()));
-                    }
-                    crate::idempotency::Claimed::Mismatch => {
-                        return Err(ApiError::idempotency(
-                            "idempotency_key_reused",
-                            "this Idempotency-Key was used with a different request",
-                        ));
-                    }
-                    crate::idempotency::Claimed::InFlight => {
-                        return Err(ApiError::idempotency(
-                            "idempotency_key_in_use",
-                            "a request with this Idempotency-Key is still running",
-                        ));
-                    }
-                }
-            }
+        let claim = match api::claim_key(&state, key, &path, &body) {
+            Ok(claim) => claim,
+            Err((status, body)) => return Ok(json_response(status, body)),
         };
         let created = async {
-            let (_, _) = api::account_handle(&state, &id).await?;
+            api::account_handle(&state, &id).await?;
             let account = purser_core::AccountId::parse(&id)
                 .map_err(|_| ApiError::not_found("account_not_found", "no such account"))?;
             let now = state.clock.now();
@@ -320,25 +300,14 @@ pub async fn create_session(
             }))
         }
         .await;
-        match (created, claim) {
-            (Ok(value), claim) => {
-                let body = serde_json::to_vec(&value).expect("JSON");
-                if let Some(key) = claim {
-                    let stored = crate::idempotency::Stored {
-                        status: 201,
-                        body: body.clone().into(),
-                    };
-                    state.idempotency.finish(&key, stored, state.clock.now());
-                }
-                Ok(json_response(201, body))
-            }
-            (Err(error), claim) => {
-                if let Some(key) = claim {
-                    state.idempotency.abandon(&key);
-                }
-                Err(error)
-            }
+        let (status, body) = match created {
+            Ok(value) => (201, serde_json::to_vec(&value).expect("JSON")),
+            Err(error) => (error.status, error.body()),
+        };
+        if let Some(claim) = claim {
+            api::release_key(&state, &claim.key, status, &body);
         }
+        Ok(json_response(status, body))
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -668,18 +637,15 @@ async fn run(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-/// 303 to a page of the portal, with a notice or an error code.
-fn back(token: &str, page: &str, outcome: Result<&str, &Value>) -> Response {
-    let suffix = if page.is_empty() {
-        String::new()
-    } else {
-        format!("/{page}")
-    };
+/// 303 to the billing page, with a notice or the error code of an answer
+/// (the page words both from fixed texts: nothing from here is echoed).
+fn back(token: &str, outcome: Result<&str, &Value>) -> Response {
     let query = match outcome {
         Ok(notice) => format!("notice={notice}"),
-        Err(error) => {
-            let code = error["error"]["code"].as_str().unwrap_or("failed");
-            let code: String = code
+        Err(answer) => {
+            let code: String = answer["error"]["code"]
+                .as_str()
+                .unwrap_or("failed")
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
@@ -689,7 +655,7 @@ fn back(token: &str, page: &str, outcome: Result<&str, &Value>) -> Response {
     };
     Response::builder()
         .status(StatusCode::SEE_OTHER)
-        .header(header::LOCATION, format!("/portal/{token}{suffix}?{query}"))
+        .header(header::LOCATION, format!("/portal/{token}/billing?{query}"))
         .body(Body::empty())
         .expect("a redirect")
 }
@@ -729,11 +695,7 @@ async fn change_tier(
         .and_then(|tier| TierId::parse(tier).ok())
         .filter(|tier| state.catalog.tier(tier.as_str()).is_some())
     else {
-        return back(
-            &token,
-            "billing",
-            Err(&json!({"error": {"code": "unknown_tier"}})),
-        );
+        return back(&token, Err(&json!({"error": {"code": "unknown_tier"}})));
     };
     let command = Command::ChangeTier {
         account: session.account.clone(),
@@ -743,7 +705,7 @@ async fn change_tier(
     let path = format!("/portal/{token}/tier");
     let (status, answer) = run(&state, &session, &form, &path, command, "tier").await;
     if status != 200 {
-        return back(&token, "billing", Err(&answer));
+        return back(&token, Err(&answer));
     }
     let notice = if answer["pending_tier"].as_str() == Some(tier.as_str()) {
         "downgrade_scheduled"
@@ -752,7 +714,7 @@ async fn change_tier(
     } else {
         "tier_changed"
     };
-    back(&token, "billing", Ok(notice))
+    back(&token, Ok(notice))
 }
 
 async fn buy(
@@ -770,11 +732,7 @@ async fn buy(
         .and_then(|id| PackageId::parse(id).ok())
         .and_then(|id| state.catalog.package(id.as_str()).cloned())
     else {
-        return back(
-            &token,
-            "billing",
-            Err(&json!({"error": {"code": "unknown_package"}})),
-        );
+        return back(&token, Err(&json!({"error": {"code": "unknown_package"}})));
     };
     let path = format!("/portal/{token}/purchases");
     let command = Command::CreatePurchase {
@@ -783,7 +741,7 @@ async fn buy(
     };
     let (status, purchase) = run(&state, &session, &form, &path, command, "create").await;
     if status != 201 && status != 200 {
-        return back(&token, "billing", Err(&purchase));
+        return back(&token, Err(&purchase));
     }
     let Some(id) = purchase["id"].as_str() else {
         return unavailable();
@@ -800,7 +758,7 @@ async fn buy(
         return_url: &billing,
     };
     match state.portal.payments.checkout(&request) {
-        Checkout::AwaitingConfirmation => back(&token, "billing", Ok("purchase_pending")),
+        Checkout::AwaitingConfirmation => back(&token, Ok("purchase_pending")),
         Checkout::Redirect(url) => Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(header::LOCATION, url)
@@ -813,9 +771,9 @@ async fn buy(
             let command = Command::CompletePurchase { purchase };
             let (status, answer) = run(&state, &session, &form, &path, command, "complete").await;
             if status == 200 {
-                back(&token, "billing", Ok("purchase_completed"))
+                back(&token, Ok("purchase_completed"))
             } else {
-                back(&token, "billing", Err(&answer))
+                back(&token, Err(&answer))
             }
         }
     }
@@ -849,9 +807,9 @@ async fn cancel_purchase(
     let command = Command::CancelPurchase { purchase };
     let (status, answer) = run(&state, &session, &form, &path, command, "cancel").await;
     if status == 200 {
-        back(&token, "billing", Ok("purchase_canceled"))
+        back(&token, Ok("purchase_canceled"))
     } else {
-        back(&token, "billing", Err(&answer))
+        back(&token, Err(&answer))
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::chart;
 use super::forecast::Forecast;
 use super::format;
+use super::{micros, time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
@@ -154,6 +155,15 @@ fn amount(test_id: &str, text: &str) -> Markup {
     }
 }
 
+/// A time from the API's JSON, as a `<time>` with the date and time.
+fn when(value: &Value) -> Markup {
+    html! {
+        @if let Some(at) = time(value) {
+            time datetime=(at.to_string()) { (format::date_time(at)) }
+        }
+    }
+}
+
 fn amount_of(value: &Value) -> &str {
     value.as_str().unwrap_or("0")
 }
@@ -253,15 +263,8 @@ fn forecast_text(forecast: &Forecast, period_end: Timestamp) -> String {
 pub fn credits(view: &Credits<'_>) -> Markup {
     let balance = &view.account["balance"];
     let budget = &balance["budget"];
-    let period_start = budget["period_start"]
-        .as_str()
-        .and_then(Timestamp::parse_rfc3339)
-        .unwrap_or(view.now);
-    let period_end = budget["period_end"]
-        .as_str()
-        .and_then(Timestamp::parse_rfc3339)
-        .unwrap_or(view.now);
-    let micros = |v: &Value| v.as_str().and_then(format::parse_micros).unwrap_or(0);
+    let period_start = time(&budget["period_start"]).unwrap_or(view.now);
+    let period_end = time(&budget["period_end"]).unwrap_or(view.now);
     let (used, granted) = (micros(&budget["used"]), micros(&budget["granted"]));
     let held = micros(&balance["held"]);
     let debt = micros(&balance["debt"]);
@@ -382,11 +385,7 @@ pub fn credits(view: &Credits<'_>) -> Markup {
                             @let (what, details) = describe(tx, view.catalog);
                             @let credits = amount_of(&tx["credits"]);
                             tr {
-                                td.nowrap {
-                                    @if let Some(at) = tx["created_at"].as_str().and_then(Timestamp::parse_rfc3339) {
-                                        time datetime=(at.to_string()) { (format::date_time(at)) }
-                                    }
-                                }
+                                td.nowrap { (when(&tx["created_at"])) }
                                 td { (what) }
                                 td.details { (details) }
                                 td class=(signed_class(credits)) { (signed(credits)) }
@@ -528,10 +527,7 @@ pub fn billing(view: &Billing<'_>) -> Markup {
     let account = view.account;
     let current = account["tier"].as_str().unwrap_or("");
     let pending = account["pending_tier"].as_str();
-    let period_end = account["balance"]["budget"]["period_end"]
-        .as_str()
-        .and_then(Timestamp::parse_rfc3339)
-        .unwrap_or(view.now);
+    let period_end = time(&account["balance"]["budget"]["period_end"]).unwrap_or(view.now);
     let catalog = view.catalog;
     let currency = catalog.currency();
     let current_credits = catalog
@@ -666,11 +662,7 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                                 @let status = purchase["status"].as_str().unwrap_or("");
                                 @let package = purchase["package"].as_str().unwrap_or("");
                                 tr {
-                                    td.nowrap {
-                                        @if let Some(at) = purchase["created_at"].as_str().and_then(Timestamp::parse_rfc3339) {
-                                            time datetime=(at.to_string()) { (format::date_time(at)) }
-                                        }
-                                    }
+                                    td.nowrap { (when(&purchase["created_at"])) }
                                     td { (catalog.package(package).map_or(package, |p| p.name.as_str())) }
                                     td.r.num { (format::group(amount_of(&purchase["credits"]))) }
                                     td.r.num { (format::price(amount_of(&purchase["price"]), currency)) }

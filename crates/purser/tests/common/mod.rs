@@ -58,16 +58,29 @@ impl ServerProcess {
     /// (e.g. `&["--payment-provider", "instant"]`).
     pub fn start_with(data_dir: &Path, log_name: &str, extra_args: &[&str]) -> ServerProcess {
         let work_dir = data_dir.parent().expect("the data directory has a parent");
+        let mut args = vec![std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
+        ServerProcess::spawn(work_dir, log_name, &args, "warn")
+    }
+
+    /// Runs `purser serve --listen <a free port> <args>` in `work_dir`, logging
+    /// at `log_level` to `<work_dir>/<log_name>.log`, and waits until
+    /// `/healthz` answers.
+    fn spawn(
+        work_dir: &Path,
+        log_name: &str,
+        args: &[&std::ffi::OsStr],
+        log_level: &str,
+    ) -> ServerProcess {
         let log = work_dir.join(format!("{log_name}.log"));
         let port = free_port();
         let out = File::create(&log).expect("create the server log");
         let err = out.try_clone().expect("clone the log handle");
         let child = purser()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra_args)
+            .args(args)
             .env("PURSER_ADMIN_KEY", ADMIN_KEY)
+            .env("PURSER_LOG", log_level)
             .current_dir(work_dir)
             .stdout(out)
             .stderr(err)
@@ -230,27 +243,11 @@ impl ServerProcess {
     /// log if it does not within 10 s. It runs in `work_dir` (so no stray
     /// `purser.toml` is picked up) and logs to `<work_dir>/<log_name>.log`.
     pub fn start_on_database(database_url: &str, work_dir: &Path, log_name: &str) -> ServerProcess {
-        let log = work_dir.join(format!("{log_name}.log"));
-        let port = free_port();
-        let out = File::create(&log).expect("create the server log");
-        let err = out.try_clone().expect("clone the log handle");
-        let child = purser()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", database_url])
-            .env("PURSER_ADMIN_KEY", ADMIN_KEY)
-            .env("PURSER_LOG", "info")
-            .current_dir(work_dir)
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn purser serve");
-        let mut server = ServerProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        server.wait_healthy(port);
-        server
+        let args = [
+            std::ffi::OsStr::new("--database-url"),
+            std::ffi::OsStr::new(database_url),
+        ];
+        ServerProcess::spawn(work_dir, log_name, &args, "info")
     }
 
     /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the server.
