@@ -183,20 +183,25 @@ const HISTORY_SCHEMA: &str = r#"
         debit_seq INTEGER,
         PRIMARY KEY (account, seq)
     ) WITHOUT ROWID;
+    -- `pos`: the log is indexed up to here. `partial`: rows of a batch
+    -- being indexed may go up to here (the batch is inserted in slices).
     CREATE TABLE IF NOT EXISTS indexed (
-        one INTEGER PRIMARY KEY CHECK (one = 1),
-        pos INTEGER NOT NULL
+        one     INTEGER PRIMARY KEY CHECK (one = 1),
+        pos     INTEGER NOT NULL,
+        partial INTEGER NOT NULL DEFAULT 0
     );
     INSERT OR IGNORE INTO indexed (one, pos) VALUES (1, 0);
 "#;
 
-/// Log entries the indexer takes per transaction.
+/// Log entries the indexer takes (and sorts) per batch.
 const INDEX_CHUNK: i64 = 100_000;
-/// How long a history read waits for the index to reach the log's end.
-const INDEX_WAIT: Duration = Duration::from_secs(30);
-/// With fewer entries than this to index and no reader waiting, the indexer
-/// lingers up to `INDEX_LINGER` for more: large sorted batches are what make
-/// it cheap (many entries per history page).
+/// Index rows inserted per transaction: the index's write lock is never held
+/// longer than one slice, so a history read that needs the index to catch up
+/// waits at most one slice of the background indexer before it takes over.
+const INDEX_SLICE: usize = 2_000;
+/// With fewer entries than this to index, the background indexer lingers up
+/// to `INDEX_LINGER` for more: large sorted batches are what make it cheap
+/// (many entries per history page).
 const INDEX_BATCH: u64 = 100_000;
 const INDEX_LINGER: Duration = Duration::from_millis(1_000);
 
@@ -211,6 +216,9 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     index: Arc<IndexState>,
+    /// The index's writer, shared by the background thread and by history
+    /// reads that need it to catch up.
+    worker: Arc<Mutex<IndexWorker>>,
     indexer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -228,9 +236,7 @@ struct Progress {
     /// The last position in the history index.
     indexed: u64,
     stop: bool,
-    /// History reads waiting for the index: the indexer does not linger.
-    waiting: usize,
-    /// Why the indexer stopped, if it failed.
+    /// Why the background indexer stopped, if it failed.
     failed: Option<String>,
 }
 
@@ -289,12 +295,19 @@ impl SqliteStore {
             progress.committed = committed as u64;
             progress.indexed = indexed as u64;
         }
-        let log_reader = open_reader(&path, None)?;
+        let worker = Arc::new(Mutex::new(IndexWorker {
+            log: open_reader(&path, None)?,
+            history,
+            batch: Vec::new(),
+            next: 0,
+            reached: 0,
+        }));
         let indexer = {
             let index = index.clone();
+            let worker = worker.clone();
             std::thread::Builder::new()
                 .name("purser-indexer".into())
-                .spawn(move || run_indexer(&log_reader, history, &index))
+                .spawn(move || run_indexer(&worker, &index))
                 .map_err(|e| StoreError::Backend(format!("starting the indexer: {e}")))?
         };
         Ok(SqliteStore {
@@ -303,45 +316,26 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             index,
+            worker,
             indexer: Some(indexer),
         })
     }
 
-    /// Waits until the history index holds everything committed so far.
+    /// Brings the history index up to everything committed so far. The
+    /// background indexer runs at idle priority; a read that finds it behind
+    /// does the rest itself, at the reader's priority (waiting at most for
+    /// the slice the background thread is in).
     fn wait_indexed(&self) -> Result<(), StoreError> {
-        let deadline = std::time::Instant::now() + INDEX_WAIT;
-        let mut progress = lock(&self.index.progress);
-        let target = progress.committed;
-        if progress.indexed >= target {
-            return Ok(());
+        let target = lock(&self.index.progress).committed;
+        let mut worker = lock(&self.worker);
+        loop {
+            if lock(&self.index.progress).indexed >= target {
+                return Ok(());
+            }
+            worker
+                .step(&self.index, usize::MAX)
+                .map_err(|error| StoreError::Backend(format!("the history index: {error}")))?;
         }
-        // Tell the indexer someone is waiting, so it does not linger.
-        progress.waiting += 1;
-        self.index.changed.notify_all();
-        let result = loop {
-            if progress.indexed >= target {
-                break Ok(());
-            }
-            if let Some(error) = &progress.failed {
-                break Err(StoreError::Backend(format!(
-                    "the history index failed: {error}"
-                )));
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break Err(StoreError::Backend(
-                    "the history index is behind the journal".into(),
-                ));
-            }
-            progress = self
-                .index
-                .changed
-                .wait_timeout(progress, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
-        };
-        progress.waiting -= 1;
-        result
     }
 
     /// A read of the history index, once it holds every committed entry.
@@ -440,11 +434,19 @@ fn open_history(path: &Path, committed: u64) -> Result<Connection, StoreError> {
             )
             .map_err(backend)?;
         connection.execute_batch(HISTORY_SCHEMA).map_err(backend)?;
+        // A history.db from before batches were indexed in slices.
+        if connection.prepare("SELECT partial FROM indexed").is_err() {
+            connection
+                .execute_batch("ALTER TABLE indexed ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+                .map_err(backend)?;
+        }
         Ok(connection)
     };
     let connection = open()?;
     let indexed: i64 = connection
-        .query_row("SELECT pos FROM indexed", [], |row| row.get(0))
+        .query_row("SELECT MAX(pos, partial) FROM indexed", [], |row| {
+            row.get(0)
+        })
         .map_err(backend)?;
     if indexed as u64 <= committed {
         return Ok(connection);
@@ -455,17 +457,21 @@ fn open_history(path: &Path, committed: u64) -> Result<Connection, StoreError> {
         "history.db is ahead of the journal: rebuilding it"
     );
     connection
-        .execute_batch("DELETE FROM entry; UPDATE indexed SET pos = 0;")
+        .execute_batch("DELETE FROM entry; UPDATE indexed SET pos = 0, partial = 0;")
         .map_err(backend)?;
     Ok(connection)
 }
 
-/// The indexer: takes the log after the indexed position in chunks, sorts
-/// each by account and sequence, and inserts it into `history.db` with the
-/// new position, one transaction per chunk.
-fn run_indexer(log: &Connection, mut history: Connection, index: &IndexState) {
+/// The background indexer: waits until there is a batch worth indexing (or
+/// the linger runs out), then indexes it one slice per transaction,
+/// releasing the index between slices. It runs at idle scheduling priority:
+/// building the index is deferrable work and must not take CPU from the
+/// commands in flight (history reads never wait for it; see
+/// [`SqliteStore::wait_indexed`]).
+fn run_indexer(worker: &Mutex<IndexWorker>, index: &IndexState) {
+    lower_priority();
     loop {
-        let from = {
+        {
             let mut progress = lock(&index.progress);
             let mut linger_until: Option<std::time::Instant> = None;
             loop {
@@ -474,11 +480,9 @@ fn run_indexer(log: &Connection, mut history: Connection, index: &IndexState) {
                 }
                 let pending = progress.committed.saturating_sub(progress.indexed);
                 let now = std::time::Instant::now();
-                if pending >= INDEX_BATCH
-                    || (pending > 0
-                        && (progress.waiting > 0 || linger_until.is_some_and(|t| now >= t)))
+                if pending >= INDEX_BATCH || (pending > 0 && linger_until.is_some_and(|t| now >= t))
                 {
-                    break progress.indexed;
+                    break;
                 }
                 progress = if pending == 0 {
                     linger_until = None;
@@ -495,23 +499,42 @@ fn run_indexer(log: &Connection, mut history: Connection, index: &IndexState) {
                         .0
                 };
             }
-        };
-        match index_chunk(log, &mut history, from) {
-            Ok(reached) => {
-                let mut progress = lock(&index.progress);
-                progress.indexed = reached;
-                // Positions this process did not commit (another writer's
-                // log, or a crash's tail) still count as committed.
-                progress.committed = progress.committed.max(reached);
-                index.changed.notify_all();
-            }
-            Err(error) => {
-                tracing::error!(%error, "the history indexer stopped: history reads fail until restart");
-                let mut progress = lock(&index.progress);
-                progress.failed = Some(error.to_string());
-                index.changed.notify_all();
+        }
+        loop {
+            if lock(&index.progress).stop {
                 return;
             }
+            let outcome = lock(worker).step(index, INDEX_SLICE);
+            match outcome {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "the background history indexer stopped; history reads index for themselves");
+                    lock(&index.progress).failed = Some(error.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Puts the calling thread in the idle scheduling class (Linux): it runs only
+/// on CPU time nothing else wants.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let set = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            idle,
+        );
+        if let Err(error) = set {
+            tracing::debug!(?error, "could not lower the indexer's priority");
         }
     }
 }
@@ -526,10 +549,110 @@ struct IndexRow {
     usage: Option<purser_store::Usage>,
 }
 
-fn index_chunk(log: &Connection, history: &mut Connection, from: u64) -> Result<u64, StoreError> {
-    let mut rows = Vec::new();
-    {
-        let mut statement = log
+/// The history index's writer: the log reader it takes entries from, the
+/// `history.db` connection, and the batch it is part way through.
+#[derive(Debug)]
+struct IndexWorker {
+    log: Connection,
+    history: Connection,
+    /// Rows read from the log after the indexed position, sorted by account
+    /// and sequence; `next` is the first not yet inserted.
+    batch: Vec<IndexRow>,
+    next: usize,
+    /// The last log position in `batch`.
+    reached: i64,
+}
+
+impl std::fmt::Debug for IndexRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IndexRow({}, {})", self.account, self.seq)
+    }
+}
+
+impl IndexWorker {
+    /// Inserts up to `slice` rows of the current batch in one transaction
+    /// (reading the next batch from the log first if there is none). The
+    /// transaction that inserts a batch's last row also stores its position.
+    /// Returns whether the index reached the end of the log as last seen.
+    fn step(&mut self, index: &IndexState, slice: usize) -> Result<bool, StoreError> {
+        if self.next >= self.batch.len() {
+            let from = lock(&index.progress).indexed;
+            self.load(from)?;
+            if self.batch.is_empty() {
+                return Ok(true);
+            }
+        }
+        let end = self.next.saturating_add(slice).min(self.batch.len());
+        let last = end == self.batch.len();
+        let transaction = self.history.transaction().map_err(backend)?;
+        {
+            if self.next == 0 {
+                // Rows beyond the indexed position may be in before the batch
+                // ends: `open_history` must know how far they go.
+                transaction
+                    .execute("UPDATE indexed SET partial = ?1", [self.reached])
+                    .map_err(backend)?;
+            }
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO entry (account, seq, pos, type, at, task, member, credits,
+                                                  budget, rollover, package, promo, debt, debit_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .map_err(backend)?;
+            for row in &self.batch[self.next..end] {
+                let usage = row.usage.as_ref();
+                let kind = |index: usize| usage.map(|u| u.by_kind[index]);
+                let debit_seq = usage.filter(|u| !u.is_charge).map(|u| u.charge_seq as i64);
+                insert
+                    .execute(params![
+                        row.account,
+                        row.seq,
+                        row.pos,
+                        row.kind,
+                        row.at,
+                        usage.and_then(|u| u.task.as_deref()),
+                        usage.and_then(|u| u.member.as_deref()),
+                        usage.map(|u| u.credits),
+                        kind(0),
+                        kind(1),
+                        kind(2),
+                        kind(3),
+                        kind(4),
+                        debit_seq,
+                    ])
+                    .map_err(backend)?;
+            }
+            if last {
+                transaction
+                    .execute("UPDATE indexed SET pos = ?1", [self.reached])
+                    .map_err(backend)?;
+            }
+        }
+        transaction.commit().map_err(backend)?;
+        self.next = end;
+        if !last {
+            return Ok(false);
+        }
+        self.batch.clear();
+        self.next = 0;
+        let mut progress = lock(&index.progress);
+        progress.indexed = self.reached as u64;
+        // Positions this process did not commit (another writer's log, or a
+        // crash's tail) still count as committed.
+        progress.committed = progress.committed.max(self.reached as u64);
+        let caught_up = progress.indexed >= progress.committed;
+        drop(progress);
+        index.changed.notify_all();
+        Ok(caught_up)
+    }
+
+    /// Reads up to `INDEX_CHUNK` log entries after `from`, sorted for the index.
+    fn load(&mut self, from: u64) -> Result<(), StoreError> {
+        self.batch.clear();
+        self.next = 0;
+        let mut statement = self
+            .log
             .prepare_cached(
                 "SELECT pos, account, seq, body FROM log WHERE pos > ?1 ORDER BY pos LIMIT ?2",
             )
@@ -547,7 +670,8 @@ fn index_chunk(log: &Connection, history: &mut Connection, from: u64) -> Result<
                 .as_blob()
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             let entry = decode(account, seq, body)?;
-            rows.push(IndexRow {
+            self.reached = self.reached.max(pos);
+            self.batch.push(IndexRow {
                 account,
                 seq,
                 pos,
@@ -556,49 +680,10 @@ fn index_chunk(log: &Connection, history: &mut Connection, from: u64) -> Result<
                 usage: usage_of(&entry),
             });
         }
+        self.batch
+            .sort_unstable_by_key(|row| (row.account, row.seq));
+        Ok(())
     }
-    let Some(reached) = rows.iter().map(|row| row.pos).max() else {
-        return Ok(from);
-    };
-    rows.sort_unstable_by_key(|row| (row.account, row.seq));
-    let transaction = history.transaction().map_err(backend)?;
-    {
-        let mut insert = transaction
-            .prepare_cached(
-                "INSERT INTO entry (account, seq, pos, type, at, task, member, credits,
-                                    budget, rollover, package, promo, debt, debit_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )
-            .map_err(backend)?;
-        for row in &rows {
-            let usage = row.usage.as_ref();
-            let kind = |index: usize| usage.map(|u| u.by_kind[index]);
-            let debit_seq = usage.filter(|u| !u.is_charge).map(|u| u.charge_seq as i64);
-            insert
-                .execute(params![
-                    row.account,
-                    row.seq,
-                    row.pos,
-                    row.kind,
-                    row.at,
-                    usage.and_then(|u| u.task.as_deref()),
-                    usage.and_then(|u| u.member.as_deref()),
-                    usage.map(|u| u.credits),
-                    kind(0),
-                    kind(1),
-                    kind(2),
-                    kind(3),
-                    kind(4),
-                    debit_seq,
-                ])
-                .map_err(backend)?;
-        }
-        transaction
-            .execute("UPDATE indexed SET pos = ?1", [reached])
-            .map_err(backend)?;
-    }
-    transaction.commit().map_err(backend)?;
-    Ok(reached as u64)
 }
 
 fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
@@ -1132,6 +1217,53 @@ mod tests {
         }
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.entries(&query).unwrap(), before);
+    }
+
+    #[test]
+    fn a_batch_cut_short_between_slices_is_finished_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = purser_store::conformance::sample_journal();
+        let query = EntryQuery {
+            account: journal[0].account,
+            types: Vec::new(),
+            before_seq: None,
+            limit: 100,
+        };
+        let before = {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store
+                .commit(Commit {
+                    entries: &journal,
+                    idempotency: &[],
+                    snapshots: &[],
+                })
+                .unwrap();
+            store.entries(&query).unwrap()
+        };
+        assert!(!before.is_empty());
+        let history = || Connection::open(dir.path().join("history.db")).unwrap();
+        // Every row is in, but the process stopped before the batch's last
+        // slice stored its position: the rows are indexed again on reopen.
+        history()
+            .execute_batch(&format!(
+                "UPDATE indexed SET pos = 0, partial = {}",
+                journal.len()
+            ))
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.entries(&query).unwrap(), before);
+        drop(store);
+        // Rows claimed beyond the log's end (a log restored from elsewhere):
+        // the index is rebuilt.
+        history()
+            .execute_batch("UPDATE indexed SET pos = 0, partial = 1000000")
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.entries(&query).unwrap(), before);
+        let rows: i64 = history()
+            .query_row("SELECT COUNT(*) FROM entry", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows as usize, journal.len());
     }
 
     #[test]
