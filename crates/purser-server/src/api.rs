@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::engine::{Answer, Busy, Engine, KeyClaim, Work};
 use crate::error::{ApiError, json_response};
 use crate::idempotency::{Claimed, EdgeIdempotency, Stored, fingerprint};
+use crate::memo::{self, DebitMemo};
 use crate::metrics::Metrics;
 use crate::render::{self, Page, Read, Text};
 use crate::request::{Fields, required};
@@ -294,7 +295,7 @@ pub(crate) fn start(
 /// under its key if it was accepted.
 pub(crate) async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<u8>) {
     let (key, receiver) = match submitted {
-        Submitted::Answered(status, body) => return (status, body),
+        Submitted::Answered(status, body) => return replayed(state, status, body).await,
         Submitted::Waiting { key, receiver } => (key, receiver),
     };
     let answer = match tokio::time::timeout(state.request_timeout, receiver).await {
@@ -313,6 +314,30 @@ pub(crate) async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<
                 state.idempotency.abandon(&key);
             }
             let error = ApiError::unavailable();
+            (error.status, error.body())
+        }
+    }
+}
+
+/// A remembered answer as the client first got it: a debit's memo is
+/// rendered again from its entry (see `memo`); anything else is the answer.
+pub(crate) async fn replayed(state: &AppState, status: u16, body: Vec<u8>) -> (u16, Vec<u8>) {
+    if !memo::is_memo(&body) {
+        return (status, body);
+    }
+    let rendered = async {
+        let memo = DebitMemo::decode(&body)
+            .ok_or_else(|| ApiError::internal("a remembered answer could not be read"))?;
+        let (account, seq) = (memo.account, memo.seq);
+        let entry = blocking(state, move |store| store.entry(account, seq))
+            .await?
+            .ok_or_else(|| ApiError::internal("a remembered answer's entry is missing"))?;
+        Ok::<_, ApiError>(render::debit_from_memo(&memo, &entry))
+    };
+    match rendered.await {
+        Ok(body) => (status, body),
+        Err(error) => {
+            tracing::error!(message = %error.message, "replaying an idempotency key");
             (error.status, error.body())
         }
     }

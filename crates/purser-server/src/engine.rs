@@ -405,23 +405,32 @@ impl Shard {
             shape = render::Shape::Released(active.cloned().map(Box::new));
         }
         let before = batch.entries.len();
+        let is_debit = matches!(shape, render::Shape::Debit { .. });
         let result = ledger.execute(now, command, &mut batch.entries);
         // The heap holds an entry for each account's current due instant: a
         // new one only when a command moved it (a refusal moved it only if
         // time-driven work ran before it).
-        let (answer, moved) = match result {
+        let (answer, moved, memo) = match result {
             Ok(receipt) => {
                 let account = ledger
                     .account_by_handle(receipt.account)
                     .expect("receipt names an account");
+                // A debit's key remembers a memo, not the rendered answer.
+                let memo = claim
+                    .as_ref()
+                    .filter(|_| is_debit)
+                    .and(receipt.primary)
+                    .map(|index| render::debit_memo(account, &batch.entries[index], now).encode());
                 (
                     render::accepted(shape, &receipt, account, &batch.entries, now),
                     receipt.due_moved.then_some(receipt.account),
+                    memo,
                 )
             }
             Err(rejection) => (
                 render::rejection(&rejection),
                 batch.entries.get(before).map(|e| e.account),
+                None,
             ),
         };
         if let Some(handle) = moved {
@@ -435,7 +444,7 @@ impl Shard {
                 key: claim.key,
                 fingerprint: claim.fingerprint,
                 status: *status,
-                body: body.clone(),
+                body: memo.unwrap_or_else(|| body.clone()),
                 expires_at: now
                     .checked_add_seconds(self.retention_seconds)
                     .unwrap_or(Timestamp::NEVER),

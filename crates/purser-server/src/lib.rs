@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod idempotency;
+pub mod memo;
 pub mod metrics;
 pub mod openapi;
 pub mod payments;

@@ -13,6 +13,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Value, json};
 
 use crate::engine::Answer;
+use crate::memo::DebitMemo;
 
 /// A value written with its `Display` (amounts, times, ids) as a JSON string.
 #[derive(Debug)]
@@ -213,14 +214,27 @@ struct KindJson {
 
 impl<'a> BalanceJson<'a> {
     pub fn new(account: &'a Account, now: Timestamp) -> BalanceJson<'a> {
-        let balance = account.balance(now);
+        BalanceJson::of(
+            account.id().as_str(),
+            &account.balance(now),
+            account.tier().as_str(),
+            account.pending_tier().map(|t| t.as_str()),
+        )
+    }
+
+    fn of(
+        account: &'a str,
+        balance: &purser_core::Balance,
+        tier: &'a str,
+        pending_tier: Option<&'a str>,
+    ) -> BalanceJson<'a> {
         let kind = |k: purser_core::KindBalance| KindJson {
             available: Text(k.available),
             held: Text(k.held),
         };
         BalanceJson {
             object: "balance",
-            account: account.id().as_str(),
+            account,
             available: Text(balance.available),
             held: Text(balance.held),
             debt: Text(balance.debt),
@@ -235,8 +249,8 @@ impl<'a> BalanceJson<'a> {
             rollover: kind(balance.rollover),
             packages: kind(balance.packages),
             promo: kind(balance.promo),
-            tier: account.tier().as_str(),
-            pending_tier: account.pending_tier().map(|t| t.as_str()),
+            tier,
+            pending_tier,
         }
     }
 }
@@ -254,9 +268,9 @@ impl Serialize for AllocationsJson<'_> {
 
 /// A charge: a `debit` entry, or a hold's `capture`.
 struct DebitJson<'a> {
-    account: &'a Account,
+    account: &'a str,
     entry: &'a Entry,
-    now: Timestamp,
+    balance: BalanceJson<'a>,
 }
 
 impl Serialize for DebitJson<'_> {
@@ -265,7 +279,7 @@ impl Serialize for DebitJson<'_> {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("object", "debit")?;
         map.serialize_entry("id", &id(handle, self.entry.seq, ObjectKind::Debit))?;
-        map.serialize_entry("account", self.account.id().as_str())?;
+        map.serialize_entry("account", self.account)?;
         let (credits, pricing, member, mode, debt) = match &self.entry.body {
             Body::Debited(d) => (d.credits, &d.pricing, &d.member, d.mode, d.debt_incurred),
             Body::Captured(c) => (c.credits, &c.pricing, &c.member, c.mode, c.debt_incurred),
@@ -296,7 +310,7 @@ impl Serialize for DebitJson<'_> {
         }
         map.serialize_entry("debt_incurred", &Text(debt))?;
         map.serialize_entry("created_at", &Text(self.entry.at))?;
-        map.serialize_entry("balance", &BalanceJson::new(self.account, self.now))?;
+        map.serialize_entry("balance", &self.balance)?;
         map.end()
     }
 }
@@ -316,9 +330,37 @@ fn serialize_pricing<M: SerializeMap>(
 
 pub fn debit_body(account: &Account, entry: &Entry, now: Timestamp) -> Vec<u8> {
     serde_json::to_vec(&DebitJson {
-        account,
+        account: account.id().as_str(),
         entry,
-        now,
+        balance: BalanceJson::new(account, now),
+    })
+    .expect("JSON rendering cannot fail")
+}
+
+/// What [`debit_body`] needs besides the entry, to remember for the charge's
+/// idempotency key.
+pub fn debit_memo(account: &Account, entry: &Entry, now: Timestamp) -> DebitMemo {
+    DebitMemo {
+        account: entry.account,
+        seq: entry.seq,
+        id: account.id().as_str().to_owned(),
+        tier: account.tier().as_str().to_owned(),
+        pending_tier: account.pending_tier().map(|t| t.as_str().to_owned()),
+        balance: account.balance(now),
+    }
+}
+
+/// The same bytes [`debit_body`] gave, from the memo and the entry read back.
+pub fn debit_from_memo(memo: &DebitMemo, entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(&DebitJson {
+        account: &memo.id,
+        entry,
+        balance: BalanceJson::of(
+            &memo.id,
+            &memo.balance,
+            &memo.tier,
+            memo.pending_tier.as_deref(),
+        ),
     })
     .expect("JSON rendering cannot fail")
 }

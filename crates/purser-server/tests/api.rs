@@ -899,6 +899,74 @@ async fn batches_apply_each_item_on_its_own() {
 }
 
 #[tokio::test]
+async fn remembered_debits_replay_the_same_answer_after_a_restart() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "pro").await;
+    // A pending tier and a member: every part of the answer is remembered.
+    let downgrade = api
+        .post("/v1/accounts/acme/tier", &json!({"tier": "free"}))
+        .await
+        .unwrap();
+    assert_eq!(downgrade.str("pending_tier"), "free");
+    let charge = json!({"task": "assistant_message", "quantity": "3", "member": "ann",
+                        "metadata": {"job": "j-1"}});
+    let charged = api
+        .post_idempotent("/v1/accounts/acme/usage", &charge, "k-charge")
+        .await
+        .unwrap();
+    assert_eq!(charged.status, 201);
+    let hold = api
+        .post("/v1/accounts/acme/holds", &json!({"credits": "10"}))
+        .await
+        .unwrap();
+    let capture_path = format!("/v1/holds/{}/capture", hold.str("id"));
+    let captured = api
+        .post_idempotent(&capture_path, &json!({"credits": "4"}), "k-capture")
+        .await
+        .unwrap();
+    assert_eq!(captured.status, 200);
+    let items = json!({"items": [
+        {"account": "acme", "idempotency_key": "k-item", "credits": "0.000001", "mode": "record"},
+    ]});
+    let batched = api.post("/v1/usage/batch", &items).await.unwrap();
+    assert_eq!(batched.body["results"][0]["status"], 201);
+    // Later charges change the balance: replays still show the first one.
+    charge_credits(&api, "acme", "1").await;
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, |_| {}).await;
+    let api = server.admin();
+    let again = api
+        .post_idempotent("/v1/accounts/acme/usage", &charge, "k-charge")
+        .await
+        .unwrap();
+    assert_eq!(again, charged);
+    let again = api
+        .post_idempotent(&capture_path, &json!({"credits": "4"}), "k-capture")
+        .await
+        .unwrap();
+    assert_eq!(again, captured);
+    let again = api.post("/v1/usage/batch", &items).await.unwrap();
+    assert_eq!(again.body, batched.body);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "held"),
+        "0",
+        "the capture ran once"
+    );
+}
+
+async fn charge_credits(api: &purser_client::Client, account: &str, amount: &str) {
+    let reply = api
+        .post(
+            &format!("/v1/accounts/{account}/usage"),
+            &json!({"credits": amount}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{reply:?}");
+}
+
+#[tokio::test]
 async fn state_survives_a_restart() {
     let server = Server::start().await;
     let api = server.admin();

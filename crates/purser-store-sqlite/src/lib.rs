@@ -704,13 +704,15 @@ impl Store for SqliteStore {
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
+        // The log's end (a prepared statement: this runs on every commit).
+        let mut pos: i64 = transaction
+            .prepare_cached("SELECT COALESCE(MAX(pos), 0) FROM log")
+            .map_err(backend)?
+            .query_row([], |row| row.get(0))
+            .map_err(backend)?;
         if !commit.snapshots.is_empty() {
             // Everything committed before this transaction is in the snapshots.
-            let position: i64 = transaction
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
-                    row.get(0)
-                })
-                .map_err(backend)?;
+            let position = pos;
             let mut insert = transaction
                 .prepare_cached(
                     "INSERT INTO snapshot (partition, position, body) VALUES (?1, ?2, ?3)
@@ -727,11 +729,6 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
             }
         }
-        let mut pos: i64 = transaction
-            .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
-                row.get(0)
-            })
-            .map_err(backend)?;
         {
             let mut insert = transaction
                 .prepare_cached("INSERT INTO log (pos, account, seq, body) VALUES (?1, ?2, ?3, ?4)")

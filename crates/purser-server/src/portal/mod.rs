@@ -266,7 +266,10 @@ pub async fn create_session(
         let path = format!("/v1/accounts/{id}/portal_sessions");
         let claim = match api::claim_key(&state, key, &path, &body) {
             Ok(claim) => claim,
-            Err((status, body)) => return Ok(json_response(status, body)),
+            Err((status, body)) => {
+                let (status, body) = api::replayed(&state, status, body).await;
+                return Ok(json_response(status, body));
+            }
         };
         let created = async {
             api::account_handle(&state, &id).await?;
