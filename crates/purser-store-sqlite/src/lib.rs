@@ -9,11 +9,12 @@
 //!   snapshots.
 //! - `history.db`: the per-account history index (`entry`, keyed by account
 //!   and sequence number, with the usage facts reports group by), derived
-//!   from `log` by an indexer thread in large sorted batches, with the
-//!   position it reached stored in the same transaction. It is never ahead
-//!   of the log and is rebuilt from it when missing or behind; history reads
-//!   first wait until it holds every acknowledged entry, so they see all of
-//!   them.
+//!   from `log` by a background indexer thread (idle scheduling priority)
+//!   in large sorted batches, inserted in slices, with the position reached
+//!   stored with a batch's last slice. It is never ahead of the log and is
+//!   rebuilt from it when missing or behind; a history read first brings it
+//!   up to every committed entry (indexing the rest itself if the background
+//!   thread is behind), so it sees all of them.
 //!
 //! Schema changes are versioned migrations, applied forward-only on open.
 //! This crate holds no business rules: it stores entries the core produced
