@@ -6,7 +6,9 @@
 //! requests are remembered: a refused one is [`IdempotencyTable::abandon`]ed
 //! and can be retried with the same key.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
@@ -43,7 +45,7 @@ struct Record<T> {
 /// Keys and their outcomes, forgotten `retention_seconds` after they finish.
 #[derive(Debug)]
 pub struct IdempotencyTable<T> {
-    records: HashMap<Box<str>, Record<T>>,
+    records: HashMap<Box<str>, Record<T>, foldhash::quality::RandomState>,
     /// Finished keys in the order they expire.
     expiry: VecDeque<(Timestamp, Box<str>)>,
     retention_seconds: i64,
@@ -52,7 +54,7 @@ pub struct IdempotencyTable<T> {
 impl<T> IdempotencyTable<T> {
     pub fn new(retention_seconds: i64) -> IdempotencyTable<T> {
         IdempotencyTable {
-            records: HashMap::new(),
+            records: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             expiry: VecDeque::new(),
             retention_seconds,
         }
@@ -69,16 +71,18 @@ impl<T> IdempotencyTable<T> {
     /// Looks the key up; a new key is marked in flight.
     pub fn claim(&mut self, key: &str, fingerprint: Fingerprint, now: Timestamp) -> Claim<'_, T> {
         self.purge(now);
-        if !self.records.contains_key(key) {
-            let record = Record {
-                fingerprint,
-                state: State::InFlight,
-                expires_at: Timestamp::NEVER,
-            };
-            self.records.insert(key.into(), record);
-            return Claim::New;
-        }
-        let record = &self.records[key];
+        // One lookup; the key is copied first (new keys are the common case).
+        let record = match self.records.entry(Box::from(key)) {
+            hashbrown::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Record {
+                    fingerprint,
+                    state: State::InFlight,
+                    expires_at: Timestamp::NEVER,
+                });
+                return Claim::New;
+            }
+            hashbrown::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+        };
         match &record.state {
             _ if record.fingerprint != fingerprint => Claim::Mismatch,
             State::InFlight => Claim::InFlight,

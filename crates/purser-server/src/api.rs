@@ -18,8 +18,8 @@ use purser_core::limits::{
 };
 use purser_core::{
     AccountHandle, AccountId, AccountUpdate, Amount, Body, CaptureAmount, Catalog, ChargeMode,
-    Command, DebitRecord, GrantKind, MemberId, ObjectId, ObjectKind, PackageId, Proration, TaskId,
-    TierId, Timestamp,
+    Command, DebitRecord, Fingerprint, GrantKind, MemberId, ObjectId, ObjectKind, PackageId,
+    Proration, TaskId, TierId, Timestamp,
 };
 use purser_store::{ApiKeyRecord, EntryQuery, GroupBy, Store, UsageQuery};
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ use crate::auth::{Keys, Need, SCOPES, generate_secret, hash_secret, random_hex};
 use crate::clock::Clock;
 use crate::engine::{Answer, Busy, Engine, KeyClaim, Work};
 use crate::error::{ApiError, json_response};
-use crate::idempotency::{Claimed, EdgeIdempotency, Stored, fingerprint};
+use crate::idempotency::{Claimed, EdgeIdempotency, Stored, fingerprint, fingerprint_canonical};
 use crate::memo::{self, DebitMemo};
 use crate::metrics::Metrics;
 use crate::render::{self, Page, Read, Text};
@@ -229,7 +229,15 @@ pub(crate) fn claim_key(
     let Some(key) = key else {
         return Ok(None);
     };
-    let print = fingerprint("POST", path, body);
+    claim_printed(state, key, fingerprint("POST", path, body))
+}
+
+/// [`claim_key`] with the request's fingerprint already made.
+fn claim_printed(
+    state: &AppState,
+    key: String,
+    print: Fingerprint,
+) -> Result<Option<KeyClaim>, (u16, Vec<u8>)> {
     match state.idempotency.claim(&key, print, state.clock.now()) {
         Claimed::New => Ok(Some(KeyClaim {
             key,
@@ -275,7 +283,15 @@ pub(crate) fn start(
     path: &str,
     body: &[u8],
 ) -> Submitted {
-    let claim = match claim_key(state, key, path, body) {
+    queue(state, command, claim_key(state, key, path, body))
+}
+
+fn queue(
+    state: &AppState,
+    command: Command,
+    claimed: Result<Option<KeyClaim>, (u16, Vec<u8>)>,
+) -> Submitted {
+    let claim = match claimed {
         Ok(claim) => claim,
         Err((status, body)) => return Submitted::Answered(status, body),
     };
@@ -306,6 +322,12 @@ pub(crate) async fn settle(state: &AppState, submitted: Submitted) -> (u16, Vec<
         Answer::Json { status, body } => {
             if let Some(key) = key {
                 release_key(state, &key, status, &body);
+            }
+            (status, body)
+        }
+        Answer::Remembered { status, body, memo } => {
+            if let Some(key) = key {
+                release_key(state, &key, status, &memo);
             }
             (status, body)
         }
@@ -962,12 +984,14 @@ async fn batch(
 /// same key space as single charges (the path is that of a single charge).
 fn batch_item(state: &AppState, item: &Value) -> Submitted {
     match batch_command(item) {
-        Ok((command, key, path, body)) => start(state, command, Some(key), &path, &body),
+        Ok((command, key, print)) => queue(state, command, claim_printed(state, key, print)),
         Err(error) => error_answer(error),
     }
 }
 
-fn batch_command(item: &Value) -> Result<(Command, String, String, Vec<u8>)> {
+/// An item's command, key, and fingerprint: that of the single charge
+/// (`POST /v1/accounts/{account}/usage` with the item's other fields).
+fn batch_command(item: &Value) -> Result<(Command, String, Fingerprint)> {
     let map = item
         .as_object()
         .ok_or_else(|| ApiError::invalid("items", "each item must be an object"))?;
@@ -983,11 +1007,9 @@ fn batch_command(item: &Value) -> Result<(Command, String, String, Vec<u8>)> {
         ));
     }
     let command = charge_command(account.clone(), &fields)?;
-    let mut single = map.clone();
-    single.remove("account");
-    single.remove("idempotency_key");
-    let body = serde_json::to_vec(&Value::Object(single)).expect("JSON");
-    Ok((command, key, format!("/v1/accounts/{account}/usage"), body))
+    let single = fields.canonical_without(&["account", "idempotency_key"]);
+    let path = format!("/v1/accounts/{account}/usage");
+    Ok((command, key, fingerprint_canonical("POST", &path, &single)))
 }
 
 /// The stored record of a debit, for reversal and `GET /v1/debits/{id}`.

@@ -36,6 +36,12 @@ pub enum Answer {
         status: u16,
         body: Vec<u8>,
     },
+    /// A keyed debit's answer and the memo its key remembers (see `memo`).
+    Remembered {
+        status: u16,
+        body: Vec<u8>,
+        memo: Vec<u8>,
+    },
     /// An account's handle and creation time.
     Handle(Option<(AccountHandle, Timestamp)>),
     /// Accounts of one shard for a list page: (created_at, handle, JSON).
@@ -437,20 +443,35 @@ impl Shard {
             let account = ledger.account_by_handle(handle).expect("known account");
             self.due.push(Reverse((account.next_due(), handle.raw())));
         }
-        if let (Some(claim), Answer::Json { status, body }) = (claim, &answer)
-            && (200..300).contains(status)
-        {
-            batch.idempotency.push(IdempotencyRecord {
-                key: claim.key,
-                fingerprint: claim.fingerprint,
-                status: *status,
-                body: memo.unwrap_or_else(|| body.clone()),
-                expires_at: now
-                    .checked_add_seconds(self.retention_seconds)
-                    .unwrap_or(Timestamp::NEVER),
-            });
+        let Some(claim) = claim else {
+            return answer;
+        };
+        let Answer::Json { status, body } = answer else {
+            return answer;
+        };
+        if !(200..300).contains(&status) {
+            return Answer::Json { status, body };
         }
-        answer
+        let expires_at = now
+            .checked_add_seconds(self.retention_seconds)
+            .unwrap_or(Timestamp::NEVER);
+        let record = |body| IdempotencyRecord {
+            key: claim.key,
+            fingerprint: claim.fingerprint,
+            status,
+            body,
+            expires_at,
+        };
+        match memo {
+            Some(memo) => {
+                batch.idempotency.push(record(memo.clone()));
+                Answer::Remembered { status, body, memo }
+            }
+            None => {
+                batch.idempotency.push(record(body.clone()));
+                Answer::Json { status, body }
+            }
+        }
     }
 
     fn read(&mut self, read: Read, now: Timestamp) -> Answer {

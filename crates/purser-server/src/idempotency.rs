@@ -32,8 +32,9 @@ pub struct EdgeIdempotency {
 }
 
 fn stripe(key: &str) -> usize {
-    let digest = Sha256::digest(key.as_bytes());
-    usize::from(digest[0]) % STRIPES
+    use std::hash::BuildHasher;
+    // Any well-mixed hash will do: stripes only spread the lock.
+    (foldhash::fast::FixedState::with_seed(0x7075_7273_6572).hash_one(key) as usize) % STRIPES
 }
 
 /// The fingerprint of a request: method, path and the body as a JSON value
@@ -46,12 +47,18 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
             .map(|value| serde_json::to_vec(&value).unwrap_or_default())
             .unwrap_or_else(|_| body.to_vec())
     };
+    fingerprint_canonical(method, path, &canonical)
+}
+
+/// [`fingerprint`] of a body already in canonical form (keys sorted, as
+/// `serde_json` writes a parsed object).
+pub fn fingerprint_canonical(method: &str, path: &str, canonical: &[u8]) -> Fingerprint {
     let mut hasher = Sha256::new();
     hasher.update(method.as_bytes());
     hasher.update(b"\n");
     hasher.update(path.as_bytes());
     hasher.update(b"\n");
-    hasher.update(&canonical);
+    hasher.update(canonical);
     hasher.finalize().into()
 }
 

@@ -36,6 +36,15 @@ impl Fields {
         Ok(fields)
     }
 
+    /// The body's canonical JSON (keys sorted) without the named fields, as
+    /// `idempotency::fingerprint` would write it.
+    pub fn canonical_without(mut self, names: &[&str]) -> Vec<u8> {
+        for name in names {
+            self.map.remove(*name);
+        }
+        serde_json::to_vec(&Value::Object(self.map)).expect("JSON")
+    }
+
     fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
         match self.map.keys().find(|key| !allowed.contains(&key.as_str())) {
             Some(unknown) => Err(ApiError::unknown_field(unknown)),

@@ -330,12 +330,18 @@ impl SqliteStore {
         let target = lock(&self.index.progress).committed;
         let mut worker = lock(&self.worker);
         loop {
-            if lock(&self.index.progress).indexed >= target {
+            let before = lock(&self.index.progress).indexed;
+            if before >= target {
                 return Ok(());
             }
             worker
                 .step(&self.index, usize::MAX)
                 .map_err(|error| StoreError::Backend(format!("the history index: {error}")))?;
+            if lock(&self.index.progress).indexed == before {
+                return Err(StoreError::Backend(format!(
+                    "the history index is at {before}, the log should reach {target}"
+                )));
+            }
         }
     }
 
@@ -574,7 +580,7 @@ impl IndexWorker {
     /// Inserts up to `slice` rows of the current batch in one transaction
     /// (reading the next batch from the log first if there is none). The
     /// transaction that inserts a batch's last row also stores its position.
-    /// Returns whether the index reached the end of the log as last seen.
+    /// Returns whether that batch is done (or there was nothing to index).
     fn step(&mut self, index: &IndexState, slice: usize) -> Result<bool, StoreError> {
         if self.next >= self.batch.len() {
             let from = lock(&index.progress).indexed;
@@ -642,10 +648,9 @@ impl IndexWorker {
         // Positions this process did not commit (another writer's log, or a
         // crash's tail) still count as committed.
         progress.committed = progress.committed.max(self.reached as u64);
-        let caught_up = progress.indexed >= progress.committed;
         drop(progress);
         index.changed.notify_all();
-        Ok(caught_up)
+        Ok(true)
     }
 
     /// Reads up to `INDEX_CHUNK` log entries after `from`, sorted for the index.
