@@ -355,28 +355,87 @@ fn split_exponent(bytes: &[u8], notation: Notation) -> Result<(&[u8], i64), Amou
 }
 
 fn write_micros(f: &mut fmt::Formatter<'_>, negative: bool, micros: u128) -> fmt::Result {
+    // Written right to left into a buffer, then once to the formatter: this
+    // runs for every amount of every answer, and `write!` with integer
+    // arguments costs several times as much.
     let per_unit = u128::from(MICROS_PER_UNIT);
     let (whole, fraction) = (micros / per_unit, micros % per_unit);
+    let mut buffer = [0u8; 64];
+    let mut at = buffer.len();
+    if fraction != 0 {
+        let mut digits = [0u8; FRACTION_DIGITS];
+        let mut rest = fraction as u64;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let significant = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        at -= significant;
+        buffer[at..at + significant].copy_from_slice(&digits[..significant]);
+        at -= 1;
+        buffer[at] = b'.';
+    }
+    at = write_digits(&mut buffer[..at], whole);
     if negative && micros != 0 {
-        f.write_str("-")?;
+        at -= 1;
+        buffer[at] = b'-';
     }
-    if fraction == 0 {
-        return write!(f, "{whole}");
+    f.write_str(std::str::from_utf8(&buffer[at..]).map_err(|_| fmt::Error)?)
+}
+
+/// Writes `value` in decimal to the end of `buffer`; returns where it starts.
+pub(crate) fn write_digits(buffer: &mut [u8], value: u128) -> usize {
+    let mut at = buffer.len();
+    if let Ok(mut small) = u64::try_from(value) {
+        loop {
+            at -= 1;
+            buffer[at] = b'0' + (small % 10) as u8;
+            small /= 10;
+            if small == 0 {
+                return at;
+            }
+        }
     }
-    let mut digits = [0u8; FRACTION_DIGITS];
-    let mut rest = fraction;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
+    let mut rest = value;
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
         rest /= 10;
+        if rest == 0 {
+            return at;
+        }
     }
-    let significant = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-    let text = std::str::from_utf8(&digits[..significant]).map_err(|_| fmt::Error)?;
-    write!(f, "{whole}.{text}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The plain way to write an amount, which the buffered one must match.
+    fn reference(negative: bool, micros: u128) -> String {
+        let (whole, fraction) = (micros / 1_000_000, micros % 1_000_000);
+        let sign = if negative && micros != 0 { "-" } else { "" };
+        if fraction == 0 {
+            return format!("{sign}{whole}");
+        }
+        let digits = format!("{fraction:06}");
+        format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+
+    proptest! {
+        #[test]
+        fn amounts_are_written_as_the_plain_way_writes_them(micros in any::<i128>()) {
+            let sum = CreditSum::from_micros(micros);
+            prop_assert_eq!(sum.to_string(), reference(micros < 0, micros.unsigned_abs()));
+        }
+
+        #[test]
+        fn small_amounts_too(micros in 0u64..=MAX_MICROS) {
+            let credits = Credits::from_micros(micros).unwrap();
+            prop_assert_eq!(credits.to_string(), reference(false, u128::from(micros)));
+        }
+    }
 
     fn parse(text: &str) -> Result<u64, AmountError> {
         parse_decimal(text, Notation::String)

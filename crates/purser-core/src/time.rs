@@ -76,6 +76,36 @@ impl fmt::Display for Timestamp {
         let civil = self.to_civil();
         let seconds = civil.time_of_day_micros / MICROS_PER_SECOND;
         let fraction = civil.time_of_day_micros % MICROS_PER_SECOND;
+        if (0..=9999).contains(&civil.year) {
+            // The common case, without `write!`'s integer formatting: this
+            // runs for every time in every answer.
+            let mut text = *b"0000-00-00T00:00:00.000000Z";
+            let mut put = |at: usize, width: usize, value: i64| {
+                let mut rest = value;
+                for slot in text[at..at + width].iter_mut().rev() {
+                    *slot = b'0' + (rest % 10) as u8;
+                    rest /= 10;
+                }
+            };
+            put(0, 4, civil.year);
+            put(5, 2, i64::from(civil.month));
+            put(8, 2, i64::from(civil.day));
+            put(11, 2, seconds / 3600);
+            put(14, 2, seconds / 60 % 60);
+            put(17, 2, seconds % 60);
+            let end = if fraction == 0 {
+                text[19] = b'Z';
+                20
+            } else if fraction % 1000 == 0 {
+                put(20, 3, fraction / 1000);
+                text[23] = b'Z';
+                24
+            } else {
+                put(20, 6, fraction);
+                27
+            };
+            return f.write_str(std::str::from_utf8(&text[..end]).map_err(|_| fmt::Error)?);
+        }
         write!(
             f,
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
@@ -277,6 +307,45 @@ fn parse_rfc3339(text: &[u8]) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The plain way to write a time, which the buffered one must match.
+    fn reference(at: Timestamp) -> String {
+        let civil = at.to_civil();
+        let seconds = civil.time_of_day_micros / MICROS_PER_SECOND;
+        let fraction = civil.time_of_day_micros % MICROS_PER_SECOND;
+        let head = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            civil.year,
+            civil.month,
+            civil.day,
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60
+        );
+        if fraction == 0 {
+            format!("{head}Z")
+        } else if fraction % 1000 == 0 {
+            format!("{head}.{:03}Z", fraction / 1000)
+        } else {
+            format!("{head}.{fraction:06}Z")
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn times_are_written_as_the_plain_way_writes_them(micros in any::<i64>()) {
+            let at = Timestamp::from_micros(micros);
+            prop_assert_eq!(at.to_string(), reference(at));
+        }
+
+        #[test]
+        fn whole_seconds_and_milliseconds_too(seconds in -62_135_596_800i64..253_402_300_799, millis in 0i64..1000, whole in any::<bool>()) {
+            let micros = seconds * 1_000_000 + if whole { 0 } else { millis * 1000 };
+            let at = Timestamp::from_micros(micros);
+            prop_assert_eq!(at.to_string(), reference(at));
+        }
+    }
 
     fn at(text: &str) -> Timestamp {
         Timestamp::parse_rfc3339(text).unwrap()

@@ -260,9 +260,20 @@ struct AllocationsJson<'a>(AccountHandle, &'a [Allocation]);
 
 impl Serialize for AllocationsJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.1.iter().map(|a| {
-            json!({"grant": id(self.0, a.grant, ObjectKind::Grant), "kind": a.kind.as_str(), "credits": a.credits.to_string()})
-        }))
+        serializer.collect_seq(self.1.iter().map(|a| AllocationJson(self.0, a)))
+    }
+}
+
+/// One allocation (keys in the order `json!` wrote them: sorted).
+struct AllocationJson<'a>(AccountHandle, &'a Allocation);
+
+impl Serialize for AllocationJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("credits", &Text(self.1.credits))?;
+        map.serialize_entry("grant", &id(self.0, self.1.grant, ObjectKind::Grant))?;
+        map.serialize_entry("kind", self.1.kind.as_str())?;
+        map.end()
     }
 }
 
