@@ -237,8 +237,6 @@ struct Progress {
     /// The last position in the history index.
     indexed: u64,
     stop: bool,
-    /// Why the background indexer stopped, if it failed.
-    failed: Option<String>,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -517,7 +515,6 @@ fn run_indexer(worker: &Mutex<IndexWorker>, index: &IndexState) {
                 Ok(false) => {}
                 Err(error) => {
                     tracing::error!(%error, "the background history indexer stopped; history reads index for themselves");
-                    lock(&index.progress).failed = Some(error.to_string());
                     return;
                 }
             }
