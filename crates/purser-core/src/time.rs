@@ -106,8 +106,19 @@ impl fmt::Display for Timestamp {
             };
             return f.write_str(std::str::from_utf8(&text[..end]).map_err(|_| fmt::Error)?);
         }
+        self.write_plain(f)
+    }
+}
+
+impl Timestamp {
+    /// RFC 3339 with `write!`: years outside 0-9999, and the reference the
+    /// fast path of `Display` is tested against.
+    fn write_plain(self, out: &mut impl fmt::Write) -> fmt::Result {
+        let civil = self.to_civil();
+        let seconds = civil.time_of_day_micros / MICROS_PER_SECOND;
+        let fraction = civil.time_of_day_micros % MICROS_PER_SECOND;
         write!(
-            f,
+            out,
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
             civil.year,
             civil.month,
@@ -117,11 +128,11 @@ impl fmt::Display for Timestamp {
             seconds % 60
         )?;
         if fraction == 0 {
-            f.write_str("Z")
+            out.write_str("Z")
         } else if fraction % 1000 == 0 {
-            write!(f, ".{:03}Z", fraction / 1000)
+            write!(out, ".{:03}Z", fraction / 1000)
         } else {
-            write!(f, ".{fraction:06}Z")
+            write!(out, ".{fraction:06}Z")
         }
     }
 }
@@ -311,25 +322,9 @@ mod tests {
 
     /// The plain way to write a time, which the buffered one must match.
     fn reference(at: Timestamp) -> String {
-        let civil = at.to_civil();
-        let seconds = civil.time_of_day_micros / MICROS_PER_SECOND;
-        let fraction = civil.time_of_day_micros % MICROS_PER_SECOND;
-        let head = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            civil.year,
-            civil.month,
-            civil.day,
-            seconds / 3600,
-            seconds / 60 % 60,
-            seconds % 60
-        );
-        if fraction == 0 {
-            format!("{head}Z")
-        } else if fraction % 1000 == 0 {
-            format!("{head}.{:03}Z", fraction / 1000)
-        } else {
-            format!("{head}.{fraction:06}Z")
-        }
+        let mut text = String::new();
+        at.write_plain(&mut text).unwrap();
+        text
     }
 
     proptest! {

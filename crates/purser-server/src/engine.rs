@@ -411,7 +411,10 @@ impl Shard {
             shape = render::Shape::Released(active.cloned().map(Box::new));
         }
         let before = batch.entries.len();
-        let is_debit = matches!(shape, render::Shape::Debit { .. });
+        let debit_status = match &shape {
+            render::Shape::Debit { status } => Some(*status),
+            _ => None,
+        };
         let result = ledger.execute(now, command, &mut batch.entries);
         // The heap holds an entry for each account's current due instant: a
         // new one only when a command moved it (a refusal moved it only if
@@ -421,17 +424,25 @@ impl Shard {
                 let account = ledger
                     .account_by_handle(receipt.account)
                     .expect("receipt names an account");
-                // A debit's key remembers a memo, not the rendered answer.
-                let memo = claim
-                    .as_ref()
-                    .filter(|_| is_debit)
-                    .and(receipt.primary)
-                    .map(|index| render::debit_memo(account, &batch.entries[index], now).encode());
-                (
-                    render::accepted(shape, &receipt, account, &batch.entries, now),
-                    receipt.due_moved.then_some(receipt.account),
-                    memo,
-                )
+                let moved = receipt.due_moved.then_some(receipt.account);
+                // A keyed debit's key remembers a memo, not the answer; the
+                // answer is rendered from that memo, as a replay will be.
+                match debit_status
+                    .filter(|_| claim.is_some())
+                    .zip(receipt.primary)
+                {
+                    Some((status, index)) => {
+                        let entry = &batch.entries[index];
+                        let memo = render::debit_memo(account, entry, now);
+                        let body = render::debit_from_memo(&memo, entry);
+                        (Answer::Json { status, body }, moved, Some(memo.encode()))
+                    }
+                    None => (
+                        render::accepted(shape, &receipt, account, &batch.entries, now),
+                        moved,
+                        None,
+                    ),
+                }
             }
             Err(rejection) => (
                 render::rejection(&rejection),

@@ -909,10 +909,10 @@ async fn remembered_debits_replay_the_same_answer_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(downgrade.str("pending_tier"), "free");
-    let charge = json!({"task": "assistant_message", "quantity": "3", "member": "ann",
-                        "metadata": {"job": "j-1"}});
+    let keyed = json!({"task": "assistant_message", "quantity": "3", "member": "ann",
+                       "metadata": {"job": "j-1"}});
     let charged = api
-        .post_idempotent("/v1/accounts/acme/usage", &charge, "k-charge")
+        .post_idempotent("/v1/accounts/acme/usage", &keyed, "k-charge")
         .await
         .unwrap();
     assert_eq!(charged.status, 201);
@@ -932,12 +932,12 @@ async fn remembered_debits_replay_the_same_answer_after_a_restart() {
     let batched = api.post("/v1/usage/batch", &items).await.unwrap();
     assert_eq!(batched.body["results"][0]["status"], 201);
     // Later charges change the balance: replays still show the first one.
-    charge_credits(&api, "acme", "1").await;
+    assert_eq!(charge(&api, "acme", Cost::credits("1")).await.status, 201);
     let dir = server.stop().await;
     let server = Server::start_in(dir, |_| {}).await;
     let api = server.admin();
     let again = api
-        .post_idempotent("/v1/accounts/acme/usage", &charge, "k-charge")
+        .post_idempotent("/v1/accounts/acme/usage", &keyed, "k-charge")
         .await
         .unwrap();
     assert_eq!(again, charged);
@@ -953,17 +953,6 @@ async fn remembered_debits_replay_the_same_answer_after_a_restart() {
         "0",
         "the capture ran once"
     );
-}
-
-async fn charge_credits(api: &purser_client::Client, account: &str, amount: &str) {
-    let reply = api
-        .post(
-            &format!("/v1/accounts/{account}/usage"),
-            &json!({"credits": amount}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 201, "{reply:?}");
 }
 
 #[tokio::test]

@@ -1190,8 +1190,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_lost_history_index_is_rebuilt_from_the_log() {
+    /// A closed store holding the sample journal, a query of its first
+    /// account's entries, and that query's answer.
+    fn committed_sample() -> (tempfile::TempDir, Vec<Entry>, EntryQuery, Vec<Entry>) {
         let dir = tempfile::tempdir().unwrap();
         let journal = purser_store::conformance::sample_journal();
         let query = EntryQuery {
@@ -1212,6 +1213,12 @@ mod tests {
             store.entries(&query).unwrap()
         };
         assert!(!before.is_empty());
+        (dir, journal, query, before)
+    }
+
+    #[test]
+    fn a_lost_history_index_is_rebuilt_from_the_log() {
+        let (dir, _, query, before) = committed_sample();
         for file in ["history.db", "history.db-wal", "history.db-shm"] {
             let _ = std::fs::remove_file(dir.path().join(file));
         }
@@ -1221,26 +1228,7 @@ mod tests {
 
     #[test]
     fn a_batch_cut_short_between_slices_is_finished_on_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = purser_store::conformance::sample_journal();
-        let query = EntryQuery {
-            account: journal[0].account,
-            types: Vec::new(),
-            before_seq: None,
-            limit: 100,
-        };
-        let before = {
-            let store = SqliteStore::open(dir.path()).unwrap();
-            store
-                .commit(Commit {
-                    entries: &journal,
-                    idempotency: &[],
-                    snapshots: &[],
-                })
-                .unwrap();
-            store.entries(&query).unwrap()
-        };
-        assert!(!before.is_empty());
+        let (dir, journal, query, before) = committed_sample();
         let history = || Connection::open(dir.path().join("history.db")).unwrap();
         // Every row is in, but the process stopped before the batch's last
         // slice stored its position: the rows are indexed again on reopen.
