@@ -2,7 +2,7 @@
 //! parsed (ids checked, amounts exact); the ledger decides against state.
 
 use crate::credits::{Credits, Quantity};
-use crate::entry::{AccountUpdate, Allocation, ChargeMode, Proration};
+use crate::entry::{AccountUpdate, Allocation, Body, ChargeMode, Entry, Proration};
 use crate::grant::GrantKind;
 use crate::ids::{AccountHandle, AccountId, MemberId, ObjectId, PackageId, TaskId, TierId};
 use crate::metadata::Metadata;
@@ -35,6 +35,34 @@ pub struct DebitRecord {
     pub allocations: Vec<Allocation>,
     pub debt_incurred: Credits,
     pub member: Option<MemberId>,
+}
+
+impl DebitRecord {
+    /// The record of the debit `id` from its journal entry; `None` if the
+    /// entry is not a charge (a `debit` or a hold's `capture`).
+    pub fn from_entry(id: ObjectId, entry: &Entry) -> Option<DebitRecord> {
+        let (credits, allocations, debt_incurred, member) = match &entry.body {
+            Body::Debited(d) => (
+                d.credits,
+                d.allocations.clone(),
+                d.debt_incurred,
+                d.member.clone(),
+            ),
+            Body::Captured(c) => {
+                let all = c.from_hold.iter().chain(&c.excess).copied().collect();
+                (c.credits, all, c.debt_incurred, c.member.clone())
+            }
+            _ => return None,
+        };
+        Some(DebitRecord {
+            id,
+            at: entry.at,
+            credits,
+            allocations,
+            debt_incurred,
+            member,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -316,7 +316,63 @@ pub enum Body {
     },
 }
 
+/// Every entry type, as the API names it (what [`Body::type_name`] gives).
+pub const TYPE_NAMES: [&str; 21] = [
+    "account_created",
+    "account_updated",
+    "account_closed",
+    "grant",
+    "debit",
+    "hold",
+    "capture",
+    "release",
+    "hold_expired",
+    "expire",
+    "void",
+    "reversal",
+    "debt_paid",
+    "tier_changed",
+    "tier_scheduled",
+    "rollover",
+    "purchase_created",
+    "purchase_completed",
+    "purchase_failed",
+    "purchase_canceled",
+    "purchase_refunded",
+];
+
+/// How a hold ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldEnd {
+    Captured,
+    Released,
+    Expired,
+}
+
 impl Body {
+    /// Whether this entry created an object of `kind` (its id names the entry).
+    pub fn creates(&self, kind: ObjectKind) -> bool {
+        match kind {
+            ObjectKind::Debit => matches!(self, Body::Debited(_) | Body::Captured(_)),
+            ObjectKind::Grant => matches!(self, Body::Granted(_) | Body::RolledOver { .. }),
+            ObjectKind::Hold => matches!(self, Body::Held(_)),
+            ObjectKind::Purchase => matches!(self, Body::PurchaseCreated(_)),
+            ObjectKind::Transaction => true,
+        }
+    }
+
+    /// How this entry ended the account's hold `hold`, if it did.
+    pub fn ends_hold(&self, hold: u64) -> Option<HoldEnd> {
+        match self {
+            Body::Captured(capture) if capture.hold == hold => Some(HoldEnd::Captured),
+            Body::Released(release) if release.hold == hold => Some(match release.reason {
+                ReleaseReason::Released => HoldEnd::Released,
+                ReleaseReason::Expired => HoldEnd::Expired,
+            }),
+            _ => None,
+        }
+    }
+
     /// The entry's type, as the API names it.
     pub fn type_name(&self) -> &'static str {
         match self {

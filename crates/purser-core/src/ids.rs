@@ -113,6 +113,17 @@ name_type!(
     MemberId
 );
 
+/// The stable partition of an account id (FNV-1a): never changes across
+/// restarts or versions, because handles and object ids embed it.
+pub fn partition_of(id: &str, partitions: u16) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions)) as u16
+}
+
 /// The ledger's compact handle of an account: the partition it lives in and
 /// its index there. Assigned when the account is opened, never reused.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -37,14 +37,15 @@ pub use credits::{
     parse_decimal,
 };
 pub use entry::{
-    AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold, Opened,
-    Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason, Reversal, TierChange,
-    VoidReason, allocated,
+    AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
+    HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason,
+    Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
 };
 pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
 pub use idempotency::{Claim, Fingerprint, IdempotencyTable};
 pub use ids::{
     AccountHandle, AccountId, IdError, MemberId, ObjectId, ObjectKind, PackageId, TaskId, TierId,
+    partition_of,
 };
 pub use ledger::{Ledger, Receipt};
 pub use limits::Limit;

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use purser_store::ApiKeyRecord;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use purser_wire::ApiError;
 
 /// What an endpoint needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

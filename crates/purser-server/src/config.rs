@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use purser_core::{Catalog, Credits, Notation, Package, PackageId, Task, TaskId, Tier, TierId};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,7 +239,7 @@ impl Config {
     /// Sets `portal.public_url`: an absolute http(s) URL, kept without a
     /// trailing slash.
     pub fn set_public_url(&mut self, url: &str) -> Result<(), ConfigError> {
-        if !crate::portal::session::valid_return_url(url) {
+        if !purser_portal::session::valid_return_url(url) {
             return Err(ConfigError::Invalid(format!(
                 "portal.public_url {url:?} must be an absolute http or https URL"
             )));
@@ -251,10 +250,10 @@ impl Config {
 
     /// Sets `payments.provider`.
     pub fn set_payment_provider(&mut self, name: &str) -> Result<(), ConfigError> {
-        if !crate::payments::PROVIDERS.contains(&name) {
+        if !purser_portal::payments::PROVIDERS.contains(&name) {
             return Err(ConfigError::Invalid(format!(
                 "payments.provider {name:?} must be one of {}",
-                crate::payments::PROVIDERS.join(", ")
+                purser_portal::payments::PROVIDERS.join(", ")
             )));
         }
         self.payment_provider = name.to_owned();
@@ -420,45 +419,6 @@ pub fn default_toml() -> String {
         }
     }
     out
-}
-
-/// `GET /v1/catalog`.
-pub fn catalog_json(catalog: &Catalog) -> Value {
-    let tiers: Vec<Value> = catalog
-        .tiers()
-        .iter()
-        .map(|t| {
-            json!({
-                "object": "tier", "id": t.id.as_str(), "name": t.name,
-                "monthly_credits": t.monthly_credits.to_string(), "price": t.price.to_string(),
-                "currency": catalog.currency(),
-                "member_monthly_cap": t.member_monthly_cap.map(|c| c.to_string()),
-                "rollover_cap": t.rollover_cap.to_string(),
-            })
-        })
-        .collect();
-    let packages: Vec<Value> = catalog
-        .packages()
-        .iter()
-        .map(|p| {
-            json!({
-                "object": "package", "id": p.id.as_str(), "name": p.name,
-                "credits": p.credits.to_string(), "price": p.price.to_string(), "currency": catalog.currency(),
-            })
-        })
-        .collect();
-    let tasks: Vec<Value> = catalog
-        .tasks()
-        .iter()
-        .map(|t| {
-            json!({
-                "object": "task", "id": t.id.as_str(), "name": t.name, "unit": t.unit,
-                "credits_per_unit": t.credits_per_unit.to_string(),
-                "minimum": t.minimum.map(|m| m.to_string()),
-            })
-        })
-        .collect();
-    json!({"object": "catalog", "currency": catalog.currency(), "tiers": tiers, "packages": packages, "tasks": tasks})
 }
 
 #[cfg(test)]

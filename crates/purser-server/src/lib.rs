@@ -1,46 +1,36 @@
-//! purser-server: the HTTP API of API.md over the single-writer engine.
+//! purser-server: the HTTP API of API.md over the engine.
 //!
-//! Owns the axum routes, wire conversion (by hand: the core has no serde),
-//! API keys, edge idempotency, the engine's shard and committer threads, the
-//! scheduler, the test clock, metrics and the OpenAPI document. It must not
-//! put ledger rules or SQL in handlers: rules live in `purser-core`, storage
-//! behind `purser_store::Store`.
+//! Owns HTTP only: the router and one module per resource ([`api`]), API
+//! keys and their scopes, metrics, the OpenAPI document, the configuration
+//! file, starting the app on a store, and the writer role on a shared
+//! PostgreSQL database ([`supervisor`]). It mounts the customer portal
+//! (`purser-portal`). It must not hold ledger rules or SQL: deciding is
+//! `purser-core`'s, running and committing `purser-engine`'s, the JSON
+//! `purser-wire`'s, storing `purser_store::Store`'s.
 
 pub mod api;
 pub mod auth;
-pub mod clock;
 pub mod config;
-pub mod engine;
-pub mod error;
-pub mod idempotency;
-pub mod memo;
 pub mod metrics;
 pub mod openapi;
-pub mod payments;
-pub mod portal;
-pub mod render;
-pub mod request;
 pub mod supervisor;
 
 use std::sync::Arc;
 
-use purser_core::{Catalog, Timestamp};
+use purser_core::Timestamp;
+use purser_engine::{Engine, EngineConfig, OpenError, Options};
+use purser_portal::Portal;
+use purser_portal::session::{SIGNING_KEY_SETTING, Signer};
 use purser_store::{ApiKeyRecord, Store};
 use purser_store_postgres::PostgresStore;
 use purser_store_sqlite::SqliteStore;
+use purser_wire::JsonAnswers;
 use tokio::net::TcpListener;
 
 use crate::api::{AppState, Shared};
 use crate::auth::{Keys, generate_secret, hash_secret, random_hex};
-use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig};
-use crate::idempotency::EdgeIdempotency;
 use crate::metrics::Metrics;
-
-/// Where the test clock's time is kept, so it survives restarts.
-pub const TEST_CLOCK_SETTING: &str = "test_clock_micros";
-const PARTITIONS_SETTING: &str = "partitions";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +38,21 @@ pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] purser_store::StoreError),
     #[error("recovery: {0}")]
-    Recovery(#[from] engine::RecoveryError),
+    Recovery(#[from] purser_store::RecoveryError),
     #[error("{0}")]
     Config(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<OpenError> for StartError {
+    fn from(error: OpenError) -> StartError {
+        match error {
+            OpenError::Store(error) => StartError::Store(error),
+            OpenError::Recovery(error) => StartError::Recovery(error),
+            OpenError::Setting(message) => StartError::Config(message),
+        }
+    }
 }
 
 /// A built server, ready to serve on its listener.
@@ -183,77 +183,44 @@ pub(crate) fn prepare(
     store: Arc<dyn Store>,
     admin_key: Option<String>,
 ) -> Result<(AppState, Option<String>, u64), StartError> {
-    let partitions = match store.setting(PARTITIONS_SETTING)? {
-        Some(text) => text
-            .parse::<u16>()
-            .map_err(|_| StartError::Config(format!("stored partitions {text:?}")))?,
-        None => {
-            store.set_setting(PARTITIONS_SETTING, &config.partitions.to_string())?;
-            config.partitions
-        }
-    };
-    let clock = if config.test_clock {
-        let start = match store.setting(TEST_CLOCK_SETTING)? {
-            Some(text) => Timestamp::from_micros(
-                text.parse()
-                    .map_err(|_| StartError::Config("stored test clock".into()))?,
-            ),
-            None => {
-                let now = clock::system_now();
-                store.set_setting(TEST_CLOCK_SETTING, &now.micros().to_string())?;
-                now
-            }
-        };
-        Clock::test(start)
-    } else {
-        Clock::system()
-    };
-    let catalog = Arc::new(config.catalog.clone());
-    let (ledgers, entries) = engine::recover(&*store, catalog.clone(), partitions)?;
-    warn_missing_tiers(&ledgers, &catalog);
-    let idempotency = EdgeIdempotency::new(config.idempotency_retention_seconds);
-    let now = clock.now();
-    store.purge_idempotency(now)?;
-    idempotency.restore(store.idempotency_records(now)?);
-    let (keys, generated) = load_keys(&*store, admin_key, now)?;
     let mut routes = openapi::route_paths();
-    routes.extend(portal::ROUTE_PATHS);
+    routes.extend(purser_portal::ROUTE_PATHS);
     let metrics = Arc::new(Metrics::new(&routes));
-    let engine_config = EngineConfig {
-        shards: config.shards.max(1),
-        partitions,
-        queue_capacity: config.queue_capacity,
-        batch_limit: config.batch_limit,
-        idempotency_retention_seconds: config.idempotency_retention_seconds,
-        snapshot_every_entries: config.snapshot_every_entries,
-    };
-    let engine = Engine::start(
-        &engine_config,
-        ledgers,
-        store.clone(),
-        clock.clone(),
-        metrics.clone(),
-    );
-    let portal = portal::Portal {
-        signer: portal_signer(&*store)?,
-        public_url: config.public_url.clone(),
-        session_ttl_seconds: config.portal_session_ttl_seconds,
-        payments: payments::provider(&config.payment_provider).ok_or_else(|| {
+    let payments =
+        purser_portal::payments::provider(&config.payment_provider).ok_or_else(|| {
             StartError::Config(format!(
                 "unknown payment provider {:?}",
                 config.payment_provider
             ))
-        })?,
+        })?;
+    let options = Options {
+        config: EngineConfig {
+            shards: config.shards,
+            partitions: config.partitions,
+            queue_capacity: config.queue_capacity,
+            batch_limit: config.batch_limit,
+            idempotency_retention_seconds: config.idempotency_retention_seconds,
+            snapshot_every_entries: config.snapshot_every_entries,
+            request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
+        },
+        test_clock: config.test_clock,
+        catalog: config.catalog.clone(),
+        render: Arc::new(JsonAnswers),
+        observer: metrics.clone(),
     };
+    let (engine, entries) = Engine::open(store.clone(), options)?;
+    let (keys, generated) = load_keys(&*store, admin_key, engine.clock().now())?;
+    let portal = Arc::new(Portal {
+        engine: engine.clone(),
+        signer: portal_signer(&*store)?,
+        public_url: config.public_url.clone(),
+        session_ttl_seconds: config.portal_session_ttl_seconds,
+        payments,
+    });
     let shared = Shared {
         engine,
-        store,
-        clock,
-        catalog,
         keys,
-        idempotency,
         metrics,
-        request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
         portal,
     };
     Ok((AppState(Arc::new(shared)), generated, entries))
@@ -261,26 +228,17 @@ pub(crate) fn prepare(
 
 /// The portal's signing key: made on first start and kept in the store, so
 /// links survive restarts and work on whichever node is the writer.
-fn portal_signer(store: &dyn Store) -> Result<portal::session::Signer, StartError> {
-    if let Some(text) = store.setting(portal::session::SIGNING_KEY_SETTING)? {
-        return portal::session::Signer::from_hex(&text).ok_or_else(|| {
+fn portal_signer(store: &dyn Store) -> Result<Signer, StartError> {
+    if let Some(text) = store.setting(SIGNING_KEY_SETTING)? {
+        return Signer::from_hex(&text).ok_or_else(|| {
             StartError::Config("the stored portal signing key is malformed".into())
         });
     }
     let key = random_hex(32);
-    store.set_setting(portal::session::SIGNING_KEY_SETTING, &key)?;
-    portal::session::Signer::from_hex(&key)
+    store.set_setting(SIGNING_KEY_SETTING, &key)?;
+    Signer::from_hex(&key)
         .ok_or_else(|| StartError::Config("a generated portal signing key is malformed".into()))
 }
-
-fn warn_missing_tiers(ledgers: &[purser_core::Ledger], catalog: &Catalog) {
-    for account in ledgers.iter().flat_map(|l| l.accounts()) {
-        if catalog.tier(account.tier().as_str()).is_none() {
-            tracing::warn!(account = %account.id(), tier = %account.tier(), "the account's tier is not in the catalog: it renews with 0 credits");
-        }
-    }
-}
-
 /// Loads API keys; makes sure `PURSER_ADMIN_KEY` is one; on a first start
 /// without it, generates an admin key to print once.
 fn load_keys(

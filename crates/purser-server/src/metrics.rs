@@ -67,6 +67,14 @@ impl Histogram {
     }
 }
 
+impl purser_engine::CommitObserver for Metrics {
+    fn observe_commit(&self, entries: usize, commands: usize, elapsed: Duration) {
+        self.commit_batch.observe(commands as u64);
+        self.commit_latency.observe(elapsed.as_micros() as u64);
+        self.entries.fetch_add(entries as u64, Ordering::Relaxed);
+    }
+}
+
 /// `value / scale` as an exact decimal string (scale a power of ten).
 fn decimal(value: u64, scale: u64) -> String {
     if scale == 1 {
@@ -127,12 +135,6 @@ impl Metrics {
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len() - 1);
         stats.statuses[slot].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn observe_commit(&self, entries: usize, commands: usize, elapsed: Duration) {
-        self.commit_batch.observe(commands as u64);
-        self.commit_latency.observe(elapsed.as_micros() as u64);
-        self.entries.fetch_add(entries as u64, Ordering::Relaxed);
     }
 
     pub fn set_queue_depth(&self, depth: u64) {

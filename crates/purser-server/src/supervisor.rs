@@ -21,7 +21,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::error::{ApiError, json_response};
+use purser_wire::{ApiError, json_response};
 
 #[derive(Debug)]
 pub struct Supervisor {
@@ -95,7 +95,10 @@ impl Supervisor {
             }
             tracing::info!(holder = %self.holder, "serving as the writer");
             self.set(Some(state.clone()));
-            while !state.engine.is_poisoned() && !state.store.is_fenced() && !self.stopping() {
+            while !state.engine.is_poisoned()
+                && !state.engine.store().is_fenced()
+                && !self.stopping()
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if self.stopping() {

@@ -6,7 +6,7 @@ mod harness;
 
 use harness::{Server, charge};
 use purser_client::Cost;
-use purser_server::portal::session::{Session, Signer};
+use purser_portal::session::{Session, Signer};
 use serde_json::{Value, json};
 
 /// A browser-like client: no redirects followed, forms posted as forms.
@@ -543,8 +543,7 @@ async fn the_csv_export_holds_every_transaction_and_the_forecast_reads_the_burn_
     charge(&api, "acme", Cost::credits("250")).await;
     let now = api.get("/v1/test_clock").await.unwrap();
     let now = purser_core::Timestamp::parse_rfc3339(now.str("now")).unwrap();
-    let runs_out =
-        purser_server::portal::format::date(now.checked_add_seconds(4 * 86_400).unwrap());
+    let runs_out = purser_portal::format::date(now.checked_add_seconds(4 * 86_400).unwrap());
     // (The first link has expired by now: a new session.)
     let link = url(&session(&server, "acme").await);
     let page = get(&link).await;

@@ -12,11 +12,13 @@
 
 pub mod codec;
 pub mod conformance;
+mod recovery;
 mod usage;
 
-use purser_core::{AccountHandle, CreditSum, Entry, Timestamp};
+use purser_core::{AccountHandle, CreditSum, Entry, ObjectId, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
+pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
 
 /// Why a store operation failed.
@@ -170,6 +172,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A page of an account's entries, newest first.
     fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError>;
+
+    /// The entry that ended a hold (its capture, release or expiry), if any:
+    /// the account's settling entries searched newest first, back to the hold.
+    fn hold_end(&self, hold: ObjectId) -> Result<Option<Entry>, StoreError> {
+        let mut before_seq = None;
+        loop {
+            let page = self.entries(&EntryQuery {
+                account: hold.account,
+                types: vec!["capture", "release", "hold_expired"],
+                before_seq,
+                limit: 100,
+            })?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            before_seq = Some(last.seq);
+            let found = page
+                .into_iter()
+                .find(|entry| entry.body.ends_hold(hold.seq).is_some());
+            if found.is_some() || before_seq.is_some_and(|seq| seq <= hold.seq) {
+                return Ok(found);
+            }
+        }
+    }
 
     /// Usage grouped as asked, net of reversals, ordered by key.
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;

@@ -222,7 +222,7 @@ fn verify(data_dir: &std::path::Path, config: Option<&PathBuf>) -> anyhow::Resul
     };
     let snapshots = store.snapshots()?.len();
     if partitions > 0 {
-        let (recovered, _) = purser_server::engine::recover(&store, catalog.clone(), partitions)?;
+        let (recovered, _) = purser_store::recover(&store, catalog.clone(), partitions)?;
         for ledger in &recovered {
             let empty = purser_core::Ledger::new(ledger.partition(), catalog.clone());
             let full = replayed.get(&ledger.partition()).unwrap_or(&empty);

@@ -1,8 +1,7 @@
 //! API errors: `{"error": {"type", "code", "message", "param"?, …}}`, and the
 //! one place where error types become HTTP statuses.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use purser_engine::{AdvanceError, Busy, Outcome, QueryError};
 use serde_json::{Map, Value, json};
 
 #[derive(Debug)]
@@ -141,19 +140,79 @@ impl ApiError {
     }
 }
 
-/// A JSON response from a status and a rendered body.
-pub fn json_response(status: u16, body: Vec<u8>) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        json_response(self.status, self.body())
+impl From<Busy> for ApiError {
+    fn from(busy: Busy) -> ApiError {
+        match busy {
+            Busy::QueueFull => ApiError::rate_limited(),
+            Busy::Unavailable => ApiError::unavailable(),
+        }
     }
 }
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> ApiError {
+        match error {
+            QueryError::Panicked => ApiError::internal("a store query panicked"),
+            QueryError::Store(error) => {
+                tracing::error!(%error, "store query failed");
+                ApiError::internal("the store could not answer")
+            }
+        }
+    }
+}
+
+impl From<AdvanceError> for ApiError {
+    fn from(error: AdvanceError) -> ApiError {
+        match error {
+            AdvanceError::TooFar => ApiError::invalid("seconds", "the clock cannot move that far"),
+            AdvanceError::Query(error) => error.into(),
+            AdvanceError::Busy(busy) => busy.into(),
+        }
+    }
+}
+
+/// A command's outcome as a status and a body.
+pub fn outcome(outcome: Outcome) -> (u16, Vec<u8>) {
+    let error = match outcome {
+        Outcome::Answered { status, body } => return (status, body),
+        Outcome::KeyReused => ApiError::idempotency(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        ),
+        Outcome::KeyInUse => ApiError::idempotency(
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still running",
+        ),
+        Outcome::Busy(busy) => busy.into(),
+        Outcome::RecallFailed(message) => ApiError::internal(message),
+    };
+    (error.status, error.body())
+}
+
+#[cfg(feature = "axum")]
+mod response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+
+    use super::ApiError;
+
+    /// A JSON response from a status and a rendered body.
+    pub fn json_response(status: u16, body: Vec<u8>) -> Response {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+
+    impl IntoResponse for ApiError {
+        fn into_response(self) -> Response {
+            json_response(self.status, self.body())
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use response::json_response;

@@ -4,15 +4,13 @@
 use std::fmt::Display;
 
 use purser_core::{
-    Account, AccountHandle, AccountId, Allocation, BalanceAfter, Body, Command, Entry, ErrorType,
-    Grant, GrantSource, GrantState, Hold, ObjectId, ObjectKind, Pricing, Purchase, Receipt,
-    Rejection, Timestamp,
+    Account, AccountHandle, Allocation, BalanceAfter, Body, Entry, ErrorType, Grant, GrantSource,
+    GrantState, Hold, ObjectId, ObjectKind, Pricing, Purchase, Rejection, Timestamp,
 };
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Value, json};
 
-use crate::engine::Answer;
 use crate::memo::DebitMemo;
 
 /// A value written with its `Display` (amounts, times, ids) as a JSON string.
@@ -25,134 +23,13 @@ impl<T: Display> Serialize for Text<T> {
     }
 }
 
-fn id(handle: AccountHandle, seq: u64, kind: ObjectKind) -> String {
+/// An object's id (`deb_…`, `gr_…`, …).
+pub fn object_id(handle: AccountHandle, seq: u64, kind: ObjectKind) -> String {
     ObjectId {
         account: handle,
         seq,
     }
     .format(kind)
-}
-
-/// What a shard can be asked to read.
-#[derive(Debug)]
-pub enum Read {
-    Account(AccountId),
-    AccountByHandle(AccountHandle),
-    Balance(AccountId),
-    Grants(AccountId, Page),
-    Purchases(AccountId, Page),
-    /// An active hold, or 404 from memory (the edge then asks the store).
-    Hold(ObjectId),
-    /// One purchase of an account.
-    Purchase(ObjectId),
-    /// The handle and creation time of an account id, to query the store by.
-    Handle(AccountId),
-    /// Up to `limit` accounts of the shard created before the cursor, newest first.
-    Accounts {
-        before: Option<(Timestamp, AccountId)>,
-        limit: usize,
-    },
-}
-
-/// A page of an in-memory list: at most `limit` items after the object
-/// `starting_after` (a sequence number of this account).
-#[derive(Clone, Copy, Debug)]
-pub struct Page {
-    pub limit: usize,
-    pub starting_after: Option<u64>,
-}
-
-impl Page {
-    fn list(self, items: Vec<(u64, Value)>) -> Value {
-        let start = match self.starting_after {
-            None => 0,
-            Some(seq) => items
-                .iter()
-                .position(|(s, _)| *s == seq)
-                .map_or(items.len(), |at| at + 1),
-        };
-        let rest = &items[start.min(items.len())..];
-        let data: Vec<&Value> = rest.iter().take(self.limit).map(|(_, v)| v).collect();
-        json!({"object": "list", "data": data, "has_more": rest.len() > self.limit})
-    }
-}
-
-/// How a read names its account.
-#[derive(Debug)]
-pub enum AccountRef<'a> {
-    Id(&'a AccountId),
-    Handle(AccountHandle),
-}
-
-impl Read {
-    pub fn account(&self) -> AccountRef<'_> {
-        match self {
-            Read::Account(id)
-            | Read::Balance(id)
-            | Read::Grants(id, _)
-            | Read::Purchases(id, _)
-            | Read::Handle(id) => AccountRef::Id(id),
-            Read::AccountByHandle(handle) => AccountRef::Handle(*handle),
-            Read::Hold(hold) | Read::Purchase(hold) => AccountRef::Handle(hold.account),
-            Read::Accounts { .. } => AccountRef::Handle(AccountHandle::from_raw(u64::MAX)),
-        }
-    }
-}
-
-fn json_answer(status: u16, value: &impl Serialize) -> Answer {
-    Answer::Json {
-        status,
-        body: serde_json::to_vec(value).expect("JSON rendering cannot fail"),
-    }
-}
-
-pub fn read(read: Read, account: Option<&Account>, now: Timestamp) -> Answer {
-    if let Read::Handle(_) = read {
-        return Answer::Handle(account.map(|a| (a.handle(), a.created_at())));
-    }
-    let Some(account) = account else {
-        let rejection = match read {
-            Read::Hold(_) => Rejection::HoldNotFound,
-            Read::Purchase(_) => Rejection::PurchaseNotFound,
-            _ => Rejection::AccountNotFound,
-        };
-        return rejection_answer(&rejection);
-    };
-    match read {
-        Read::Account(_) | Read::AccountByHandle(_) => Answer::Json {
-            status: 200,
-            body: account_body(account, now),
-        },
-        Read::Balance(_) => json_answer(200, &BalanceJson::new(account, now)),
-        Read::Grants(_, page) => {
-            let mut grants: Vec<&Grant> = account.grants().iter().collect();
-            // Active first (burn order), then the rest.
-            grants.sort_by_key(|g| !g.is_active(now));
-            let items: Vec<(u64, Value)> = grants
-                .iter()
-                .map(|g| (g.seq, grant_json(account, g, now)))
-                .collect();
-            json_answer(200, &page.list(items))
-        }
-        Read::Purchases(_, page) => {
-            let items: Vec<(u64, Value)> = account
-                .purchases()
-                .iter()
-                .rev()
-                .map(|p| (p.seq, purchase_json(account, p)))
-                .collect();
-            json_answer(200, &page.list(items))
-        }
-        Read::Hold(hold) => match account.hold(hold.seq) {
-            Some(active) => json_answer(200, &hold_json(account, active, "active")),
-            None => rejection_answer(&Rejection::HoldNotFound),
-        },
-        Read::Purchase(purchase) => match account.purchase(purchase.seq) {
-            Some(found) => json_answer(200, &purchase_json(account, found)),
-            None => rejection_answer(&Rejection::PurchaseNotFound),
-        },
-        Read::Handle(_) | Read::Accounts { .. } => unreachable!("answered above or by the shard"),
-    }
 }
 
 pub fn account_body(account: &Account, now: Timestamp) -> Vec<u8> {
@@ -271,7 +148,7 @@ impl Serialize for AllocationJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(3))?;
         map.serialize_entry("credits", &Text(self.1.credits))?;
-        map.serialize_entry("grant", &id(self.0, self.1.grant, ObjectKind::Grant))?;
+        map.serialize_entry("grant", &object_id(self.0, self.1.grant, ObjectKind::Grant))?;
         map.serialize_entry("kind", self.1.kind.as_str())?;
         map.end()
     }
@@ -289,7 +166,7 @@ impl Serialize for DebitJson<'_> {
         let handle = self.entry.account;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("object", "debit")?;
-        map.serialize_entry("id", &id(handle, self.entry.seq, ObjectKind::Debit))?;
+        map.serialize_entry("id", &object_id(handle, self.entry.seq, ObjectKind::Debit))?;
         map.serialize_entry("account", self.account)?;
         let (credits, pricing, member, mode, debt) = match &self.entry.body {
             Body::Debited(d) => (d.credits, &d.pricing, &d.member, d.mode, d.debt_incurred),
@@ -314,7 +191,7 @@ impl Serialize for DebitJson<'_> {
             Body::Captured(c) => {
                 let all: Vec<Allocation> = c.from_hold.iter().chain(&c.excess).copied().collect();
                 map.serialize_entry("allocations", &AllocationsJson(handle, &all))?;
-                map.serialize_entry("hold", &id(handle, c.hold, ObjectKind::Hold))?;
+                map.serialize_entry("hold", &object_id(handle, c.hold, ObjectKind::Hold))?;
                 map.serialize_entry("metadata", &json!({}))?;
             }
             _ => {}
@@ -380,7 +257,7 @@ pub fn hold_json(account: &Account, hold: &Hold, status: &str) -> Value {
     let handle = account.handle();
     json!({
         "object": "hold",
-        "id": id(handle, hold.seq, ObjectKind::Hold),
+        "id": object_id(handle, hold.seq, ObjectKind::Hold),
         "account": account.id().as_str(),
         "credits": hold.credits.to_string(),
         "status": status,
@@ -415,16 +292,16 @@ pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
         }
         GrantSource::Rollover { index } => json!({"type": "rollover", "period": index}),
         GrantSource::Purchase { purchase } => {
-            json!({"type": "purchase", "purchase": id(handle, *purchase, ObjectKind::Purchase)})
+            json!({"type": "purchase", "purchase": object_id(handle, *purchase, ObjectKind::Purchase)})
         }
         GrantSource::Operator { reason } => json!({"type": "operator", "reason": &**reason}),
         GrantSource::Reversal { debit } => {
-            json!({"type": "reversal", "debit": id(handle, *debit, ObjectKind::Debit)})
+            json!({"type": "reversal", "debit": object_id(handle, *debit, ObjectKind::Debit)})
         }
     };
     json!({
         "object": "grant",
-        "id": id(handle, grant.seq, ObjectKind::Grant),
+        "id": object_id(handle, grant.seq, ObjectKind::Grant),
         "account": account.id().as_str(),
         "kind": grant.kind.as_str(),
         "status": grant_status(grant, now),
@@ -443,13 +320,13 @@ pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
     let handle = account.handle();
     json!({
         "object": "purchase",
-        "id": id(handle, purchase.seq, ObjectKind::Purchase),
+        "id": object_id(handle, purchase.seq, ObjectKind::Purchase),
         "account": account.id().as_str(),
         "package": purchase.package.as_str(),
         "credits": purchase.credits.to_string(),
         "price": purchase.price.to_string(),
         "status": purchase.status.as_str(),
-        "grant": purchase.grant.map(|g| id(handle, g, ObjectKind::Grant)),
+        "grant": purchase.grant.map(|g| object_id(handle, g, ObjectKind::Grant)),
         "created_at": Text(purchase.created_at),
         "updated_at": Text(purchase.updated_at),
         "checkout_url": Value::Null,
@@ -486,7 +363,7 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
     };
     let mut value = json!({
         "object": "transaction",
-        "id": id(handle, entry.seq, ObjectKind::Transaction),
+        "id": object_id(handle, entry.seq, ObjectKind::Transaction),
         "account": account,
         "type": entry.body.type_name(),
         "credits": entry.body.signed_credits().to_string(),
@@ -496,43 +373,43 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
     });
     let extra = match &entry.body {
         Body::Debited(d) => json!({
-            "debit": id(handle, entry.seq, ObjectKind::Debit),
+            "debit": object_id(handle, entry.seq, ObjectKind::Debit),
             "task": d.pricing.as_ref().map(|p| p.task.as_str()),
             "quantity": d.pricing.as_ref().and_then(|p| p.quantity).map(|q| q.to_string()),
             "member": d.member.as_ref().map(|m| m.as_str()),
             "debt_incurred": d.debt_incurred.to_string(),
         }),
         Body::Captured(c) => json!({
-            "debit": id(handle, entry.seq, ObjectKind::Debit),
-            "hold": id(handle, c.hold, ObjectKind::Hold),
+            "debit": object_id(handle, entry.seq, ObjectKind::Debit),
+            "hold": object_id(handle, c.hold, ObjectKind::Hold),
             "task": c.pricing.as_ref().map(|p| p.task.as_str()),
             "quantity": c.pricing.as_ref().and_then(|p| p.quantity).map(|q| q.to_string()),
             "member": c.member.as_ref().map(|m| m.as_str()),
             "debt_incurred": c.debt_incurred.to_string(),
         }),
         Body::Held(h) => {
-            json!({"hold": id(handle, h.seq, ObjectKind::Hold), "held": h.credits.to_string()})
+            json!({"hold": object_id(handle, h.seq, ObjectKind::Hold), "held": h.credits.to_string()})
         }
-        Body::Released(r) => json!({"hold": id(handle, r.hold, ObjectKind::Hold)}),
+        Body::Released(r) => json!({"hold": object_id(handle, r.hold, ObjectKind::Hold)}),
         Body::Reversed(r) => json!({
-            "debit": id(handle, r.debit, ObjectKind::Debit),
+            "debit": object_id(handle, r.debit, ObjectKind::Debit),
             "reversed": r.credits.to_string(),
             "forfeited": AllocationsJson(handle, &r.forfeited),
             "debt_canceled": r.debt_canceled.to_string(),
             "debt_refunded": r.debt_refunded.to_string(),
         }),
         Body::Granted(g) => {
-            json!({"grant": id(handle, g.seq, ObjectKind::Grant), "kind": g.kind.as_str()})
+            json!({"grant": object_id(handle, g.seq, ObjectKind::Grant), "kind": g.kind.as_str()})
         }
         Body::TierChanged(c) => {
             json!({"from": c.from.as_str(), "to": c.to.as_str(), "budget_increase": c.budget_increase.to_string()})
         }
         Body::TierScheduled(t) => json!({"pending_tier": t.as_ref().map(|t| t.as_str())}),
         Body::PurchaseCreated(p) => {
-            json!({"purchase": id(handle, p.seq, ObjectKind::Purchase), "package": p.package.as_str()})
+            json!({"purchase": object_id(handle, p.seq, ObjectKind::Purchase), "package": p.package.as_str()})
         }
         Body::PurchaseUpdated { purchase, status } => {
-            json!({"purchase": id(handle, *purchase, ObjectKind::Purchase), "status": status.as_str()})
+            json!({"purchase": object_id(handle, *purchase, ObjectKind::Purchase), "status": status.as_str()})
         }
         _ => json!({}),
     };
@@ -542,129 +419,8 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
     value
 }
 
-/// What an accepted command answers with.
-#[derive(Clone, Debug)]
-pub enum Shape {
-    AccountCreated,
-    Account,
-    Debit {
-        status: u16,
-    },
-    Hold,
-    /// The hold as it was just before its release.
-    Released(Option<Box<Hold>>),
-    Grant {
-        status: u16,
-    },
-    /// `seq` when the command names the purchase (it may change nothing).
-    Purchase {
-        status: u16,
-        seq: Option<u64>,
-    },
-    Transaction,
-    Empty,
-}
-
-pub fn shape_of(command: &Command) -> Shape {
-    match command {
-        Command::OpenAccount { .. } => Shape::AccountCreated,
-        Command::UpdateAccount { .. }
-        | Command::CloseAccount { .. }
-        | Command::ChangeTier { .. } => Shape::Account,
-        Command::Charge { .. } => Shape::Debit { status: 201 },
-        Command::CaptureHold { .. } => Shape::Debit { status: 200 },
-        Command::PlaceHold { .. } => Shape::Hold,
-        Command::ReleaseHold { .. } => Shape::Released(None),
-        Command::IssueGrant { .. } => Shape::Grant { status: 201 },
-        Command::VoidGrant { .. } => Shape::Grant { status: 200 },
-        Command::CreatePurchase { .. } => Shape::Purchase {
-            status: 201,
-            seq: None,
-        },
-        Command::CompletePurchase { purchase }
-        | Command::FailPurchase { purchase }
-        | Command::CancelPurchase { purchase }
-        | Command::RefundPurchase { purchase } => Shape::Purchase {
-            status: 200,
-            seq: Some(purchase.seq),
-        },
-        Command::Reverse { .. } => Shape::Transaction,
-        Command::Advance { .. } => Shape::Empty,
-    }
-}
-
-/// Renders the answer of an accepted command from the entries it wrote and
-/// the account after it.
-pub fn accepted(
-    shape: Shape,
-    receipt: &Receipt,
-    account: &Account,
-    entries: &[Entry],
-    now: Timestamp,
-) -> Answer {
-    let primary = receipt.primary.map(|index| &entries[index]);
-    match (shape, primary) {
-        (Shape::AccountCreated, _) => Answer::Json {
-            status: 201,
-            body: account_body(account, now),
-        },
-        (Shape::Account, _) => Answer::Json {
-            status: 200,
-            body: account_body(account, now),
-        },
-        (Shape::Debit { status }, Some(entry)) => Answer::Json {
-            status,
-            body: debit_body(account, entry, now),
-        },
-        (
-            Shape::Hold,
-            Some(Entry {
-                body: Body::Held(hold),
-                ..
-            }),
-        ) => json_answer(201, &hold_json(account, hold, "active")),
-        (Shape::Released(Some(hold)), _) => {
-            json_answer(200, &hold_json(account, &hold, "released"))
-        }
-        (Shape::Grant { status }, Some(entry)) => {
-            let seq = match &entry.body {
-                Body::Granted(grant) => grant.seq,
-                Body::Voided { allocation, .. } => allocation.grant,
-                _ => unreachable!("a grant answer is a grant or a void"),
-            };
-            match account.grant(seq) {
-                Some(grant) => json_answer(status, &grant_json(account, grant, now)),
-                None => json_answer(
-                    status,
-                    &json!({"object": "grant", "id": id(account.handle(), seq, ObjectKind::Grant), "status": "voided"}),
-                ),
-            }
-        }
-        (Shape::Purchase { status, seq }, primary) => {
-            let seq = seq.or(match primary.map(|e| &e.body) {
-                Some(Body::PurchaseCreated(p)) => Some(p.seq),
-                _ => None,
-            });
-            match seq.and_then(|seq| account.purchase(seq)) {
-                Some(purchase) => json_answer(status, &purchase_json(account, purchase)),
-                None => rejection_answer(&Rejection::PurchaseNotFound),
-            }
-        }
-        (Shape::Transaction, Some(entry)) => {
-            json_answer(200, &transaction_json(account.id().as_str(), entry))
-        }
-        _ => Answer::Json {
-            status: 200,
-            body: b"{}".to_vec(),
-        },
-    }
-}
-
-pub fn rejection(rejection: &Rejection) -> Answer {
-    rejection_answer(rejection)
-}
-
-fn rejection_answer(rejection: &Rejection) -> Answer {
+/// A refusal: its status and the error object of API.md.
+pub fn rejection(rejection: &Rejection) -> (u16, Vec<u8>) {
     let (status, kind) = match rejection.error_type() {
         ErrorType::InvalidRequest => (400, "invalid_request"),
         ErrorType::InsufficientCredits => (402, "insufficient_credits"),
@@ -702,5 +458,10 @@ fn rejection_answer(rejection: &Rejection) -> Answer {
         Rejection::PurchaseNotAllowed { status } => error["status"] = json!(status.as_str()),
         _ => {}
     }
-    json_answer(status, &json!({"error": error}))
+    (status, to_json(&json!({"error": error})))
+}
+
+/// A value's JSON.
+pub fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON rendering cannot fail")
 }

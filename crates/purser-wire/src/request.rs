@@ -1,7 +1,9 @@
 //! Wire input: a JSON body read as a map, every field checked by hand so
 //! that each refusal names its `param`. Unknown fields are refused.
 
-use purser_core::{Credits, IdError, Metadata, Notation, Quantity, Timestamp};
+use purser_core::{
+    Amount, ChargeMode, Credits, IdError, Metadata, Notation, Quantity, TaskId, Timestamp,
+};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -180,6 +182,35 @@ impl Fields {
                     })
             })
             .transpose()
+    }
+
+    /// What a charge or hold is for: `credits`, or `task` and `quantity`.
+    pub fn amount(&self) -> Result<Amount, ApiError> {
+        let credits = self.credits("credits")?;
+        let task = self.id("task", TaskId::parse)?;
+        let quantity = self.quantity("quantity")?;
+        match (credits, task, quantity) {
+            (Some(credits), None, None) => Ok(Amount::Credits(credits)),
+            (None, Some(task), Some(quantity)) => Ok(Amount::Task { task, quantity }),
+            (None, Some(_), None) => Err(ApiError::missing("quantity")),
+            (None, None, Some(_)) => Err(ApiError::missing("task")),
+            (None, None, None) => Err(ApiError::bad_request(
+                "parameter_missing",
+                "give either credits, or task and quantity",
+            )),
+            _ => Err(ApiError::bad_request(
+                "parameter_conflict",
+                "give either credits, or task and quantity, not both",
+            )),
+        }
+    }
+
+    /// A charge's `mode`: `strict` (the default) or `record`.
+    pub fn mode(&self) -> Result<ChargeMode, ApiError> {
+        Ok(match self.choice("mode", &["strict", "record"])? {
+            Some(1) => ChargeMode::Record,
+            _ => ChargeMode::Strict,
+        })
     }
 
     pub fn array(&self, name: &str) -> Result<Option<&Vec<Value>>, ApiError> {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::chart;
 use super::forecast::Forecast;
 use super::format;
-use super::{micros, time};
+use crate::pages::{micros, time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {

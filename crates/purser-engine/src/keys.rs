@@ -1,25 +1,32 @@
-//! The edge's idempotency keys: one key space per server, in striped tables
-//! so that requests with different keys do not contend. The core's pure
+//! Idempotency keys: one key space per server, in striped tables so that
+//! requests with different keys do not contend. The core's pure
 //! `IdempotencyTable` decides; records become durable with the commit batch
-//! that carries their answer (see the engine).
+//! that carries their answer (see the shard and the committer).
 
 use std::sync::{Arc, Mutex};
 
 use purser_core::{Claim, Fingerprint, IdempotencyTable, Timestamp};
 use purser_store::IdempotencyRecord;
-use sha2::{Digest, Sha256};
 
 const STRIPES: usize = 64;
 
+/// A request's idempotency key and the fingerprint of what it asks for
+/// (method, path, body): a key reused for another request is refused.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: Fingerprint,
+}
+
 /// A remembered answer.
 #[derive(Clone, Debug)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub status: u16,
     pub body: Arc<[u8]>,
 }
 
 #[derive(Debug)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     New,
     Replay(Stored),
     Mismatch,
@@ -27,7 +34,7 @@ pub enum Claimed {
 }
 
 #[derive(Debug)]
-pub struct EdgeIdempotency {
+pub(crate) struct KeyTable {
     stripes: Vec<Mutex<IdempotencyTable<Stored>>>,
 }
 
@@ -37,34 +44,9 @@ fn stripe(key: &str) -> usize {
     (foldhash::fast::FixedState::with_seed(0x7075_7273_6572).hash_one(key) as usize) % STRIPES
 }
 
-/// The fingerprint of a request: method, path and the body as a JSON value
-/// (keys sorted, so the same object written differently matches).
-pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
-    let canonical = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".to_vec()
-    } else {
-        serde_json::from_slice::<serde_json::Value>(body)
-            .map(|value| serde_json::to_vec(&value).unwrap_or_default())
-            .unwrap_or_else(|_| body.to_vec())
-    };
-    fingerprint_canonical(method, path, &canonical)
-}
-
-/// [`fingerprint`] of a body already in canonical form (keys sorted, as
-/// `serde_json` writes a parsed object).
-pub fn fingerprint_canonical(method: &str, path: &str, canonical: &[u8]) -> Fingerprint {
-    let mut hasher = Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(path.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(canonical);
-    hasher.finalize().into()
-}
-
-impl EdgeIdempotency {
-    pub fn new(retention_seconds: i64) -> EdgeIdempotency {
-        EdgeIdempotency {
+impl KeyTable {
+    pub fn new(retention_seconds: i64) -> KeyTable {
+        KeyTable {
             stripes: (0..STRIPES)
                 .map(|_| Mutex::new(IdempotencyTable::new(retention_seconds)))
                 .collect(),

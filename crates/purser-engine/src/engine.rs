@@ -1,0 +1,501 @@
+//! The engine's handle: what the API and the portal call. Commands go to the
+//! shard that owns their account, with their idempotency key claimed first;
+//! reads go the same way; store queries run off the async threads.
+
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use purser_core::{
+    AccountHandle, AccountId, Catalog, Command, Ledger, Target, Timestamp, partition_of,
+};
+use purser_store::{Store, StoreError};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::committer::{CommitObserver, Committer};
+use crate::keys::{Claimed, IdempotencyKey, KeyTable, Stored};
+use crate::open::TEST_CLOCK_SETTING;
+use crate::protocol::{Read, Render, Rendered};
+use crate::shard::{Answer, Batch, Job, Shard, Work};
+
+/// Why work was not done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The shard's queue is full: retry with backoff.
+    QueueFull,
+    /// The engine stopped after a failed commit, or no answer came in time.
+    Unavailable,
+}
+
+/// Why a store query failed.
+#[derive(Debug)]
+pub enum QueryError {
+    Store(StoreError),
+    /// The query panicked.
+    Panicked,
+}
+
+/// Why the test clock did not move.
+#[derive(Debug)]
+pub enum AdvanceError {
+    /// The clock cannot move that far.
+    TooFar,
+    Query(QueryError),
+    Busy(Busy),
+}
+
+/// How a command ended, from its caller's view.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its answer, fresh or remembered by its idempotency key.
+    Answered {
+        status: u16,
+        body: Vec<u8>,
+    },
+    /// Its idempotency key was used with a different request.
+    KeyReused,
+    /// A request with its idempotency key is still running.
+    KeyInUse,
+    Busy(Busy),
+    /// A remembered answer could not be given again (what went wrong).
+    RecallFailed(String),
+}
+
+/// A command handed to the engine, or ended at once (a replay, a refused
+/// key, a full queue): [`Engine::settle`] waits for its outcome.
+#[derive(Debug)]
+pub struct Submitted(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Ended(Outcome),
+    /// Its idempotency key remembered this answer.
+    Replay {
+        status: u16,
+        remembered: Arc<[u8]>,
+    },
+    Waiting {
+        key: Option<String>,
+        receiver: oneshot::Receiver<Answer>,
+    },
+}
+
+/// A page of accounts, newest first, each rendered.
+#[derive(Debug)]
+pub struct AccountsPage {
+    pub accounts: Vec<Vec<u8>>,
+    pub has_more: bool,
+}
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub shards: usize,
+    pub partitions: u16,
+    pub queue_capacity: usize,
+    pub batch_limit: usize,
+    pub idempotency_retention_seconds: i64,
+    /// A shard snapshots its partitions after writing this many entries.
+    pub snapshot_every_entries: u64,
+    /// How long a request waits for its answer before "unavailable" (the
+    /// command may still commit: clients retry with the same key).
+    pub request_timeout: Duration,
+}
+
+/// Handle to the running engine; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    shards: Box<[Sender<Job>]>,
+    partitions: u16,
+    poisoned: Arc<AtomicBool>,
+    queue_depth: Arc<AtomicU64>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    catalog: Arc<Catalog>,
+    keys: KeyTable,
+    render: Arc<dyn Render>,
+    request_timeout: Duration,
+}
+
+/// What [`Engine::launch`] runs on.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub ledgers: Vec<Ledger>,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    pub catalog: Arc<Catalog>,
+    pub keys: KeyTable,
+    pub render: Arc<dyn Render>,
+    pub observer: Arc<dyn CommitObserver>,
+}
+
+impl Engine {
+    /// Starts one thread per shard and the committer over recovered ledgers
+    /// (one per partition, index = partition).
+    pub(crate) fn launch(config: &EngineConfig, parts: Parts) -> Engine {
+        assert_eq!(parts.ledgers.len(), usize::from(config.partitions));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let queue_depth = Arc::new(AtomicU64::new(0));
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded::<Batch>(config.shards * 2);
+        let mut owned: Vec<Vec<Ledger>> = (0..config.shards).map(|_| Vec::new()).collect();
+        for ledger in parts.ledgers {
+            owned[usize::from(ledger.partition()) % config.shards].push(ledger);
+        }
+        let mut senders = Vec::new();
+        for (index, ledgers) in owned.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+            senders.push(tx);
+            let shard = Shard {
+                index,
+                shards: config.shards,
+                partitions: config.partitions,
+                ledgers,
+                rx,
+                commit: commit_tx.clone(),
+                clock: parts.clock.clone(),
+                render: parts.render.clone(),
+                batch_limit: config.batch_limit,
+                retention_seconds: config.idempotency_retention_seconds,
+                due: BinaryHeap::new(),
+                since_snapshot: 0,
+                snapshot_every: config.snapshot_every_entries.max(1),
+                poisoned: poisoned.clone(),
+                queue_depth: queue_depth.clone(),
+            };
+            let stopped = poisoned.clone();
+            std::thread::Builder::new()
+                .name(format!("purser-shard-{index}"))
+                .spawn(move || {
+                    // A panic is a bug (a broken invariant): the shard's
+                    // memory can no longer be trusted, so the engine stops.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || shard.run()));
+                    if outcome.is_err() {
+                        stopped.store(true, Ordering::Relaxed);
+                        tracing::error!(
+                            shard = index,
+                            "a shard panicked: the engine stops taking requests"
+                        );
+                    }
+                })
+                .expect("spawn shard thread");
+        }
+        drop(commit_tx);
+        let committer = Committer {
+            store: parts.store.clone(),
+            rx: commit_rx,
+            poisoned: poisoned.clone(),
+            observer: parts.observer,
+        };
+        std::thread::Builder::new()
+            .name("purser-committer".into())
+            .spawn(move || committer.run())
+            .expect("spawn committer thread");
+        Engine(Arc::new(Inner {
+            shards: senders.into(),
+            partitions: config.partitions,
+            poisoned,
+            queue_depth,
+            store: parts.store,
+            clock: parts.clock,
+            catalog: parts.catalog,
+            keys: parts.keys,
+            render: parts.render,
+            request_timeout: config.request_timeout,
+        }))
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.0.partitions
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.0.shards.len()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.0.clock
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.0.catalog
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.0.poisoned.load(Ordering::Relaxed)
+    }
+
+    pub fn queue_depth(&self) -> u64 {
+        self.0.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// The shard that owns an account id.
+    fn shard_of_id(&self, id: &AccountId) -> usize {
+        usize::from(partition_of(id.as_str(), self.0.partitions)) % self.shard_count()
+    }
+
+    /// The shard that owns an account handle (from an object id).
+    fn shard_of_handle(&self, handle: AccountHandle) -> usize {
+        usize::from(handle.partition()) % self.shard_count()
+    }
+
+    fn shard_of_command(&self, command: &Command) -> usize {
+        match command.target() {
+            Target::New(id) | Target::Id(id) => self.shard_of_id(id),
+            Target::Handle(handle) => self.shard_of_handle(handle),
+        }
+    }
+
+    /// Queues work on a shard; the answer arrives once its batch is durable.
+    fn submit(&self, shard: usize, work: Work) -> Result<oneshot::Receiver<Answer>, Busy> {
+        if self.is_poisoned() {
+            return Err(Busy::Unavailable);
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.0.shards[shard].try_send(Job { work, reply }) {
+            Ok(()) => {
+                self.0.queue_depth.fetch_add(1, Ordering::Relaxed);
+                Ok(answer)
+            }
+            Err(TrySendError::Full(_)) => Err(Busy::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(Busy::Unavailable),
+        }
+    }
+
+    /// Waits (at most the request timeout) for a shard's answer.
+    async fn wait(&self, receiver: oneshot::Receiver<Answer>) -> Answer {
+        match tokio::time::timeout(self.0.request_timeout, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Answer::Unavailable,
+        }
+    }
+
+    async fn ask(&self, shard: usize, work: Work) -> Result<Answer, Busy> {
+        let receiver = self.submit(shard, work)?;
+        match self.wait(receiver).await {
+            Answer::Unavailable => Err(Busy::Unavailable),
+            answer => Ok(answer),
+        }
+    }
+
+    // ----- commands and their keys -----
+
+    /// Claims an idempotency key: `Ok` for a key not seen before, `Err` with
+    /// what to answer instead (a replay, or the refusal of a key in use or
+    /// reused).
+    pub fn claim(&self, key: &IdempotencyKey) -> Result<(), Submitted> {
+        match self
+            .0
+            .keys
+            .claim(&key.key, key.fingerprint, self.0.clock.now())
+        {
+            Claimed::New => Ok(()),
+            Claimed::Replay(stored) => Err(Submitted(Pending::Replay {
+                status: stored.status,
+                remembered: stored.body,
+            })),
+            Claimed::Mismatch => Err(Submitted(Pending::Ended(Outcome::KeyReused))),
+            Claimed::InFlight => Err(Submitted(Pending::Ended(Outcome::KeyInUse))),
+        }
+    }
+
+    /// Ends a claimed key with its request's answer: remembered if accepted
+    /// (2xx), released otherwise (refusals are judged afresh on retry).
+    pub fn finish(&self, key: &str, status: u16, body: &[u8]) {
+        if (200..300).contains(&status) {
+            self.remember(key, status, body.to_vec());
+        } else {
+            self.0.keys.abandon(key);
+        }
+    }
+
+    fn remember(&self, key: &str, status: u16, remembered: Vec<u8>) {
+        let stored = Stored {
+            status,
+            body: remembered.into(),
+        };
+        self.0.keys.finish(key, stored, self.0.clock.now());
+    }
+
+    /// Claims the key (if any) and queues the command; does not wait.
+    pub fn start(&self, command: Command, key: Option<IdempotencyKey>) -> Submitted {
+        if let Some(key) = &key
+            && let Err(answered) = self.claim(key)
+        {
+            return answered;
+        }
+        let name = key.as_ref().map(|key| key.key.clone());
+        let shard = self.shard_of_command(&command);
+        match self.submit(
+            shard,
+            Work::Command {
+                command,
+                claim: key,
+            },
+        ) {
+            Ok(receiver) => Submitted(Pending::Waiting {
+                key: name,
+                receiver,
+            }),
+            Err(busy) => {
+                if let Some(name) = name {
+                    self.0.keys.abandon(&name);
+                }
+                Submitted(Pending::Ended(Outcome::Busy(busy)))
+            }
+        }
+    }
+
+    /// Waits for a queued command's answer (sent once durable) and remembers
+    /// it under its key if it was accepted.
+    pub async fn settle(&self, submitted: Submitted) -> Outcome {
+        let (key, receiver) = match submitted.0 {
+            Pending::Ended(outcome) => return outcome,
+            Pending::Replay { status, remembered } => {
+                return self.recall(status, remembered).await;
+            }
+            Pending::Waiting { key, receiver } => (key, receiver),
+        };
+        match self.wait(receiver).await {
+            Answer::Rendered(Rendered {
+                status,
+                body,
+                remember,
+            }) => {
+                if let Some(key) = key {
+                    match remember {
+                        Some(remembered) => self.remember(&key, status, remembered),
+                        None => self.0.keys.abandon(&key),
+                    }
+                }
+                Outcome::Answered { status, body }
+            }
+            _ => {
+                if let Some(key) = key {
+                    self.0.keys.abandon(&key);
+                }
+                Outcome::Busy(Busy::Unavailable)
+            }
+        }
+    }
+
+    /// Runs a command with an optional idempotency key.
+    pub async fn run(&self, command: Command, key: Option<IdempotencyKey>) -> Outcome {
+        self.settle(self.start(command, key)).await
+    }
+
+    /// A remembered answer as the client first got it.
+    async fn recall(&self, status: u16, remembered: Arc<[u8]>) -> Outcome {
+        let render = self.0.render.clone();
+        let recalled = if render.recall_reads_store(&remembered) {
+            let store = self.0.store.clone();
+            tokio::task::spawn_blocking(move || render.recall(&remembered, &*store))
+                .await
+                .unwrap_or_else(|_| Err("a store query panicked".into()))
+        } else {
+            render.recall(&remembered, &*self.0.store)
+        };
+        match recalled {
+            Ok(body) => Outcome::Answered { status, body },
+            Err(message) => {
+                tracing::error!(%message, "replaying an idempotency key");
+                Outcome::RecallFailed(message)
+            }
+        }
+    }
+
+    // ----- reads -----
+
+    /// A read, answered from its shard's memory once everything before it
+    /// is durable.
+    pub async fn read(&self, read: Read) -> Result<Rendered, Busy> {
+        let shard = match read.account() {
+            crate::AccountRef::Id(id) => self.shard_of_id(id),
+            crate::AccountRef::Handle(handle) => self.shard_of_handle(handle),
+        };
+        match self.ask(shard, Work::Read(read)).await? {
+            Answer::Rendered(rendered) => Ok(rendered),
+            _ => Err(Busy::Unavailable),
+        }
+    }
+
+    /// The handle and creation time of an account id; `None` if there is no
+    /// such account.
+    pub async fn handle(&self, id: &AccountId) -> Result<Option<(AccountHandle, Timestamp)>, Busy> {
+        let shard = self.shard_of_id(id);
+        match self.ask(shard, Work::Handle(id.clone())).await? {
+            Answer::Handle(found) => Ok(found),
+            _ => Err(Busy::Unavailable),
+        }
+    }
+
+    /// Up to `limit` accounts created before the cursor, newest first.
+    pub async fn accounts(
+        &self,
+        before: Option<(Timestamp, AccountId)>,
+        limit: usize,
+    ) -> Result<AccountsPage, Busy> {
+        let mut page = Vec::new();
+        for shard in 0..self.shard_count() {
+            let work = Work::Accounts {
+                before: before.clone(),
+                limit: limit + 1,
+            };
+            if let Answer::Accounts(accounts) = self.ask(shard, work).await? {
+                page.extend(accounts);
+            }
+        }
+        page.sort_unstable_by(|a, b| (&b.0, &b.1).cmp(&(&a.0, &a.1)));
+        let has_more = page.len() > limit;
+        page.truncate(limit);
+        Ok(AccountsPage {
+            accounts: page.into_iter().map(|(_, _, body)| body).collect(),
+            has_more,
+        })
+    }
+
+    /// Runs a store query off the async threads.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let store = self.0.store.clone();
+        tokio::task::spawn_blocking(move || work(&*store))
+            .await
+            .map_err(|_| QueryError::Panicked)?
+            .map_err(QueryError::Store)
+    }
+
+    // ----- time -----
+
+    /// Moves the test clock forward, keeps its time in the store, and
+    /// returns once every shard applied (and made durable) what fell due.
+    pub async fn advance_test_clock(&self, seconds: i64) -> Result<Timestamp, AdvanceError> {
+        let now = self.0.clock.advance(seconds).ok_or(AdvanceError::TooFar)?;
+        let text = now.micros().to_string();
+        self.query(move |store| store.set_setting(TEST_CLOCK_SETTING, &text))
+            .await
+            .map_err(AdvanceError::Query)?;
+        let mut receivers = Vec::new();
+        for shard in 0..self.shard_count() {
+            receivers.push(self.submit(shard, Work::Tick).map_err(AdvanceError::Busy)?);
+        }
+        for receiver in receivers {
+            match receiver.await {
+                Ok(Answer::Ticked) => {}
+                _ => return Err(AdvanceError::Busy(Busy::Unavailable)),
+            }
+        }
+        Ok(now)
+    }
+}

@@ -1,0 +1,105 @@
+//! Opening an engine on a store: the partition count and the test clock
+//! kept there, the ledger recovered from the journal, the idempotency
+//! records still remembered, and the threads started.
+
+use std::sync::Arc;
+
+use purser_core::{Catalog, Ledger, Timestamp};
+use purser_store::{RecoveryError, Store, StoreError, recover};
+
+use crate::clock::{Clock, system_now};
+use crate::committer::CommitObserver;
+use crate::engine::{Engine, EngineConfig, Parts};
+use crate::keys::KeyTable;
+use crate::protocol::Render;
+
+/// Where the test clock's time is kept, so it survives restarts.
+pub const TEST_CLOCK_SETTING: &str = "test_clock_micros";
+const PARTITIONS_SETTING: &str = "partitions";
+
+/// Why an engine could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("recovery: {0}")]
+    Recovery(#[from] RecoveryError),
+    #[error("{0}")]
+    Setting(String),
+}
+
+/// What an engine is opened with besides its store.
+#[derive(Debug)]
+pub struct Options {
+    pub config: EngineConfig,
+    /// Whether time is the test clock (moved only by `advance_test_clock`).
+    pub test_clock: bool,
+    pub catalog: Catalog,
+    pub render: Arc<dyn Render>,
+    pub observer: Arc<dyn CommitObserver>,
+}
+
+impl Engine {
+    /// Opens the engine on a store: `config.partitions` is used only for a
+    /// new store (a store keeps its own). Returns the engine and the number
+    /// of journal entries replayed after the snapshots.
+    pub fn open(store: Arc<dyn Store>, options: Options) -> Result<(Engine, u64), OpenError> {
+        let mut config = options.config;
+        config.partitions = match store.setting(PARTITIONS_SETTING)? {
+            Some(text) => text
+                .parse::<u16>()
+                .map_err(|_| OpenError::Setting(format!("stored partitions {text:?}")))?,
+            None => {
+                store.set_setting(PARTITIONS_SETTING, &config.partitions.to_string())?;
+                config.partitions
+            }
+        };
+        config.shards = config.shards.max(1);
+        let clock = if options.test_clock {
+            Clock::test(test_clock_start(&*store)?)
+        } else {
+            Clock::system()
+        };
+        let catalog = Arc::new(options.catalog);
+        let (ledgers, entries) = recover(&*store, catalog.clone(), config.partitions)?;
+        warn_missing_tiers(&ledgers, &catalog);
+        let keys = KeyTable::new(config.idempotency_retention_seconds);
+        let now = clock.now();
+        store.purge_idempotency(now)?;
+        keys.restore(store.idempotency_records(now)?);
+        let parts = Parts {
+            ledgers,
+            store,
+            clock,
+            catalog,
+            keys,
+            render: options.render,
+            observer: options.observer,
+        };
+        Ok((Engine::launch(&config, parts), entries))
+    }
+}
+
+/// The test clock's time as kept in the store; now, for a new store.
+fn test_clock_start(store: &dyn Store) -> Result<Timestamp, OpenError> {
+    match store.setting(TEST_CLOCK_SETTING)? {
+        Some(text) => {
+            Ok(Timestamp::from_micros(text.parse().map_err(|_| {
+                OpenError::Setting("stored test clock".into())
+            })?))
+        }
+        None => {
+            let now = system_now();
+            store.set_setting(TEST_CLOCK_SETTING, &now.micros().to_string())?;
+            Ok(now)
+        }
+    }
+}
+
+fn warn_missing_tiers(ledgers: &[Ledger], catalog: &Catalog) {
+    for account in ledgers.iter().flat_map(|l| l.accounts()) {
+        if catalog.tier(account.tier().as_str()).is_none() {
+            tracing::warn!(account = %account.id(), tier = %account.tier(), "the account's tier is not in the catalog: it renews with 0 credits");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! A shard: the single writer of its partitions' ledgers.
+//!
+//! It takes every job waiting in its bounded queue (up to a batch limit),
+//! decides each against memory (no IO), renders each answer, and hands the
+//! batch (entries, idempotency records, answers) to the committer. Reads and
+//! refusals ride in the same batches, so no answer ever reveals state that
+//! is not yet durable, and a refusal never overtakes an earlier acceptance.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use purser_core::{
+    Account, AccountHandle, AccountId, Command, Entry, Ledger, Target, Timestamp, partition_of,
+};
+use purser_store::{IdempotencyRecord, PartitionSnapshot};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::keys::IdempotencyKey;
+use crate::protocol::{Accepted, AccountRef, Read, Render, Rendered, Shape, shape_of};
+
+/// What a shard answers.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Rendered(Rendered),
+    /// An account's handle and creation time.
+    Handle(Option<(AccountHandle, Timestamp)>),
+    /// Accounts of one shard for a list page: (created_at, id, rendered).
+    Accounts(Vec<(Timestamp, AccountId, Vec<u8>)>),
+    /// Time-driven work is applied (and durable).
+    Ticked,
+    /// The engine cannot take writes (a commit failed).
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub(crate) enum Work {
+    Command {
+        command: Command,
+        claim: Option<IdempotencyKey>,
+    },
+    Read(Read),
+    /// The handle and creation time of an account id.
+    Handle(AccountId),
+    /// Up to `limit` accounts of the shard created before the cursor, newest first.
+    Accounts {
+        before: Option<(Timestamp, AccountId)>,
+        limit: usize,
+    },
+    /// Apply everything due by now on every account of the shard.
+    Tick,
+}
+
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub work: Work,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// What a shard hands the committer.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub entries: Vec<Entry>,
+    pub idempotency: Vec<IdempotencyRecord>,
+    pub snapshots: Vec<PartitionSnapshot>,
+    pub answers: Vec<(oneshot::Sender<Answer>, Answer)>,
+}
+
+pub(crate) struct Shard {
+    pub index: usize,
+    pub shards: usize,
+    pub partitions: u16,
+    /// The partitions this shard owns, in partition order.
+    pub ledgers: Vec<Ledger>,
+    pub rx: Receiver<Job>,
+    pub commit: Sender<Batch>,
+    pub clock: Clock,
+    pub render: Arc<dyn Render>,
+    pub batch_limit: usize,
+    pub retention_seconds: i64,
+    /// Accounts by the instant their time-driven work is next due (lazily
+    /// deleted: an entry is acted on only if it still matches the account).
+    pub due: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    /// Entries written since the last snapshot, and how many call for one.
+    pub since_snapshot: u64,
+    pub snapshot_every: u64,
+    pub poisoned: Arc<AtomicBool>,
+    pub queue_depth: Arc<AtomicU64>,
+}
+
+impl Shard {
+    pub fn run(mut self) {
+        let due: Vec<_> = self
+            .ledgers
+            .iter()
+            .flat_map(|ledger| ledger.accounts())
+            .map(|account| Reverse((account.next_due(), account.handle().raw())))
+            .collect();
+        self.due = BinaryHeap::from(due);
+        loop {
+            let first = match self.rx.recv_timeout(self.idle_wait()) {
+                Ok(job) => Some(job),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
+            let now = self.clock.now();
+            let mut batch = Batch {
+                entries: Vec::new(),
+                idempotency: Vec::new(),
+                snapshots: Vec::new(),
+                answers: Vec::new(),
+            };
+            if let Some(job) = first {
+                self.process(job, now, &mut batch);
+                while batch.answers.len() < self.batch_limit {
+                    match self.rx.try_recv() {
+                        Ok(job) => self.process(job, now, &mut batch),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.advance_due(now, &mut batch.entries);
+            if batch.answers.is_empty() && batch.entries.is_empty() {
+                continue;
+            }
+            self.since_snapshot += batch.entries.len() as u64;
+            if self.since_snapshot >= self.snapshot_every {
+                batch.snapshots = self.snapshot();
+                self.since_snapshot = 0;
+            }
+            if self.commit.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Every partition of the shard, as it is after the batch at hand: written
+    /// with that batch, so it reflects everything committed before it.
+    fn snapshot(&self) -> Vec<PartitionSnapshot> {
+        self.ledgers
+            .iter()
+            .map(|ledger| {
+                let mut body = Vec::new();
+                purser_store::encode_snapshot(&ledger.snapshot(), &mut body);
+                PartitionSnapshot {
+                    partition: ledger.partition(),
+                    body,
+                }
+            })
+            .collect()
+    }
+
+    /// How long to wait for work before time-driven work falls due. The test
+    /// clock only moves by explicit ticks, so then there is nothing to wait for.
+    fn idle_wait(&self) -> Duration {
+        let cap = Duration::from_secs(1);
+        if self.clock.is_test() {
+            return cap;
+        }
+        match self.due.peek() {
+            None => cap,
+            Some(Reverse((due, _))) => {
+                let micros = due.micros_since(self.clock.now()).max(0) as u64;
+                Duration::from_micros(micros).min(cap)
+            }
+        }
+    }
+
+    fn ledger_index(&self, partition: u16) -> Option<usize> {
+        (usize::from(partition) % self.shards == self.index)
+            .then(|| usize::from(partition) / self.shards)
+    }
+
+    fn ledger_of_id(&self, id: &AccountId) -> usize {
+        self.ledger_index(partition_of(id.as_str(), self.partitions))
+            .expect("routed to its shard")
+    }
+
+    fn process(&mut self, job: Job, now: Timestamp, batch: &mut Batch) {
+        self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        let answer = if self.poisoned.load(Ordering::Relaxed) {
+            Answer::Unavailable
+        } else {
+            match job.work {
+                Work::Command { command, claim } => self.command(command, claim, now, batch),
+                Work::Read(read) => {
+                    let account = self.account(read.account());
+                    Answer::Rendered(self.render.read(read, account, now))
+                }
+                Work::Handle(id) => Answer::Handle(
+                    self.account(AccountRef::Id(&id))
+                        .map(|account| (account.handle(), account.created_at())),
+                ),
+                Work::Accounts { before, limit } => self.accounts(before, limit, now),
+                Work::Tick => {
+                    self.advance_due(now, &mut batch.entries);
+                    Answer::Ticked
+                }
+            }
+        };
+        batch.answers.push((job.reply, answer));
+    }
+
+    fn command(
+        &mut self,
+        command: Command,
+        claim: Option<IdempotencyKey>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Answer {
+        let mut shape = shape_of(&command);
+        let index = match command.target() {
+            Target::New(id) | Target::Id(id) => self.ledger_of_id(id),
+            Target::Handle(handle) => match self.ledger_index(handle.partition()) {
+                Some(index) if index < self.ledgers.len() => index,
+                _ => return Answer::Rendered(self.render.refused(&command.not_found())),
+            },
+        };
+        let ledger = &mut self.ledgers[index];
+        if let Command::ReleaseHold { hold } = &command {
+            let active = ledger
+                .account_by_handle(hold.account)
+                .and_then(|a| a.hold(hold.seq));
+            shape = Shape::Released(active.cloned().map(Box::new));
+        }
+        let before = batch.entries.len();
+        let result = ledger.execute(now, command, &mut batch.entries);
+        // The heap holds an entry for each account's current due instant: a
+        // new one only when a command moved it (a refusal moved it only if
+        // time-driven work ran before it).
+        let (rendered, moved) = match result {
+            Ok(receipt) => {
+                let account = ledger
+                    .account_by_handle(receipt.account)
+                    .expect("receipt names an account");
+                let rendered = self.render.accepted(&Accepted {
+                    shape,
+                    receipt: &receipt,
+                    account,
+                    entries: &batch.entries,
+                    now,
+                    keyed: claim.is_some(),
+                });
+                (rendered, receipt.due_moved.then_some(receipt.account))
+            }
+            Err(rejection) => (
+                self.render.refused(&rejection),
+                batch.entries.get(before).map(|e| e.account),
+            ),
+        };
+        if let Some(handle) = moved {
+            let account = ledger.account_by_handle(handle).expect("known account");
+            self.due.push(Reverse((account.next_due(), handle.raw())));
+        }
+        if let (Some(claim), Some(remember)) = (claim, &rendered.remember) {
+            let expires_at = now
+                .checked_add_seconds(self.retention_seconds)
+                .unwrap_or(Timestamp::NEVER);
+            batch.idempotency.push(IdempotencyRecord {
+                key: claim.key,
+                fingerprint: claim.fingerprint,
+                status: rendered.status,
+                body: remember.clone(),
+                expires_at,
+            });
+        }
+        Answer::Rendered(rendered)
+    }
+
+    /// A page of the shard's accounts, newest first; accounts created at the
+    /// same instant by id, highest first.
+    fn accounts(
+        &self,
+        before: Option<(Timestamp, AccountId)>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Answer {
+        let mut page: Vec<_> = self
+            .ledgers
+            .iter()
+            .flat_map(|ledger| ledger.accounts())
+            .filter(|account| {
+                before
+                    .as_ref()
+                    .is_none_or(|(at, id)| (account.created_at(), account.id()) < (*at, id))
+            })
+            .map(|account| (account.created_at(), account.id().clone(), account.handle()))
+            .collect();
+        if page.len() > limit {
+            page.select_nth_unstable_by(limit, |a, b| b.cmp(a));
+            page.truncate(limit);
+        }
+        page.sort_unstable_by(|a, b| b.cmp(a));
+        let rendered = page
+            .into_iter()
+            .map(|(created, id, handle)| {
+                let account = self.account(AccountRef::Handle(handle)).expect("listed");
+                (created, id, self.render.account(account, now))
+            })
+            .collect();
+        Answer::Accounts(rendered)
+    }
+
+    fn account(&self, account: AccountRef<'_>) -> Option<&Account> {
+        match account {
+            AccountRef::Id(id) => {
+                let index = self.ledger_index(partition_of(id.as_str(), self.partitions))?;
+                self.ledgers[index].account(id.as_str())
+            }
+            AccountRef::Handle(handle) => {
+                let index = self.ledger_index(handle.partition())?;
+                self.ledgers.get(index)?.account_by_handle(handle)
+            }
+        }
+    }
+
+    /// Time-driven work for the accounts whose due instant has come.
+    fn advance_due(&mut self, now: Timestamp, out: &mut Vec<Entry>) {
+        while let Some(Reverse((due, raw))) = self.due.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.due.pop();
+            let handle = AccountHandle::from_raw(raw);
+            let Some(index) = self.ledger_index(handle.partition()) else {
+                continue;
+            };
+            let ledger = &mut self.ledgers[index];
+            let Some(account) = ledger.account_by_handle(handle) else {
+                continue;
+            };
+            if account.next_due() != due {
+                continue; // stale: a newer heap entry stands for this account
+            }
+            ledger
+                .execute(now, Command::Advance { account: handle }, out)
+                .expect("advancing a known account is always accepted");
+            let next = ledger.account_by_handle(handle).expect("known").next_due();
+            self.due.push(Reverse((next, raw)));
+        }
+    }
+}

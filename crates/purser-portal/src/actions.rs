@@ -1,0 +1,220 @@
+//! The forms' actions: each an ordinary ledger command, with the form's
+//! nonce as its idempotency key, answered by a redirect to the billing page.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use purser_core::{Command, ObjectId, ObjectKind, PackageId, Proration, TierId};
+use purser_engine::IdempotencyKey;
+use serde_json::{Value, json};
+
+use crate::pages::handle_of;
+use crate::payments::{Checkout, CheckoutRequest};
+use crate::session::Session;
+use crate::{AppState, authenticate, base_url, check_form, problem, unavailable};
+
+type FormResult = Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>;
+
+/// Runs a command for a form: with the form's nonce as its idempotency key,
+/// so a resubmitted form is answered, not applied twice.
+async fn run(
+    state: &AppState,
+    session: &Session,
+    form: &HashMap<String, String>,
+    path: &str,
+    command: Command,
+    step: &str,
+) -> (u16, Value) {
+    let mut fields: Vec<(&String, &String)> =
+        form.iter().filter(|(name, _)| *name != "csrf").collect();
+    fields.sort();
+    let body = serde_json::to_vec(&fields).expect("JSON");
+    let key = form
+        .get("nonce")
+        .filter(|nonce| !nonce.is_empty() && nonce.len() <= 64)
+        .map(|nonce| IdempotencyKey {
+            key: format!("portal:{}:{nonce}:{step}", hex::encode(session.nonce)),
+            fingerprint: purser_wire::fingerprint("POST", path, &body),
+        });
+    let (status, body) = purser_wire::outcome(state.engine.run(command, key).await);
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// 303 to the billing page, with a notice or the error code of an answer
+/// (the page words both from fixed texts: nothing from here is echoed).
+fn back(token: &str, outcome: Result<&str, &Value>) -> Response {
+    let query = match outcome {
+        Ok(notice) => format!("notice={notice}"),
+        Err(answer) => {
+            let code: String = answer["error"]["code"]
+                .as_str()
+                .unwrap_or("failed")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            format!("error={code}")
+        }
+    };
+    Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header(header::LOCATION, format!("/portal/{token}/billing?{query}"))
+        .body(Body::empty())
+        .expect("a redirect")
+}
+
+/// The session and fields of a form POST: the token checked, the body read
+/// as a form, the CSRF token and the origin checked; or the refusal page.
+fn accept_form(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<(Session, HashMap<String, String>), Response> {
+    let session = authenticate(state, token)?;
+    let Ok(Form(form)) = form else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "This form could not be read",
+            "Reload the page and try again.",
+        ));
+    };
+    check_form(state, headers, &session, &form)?;
+    Ok((session, form))
+}
+
+pub(crate) async fn change_tier(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
+        Err(page) => return page,
+    };
+    let Some(tier) = form
+        .get("tier")
+        .and_then(|tier| TierId::parse(tier).ok())
+        .filter(|tier| state.engine.catalog().tier(tier.as_str()).is_some())
+    else {
+        return back(&token, Err(&json!({"error": {"code": "unknown_tier"}})));
+    };
+    let command = Command::ChangeTier {
+        account: session.account.clone(),
+        tier: tier.clone(),
+        proration: Proration::Full,
+    };
+    let path = format!("/portal/{token}/tier");
+    let (status, answer) = run(&state, &session, &form, &path, command, "tier").await;
+    if status != 200 {
+        return back(&token, Err(&answer));
+    }
+    let notice = if answer["pending_tier"].as_str() == Some(tier.as_str()) {
+        "downgrade_scheduled"
+    } else if form.contains_key("cancel") {
+        "downgrade_canceled"
+    } else {
+        "tier_changed"
+    };
+    back(&token, Ok(notice))
+}
+
+pub(crate) async fn buy(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
+        Err(page) => return page,
+    };
+    let Some(package) = form
+        .get("package")
+        .and_then(|id| PackageId::parse(id).ok())
+        .and_then(|id| state.engine.catalog().package(id.as_str()).cloned())
+    else {
+        return back(&token, Err(&json!({"error": {"code": "unknown_package"}})));
+    };
+    let path = format!("/portal/{token}/purchases");
+    let command = Command::CreatePurchase {
+        account: session.account.clone(),
+        package: package.id.clone(),
+    };
+    let (status, purchase) = run(&state, &session, &form, &path, command, "create").await;
+    if status != 201 && status != 200 {
+        return back(&token, Err(&purchase));
+    }
+    let Some(id) = purchase["id"].as_str() else {
+        return unavailable();
+    };
+    let billing = format!("{}/portal/{token}/billing", base_url(&state, &headers));
+    let request = CheckoutRequest {
+        account: session.account.as_str(),
+        purchase: id,
+        package: package.id.as_str(),
+        package_name: &package.name,
+        credits: package.credits,
+        price: package.price,
+        currency: state.engine.catalog().currency(),
+        return_url: &billing,
+    };
+    match state.payments.checkout(&request) {
+        Checkout::AwaitingConfirmation => back(&token, Ok("purchase_pending")),
+        Checkout::Redirect(url) => Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, url)
+            .body(Body::empty())
+            .expect("a redirect"),
+        Checkout::Confirmed => {
+            let Some(purchase) = ObjectId::parse(ObjectKind::Purchase, id) else {
+                return unavailable();
+            };
+            let command = Command::CompletePurchase { purchase };
+            let (status, answer) = run(&state, &session, &form, &path, command, "complete").await;
+            if status == 200 {
+                back(&token, Ok("purchase_completed"))
+            } else {
+                back(&token, Err(&answer))
+            }
+        }
+    }
+}
+
+pub(crate) async fn cancel_purchase(
+    State(state): State<AppState>,
+    Path((token, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
+        Err(page) => return page,
+    };
+    let handle = match handle_of(&state, &session).await {
+        Ok(handle) => handle,
+        Err(page) => return page,
+    };
+    // Only a purchase of the session's own account: another's is "not found".
+    let Some(purchase) =
+        ObjectId::parse(ObjectKind::Purchase, &id).filter(|purchase| purchase.account == handle)
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Purchase not found",
+            "There is no such purchase on this account.",
+        );
+    };
+    let path = format!("/portal/{token}/purchases/{id}/cancel");
+    let command = Command::CancelPurchase { purchase };
+    let (status, answer) = run(&state, &session, &form, &path, command, "cancel").await;
+    if status == 200 {
+        back(&token, Ok("purchase_canceled"))
+    } else {
+        back(&token, Err(&answer))
+    }
+}

@@ -1,0 +1,170 @@
+//! Accounts: open, update, close, change tier, read, balance, list.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use purser_core::{AccountId, AccountUpdate, Command, Proration, TierId};
+use purser_engine::Read;
+use purser_wire::{ApiError, Fields, json_response, objects, required};
+use serde_json::Value;
+
+use super::{
+    AppState, JsonBody, QueryMap, account_handle, account_path, list_limit, mutate, read_account,
+};
+use crate::auth::Need;
+
+pub(super) async fn create_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Response {
+    mutate(
+        &state,
+        &headers,
+        Need::Admin,
+        "/v1/accounts",
+        &body,
+        |body| {
+            let fields = Fields::parse(
+                body,
+                &[
+                    "id",
+                    "name",
+                    "tier",
+                    "anchor",
+                    "member_monthly_cap",
+                    "metadata",
+                ],
+            )?;
+            Ok(Command::OpenAccount {
+                id: required(fields.id("id", AccountId::parse)?, "id")?,
+                name: fields.string("name")?.map(str::to_owned),
+                tier: required(fields.id("tier", TierId::parse)?, "tier")?,
+                anchor: fields.time("anchor")?,
+                member_monthly_cap: fields.credits("member_monthly_cap")?,
+                metadata: fields.metadata("metadata")?.unwrap_or_default(),
+            })
+        },
+    )
+    .await
+}
+
+pub(super) async fn update_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Response {
+    let path = format!("/v1/accounts/{id}");
+    mutate(&state, &headers, Need::Admin, &path, &body, |body| {
+        let fields = Fields::parse(body, &["name", "metadata", "member_monthly_cap"])?;
+        let cap = if fields.has("member_monthly_cap") {
+            Some(fields.credits("member_monthly_cap")?)
+        } else if body_has_null(body, "member_monthly_cap") {
+            Some(None)
+        } else {
+            None
+        };
+        Ok(Command::UpdateAccount {
+            account: account_path(&id)?,
+            update: AccountUpdate {
+                name: fields.string("name")?.map(Into::into),
+                metadata: fields.metadata("metadata")?,
+                member_monthly_cap: cap,
+            },
+        })
+    })
+    .await
+}
+
+fn body_has_null(body: &[u8], name: &str) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .is_ok_and(|value| value.get(name).is_some_and(Value::is_null))
+}
+
+pub(super) async fn close_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Response {
+    let path = format!("/v1/accounts/{id}/close");
+    mutate(&state, &headers, Need::Admin, &path, &body, |body| {
+        Fields::parse(body, &[])?;
+        Ok(Command::CloseAccount {
+            account: account_path(&id)?,
+        })
+    })
+    .await
+}
+
+pub(super) async fn change_tier(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Response {
+    let path = format!("/v1/accounts/{id}/tier");
+    mutate(&state, &headers, Need::Admin, &path, &body, |body| {
+        let fields = Fields::parse(body, &["tier", "proration"])?;
+        let proration = match fields.choice("proration", &["full", "prorated", "none"])? {
+            Some(1) => Proration::Prorated,
+            Some(2) => Proration::None,
+            _ => Proration::Full,
+        };
+        Ok(Command::ChangeTier {
+            account: account_path(&id)?,
+            tier: required(fields.id("tier", TierId::parse)?, "tier")?,
+            proration,
+        })
+    })
+    .await
+}
+
+pub(super) async fn get_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    read_account(&state, &headers, Need::Read, &id, Read::Account).await
+}
+
+pub(super) async fn balance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    read_account(&state, &headers, Need::Balance, &id, Read::Balance).await
+}
+
+pub(super) async fn list_accounts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): QueryMap,
+) -> Response {
+    let result = async {
+        state.keys.authorize(&headers, Need::Read)?;
+        let limit = list_limit(&query)?;
+        let before = match query.get("starting_after") {
+            None => None,
+            Some(id) => {
+                let (_, created) = account_handle(&state, id)
+                    .await
+                    .map_err(|_| ApiError::invalid("starting_after", "no such account"))?;
+                Some((
+                    created,
+                    AccountId::parse(id)
+                        .map_err(|_| ApiError::invalid("starting_after", "no such account"))?,
+                ))
+            }
+        };
+        let page = state.engine.accounts(before, limit).await?;
+        Ok(json_response(
+            200,
+            objects::rendered_list(&page.accounts, page.has_more),
+        ))
+    };
+    result
+        .await
+        .unwrap_or_else(|error: ApiError| error.into_response())
+}

@@ -1,0 +1,199 @@
+//! The engine's answers as API.md's JSON: [`JsonAnswers`] is the
+//! [`Render`] the server gives the engine. Rendered on the shard threads,
+//! so the idempotency record written with a batch is the exact answer (or,
+//! for a debit, the memo it is rendered from again).
+
+use purser_core::{Account, Body, Entry, Grant, ObjectKind, Rejection, Timestamp};
+use purser_engine::{Accepted, Page, Read, Render, Rendered, Shape};
+use purser_store::Store;
+use serde_json::{Value, json};
+
+use crate::memo::{self, DebitMemo};
+use crate::render::{
+    BalanceJson, account_body, debit_body, debit_from_memo, debit_memo, grant_json, hold_json,
+    object_id, purchase_json, rejection, to_json, transaction_json,
+};
+
+/// API.md's JSON for every answer the engine gives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonAnswers;
+
+fn answer(status: u16, body: Vec<u8>) -> Rendered {
+    Rendered {
+        status,
+        body,
+        remember: None,
+    }
+}
+
+fn refusal(refused: &Rejection) -> Rendered {
+    let (status, body) = rejection(refused);
+    answer(status, body)
+}
+
+/// A page of an in-memory list as `{"object": "list", "data", "has_more"}`.
+fn list(page: Page, items: Vec<(u64, Value)>) -> Vec<u8> {
+    let start = match page.starting_after {
+        None => 0,
+        Some(seq) => items
+            .iter()
+            .position(|(s, _)| *s == seq)
+            .map_or(items.len(), |at| at + 1),
+    };
+    let rest = &items[start.min(items.len())..];
+    let data: Vec<&Value> = rest.iter().take(page.limit).map(|(_, v)| v).collect();
+    to_json(&json!({"object": "list", "data": data, "has_more": rest.len() > page.limit}))
+}
+
+impl Render for JsonAnswers {
+    fn accepted(&self, accepted: &Accepted<'_>) -> Rendered {
+        let primary = accepted
+            .receipt
+            .primary
+            .map(|index| &accepted.entries[index]);
+        if let (Shape::Debit { created }, Some(entry), true) =
+            (&accepted.shape, primary, accepted.keyed)
+        {
+            // A keyed debit's key remembers a memo, not the answer; the
+            // answer is rendered from that memo, as a replay will be.
+            let memo = debit_memo(accepted.account, entry, accepted.now);
+            let body = debit_from_memo(&memo, entry);
+            return Rendered {
+                status: if *created { 201 } else { 200 },
+                body,
+                remember: Some(memo.encode()),
+            };
+        }
+        let mut rendered = accepted_answer(accepted, primary);
+        if accepted.keyed && (200..300).contains(&rendered.status) {
+            rendered.remember = Some(rendered.body.clone());
+        }
+        rendered
+    }
+
+    fn refused(&self, rejection: &Rejection) -> Rendered {
+        refusal(rejection)
+    }
+
+    fn read(&self, read: Read, account: Option<&Account>, now: Timestamp) -> Rendered {
+        let Some(account) = account else {
+            return refusal(&match read {
+                Read::Hold(_) => Rejection::HoldNotFound,
+                Read::Purchase(_) => Rejection::PurchaseNotFound,
+                _ => Rejection::AccountNotFound,
+            });
+        };
+        match read {
+            Read::Account(_) | Read::AccountByHandle(_) => answer(200, account_body(account, now)),
+            Read::Balance(_) => answer(200, to_json(&BalanceJson::new(account, now))),
+            Read::Grants(_, page) => {
+                let mut grants: Vec<&Grant> = account.grants().iter().collect();
+                // Active first (burn order), then the rest.
+                grants.sort_by_key(|g| !g.is_active(now));
+                let items: Vec<(u64, Value)> = grants
+                    .iter()
+                    .map(|g| (g.seq, grant_json(account, g, now)))
+                    .collect();
+                answer(200, list(page, items))
+            }
+            Read::Purchases(_, page) => {
+                let items: Vec<(u64, Value)> = account
+                    .purchases()
+                    .iter()
+                    .rev()
+                    .map(|p| (p.seq, purchase_json(account, p)))
+                    .collect();
+                answer(200, list(page, items))
+            }
+            Read::Hold(hold) => match account.hold(hold.seq) {
+                Some(active) => answer(200, to_json(&hold_json(account, active, "active"))),
+                None => refusal(&Rejection::HoldNotFound),
+            },
+            Read::Purchase(purchase) => match account.purchase(purchase.seq) {
+                Some(found) => answer(200, to_json(&purchase_json(account, found))),
+                None => refusal(&Rejection::PurchaseNotFound),
+            },
+        }
+    }
+
+    fn account(&self, account: &Account, now: Timestamp) -> Vec<u8> {
+        account_body(account, now)
+    }
+
+    fn recall_reads_store(&self, remembered: &[u8]) -> bool {
+        memo::is_memo(remembered)
+    }
+
+    fn recall(&self, remembered: &[u8], store: &dyn Store) -> Result<Vec<u8>, String> {
+        if !memo::is_memo(remembered) {
+            return Ok(remembered.to_vec());
+        }
+        let memo = DebitMemo::decode(remembered)
+            .ok_or_else(|| "a remembered answer could not be read".to_string())?;
+        let entry = store
+            .entry(memo.account, memo.seq)
+            .map_err(|error| {
+                tracing::error!(%error, "store query failed");
+                "the store could not answer".to_string()
+            })?
+            .ok_or_else(|| "a remembered answer's entry is missing".to_string())?;
+        Ok(debit_from_memo(&memo, &entry))
+    }
+}
+
+/// The answer of an accepted command, from the entries it wrote and the
+/// account after it.
+fn accepted_answer(accepted: &Accepted<'_>, primary: Option<&Entry>) -> Rendered {
+    let (account, now) = (accepted.account, accepted.now);
+    match (&accepted.shape, primary) {
+        (Shape::AccountCreated, _) => answer(201, account_body(account, now)),
+        (Shape::Account, _) => answer(200, account_body(account, now)),
+        (Shape::Debit { created }, Some(entry)) => answer(
+            if *created { 201 } else { 200 },
+            debit_body(account, entry, now),
+        ),
+        (
+            Shape::Hold,
+            Some(Entry {
+                body: Body::Held(hold),
+                ..
+            }),
+        ) => answer(201, to_json(&hold_json(account, hold, "active"))),
+        (Shape::Released(Some(hold)), _) => {
+            answer(200, to_json(&hold_json(account, hold, "released")))
+        }
+        (Shape::Grant { created }, Some(entry)) => {
+            let status = if *created { 201 } else { 200 };
+            let seq = match &entry.body {
+                Body::Granted(grant) => grant.seq,
+                Body::Voided { allocation, .. } => allocation.grant,
+                _ => unreachable!("a grant answer is a grant or a void"),
+            };
+            match account.grant(seq) {
+                Some(grant) => answer(status, to_json(&grant_json(account, grant, now))),
+                None => answer(
+                    status,
+                    to_json(
+                        &json!({"object": "grant", "id": object_id(account.handle(), seq, ObjectKind::Grant), "status": "voided"}),
+                    ),
+                ),
+            }
+        }
+        (Shape::Purchase { seq }, primary) => {
+            let status = if seq.is_some() { 200 } else { 201 };
+            let seq = seq.or(match primary.map(|e| &e.body) {
+                Some(Body::PurchaseCreated(p)) => Some(p.seq),
+                _ => None,
+            });
+            match seq.and_then(|seq| account.purchase(seq)) {
+                Some(purchase) => answer(status, to_json(&purchase_json(account, purchase))),
+                None => refusal(&Rejection::PurchaseNotFound),
+            }
+        }
+        (Shape::Transaction, Some(entry)) => answer(
+            200,
+            to_json(&transaction_json(account.id().as_str(), entry)),
+        ),
+        _ => answer(200, b"{}".to_vec()),
+    }
+}
