@@ -231,6 +231,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn partitions_never_change() {
+        // Handles and object ids embed the partition: these values (FNV-1a,
+        // computed by an independent implementation) must hold forever.
+        let cases = [
+            ("acme", 15, 527),
+            ("a", 12, 140),
+            ("acme-01:eu.x_y", 13, 333),
+        ];
+        for (id, of_64, of_1024) in cases {
+            assert_eq!(partition_of(id, 64), of_64, "{id}");
+            assert_eq!(partition_of(id, 1024), of_1024, "{id}");
+            assert_eq!(partition_of(id, 1), 0, "{id}");
+        }
+    }
+
+    #[test]
     fn operator_ids_are_checked() {
         assert!(AccountId::parse("acme-01:eu.x_y").is_ok());
         assert_eq!(AccountId::parse(""), Err(IdError::Empty));

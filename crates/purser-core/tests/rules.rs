@@ -5,8 +5,8 @@
 mod support;
 
 use purser_core::{
-    AccountId, Amount, Body, CaptureAmount, ChargeMode, Command, GrantKind, Limit, Metadata,
-    ObjectId, Proration, PurchaseStatus, Rejection, TierId,
+    AccountId, Amount, Body, CaptureAmount, ChargeMode, Command, DebitRecord, Entry, GrantKind,
+    HoldEnd, Limit, Metadata, ObjectId, ObjectKind, Proration, PurchaseStatus, Rejection, TierId,
 };
 use support::{World, c, t};
 
@@ -645,6 +645,35 @@ fn an_unsettled_hold_expires_and_returns_its_credits() {
         w.capture(hold, CaptureAmount::Hold).unwrap_err(),
         Rejection::HoldNotActive
     );
+}
+
+#[test]
+fn a_hold_is_ended_by_its_capture_release_or_expiry_and_nothing_else() {
+    let mut w = World::new("2026-11-10T12:00:00Z");
+    w.open("acme", "starter");
+    let captured = w.hold("acme", "10", 600).unwrap();
+    let released = w.hold("acme", "10", 600).unwrap();
+    let expiring = w.hold("acme", "10", 60).unwrap();
+    let placed = w.journal.len() - 1;
+    assert!(w.journal[placed].body.creates(ObjectKind::Hold));
+    assert!(!w.journal[placed].body.creates(ObjectKind::Debit));
+    let capture = w.capture(captured, CaptureAmount::Credits(c("4"))).unwrap();
+    let release = w.ok(Command::ReleaseHold { hold: released }).unwrap();
+    w.advance_to("2026-11-10T12:01:00Z");
+    let expiry = w.journal.last().unwrap().clone();
+    let ends =
+        |entry: &Entry| [captured, released, expiring].map(|hold| entry.body.ends_hold(hold.seq));
+    assert_eq!(ends(&capture), [Some(HoldEnd::Captured), None, None]);
+    assert_eq!(ends(&release), [None, Some(HoldEnd::Released), None]);
+    assert_eq!(ends(&expiry), [None, None, Some(HoldEnd::Expired)]);
+    assert_eq!(ends(&w.journal[placed]), [None, None, None]);
+    // A capture is a debit: its record holds the hold's part, then the excess.
+    assert!(capture.body.creates(ObjectKind::Debit));
+    let record = DebitRecord::from_entry(capture.id(), &capture).unwrap();
+    assert_eq!((record.credits, record.at), (c("4"), capture.at));
+    let allocated: u64 = record.allocations.iter().map(|a| a.credits.micros()).sum();
+    assert_eq!(allocated, c("4").micros());
+    assert!(DebitRecord::from_entry(release.id(), &release).is_none());
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use purser_core::{
     AccountId, Amount, CaptureAmount, Catalog, ChargeMode, Command, CreditSum, Credits,
     DebitRecord, Entry, GrantKind, Ledger, MemberId, Metadata, Notation, ObjectId, Package,
-    PackageId, Proration, Quantity, Rejection, Task, TaskId, Tier, TierId, Timestamp, verify,
+    PackageId, Proration, Quantity, Rejection, TYPE_NAMES, Task, TaskId, Tier, TierId, Timestamp,
+    verify,
 };
 
 pub fn t(text: &str) -> Timestamp {
@@ -246,33 +247,8 @@ impl World {
 
     /// The record of a charge, as a store would hand it to a reversal.
     pub fn debit_record(entry: &Entry) -> DebitRecord {
-        let (credits, allocations, debt_incurred, member) = match &entry.body {
-            purser_core::Body::Debited(debit) => (
-                debit.credits,
-                debit.allocations.clone(),
-                debit.debt_incurred,
-                debit.member.clone(),
-            ),
-            purser_core::Body::Captured(capture) => {
-                let mut allocations = capture.from_hold.clone();
-                allocations.extend(capture.excess.iter().copied());
-                (
-                    capture.credits,
-                    allocations,
-                    capture.debt_incurred,
-                    capture.member.clone(),
-                )
-            }
-            other => panic!("not a charge: {other:?}"),
-        };
-        DebitRecord {
-            id: entry.id(),
-            at: entry.at,
-            credits,
-            allocations,
-            debt_incurred,
-            member,
-        }
+        DebitRecord::from_entry(entry.id(), entry)
+            .unwrap_or_else(|| panic!("not a charge: {:?}", entry.body))
     }
 
     pub fn reverse(&mut self, debit: &Entry, credits: Option<&str>) -> Result<Entry, Rejection> {
@@ -329,6 +305,10 @@ impl Drop for World {
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
+        }
+        for entry in &self.journal {
+            let name = entry.body.type_name();
+            assert!(TYPE_NAMES.contains(&name), "{name} is not in TYPE_NAMES");
         }
         let (replayed, report) = verify::replay(0, self.catalog.clone(), self.journal.iter());
         assert!(report.is_clean(), "replay problems: {:?}", report.problems);

@@ -2,14 +2,15 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purser_core::{AccountId, AccountUpdate, Command, Proration, TierId};
 use purser_engine::Read;
 use purser_wire::{ApiError, Fields, json_response, objects, required};
 use serde_json::Value;
 
 use super::{
-    AppState, JsonBody, QueryMap, account_handle, account_path, list_limit, mutate, read_account,
+    AppState, JsonBody, QueryMap, Result, account_handle, account_path, list_limit, mutate,
+    read_account,
 };
 use crate::auth::Need;
 
@@ -141,30 +142,25 @@ pub(super) async fn list_accounts(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): QueryMap,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let limit = list_limit(&query)?;
-        let before = match query.get("starting_after") {
-            None => None,
-            Some(id) => {
-                let (_, created) = account_handle(&state, id)
-                    .await
-                    .map_err(|_| ApiError::invalid("starting_after", "no such account"))?;
-                Some((
-                    created,
-                    AccountId::parse(id)
-                        .map_err(|_| ApiError::invalid("starting_after", "no such account"))?,
-                ))
-            }
-        };
-        let page = state.engine.accounts(before, limit).await?;
-        Ok(json_response(
-            200,
-            objects::rendered_list(&page.accounts, page.has_more),
-        ))
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let limit = list_limit(&query)?;
+    let before = match query.get("starting_after") {
+        None => None,
+        Some(id) => {
+            let (_, created) = account_handle(&state, id)
+                .await
+                .map_err(|_| ApiError::invalid("starting_after", "no such account"))?;
+            Some((
+                created,
+                AccountId::parse(id)
+                    .map_err(|_| ApiError::invalid("starting_after", "no such account"))?,
+            ))
+        }
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    let page = state.engine.accounts(before, limit).await?;
+    Ok(json_response(
+        200,
+        objects::rendered_list(&page.accounts, page.has_more),
+    ))
 }

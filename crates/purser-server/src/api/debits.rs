@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purser_core::{Command, DebitRecord, Entry, ObjectId, ObjectKind};
 use purser_wire::{ApiError, Fields, json_response, objects};
 
@@ -25,20 +25,15 @@ pub(super) async fn get_debit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let debit = object_id(ObjectKind::Debit, &id, "debit_not_found")?;
-        let (entry, _) = debit_record(&state, debit).await?;
-        let Some(account) = account_of(&state, debit.account).await? else {
-            return Err(ApiError::not_found("debit_not_found", "no such debit"));
-        };
-        let account_id = account["id"].as_str().unwrap_or_default();
-        Ok(json_response(200, objects::debit(account_id, &id, &entry)))
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let debit = object_id(ObjectKind::Debit, &id, "debit_not_found")?;
+    let (entry, _) = debit_record(&state, debit).await?;
+    let Some(account) = account_of(&state, debit.account).await? else {
+        return Err(ApiError::not_found("debit_not_found", "no such debit"));
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    let account_id = account["id"].as_str().unwrap_or_default();
+    Ok(json_response(200, objects::debit(account_id, &id, &entry)))
 }
 
 pub(super) async fn reverse(
@@ -46,28 +41,23 @@ pub(super) async fn reverse(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Admin)?;
-        let key = idempotency_key(&headers)?;
-        let fields = Fields::parse(&body, &["credits", "reason"])?;
-        let credits = fields.credits("credits")?;
-        let debit = object_id(ObjectKind::Debit, &id, "debit_not_found")?;
-        let (_, record) = debit_record(&state, debit).await?;
-        let command = Command::Reverse {
-            debit: record,
-            credits,
-        };
-        Ok(submit(
-            &state,
-            command,
-            key,
-            &format!("/v1/debits/{id}/reverse"),
-            &body,
-        )
-        .await)
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Admin)?;
+    let key = idempotency_key(&headers)?;
+    let fields = Fields::parse(&body, &["credits", "reason"])?;
+    let credits = fields.credits("credits")?;
+    let debit = object_id(ObjectKind::Debit, &id, "debit_not_found")?;
+    let (_, record) = debit_record(&state, debit).await?;
+    let command = Command::Reverse {
+        debit: record,
+        credits,
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    Ok(submit(
+        &state,
+        command,
+        key,
+        &format!("/v1/debits/{id}/reverse"),
+        &body,
+    )
+    .await)
 }

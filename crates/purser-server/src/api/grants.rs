@@ -9,8 +9,8 @@ use purser_engine::Read;
 use purser_wire::{ApiError, Fields, required};
 
 use super::{
-    AppState, JsonBody, QueryMap, account_path, idempotency_key, list_in_memory, mutate, object_id,
-    submit,
+    AppState, JsonBody, QueryMap, Result, account_path, idempotency_key, list_in_memory, mutate,
+    object_id, submit,
 };
 use crate::auth::Need;
 
@@ -59,40 +59,35 @@ pub(super) async fn void_grant(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Admin)?;
-        let key = idempotency_key(&headers)?;
-        let grant = object_id(ObjectKind::Grant, &id, "grant_not_found")?;
-        Fields::parse(&body, &["reason"])?;
-        let response = submit(
-            &state,
-            Command::VoidGrant { grant },
-            key,
-            &format!("/v1/grants/{id}/void"),
-            &body,
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Admin)?;
+    let key = idempotency_key(&headers)?;
+    let grant = object_id(ObjectKind::Grant, &id, "grant_not_found")?;
+    Fields::parse(&body, &["reason"])?;
+    let response = submit(
+        &state,
+        Command::VoidGrant { grant },
+        key,
+        &format!("/v1/grants/{id}/void"),
+        &body,
+    )
+    .await;
+    if response.status().as_u16() != 404 {
+        return Ok(response);
+    }
+    // Expired or voided grants leave memory once empty: the journal knows them.
+    let entry = state
+        .engine
+        .query(move |store| store.entry(grant.account, grant.seq))
+        .await?;
+    Ok(match entry {
+        Some(entry) if entry.body.creates(ObjectKind::Grant) => ApiError::conflict(
+            "grant_not_live",
+            "the grant has already expired or been voided",
         )
-        .await;
-        if response.status().as_u16() != 404 {
-            return Ok(response);
-        }
-        // Expired or voided grants leave memory once empty: the journal knows them.
-        let entry = state
-            .engine
-            .query(move |store| store.entry(grant.account, grant.seq))
-            .await?;
-        Ok(match entry {
-            Some(entry) if entry.body.creates(ObjectKind::Grant) => ApiError::conflict(
-                "grant_not_live",
-                "the grant has already expired or been voided",
-            )
-            .into_response(),
-            _ => response,
-        })
-    };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+        .into_response(),
+        _ => response,
+    })
 }
 
 pub(super) async fn list_grants(

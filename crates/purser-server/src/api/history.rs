@@ -3,7 +3,7 @@
 use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purser_core::{ObjectId, ObjectKind, TYPE_NAMES, Timestamp};
 use purser_store::{EntryQuery, GroupBy, UsageQuery};
 use purser_wire::{ApiError, json_response, objects};
@@ -16,61 +16,56 @@ pub(super) async fn transactions(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): QueryMap,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let limit = list_limit(&query)?;
-        let (handle, _) = account_handle(&state, &id).await?;
-        let before_seq = match query.get("starting_after") {
-            None => None,
-            Some(cursor) => {
-                let cursor = ObjectId::parse(ObjectKind::Transaction, cursor)
-                    .filter(|cursor| cursor.account == handle)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "starting_after",
-                            "starting_after must be a transaction of this account",
-                        )
-                    })?;
-                Some(cursor.seq)
-            }
-        };
-        let types: Vec<&'static str> = match query.get("type") {
-            None => Vec::new(),
-            Some(text) => text
-                .split(',')
-                .map(|name| {
-                    TYPE_NAMES
-                        .iter()
-                        .find(|known| **known == name)
-                        .copied()
-                        .ok_or_else(|| {
-                            ApiError::invalid("type", format!("unknown transaction type {name}"))
-                        })
-                })
-                .collect::<Result<_>>()?,
-        };
-        let entries = state
-            .engine
-            .query(move |store| {
-                store.entries(&EntryQuery {
-                    account: handle,
-                    types,
-                    before_seq,
-                    limit: limit + 1,
-                })
-            })
-            .await?;
-        let has_more = entries.len() > limit;
-        let page = &entries[..entries.len().min(limit)];
-        Ok(json_response(
-            200,
-            objects::transactions(&id, page, has_more),
-        ))
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let limit = list_limit(&query)?;
+    let (handle, _) = account_handle(&state, &id).await?;
+    let before_seq = match query.get("starting_after") {
+        None => None,
+        Some(cursor) => {
+            let cursor = ObjectId::parse(ObjectKind::Transaction, cursor)
+                .filter(|cursor| cursor.account == handle)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "starting_after",
+                        "starting_after must be a transaction of this account",
+                    )
+                })?;
+            Some(cursor.seq)
+        }
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    let types: Vec<&'static str> = match query.get("type") {
+        None => Vec::new(),
+        Some(text) => text
+            .split(',')
+            .map(|name| {
+                TYPE_NAMES
+                    .iter()
+                    .find(|known| **known == name)
+                    .copied()
+                    .ok_or_else(|| {
+                        ApiError::invalid("type", format!("unknown transaction type {name}"))
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let entries = state
+        .engine
+        .query(move |store| {
+            store.entries(&EntryQuery {
+                account: handle,
+                types,
+                before_seq,
+                limit: limit + 1,
+            })
+        })
+        .await?;
+    let has_more = entries.len() > limit;
+    let page = &entries[..entries.len().min(limit)];
+    Ok(json_response(
+        200,
+        objects::transactions(&id, page, has_more),
+    ))
 }
 
 pub(super) async fn usage_summary(
@@ -78,51 +73,46 @@ pub(super) async fn usage_summary(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): QueryMap,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let group_by = match query.get("group_by").map(String::as_str) {
-            None | Some("task") => GroupBy::Task,
-            Some("day") => GroupBy::Day,
-            Some("member") => GroupBy::Member,
-            Some("kind") => GroupBy::Kind,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "group_by",
-                    "group_by must be task, day, member or kind",
-                ));
-            }
-        };
-        let time = |name: &str| -> Result<Option<Timestamp>> {
-            query
-                .get(name)
-                .map(|text| {
-                    Timestamp::parse_rfc3339(text).ok_or_else(|| {
-                        ApiError::invalid(name, format!("{name} must be an RFC 3339 time"))
-                    })
-                })
-                .transpose()
-        };
-        let (from, to) = (time("from")?, time("to")?);
-        let (handle, _) = account_handle(&state, &id).await?;
-        let rows = state
-            .engine
-            .query(move |store| {
-                store.usage(&UsageQuery {
-                    account: handle,
-                    from,
-                    to,
-                    group_by,
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let group_by = match query.get("group_by").map(String::as_str) {
+        None | Some("task") => GroupBy::Task,
+        Some("day") => GroupBy::Day,
+        Some("member") => GroupBy::Member,
+        Some("kind") => GroupBy::Kind,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "group_by",
+                "group_by must be task, day, member or kind",
+            ));
+        }
+    };
+    let time = |name: &str| -> Result<Option<Timestamp>> {
+        query
+            .get(name)
+            .map(|text| {
+                Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                    ApiError::invalid(name, format!("{name} must be an RFC 3339 time"))
                 })
             })
-            .await?;
-        let group_name = query.get("group_by").map_or("task", String::as_str);
-        Ok(json_response(
-            200,
-            objects::usage_summary(&id, group_name, from, to, &rows),
-        ))
+            .transpose()
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    let (from, to) = (time("from")?, time("to")?);
+    let (handle, _) = account_handle(&state, &id).await?;
+    let rows = state
+        .engine
+        .query(move |store| {
+            store.usage(&UsageQuery {
+                account: handle,
+                from,
+                to,
+                group_by,
+            })
+        })
+        .await?;
+    let group_name = query.get("group_by").map_or("task", String::as_str);
+    Ok(json_response(
+        200,
+        objects::usage_summary(&id, group_name, from, to, &rows),
+    ))
 }

@@ -90,41 +90,36 @@ pub(super) async fn capture(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Usage)?;
-        idempotency_key(&headers)?;
-        let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
-        let fields = Fields::parse(&body, &["credits", "quantity", "mode"])?;
-        let amount = match (fields.credits("credits")?, fields.quantity("quantity")?) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "parameter_conflict",
-                    "give credits or quantity, not both",
-                ));
-            }
-            (Some(credits), None) => CaptureAmount::Credits(credits),
-            (None, Some(quantity)) => CaptureAmount::Quantity(quantity),
-            (None, None) => CaptureAmount::Hold,
-        };
-        let command = Command::CaptureHold {
-            hold,
-            amount,
-            mode: fields.mode()?,
-        };
-        Ok(settle_hold(
-            &state,
-            &headers,
-            &format!("/v1/holds/{id}/capture"),
-            hold,
-            &body,
-            command,
-        )
-        .await)
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Usage)?;
+    idempotency_key(&headers)?;
+    let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
+    let fields = Fields::parse(&body, &["credits", "quantity", "mode"])?;
+    let amount = match (fields.credits("credits")?, fields.quantity("quantity")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "parameter_conflict",
+                "give credits or quantity, not both",
+            ));
+        }
+        (Some(credits), None) => CaptureAmount::Credits(credits),
+        (None, Some(quantity)) => CaptureAmount::Quantity(quantity),
+        (None, None) => CaptureAmount::Hold,
     };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+    let command = Command::CaptureHold {
+        hold,
+        amount,
+        mode: fields.mode()?,
+    };
+    Ok(settle_hold(
+        &state,
+        &headers,
+        &format!("/v1/holds/{id}/capture"),
+        hold,
+        &body,
+        command,
+    )
+    .await)
 }
 
 pub(super) async fn release(
@@ -132,45 +127,35 @@ pub(super) async fn release(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Usage)?;
-        idempotency_key(&headers)?;
-        let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
-        Fields::parse(&body, &[])?;
-        let command = Command::ReleaseHold { hold };
-        Ok(settle_hold(
-            &state,
-            &headers,
-            &format!("/v1/holds/{id}/release"),
-            hold,
-            &body,
-            command,
-        )
-        .await)
-    };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Usage)?;
+    idempotency_key(&headers)?;
+    let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
+    Fields::parse(&body, &[])?;
+    let command = Command::ReleaseHold { hold };
+    Ok(settle_hold(
+        &state,
+        &headers,
+        &format!("/v1/holds/{id}/release"),
+        hold,
+        &body,
+        command,
+    )
+    .await)
 }
 
 pub(super) async fn get_hold(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
-        let active = state.engine.read(Read::Hold(hold)).await?;
-        if active.status == 200 {
-            return Ok(json_response(200, active.body));
-        }
-        settled_hold(&state, hold).await
-    };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
+    let active = state.engine.read(Read::Hold(hold)).await?;
+    if active.status == 200 {
+        return Ok(json_response(200, active.body));
+    }
+    settled_hold(&state, hold).await
 }
 
 /// A hold no longer active: rebuilt from its journal entries.

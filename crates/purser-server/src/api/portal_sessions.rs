@@ -3,11 +3,11 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purser_portal::session::valid_return_url;
 use purser_wire::{ApiError, Fields, json_response};
 
-use super::{AppState, JsonBody, idempotency_key, keyed};
+use super::{AppState, JsonBody, Result, idempotency_key, keyed};
 use crate::auth::Need;
 
 /// `POST /v1/accounts/{id}/portal_sessions` `{"return_url"?}` → 201
@@ -18,37 +18,34 @@ pub(super) async fn create_session(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Admin)?;
-        let key = idempotency_key(&headers)?;
-        let fields = Fields::parse(&body, &["return_url"])?;
-        let return_url = fields.string("return_url")?.map(str::to_owned);
-        if return_url
-            .as_deref()
-            .is_some_and(|url| !valid_return_url(url))
-        {
-            return Err(ApiError::invalid(
-                "return_url",
-                "return_url must be an absolute http or https URL of at most 2048 characters",
-            ));
-        }
-        let path = format!("/v1/accounts/{id}/portal_sessions");
-        let key = keyed(key, &path, &body);
-        if let Some(key) = &key
-            && let Err(answered) = state.engine.claim(key)
-        {
-            let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
-            return Ok(json_response(status, body));
-        }
-        let (status, body) = match state.portal.create_session(&id, return_url, &headers).await {
-            Ok(body) => (201, body),
-            Err(error) => (error.status, error.body()),
-        };
-        if let Some(key) = key {
-            state.engine.finish(&key.key, status, &body);
-        }
-        Ok(json_response(status, body))
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Admin)?;
+    let key = idempotency_key(&headers)?;
+    let fields = Fields::parse(&body, &["return_url"])?;
+    let return_url = fields.string("return_url")?.map(str::to_owned);
+    if return_url
+        .as_deref()
+        .is_some_and(|url| !valid_return_url(url))
+    {
+        return Err(ApiError::invalid(
+            "return_url",
+            "return_url must be an absolute http or https URL of at most 2048 characters",
+        ));
+    }
+    let path = format!("/v1/accounts/{id}/portal_sessions");
+    let key = keyed(key, &path, &body);
+    if let Some(key) = &key
+        && let Err(answered) = state.engine.claim(key)
+    {
+        let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
+        return Ok(json_response(status, body));
+    }
+    let (status, body) = match state.portal.create_session(&id, return_url, &headers).await {
+        Ok(body) => (201, body),
+        Err(error) => (error.status, error.body()),
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    if let Some(key) = key {
+        state.engine.finish(&key.key, status, &body);
+    }
+    Ok(json_response(status, body))
 }

@@ -9,8 +9,8 @@ use purser_engine::Read;
 use purser_wire::{ApiError, Fields, required};
 
 use super::{
-    AppState, JsonBody, QueryMap, account_path, list_in_memory, mutate, not_found, object_id,
-    rendered,
+    AppState, JsonBody, QueryMap, Result, account_path, list_in_memory, mutate, not_found,
+    object_id, rendered,
 };
 use crate::auth::Need;
 
@@ -59,13 +59,10 @@ pub(super) async fn get_purchase(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Read)?;
-        let purchase = object_id(ObjectKind::Purchase, &id, "purchase_not_found")?;
-        Ok::<_, ApiError>(rendered(state.engine.read(Read::Purchase(purchase)).await))
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let purchase = object_id(ObjectKind::Purchase, &id, "purchase_not_found")?;
+    Ok::<_, ApiError>(rendered(state.engine.read(Read::Purchase(purchase)).await))
 }
 
 pub(super) async fn list_purchases(

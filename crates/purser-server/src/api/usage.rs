@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purser_core::limits::{MAX_BATCH_ITEMS, MAX_IDEMPOTENCY_KEY_LEN};
 use purser_core::{AccountId, Command, MemberId};
 use purser_engine::{IdempotencyKey, Submitted};
@@ -42,33 +42,28 @@ pub(super) async fn batch(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Response {
-    let result = async {
-        state.keys.authorize(&headers, Need::Usage)?;
-        let fields = Fields::parse(&body, &["items"])?;
-        let items = required(fields.array("items")?, "items")?;
-        if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
-            return Err(ApiError::invalid(
-                "items",
-                "items must hold 1 to 1000 charges",
-            ));
-        }
-        // Every item is queued before any is awaited, so they share group commits.
-        let started: Vec<Result<Submitted>> =
-            items.iter().map(|item| batch_item(&state, item)).collect();
-        let mut results = objects::BatchResults::new(started.len());
-        for submitted in started {
-            let (status, answer) = match submitted {
-                Ok(submitted) => purser_wire::outcome(state.engine.settle(submitted).await),
-                Err(error) => (error.status, error.body()),
-            };
-            results.push(status, &answer);
-        }
-        Ok(json_response(200, results.finish()))
-    };
-    result
-        .await
-        .unwrap_or_else(|error: ApiError| error.into_response())
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Usage)?;
+    let fields = Fields::parse(&body, &["items"])?;
+    let items = required(fields.array("items")?, "items")?;
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid(
+            "items",
+            "items must hold 1 to 1000 charges",
+        ));
+    }
+    // Every item is queued before any is awaited, so they share group commits.
+    let started: Vec<Result<Submitted>> =
+        items.iter().map(|item| batch_item(&state, item)).collect();
+    let mut results = objects::BatchResults::new(started.len());
+    for submitted in started {
+        let (status, answer) = match submitted {
+            Ok(submitted) => purser_wire::outcome(state.engine.settle(submitted).await),
+            Err(error) => (error.status, error.body()),
+        };
+        results.push(status, &answer);
+    }
+    Ok(json_response(200, results.finish()))
 }
 
 /// Validates and queues one batch item, with its own idempotency key in the

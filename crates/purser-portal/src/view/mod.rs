@@ -13,6 +13,12 @@ use super::forecast::Forecast;
 use super::format;
 use crate::pages::{micros, time};
 
+mod billing;
+mod csv;
+
+pub use billing::{Billing, billing};
+pub use csv::{CSV_HEADER, csv_row};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
     Credits,
@@ -511,183 +517,6 @@ fn describe(tx: &Value, catalog: &Catalog) -> (&'static str, String) {
     }
 }
 
-/// The billing page's inputs.
-#[derive(Debug)]
-pub struct Billing<'a> {
-    pub frame: Frame<'a>,
-    pub account: &'a Value,
-    pub catalog: &'a Catalog,
-    pub purchases: Vec<Value>,
-    pub provider: &'static str,
-    pub now: Timestamp,
-}
-
-pub fn billing(view: &Billing<'_>) -> Markup {
-    let frame = &view.frame;
-    let account = view.account;
-    let current = account["tier"].as_str().unwrap_or("");
-    let pending = account["pending_tier"].as_str();
-    let period_end = time(&account["balance"]["budget"]["period_end"]).unwrap_or(view.now);
-    let catalog = view.catalog;
-    let currency = catalog.currency();
-    let current_credits = catalog
-        .tier(current)
-        .map(|t| i128::from(t.monthly_credits.micros()));
-    let name_of = |id: &str| {
-        catalog
-            .tier(id)
-            .map_or_else(|| id.to_owned(), |t| t.name.clone())
-    };
-    let can_change = !frame.closed;
-    let content = html! {
-        div.heading {
-            h1 { "Billing" }
-            p.sub {
-                "You are on the " strong { (frame.tier_name) } " plan. Your budget renews on "
-                time datetime=(period_end.to_string()) { (format::date(period_end)) } "."
-            }
-        }
-        @if let Some(tier) = pending {
-            div.banner.info data-testid="pending-tier" data-tier=(tier) {
-                p {
-                    "Your plan changes to " strong { (name_of(tier)) } " on "
-                    time datetime=(period_end.to_string()) { (format::date(period_end)) }
-                    ". Until then you keep " (frame.tier_name) "."
-                }
-                @if can_change {
-                    form method="post" action=(frame.href("tier")) {
-                        (frame.form_fields())
-                        input type="hidden" name="tier" value=(current);
-                        input type="hidden" name="cancel" value="1";
-                        button.button.ghost type="submit" data-testid="cancel-downgrade" { "Keep " (frame.tier_name) }
-                    }
-                }
-            }
-        }
-        section aria-labelledby="plans-title" {
-            h2 #plans-title .section { "Plans" }
-            div.plans {
-                @for tier in catalog.tiers() {
-                    @let id = tier.id.as_str();
-                    @let is_current = id == current;
-                    @let credits = i128::from(tier.monthly_credits.micros());
-                    @let upgrade = current_credits.is_none_or(|c| credits >= c);
-                    article.card.plan.current[is_current] data-testid="tier-card" data-tier=(id)
-                        data-current=[is_current.then_some("true")] {
-                        h3 { (tier.name) }
-                        p.price { (format::price(&tier.price.to_string(), currency)) span.unit { " / month" } }
-                        ul.features {
-                            li { strong { (format::credits(credits)) } " credits every month" }
-                            @if tier.rollover_cap.micros() > 0 {
-                                li { "Unused budget rolls over, up to " (format::credits(i128::from(tier.rollover_cap.micros()))) }
-                            }
-                            @if let Some(cap) = tier.member_monthly_cap {
-                                li { "Up to " (format::credits(i128::from(cap.micros()))) " per member a month" }
-                            }
-                        }
-                        @if is_current {
-                            p.tag { "Current plan" }
-                        } @else if pending == Some(id) {
-                            p.tag { "Starts " (format::date(period_end)) }
-                        } @else if can_change {
-                            form method="post" action=(frame.href("tier")) {
-                                (frame.form_fields())
-                                input type="hidden" name="tier" value=(id);
-                                @if upgrade {
-                                    button.button type="submit" data-testid="choose-tier" { "Upgrade to " (tier.name) }
-                                    p.hint { "Applies now" @if let Some(c) = current_credits { ": +" (format::credits(credits - c)) " credits this period" } "." }
-                                } @else {
-                                    button.button.ghost type="submit" data-testid="choose-tier" data-confirm=(format!("Downgrade to {} on {}?", tier.name, format::date(period_end))) { "Downgrade to " (tier.name) }
-                                    p.hint { "Takes effect on " (format::date(period_end)) ", when your budget renews." }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        section aria-labelledby="packages-title" {
-            h2 #packages-title .section { "Credit packages" }
-            p.sub {
-                "Package credits never expire and are used once your monthly budget is spent. "
-                @if view.provider == "manual" {
-                    "A purchase stays pending until your payment is confirmed; the credits are added then."
-                } @else if view.provider == "instant" {
-                    "Demo payments: purchases complete at once."
-                }
-            }
-            div.plans {
-                @for package in catalog.packages() {
-                    article.card.plan data-testid="package-card" data-package=(package.id.as_str()) {
-                        h3 { (package.name) }
-                        p.price { (format::price(&package.price.to_string(), currency)) }
-                        @let credits = format::credits(i128::from(package.credits.micros()));
-                        ul.features {
-                            @if !package.name.contains(&credits) {
-                                li { strong { (credits) } " credits" }
-                            }
-                            li { "Never expire" }
-                            li { "Used after your monthly budget" }
-                        }
-                        @if can_change {
-                            form method="post" action=(frame.href("purchases")) {
-                                (frame.form_fields())
-                                input type="hidden" name="package" value=(package.id.as_str());
-                                button.button type="submit" data-testid="buy-package" { "Buy for " (format::price(&package.price.to_string(), currency)) }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        section aria-labelledby="history-title" {
-            h2 #history-title .section { "Purchase history" }
-            @if view.purchases.is_empty() {
-                p.empty { "No purchases yet." }
-            } @else {
-                div.scroll {
-                    table.tx data-testid="purchases" {
-                        thead {
-                            tr {
-                                th scope="col" { "Date" }
-                                th scope="col" { "Package" }
-                                th.r scope="col" { "Credits" }
-                                th.r scope="col" { "Price" }
-                                th scope="col" { "Status" }
-                                th scope="col" { span.sr { "Actions" } }
-                            }
-                        }
-                        tbody {
-                            @for purchase in &view.purchases {
-                                @let status = purchase["status"].as_str().unwrap_or("");
-                                @let package = purchase["package"].as_str().unwrap_or("");
-                                tr {
-                                    td.nowrap { (when(&purchase["created_at"])) }
-                                    td { (catalog.package(package).map_or(package, |p| p.name.as_str())) }
-                                    td.r.num { (format::group(amount_of(&purchase["credits"]))) }
-                                    td.r.num { (format::price(amount_of(&purchase["price"]), currency)) }
-                                    td { span class=(format!("status {status}")) data-testid="purchase-status" { (status) } }
-                                    td {
-                                        @if status == "pending" && can_change {
-                                            @if let Some(id) = purchase["id"].as_str() {
-                                                form method="post" action=(frame.href(&format!("purchases/{id}/cancel"))) {
-                                                    (frame.form_fields())
-                                                    button.link type="submit" { "Cancel" }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    page(frame, "Billing", content)
-}
-
 /// A page with a message and nothing to act on (bad or expired links).
 pub fn problem(title: &str, message: &str) -> Markup {
     html! {
@@ -712,91 +541,9 @@ pub fn problem(title: &str, message: &str) -> Markup {
     }
 }
 
-/// The CSV export's columns.
-pub const CSV_HEADER: &str = "id,created_at,type,description,credits,available_after,held_after,debt_after,task,quantity,member,grant_kind,object\r\n";
-
-/// One transaction as a CSV row (RFC 4180 quoting; a text cell that a
-/// spreadsheet would read as a formula is prefixed with `'`).
-pub fn csv_row(out: &mut String, tx: &Value, catalog: &Catalog) {
-    let (what, details) = describe(tx, catalog);
-    let text = |name: &str| tx[name].as_str().unwrap_or("").to_owned();
-    let object = ["debit", "hold", "grant", "purchase"]
-        .iter()
-        .find_map(|name| tx[*name].as_str())
-        .unwrap_or("")
-        .to_owned();
-    let description = if details.is_empty() {
-        what.to_owned()
-    } else {
-        format!("{what}: {details}")
-    };
-    let cells = [
-        text("id"),
-        text("created_at"),
-        text("type"),
-        description,
-        text("credits"),
-        tx["balance_after"]["available"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        tx["balance_after"]["held"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        tx["balance_after"]["debt"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        text("task"),
-        text("quantity"),
-        text("member"),
-        text("kind"),
-        object,
-    ];
-    for (index, cell) in cells.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        csv_cell(out, cell, index >= 3 && index != 4);
-    }
-    out.push_str("\r\n");
-}
-
-fn csv_cell(out: &mut String, cell: &str, text: bool) {
-    let guarded = text && cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    if guarded || cell.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        if guarded {
-            out.push('\'');
-        }
-        out.push_str(&cell.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(cell);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn csv_rows_quote_and_guard() {
-        let mut out = String::new();
-        let tx = json!({
-            "id": "txn_1", "created_at": "2026-11-01T00:00:00Z", "type": "debit",
-            "credits": "-1.5", "task": "assistant_message", "quantity": "3",
-            "member": "-ann", "debit": "deb_1",
-            "balance_after": {"available": "98.5", "held": "0", "debt": "0"},
-        });
-        csv_row(&mut out, &tx, &Catalog::builtin());
-        assert_eq!(
-            out,
-            "txn_1,2026-11-01T00:00:00Z,debit,Charge: Assistant conversation · 3 messages · -ann,-1.5,98.5,0,0,assistant_message,3,\"'-ann\",,deb_1\r\n"
-        );
-    }
 
     #[test]
     fn notices_come_from_a_fixed_set() {

@@ -1,0 +1,185 @@
+//! The billing page: the plan, upgrades and downgrades, packages to buy,
+//! and the account's purchases.
+
+use maud::{Markup, html};
+use purser_core::Catalog;
+use serde_json::Value;
+
+use super::*;
+
+/// The billing page's inputs.
+#[derive(Debug)]
+pub struct Billing<'a> {
+    pub frame: Frame<'a>,
+    pub account: &'a Value,
+    pub catalog: &'a Catalog,
+    pub purchases: Vec<Value>,
+    pub provider: &'static str,
+    pub now: Timestamp,
+}
+
+pub fn billing(view: &Billing<'_>) -> Markup {
+    let frame = &view.frame;
+    let account = view.account;
+    let current = account["tier"].as_str().unwrap_or("");
+    let pending = account["pending_tier"].as_str();
+    let period_end = time(&account["balance"]["budget"]["period_end"]).unwrap_or(view.now);
+    let catalog = view.catalog;
+    let currency = catalog.currency();
+    let current_credits = catalog
+        .tier(current)
+        .map(|t| i128::from(t.monthly_credits.micros()));
+    let name_of = |id: &str| {
+        catalog
+            .tier(id)
+            .map_or_else(|| id.to_owned(), |t| t.name.clone())
+    };
+    let can_change = !frame.closed;
+    let content = html! {
+        div.heading {
+            h1 { "Billing" }
+            p.sub {
+                "You are on the " strong { (frame.tier_name) } " plan. Your budget renews on "
+                time datetime=(period_end.to_string()) { (format::date(period_end)) } "."
+            }
+        }
+        @if let Some(tier) = pending {
+            div.banner.info data-testid="pending-tier" data-tier=(tier) {
+                p {
+                    "Your plan changes to " strong { (name_of(tier)) } " on "
+                    time datetime=(period_end.to_string()) { (format::date(period_end)) }
+                    ". Until then you keep " (frame.tier_name) "."
+                }
+                @if can_change {
+                    form method="post" action=(frame.href("tier")) {
+                        (frame.form_fields())
+                        input type="hidden" name="tier" value=(current);
+                        input type="hidden" name="cancel" value="1";
+                        button.button.ghost type="submit" data-testid="cancel-downgrade" { "Keep " (frame.tier_name) }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="plans-title" {
+            h2 #plans-title .section { "Plans" }
+            div.plans {
+                @for tier in catalog.tiers() {
+                    @let id = tier.id.as_str();
+                    @let is_current = id == current;
+                    @let credits = i128::from(tier.monthly_credits.micros());
+                    @let upgrade = current_credits.is_none_or(|c| credits >= c);
+                    article.card.plan.current[is_current] data-testid="tier-card" data-tier=(id)
+                        data-current=[is_current.then_some("true")] {
+                        h3 { (tier.name) }
+                        p.price { (format::price(&tier.price.to_string(), currency)) span.unit { " / month" } }
+                        ul.features {
+                            li { strong { (format::credits(credits)) } " credits every month" }
+                            @if tier.rollover_cap.micros() > 0 {
+                                li { "Unused budget rolls over, up to " (format::credits(i128::from(tier.rollover_cap.micros()))) }
+                            }
+                            @if let Some(cap) = tier.member_monthly_cap {
+                                li { "Up to " (format::credits(i128::from(cap.micros()))) " per member a month" }
+                            }
+                        }
+                        @if is_current {
+                            p.tag { "Current plan" }
+                        } @else if pending == Some(id) {
+                            p.tag { "Starts " (format::date(period_end)) }
+                        } @else if can_change {
+                            form method="post" action=(frame.href("tier")) {
+                                (frame.form_fields())
+                                input type="hidden" name="tier" value=(id);
+                                @if upgrade {
+                                    button.button type="submit" data-testid="choose-tier" { "Upgrade to " (tier.name) }
+                                    p.hint { "Applies now" @if let Some(c) = current_credits { ": +" (format::credits(credits - c)) " credits this period" } "." }
+                                } @else {
+                                    button.button.ghost type="submit" data-testid="choose-tier" data-confirm=(format!("Downgrade to {} on {}?", tier.name, format::date(period_end))) { "Downgrade to " (tier.name) }
+                                    p.hint { "Takes effect on " (format::date(period_end)) ", when your budget renews." }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="packages-title" {
+            h2 #packages-title .section { "Credit packages" }
+            p.sub {
+                "Package credits never expire and are used once your monthly budget is spent. "
+                @if view.provider == "manual" {
+                    "A purchase stays pending until your payment is confirmed; the credits are added then."
+                } @else if view.provider == "instant" {
+                    "Demo payments: purchases complete at once."
+                }
+            }
+            div.plans {
+                @for package in catalog.packages() {
+                    article.card.plan data-testid="package-card" data-package=(package.id.as_str()) {
+                        h3 { (package.name) }
+                        p.price { (format::price(&package.price.to_string(), currency)) }
+                        @let credits = format::credits(i128::from(package.credits.micros()));
+                        ul.features {
+                            @if !package.name.contains(&credits) {
+                                li { strong { (credits) } " credits" }
+                            }
+                            li { "Never expire" }
+                            li { "Used after your monthly budget" }
+                        }
+                        @if can_change {
+                            form method="post" action=(frame.href("purchases")) {
+                                (frame.form_fields())
+                                input type="hidden" name="package" value=(package.id.as_str());
+                                button.button type="submit" data-testid="buy-package" { "Buy for " (format::price(&package.price.to_string(), currency)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="history-title" {
+            h2 #history-title .section { "Purchase history" }
+            @if view.purchases.is_empty() {
+                p.empty { "No purchases yet." }
+            } @else {
+                div.scroll {
+                    table.tx data-testid="purchases" {
+                        thead {
+                            tr {
+                                th scope="col" { "Date" }
+                                th scope="col" { "Package" }
+                                th.r scope="col" { "Credits" }
+                                th.r scope="col" { "Price" }
+                                th scope="col" { "Status" }
+                                th scope="col" { span.sr { "Actions" } }
+                            }
+                        }
+                        tbody {
+                            @for purchase in &view.purchases {
+                                @let status = purchase["status"].as_str().unwrap_or("");
+                                @let package = purchase["package"].as_str().unwrap_or("");
+                                tr {
+                                    td.nowrap { (when(&purchase["created_at"])) }
+                                    td { (catalog.package(package).map_or(package, |p| p.name.as_str())) }
+                                    td.r.num { (format::group(amount_of(&purchase["credits"]))) }
+                                    td.r.num { (format::price(amount_of(&purchase["price"]), currency)) }
+                                    td { span class=(format!("status {status}")) data-testid="purchase-status" { (status) } }
+                                    td {
+                                        @if status == "pending" && can_change {
+                                            @if let Some(id) = purchase["id"].as_str() {
+                                                form method="post" action=(frame.href(&format!("purchases/{id}/cancel"))) {
+                                                    (frame.form_fields())
+                                                    button.link type="submit" { "Cancel" }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(frame, "Billing", content)
+}
