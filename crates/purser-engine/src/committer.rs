@@ -1,8 +1,11 @@
 //! The committer: merges the batches of every shard that is waiting, writes
-//! them in one store transaction with one fsync, and only then sends their
-//! answers, in order. If a commit fails, memory is ahead of disk: the engine
-//! is poisoned and every answer of the failed batch (and every later
-//! request) is "unavailable".
+//! them in one store transaction with one fsync, and only then ends their
+//! idempotency keys (an accepted answer is remembered, any other released)
+//! and sends their answers, in order. If a commit fails, memory is ahead of
+//! disk: the engine is poisoned and every answer of the failed batch (and
+//! every later request) is "unavailable". A request that stopped waiting
+//! (a timeout, a dropped connection) changes none of this: its key ends
+//! with its command's outcome all the same.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use purser_core::Entry;
 use purser_store::{Commit, IdempotencyRecord, PartitionSnapshot, Store};
-use tokio::sync::oneshot;
 
-use crate::shard::{Answer, Batch};
+use crate::keys::{KeyTable, Stored};
+use crate::shard::{Answer, Batch, Reply};
 
 /// Told of every group commit (metrics).
 pub trait CommitObserver: Send + Sync + std::fmt::Debug {
@@ -26,6 +29,8 @@ pub(crate) struct Committer {
     pub rx: Receiver<Batch>,
     pub poisoned: Arc<AtomicBool>,
     pub observer: Arc<dyn CommitObserver>,
+    pub keys: Arc<KeyTable>,
+    pub clock: crate::Clock,
 }
 
 impl Committer {
@@ -33,7 +38,7 @@ impl Committer {
         let mut entries: Vec<Entry> = Vec::new();
         let mut idempotency: Vec<IdempotencyRecord> = Vec::new();
         let mut snapshots: Vec<PartitionSnapshot> = Vec::new();
-        let mut answers: Vec<(oneshot::Sender<Answer>, Answer)> = Vec::new();
+        let mut answers: Vec<Reply> = Vec::new();
         while let Ok(first) = self.rx.recv() {
             let mut batches = vec![first];
             while let Ok(more) = self.rx.try_recv() {
@@ -61,22 +66,49 @@ impl Committer {
                 .observe_commit(entries.len(), answers.len(), started.elapsed());
             match outcome {
                 Ok(()) => {
-                    for (reply, answer) in answers.drain(..) {
-                        let _ = reply.send(answer);
+                    let now = self.clock.now();
+                    for reply in answers.drain(..) {
+                        self.end_key(&reply, now);
+                        let _ = reply.to.send(reply.answer);
                     }
                 }
                 Err(error) => {
                     if !self.poisoned.swap(true, Ordering::Relaxed) {
                         tracing::error!(%error, "commit failed: memory is ahead of the store; refusing writes until restart");
                     }
-                    for (reply, _) in answers.drain(..) {
-                        let _ = reply.send(Answer::Unavailable);
+                    for reply in answers.drain(..) {
+                        if let Some(key) = &reply.key {
+                            self.keys.abandon(key);
+                        }
+                        let _ = reply.to.send(Answer::Unavailable);
                     }
                 }
             }
             entries.clear();
             idempotency.clear();
             snapshots.clear();
+        }
+    }
+
+    /// Ends a committed command's key: its answer remembered if it has one
+    /// to remember (accepted), released otherwise (refusals are judged
+    /// afresh on retry).
+    fn end_key(&self, reply: &Reply, now: purser_core::Timestamp) {
+        let Some(key) = &reply.key else {
+            return;
+        };
+        match &reply.answer {
+            Answer::Rendered(rendered) => match &rendered.remember {
+                Some(remembered) => {
+                    let stored = Stored {
+                        status: rendered.status,
+                        body: remembered.as_slice().into(),
+                    };
+                    self.keys.finish(key, stored, now);
+                }
+                None => self.keys.abandon(key),
+            },
+            _ => self.keys.abandon(key),
         }
     }
 }

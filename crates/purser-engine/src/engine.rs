@@ -60,6 +60,10 @@ pub enum Outcome {
     /// A request with its idempotency key is still running.
     KeyInUse,
     Busy(Busy),
+    /// No answer within the request timeout: the command may still be
+    /// applied. Its key stays claimed until the outcome is known; a retry
+    /// with the same key then answers it.
+    Pending,
     /// A remembered answer could not be given again (what went wrong).
     RecallFailed(String),
 }
@@ -78,7 +82,6 @@ enum Pending {
         remembered: Arc<[u8]>,
     },
     Waiting {
-        key: Option<String>,
         receiver: oneshot::Receiver<Answer>,
     },
 }
@@ -118,7 +121,7 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Clock,
     catalog: Arc<Catalog>,
-    keys: KeyTable,
+    keys: Arc<KeyTable>,
     render: Arc<dyn Render>,
     request_timeout: Duration,
 }
@@ -187,15 +190,28 @@ impl Engine {
                 .expect("spawn shard thread");
         }
         drop(commit_tx);
+        let keys = Arc::new(parts.keys);
         let committer = Committer {
             store: parts.store.clone(),
             rx: commit_rx,
             poisoned: poisoned.clone(),
             observer: parts.observer,
+            keys: keys.clone(),
+            clock: parts.clock.clone(),
         };
+        let stopped = poisoned.clone();
         std::thread::Builder::new()
             .name("purser-committer".into())
-            .spawn(move || committer.run())
+            .spawn(move || {
+                // A panic is a bug: what was committed is no longer known,
+                // so the engine stops, as after a failed commit.
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || committer.run()));
+                if outcome.is_err() {
+                    stopped.store(true, Ordering::Relaxed);
+                    tracing::error!("the committer panicked: the engine stops taking requests");
+                }
+            })
             .expect("spawn committer thread");
         Engine(Arc::new(Inner {
             shards: senders.into(),
@@ -205,7 +221,7 @@ impl Engine {
             store: parts.store,
             clock: parts.clock,
             catalog: parts.catalog,
-            keys: parts.keys,
+            keys,
             render: parts.render,
             request_timeout: config.request_timeout,
         }))
@@ -272,19 +288,22 @@ impl Engine {
         }
     }
 
-    /// Waits (at most the request timeout) for a shard's answer.
-    async fn wait(&self, receiver: oneshot::Receiver<Answer>) -> Answer {
+    /// Waits (at most the request timeout) for a shard's answer; `None` if
+    /// none came in time.
+    async fn wait(&self, receiver: oneshot::Receiver<Answer>) -> Option<Answer> {
         match tokio::time::timeout(self.0.request_timeout, receiver).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => Answer::Unavailable,
+            Ok(Ok(answer)) => Some(answer),
+            // The engine stopped with the job unanswered.
+            Ok(Err(_)) => Some(Answer::Unavailable),
+            Err(_) => None,
         }
     }
 
     async fn ask(&self, shard: usize, work: Work) -> Result<Answer, Busy> {
         let receiver = self.submit(shard, work)?;
         match self.wait(receiver).await {
-            Answer::Unavailable => Err(Busy::Unavailable),
-            answer => Ok(answer),
+            None | Some(Answer::Unavailable) => Err(Busy::Unavailable),
+            Some(answer) => Ok(answer),
         }
     }
 
@@ -313,22 +332,23 @@ impl Engine {
     /// (2xx), released otherwise (refusals are judged afresh on retry).
     pub fn finish(&self, key: &str, status: u16, body: &[u8]) {
         if (200..300).contains(&status) {
-            self.remember(key, status, body.to_vec());
+            let stored = Stored {
+                status,
+                body: body.into(),
+            };
+            self.0.keys.finish(key, stored, self.0.clock.now());
         } else {
             self.0.keys.abandon(key);
         }
     }
 
-    fn remember(&self, key: &str, status: u16, remembered: Vec<u8>) {
-        let stored = Stored {
-            status,
-            body: remembered.into(),
-        };
-        self.0.keys.finish(key, stored, self.0.clock.now());
-    }
-
-    /// Claims the key (if any) and queues the command; does not wait.
+    /// Claims the key (if any) and queues the command; does not wait. From
+    /// here the key belongs to the engine: it ends with the command's
+    /// outcome (see the committer), whatever becomes of the request.
     pub fn start(&self, command: Command, key: Option<IdempotencyKey>) -> Submitted {
+        if self.is_poisoned() {
+            return Submitted(Pending::Ended(Outcome::Busy(Busy::Unavailable)));
+        }
         if let Some(key) = &key
             && let Err(answered) = self.claim(key)
         {
@@ -343,11 +363,9 @@ impl Engine {
                 claim: key,
             },
         ) {
-            Ok(receiver) => Submitted(Pending::Waiting {
-                key: name,
-                receiver,
-            }),
+            Ok(receiver) => Submitted(Pending::Waiting { receiver }),
             Err(busy) => {
+                // Never queued: the command will not run.
                 if let Some(name) = name {
                     self.0.keys.abandon(&name);
                 }
@@ -356,36 +374,22 @@ impl Engine {
         }
     }
 
-    /// Waits for a queued command's answer (sent once durable) and remembers
-    /// it under its key if it was accepted.
+    /// Waits (at most the request timeout) for a queued command's answer,
+    /// sent once durable; its key was ended before it was sent.
     pub async fn settle(&self, submitted: Submitted) -> Outcome {
-        let (key, receiver) = match submitted.0 {
+        let receiver = match submitted.0 {
             Pending::Ended(outcome) => return outcome,
             Pending::Replay { status, remembered } => {
                 return self.recall(status, remembered).await;
             }
-            Pending::Waiting { key, receiver } => (key, receiver),
+            Pending::Waiting { receiver } => receiver,
         };
         match self.wait(receiver).await {
-            Answer::Rendered(Rendered {
-                status,
-                body,
-                remember,
-            }) => {
-                if let Some(key) = key {
-                    match remember {
-                        Some(remembered) => self.remember(&key, status, remembered),
-                        None => self.0.keys.abandon(&key),
-                    }
-                }
+            Some(Answer::Rendered(Rendered { status, body, .. })) => {
                 Outcome::Answered { status, body }
             }
-            _ => {
-                if let Some(key) = key {
-                    self.0.keys.abandon(&key);
-                }
-                Outcome::Busy(Busy::Unavailable)
-            }
+            Some(_) => Outcome::Busy(Busy::Unavailable),
+            None => Outcome::Pending,
         }
     }
 

@@ -61,13 +61,23 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Answer>,
 }
 
+/// An answer on its way to its request, sent once its batch is durable.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub to: oneshot::Sender<Answer>,
+    pub answer: Answer,
+    /// The idempotency key the request claimed: ended by the committer
+    /// with the outcome (remembered, or released), never by the request.
+    pub key: Option<String>,
+}
+
 /// What a shard hands the committer.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub entries: Vec<Entry>,
     pub idempotency: Vec<IdempotencyRecord>,
     pub snapshots: Vec<PartitionSnapshot>,
-    pub answers: Vec<(oneshot::Sender<Answer>, Answer)>,
+    pub answers: Vec<Reply>,
 }
 
 pub(crate) struct Shard {
@@ -182,6 +192,12 @@ impl Shard {
 
     fn process(&mut self, job: Job, now: Timestamp, batch: &mut Batch) {
         self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        let key = match &job.work {
+            Work::Command {
+                claim: Some(claim), ..
+            } => Some(claim.key.clone()),
+            _ => None,
+        };
         let answer = if self.poisoned.load(Ordering::Relaxed) {
             Answer::Unavailable
         } else {
@@ -202,7 +218,11 @@ impl Shard {
                 }
             }
         };
-        batch.answers.push((job.reply, answer));
+        batch.answers.push(Reply {
+            to: job.reply,
+            answer,
+            key,
+        });
     }
 
     fn command(

@@ -171,7 +171,7 @@ impl App {
                 let served = axum::serve(self.listener, supervisor::router(supervisor.clone()))
                     .with_graceful_shutdown(shutdown)
                     .await;
-                supervisor.shutdown();
+                supervisor.shutdown().await;
                 served
             }
         }

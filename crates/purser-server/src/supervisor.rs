@@ -70,11 +70,23 @@ impl Supervisor {
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = entry;
     }
 
-    /// Stops serving and hands the lease back (once the engine has wound down).
-    pub fn shutdown(&self) {
+    /// Stops serving and hands the lease back, so a standby takes over at
+    /// once (called once every in-flight request has been answered).
+    pub async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(state) = self.active() else {
+            return;
+        };
         self.set(None);
+        let store = state.engine.store().clone();
+        let handed = tokio::task::spawn_blocking(move || store.hand_back());
+        if tokio::time::timeout(Duration::from_secs(5), handed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("handing the writer lease back timed out; it runs out by itself");
+        }
     }
 
     fn stopping(&self) -> bool {

@@ -81,6 +81,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO writer_lease (id, epoch, holder, expires_at) VALUES (1, 0, '', now());
 "#,
+    // Whether the lease's holder holds the writer's advisory lock (see
+    // WRITER_LOCK): only then does a free lock prove the holder is gone.
+    r#"
+    ALTER TABLE writer_lease ADD COLUMN locked BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// How long a writer's lease lasts without renewal; renewed every second
@@ -89,6 +94,17 @@ const LEASE_SECONDS: i64 = 5;
 
 /// Serializes concurrent migrations of several purser processes.
 const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
+
+/// A session-level advisory lock the writer holds beside its lease, on the
+/// lease connection: PostgreSQL drops it the moment the holder's process is
+/// gone (its connections close), so a new purser that gets it while the
+/// lease row says its holder held it (`locked`) knows the holder is dead
+/// and takes over at once instead of waiting for the lease to run out. A
+/// holder that is merely paused keeps its connections, and so its lock: it
+/// is fenced by the lease as before. A writer that took over from a paused
+/// one (whose session still held the lock) takes the lock when it comes
+/// free and only then marks the lease `locked`.
+const WRITER_LOCK: i64 = 0x7075_7273_6572_0001;
 
 pub struct PostgresStore {
     url: String,
@@ -170,20 +186,23 @@ impl PostgresStore {
             ))
             .map_err(backend)?;
         migrate(&mut writer)?;
+        let mut lease = Client::connect(url, NoTls).map_err(backend)?;
+        let locked = try_writer_lock(&mut lease);
         let epoch: Option<i64> = writer
             .query_opt(
                 "UPDATE writer_lease
-                    SET epoch = epoch + 1, holder = $1, expires_at = now() + make_interval(secs => $2)
-                  WHERE id = 1 AND (expires_at < now() OR holder = $1)
+                    SET epoch = epoch + 1, holder = $1, expires_at = now() + make_interval(secs => $2),
+                        locked = $3
+                  WHERE id = 1 AND (expires_at < now() OR holder = $1 OR ($3 AND locked))
               RETURNING epoch",
-                &[&holder, &(LEASE_SECONDS as f64)],
+                &[&holder, &(LEASE_SECONDS as f64), &locked],
             )
             .map_err(backend)?
             .map(|row| row.get(0));
         let epoch = epoch.ok_or(StoreError::LeaseHeld)?;
         let fenced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        spawn_renewal(url, epoch, fenced.clone(), stop.clone())?;
+        spawn_renewal(url, lease, locked, epoch, fenced.clone(), stop.clone())?;
         Ok(PostgresStore {
             url: url.to_owned(),
             epoch,
@@ -216,10 +235,21 @@ impl PostgresStore {
     }
 }
 
-/// Renews the lease every second on a connection of its own; a renewal that
-/// finds another epoch (or none) fences this writer for good.
+/// Takes the writer's advisory lock if no live session holds it.
+fn try_writer_lock(client: &mut Client) -> bool {
+    client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+        .is_ok_and(|row| row.get(0))
+}
+
+/// Renews the lease every second on a connection of its own (which also
+/// holds the writer's advisory lock, taken again if it was not free at
+/// start or the connection was lost); a renewal that finds another epoch
+/// (or none) fences this writer for good.
 fn spawn_renewal(
     url: &str,
+    client: Client,
+    locked: bool,
     epoch: i64,
     fenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -228,17 +258,27 @@ fn spawn_renewal(
     std::thread::Builder::new()
         .name("purser-lease".into())
         .spawn(move || {
-            let mut client: Option<Client> = None;
+            let mut client: Option<Client> = Some(client);
+            let mut locked = locked;
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && !fenced.load(std::sync::atomic::Ordering::Relaxed)
             {
                 std::thread::sleep(std::time::Duration::from_millis(1000));
                 if client.as_ref().is_none_or(Client::is_closed) {
                     client = Client::connect(&url, NoTls).ok();
+                    locked = false;
                 }
                 let Some(connection) = client.as_mut() else {
                     continue;
                 };
+                if !locked && try_writer_lock(connection) {
+                    locked = connection
+                        .execute(
+                            "UPDATE writer_lease SET locked = true WHERE id = 1 AND epoch = $1",
+                            &[&epoch],
+                        )
+                        .is_ok();
+                }
                 match connection.execute(
                     "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
                       WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
@@ -317,6 +357,24 @@ struct Columns {
 }
 
 impl PostgresStore {
+    /// Checks (and renews) the lease: [`StoreError::Fenced`] if it is gone.
+    fn confirm_lease(&self) -> Result<(), StoreError> {
+        let mut guard = lock(&self.writer);
+        let renewed = writer(&mut guard)
+            .execute(
+                "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
+                  WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
+                &[&self.epoch, &(LEASE_SECONDS as f64)],
+            )
+            .map_err(backend)?;
+        if renewed == 0 {
+            self.fenced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+
     /// The usual group commit (no snapshot) as one statement, so one round
     /// trip: the lease check, the entries and the idempotency records in
     /// data-modifying CTEs that insert nothing unless the lease is still ours.
@@ -457,12 +515,15 @@ impl Columns {
 
 impl Store for PostgresStore {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
-        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
-        {
-            return Ok(());
-        }
         if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Fenced);
+        }
+        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
+        {
+            // Reads and refusals: answered only once the lease is known to
+            // be ours after they arrived, so a writer that was paused and
+            // lost its lease never answers from its stale memory.
+            return self.confirm_lease();
         }
         if commit.snapshots.is_empty() {
             return self.commit_in_one_statement(commit);
@@ -740,6 +801,17 @@ impl Store for PostgresStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(backend))
+    }
+
+    fn hand_back(&self) {
+        self.fenced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut guard = lock(&self.writer);
+        // If this fails the lease runs out by itself.
+        let _ = writer(&mut guard).execute(
+            "UPDATE writer_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND epoch = $1",
+            &[&self.epoch],
+        );
     }
 
     fn is_fenced(&self) -> bool {

@@ -146,7 +146,9 @@ pub struct UsageRow {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes a batch durable (fsync'd) atomically; returns only once it is.
     /// On error nothing of the batch may be assumed stored or not stored
-    /// until the store is reopened and read back.
+    /// until the store is reopened and read back. An empty batch (reads and
+    /// refusals only) still confirms that this writer may commit: a shared
+    /// store checks its lease, so nothing is answered from a fenced writer.
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError>;
 
     /// Every entry, in commit order, for recovery and `verify`.
@@ -216,6 +218,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Gives up this writer's right to commit, at a clean shutdown: a
+    /// shared store hands its lease back so a standby takes over at once.
+    /// Every later commit fails.
+    fn hand_back(&self) {}
 
     /// Whether this store lost its right to commit (a shared database's
     /// writer lease ran out): its holder must stop serving at once.

@@ -124,6 +124,16 @@ impl ApiError {
         )
     }
 
+    /// No answer in time: the request may still take effect.
+    pub fn outcome_unknown() -> ApiError {
+        ApiError::new(
+            503,
+            "api_error",
+            "outcome_unknown",
+            "no answer in time: the request may still be applied; retry with the same Idempotency-Key to get its outcome",
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "api_error", "internal_error", message)
     }
@@ -184,6 +194,7 @@ pub fn outcome(outcome: Outcome) -> (u16, Vec<u8>) {
             "a request with this Idempotency-Key is still running",
         ),
         Outcome::Busy(busy) => busy.into(),
+        Outcome::Pending => ApiError::outcome_unknown(),
         Outcome::RecallFailed(message) => ApiError::internal(message),
     };
     (error.status, error.body())

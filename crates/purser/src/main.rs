@@ -175,12 +175,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             test_clock,
             "purser is serving"
         );
-        app.serve(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+        app.serve(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Ctrl-C or SIGTERM (what service managers send): either drains the same
+/// way (no new connections, in-flight requests answered, batches committed,
+/// a PostgreSQL lease handed back).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 fn verify(data_dir: &std::path::Path, config: Option<&PathBuf>) -> anyhow::Result<ExitCode> {

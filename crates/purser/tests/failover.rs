@@ -454,6 +454,56 @@ async fn idle_resumed_writer_stands_by() {
     blocking(|| drop(database));
 }
 
+/// A restarted writer does not wait out the lease of a process that is gone;
+/// SIGTERM hands the lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_writer_takes_over_at_once_from_a_dead_process() {
+    let database = blocking(TestDatabase::create);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = blocking(|| ServerProcess::start_on_database(&database.url, dir.path(), "a"));
+    if wait_ready(&a, Instant::now(), READY_LIMIT).await.is_none() {
+        panic!("A was not ready within {READY_LIMIT:?}:\n{}", a.log_text());
+    }
+    let a_client = admin(&a, REQUEST_TIMEOUT);
+    open_account(&a_client, "restart-a").await;
+    blocking(|| a.kill());
+    // A's lease is still current: a new process could only wait it out,
+    // unless it can tell that A is gone.
+    let lease = blocking(|| database.lease());
+    assert!(lease.current, "A's lease ran out already: {lease:?}");
+    let b = blocking(|| ServerProcess::start_on_database(&database.url, dir.path(), "b"));
+    let logs = Logs(vec![b.log.clone()]);
+    if wait_ready(&b, Instant::now(), READY_LIMIT).await.is_none() {
+        panic!("B was not ready within {READY_LIMIT:?}:\n{}", logs.text());
+    }
+    let taken = blocking(|| database.lease());
+    assert!(
+        taken.epoch > lease.epoch && blocking(|| database.before(&lease.expires_at)),
+        "B took the lease only after A's ran out: {lease:?} then {taken:?}\n{}",
+        logs.text()
+    );
+    let b_client = admin(&b, REQUEST_TIMEOUT);
+    expect_status(
+        b_client.get("/v1/accounts/restart-a").await,
+        200,
+        "A's account on B",
+    );
+    let status = blocking(|| b.terminate());
+    assert!(
+        status.success(),
+        "B after SIGTERM: {status}\n{}",
+        logs.text()
+    );
+    let handed_back = blocking(|| database.lease());
+    assert!(
+        !handed_back.current,
+        "SIGTERM did not hand the lease back: {handed_back:?}\n{}",
+        logs.text()
+    );
+    drop(dir);
+    blocking(|| drop(database));
+}
+
 // ---------------------------------------------------------------------------
 // Databases and processes.
 
@@ -462,6 +512,15 @@ async fn idle_resumed_writer_stands_by() {
 struct TestDatabase {
     name: String,
     url: String,
+}
+
+/// The writer lease as the database has it.
+#[derive(Debug)]
+struct Lease {
+    epoch: i64,
+    /// `expires_at` as text, to compare with the database's clock.
+    expires_at: String,
+    current: bool,
 }
 
 /// The server-level URL the test databases are created through.
@@ -515,6 +574,48 @@ impl TestDatabase {
             .map_or(base.as_str(), |(server, _)| server);
         let url = format!("{server}/{name}{query}");
         TestDatabase { name, url }
+    }
+}
+
+impl TestDatabase {
+    /// One query's first row, on a thread of its own (the synchronous
+    /// client owns a runtime, which must stay off the test's runtime).
+    fn query_one<T: Send>(
+        &self,
+        sql: &str,
+        params: &(dyn postgres::types::ToSql + Sync),
+        read: impl FnOnce(postgres::Row) -> T + Send,
+    ) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = postgres::Client::connect(&self.url, postgres::NoTls)
+                        .expect("connect to the test database");
+                    read(client.query_one(sql, &[params]).expect(sql))
+                })
+                .join()
+                .expect("the query thread panicked")
+        })
+    }
+
+    /// The lease row.
+    fn lease(&self) -> Lease {
+        self.query_one(
+            "SELECT epoch, expires_at::text, expires_at > now() FROM writer_lease WHERE id = $1",
+            &1_i32,
+            |row| Lease {
+                epoch: row.get(0),
+                expires_at: row.get(1),
+                current: row.get(2),
+            },
+        )
+    }
+
+    /// Whether the database's clock is still before `instant`.
+    fn before(&self, instant: &str) -> bool {
+        self.query_one("SELECT now() < $1::text::timestamptz", &instant, |row| {
+            row.get(0)
+        })
     }
 }
 

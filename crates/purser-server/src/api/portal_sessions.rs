@@ -40,12 +40,21 @@ pub(super) async fn create_session(
         let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
         return Ok(json_response(status, body));
     }
-    let (status, body) = match state.portal.create_session(&id, return_url, &headers).await {
-        Ok(body) => (201, body),
-        Err(error) => (error.status, error.body()),
-    };
-    if let Some(key) = key {
-        state.engine.finish(&key.key, status, &body);
-    }
+    // Its own task: once the key is claimed, the session is made and the key
+    // ended even if the client goes away meanwhile.
+    let created = tokio::spawn(async move {
+        let made = state.portal.create_session(&id, return_url, &headers).await;
+        let (status, body) = match made {
+            Ok(body) => (201, body),
+            Err(error) => (error.status, error.body()),
+        };
+        if let Some(key) = key {
+            state.engine.finish(&key.key, status, &body);
+        }
+        (status, body)
+    });
+    let (status, body) = created
+        .await
+        .map_err(|_| ApiError::internal("making a portal session failed"))?;
     Ok(json_response(status, body))
 }

@@ -130,12 +130,21 @@ impl ServerProcess {
     }
 
     /// SIGINT (the server's graceful shutdown); waits up to 10 s for it to exit.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.signal_and_wait("INT")
+    }
+
+    /// SIGTERM (what a service manager sends): drains like SIGINT.
+    pub fn terminate(self) -> ExitStatus {
+        self.signal_and_wait("TERM")
+    }
+
+    fn signal_and_wait(mut self, signal: &str) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
-            .expect("run kill -INT");
-        assert!(status.success(), "kill -INT failed: {status}");
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the server") {
@@ -145,7 +154,7 @@ impl ServerProcess {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!(
-                    "the server did not stop within {START_DEADLINE:?} of SIGINT:\n{}",
+                    "the server did not stop within {START_DEADLINE:?} of SIG{signal}:\n{}",
                     self.log_text()
                 );
             }

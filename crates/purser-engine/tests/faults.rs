@@ -1,0 +1,318 @@
+//! The engine under store faults: a commit that stalls past the request
+//! timeout, a request that goes away, a committer that panics. A key's life
+//! ends with its command's outcome, never with its request; a broken
+//! committer stops the engine.
+//!
+//! The store is a real SQLite store behind a gate (commits wait while it is
+//! closed) and a switch (the next commit panics): fault injection around the
+//! real thing, not a mock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use purser_core::{
+    Account, AccountHandle, AccountId, Amount, Catalog, ChargeMode, Command, Credits, Entry,
+    Metadata, Notation, Rejection, TierId, Timestamp,
+};
+use purser_engine::{
+    Accepted, Busy, CommitObserver, Engine, EngineConfig, IdempotencyKey, Options, Outcome, Read,
+    Render, Rendered,
+};
+use purser_store::{
+    ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, Store, StoreError, StoredSnapshot,
+    UsageQuery, UsageRow,
+};
+use purser_store_sqlite::SqliteStore;
+
+#[derive(Debug)]
+struct Faulty {
+    inner: SqliteStore,
+    closed: Mutex<bool>,
+    opened: Condvar,
+    panic_next: AtomicBool,
+}
+
+impl Faulty {
+    fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+}
+
+impl Store for Faulty {
+    fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        drop(closed);
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("injected: the committer panics");
+        }
+        self.inner.commit(commit)
+    }
+    fn replay_after(
+        &self,
+        position: u64,
+        visit: &mut dyn FnMut(u64, Entry) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        self.inner.replay_after(position, visit)
+    }
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
+        self.inner.snapshots()
+    }
+    fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError> {
+        self.inner.entry(account, seq)
+    }
+    fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError> {
+        self.inner.entries(query)
+    }
+    fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage(query)
+    }
+    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.inner.idempotency_records(now)
+    }
+    fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.inner.purge_idempotency(now)
+    }
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.insert_api_key(key)
+    }
+    fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        self.inner.revoke_api_key(id, at)
+    }
+    fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.inner.api_keys()
+    }
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.inner.setting(name)
+    }
+    fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.set_setting(name, value)
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping()
+    }
+}
+
+/// Answers as plain text: the entry an accepted command wrote, a refusal's
+/// code, an account's available credits.
+#[derive(Debug)]
+struct Text;
+
+impl Render for Text {
+    fn accepted(&self, accepted: &Accepted<'_>) -> Rendered {
+        let body = match accepted.receipt.primary {
+            Some(index) => format!("entry {}", accepted.entries[index].seq),
+            None => "done".to_owned(),
+        }
+        .into_bytes();
+        Rendered {
+            status: 201,
+            remember: accepted.keyed.then(|| body.clone()),
+            body,
+        }
+    }
+    fn refused(&self, rejection: &Rejection) -> Rendered {
+        Rendered {
+            status: 400,
+            body: rejection.code().as_bytes().to_vec(),
+            remember: None,
+        }
+    }
+    fn read(&self, _: Read, account: Option<&Account>, now: Timestamp) -> Rendered {
+        let body = account.map_or("none".to_owned(), |a| a.balance(now).available.to_string());
+        Rendered {
+            status: 200,
+            body: body.into_bytes(),
+            remember: None,
+        }
+    }
+    fn account(&self, account: &Account, _: Timestamp) -> Vec<u8> {
+        account.id().as_str().as_bytes().to_vec()
+    }
+    fn recall_reads_store(&self, _: &[u8]) -> bool {
+        false
+    }
+    fn recall(&self, remembered: &[u8], _: &dyn Store) -> Result<Vec<u8>, String> {
+        Ok(remembered.to_vec())
+    }
+}
+
+#[derive(Debug)]
+struct Unobserved;
+
+impl CommitObserver for Unobserved {
+    fn observe_commit(&self, _: usize, _: usize, _: Duration) {}
+}
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn open(dir: &tempfile::TempDir) -> (Engine, Arc<Faulty>) {
+    let store = Arc::new(Faulty {
+        inner: SqliteStore::open(dir.path()).unwrap(),
+        closed: Mutex::new(false),
+        opened: Condvar::new(),
+        panic_next: AtomicBool::new(false),
+    });
+    let options = Options {
+        config: EngineConfig {
+            shards: 2,
+            partitions: 8,
+            queue_capacity: 1_000,
+            batch_limit: 100,
+            idempotency_retention_seconds: 86_400,
+            snapshot_every_entries: 1_000_000,
+            request_timeout: TIMEOUT,
+        },
+        test_clock: false,
+        catalog: Catalog::builtin(),
+        render: Arc::new(Text),
+        observer: Arc::new(Unobserved),
+    };
+    let (engine, _) = Engine::open(store.clone(), options).unwrap();
+    (engine, store)
+}
+
+fn acme() -> AccountId {
+    AccountId::parse("acme").unwrap()
+}
+
+async fn open_acme(engine: &Engine) {
+    let opened = engine
+        .run(
+            Command::OpenAccount {
+                id: acme(),
+                name: None,
+                tier: TierId::parse("starter").unwrap(),
+                anchor: None,
+                member_monthly_cap: None,
+                metadata: Metadata::default(),
+            },
+            None,
+        )
+        .await;
+    assert!(
+        matches!(opened, Outcome::Answered { status: 201, .. }),
+        "{opened:?}"
+    );
+}
+
+fn charge(credits: &str) -> Command {
+    Command::Charge {
+        account: acme(),
+        amount: Amount::Credits(Credits::parse_positive(credits, Notation::String).unwrap()),
+        member: None,
+        mode: ChargeMode::Strict,
+        metadata: Metadata::default(),
+    }
+}
+
+fn key(name: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey {
+        key: name.to_owned(),
+        fingerprint: [7; 32],
+    })
+}
+
+async fn available(engine: &Engine) -> String {
+    let read = engine.read(Read::Balance(acme())).await.unwrap();
+    String::from_utf8(read.body).unwrap()
+}
+
+/// Retries a keyed command until it is answered (or 10 s pass).
+async fn answered(engine: &Engine, command: fn() -> Command, name: &str) -> (u16, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match engine.run(command(), key(name)).await {
+            Outcome::Answered { status, body } => return (status, body),
+            Outcome::KeyInUse | Outcome::Pending if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("no answer for {name}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_charge_that_times_out_is_applied_once_and_its_retry_answers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open(&dir);
+    open_acme(&engine).await;
+    store.close();
+    let first = engine.run(charge("10"), key("k1")).await;
+    assert!(matches!(first, Outcome::Pending), "{first:?}");
+    // Still running: the contract's 409, not a second charge.
+    let retry = engine.run(charge("10"), key("k1")).await;
+    assert!(matches!(retry, Outcome::KeyInUse), "{retry:?}");
+    store.open();
+    let (status, body) = answered(&engine, || charge("10"), "k1").await;
+    assert_eq!(status, 201);
+    assert_eq!(available(&engine).await, "90", "charged exactly once");
+    assert_eq!(
+        answered(&engine, || charge("10"), "k1").await,
+        (status, body)
+    );
+    assert_eq!(available(&engine).await, "90");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_charge_whose_request_went_away_still_ends_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open(&dir);
+    open_acme(&engine).await;
+    store.close();
+    // The request is dropped while its command waits on the store (a
+    // client that hung up): its key is not given up.
+    drop(engine.start(charge("10"), key("k2")));
+    store.open();
+    let (status, _) = answered(&engine, || charge("10"), "k2").await;
+    assert_eq!(status, 201, "the retry gets the charge's answer");
+    assert_eq!(available(&engine).await, "90", "charged exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_releases_its_key_once_it_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open(&dir);
+    open_acme(&engine).await;
+    store.close();
+    let first = engine.run(charge("500"), key("k3")).await;
+    assert!(matches!(first, Outcome::Pending), "{first:?}");
+    store.open();
+    let (status, body) = answered(&engine, || charge("500"), "k3").await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (400, &b"insufficient_credits"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committer_that_panics_stops_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open(&dir);
+    open_acme(&engine).await;
+    store.panic_next.store(true, Ordering::SeqCst);
+    let charged = engine.run(charge("10"), key("k4")).await;
+    assert!(
+        matches!(charged, Outcome::Busy(Busy::Unavailable)),
+        "{charged:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engine.is_poisoned() {
+        assert!(Instant::now() < deadline, "the engine did not stop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = engine.run(charge("10"), key("k4")).await;
+    assert!(
+        matches!(after, Outcome::Busy(Busy::Unavailable)),
+        "{after:?}"
+    );
+    assert!(engine.read(Read::Balance(acme())).await.is_err());
+}

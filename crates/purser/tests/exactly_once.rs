@@ -1,0 +1,146 @@
+//! Exactly once under a stalled store, from outside: the real binary on the
+//! embedded store, its database write-locked by another process's
+//! connection (as `sqlite3` holding `BEGIN IMMEDIATE` would), with a short
+//! request timeout. A charge whose answer timed out, or whose client went
+//! away, is applied once, and its retry gets its answer; nothing is stuck.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use common::ledger::{admin, expect_status, open_account};
+use purser_client::{Charge, Client, Cost, Reply};
+
+const ACCOUNT: &str = "stalled";
+const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Holds the store's write lock from another connection until dropped.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(data_dir: &std::path::Path) -> WriteLock {
+        let connection =
+            rusqlite::Connection::open(data_dir.join("purser.db")).expect("open purser.db");
+        connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        WriteLock(connection)
+    }
+
+    fn release(self) {
+        self.0
+            .execute_batch("ROLLBACK")
+            .expect("release the write lock");
+    }
+}
+
+fn ten() -> Charge {
+    Charge::new(Cost::credits("10"))
+}
+
+async fn available(client: &Client) -> String {
+    let balance = expect_status(client.balance(ACCOUNT).await, 200, "balance");
+    balance.str("available").to_owned()
+}
+
+/// Retries a keyed charge until it is answered with something other than
+/// "still running" or "not known yet".
+async fn retry_until_answered(client: &Client, key: &str) -> Reply {
+    let deadline = Instant::now() + RETRY_DEADLINE;
+    loop {
+        let reply = client.charge(ACCOUNT, &ten(), Some(key)).await;
+        match reply {
+            Ok(reply)
+                if !matches!(
+                    reply.error_code(),
+                    Some("idempotency_key_in_use" | "outcome_unknown")
+                ) =>
+            {
+                return reply;
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("{key} was never answered: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_is_applied_once_whatever_became_of_its_first_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("purser.toml");
+    std::fs::write(&config, "[limits]\nrequest_timeout_seconds = 1\n").expect("write the config");
+    let server = ServerProcess::start_with(
+        &data_dir,
+        "stalled",
+        &["--config", config.to_str().expect("a UTF-8 path")],
+    );
+    let client = admin(&server, Duration::from_secs(10));
+    open_account(&client, ACCOUNT).await;
+    let before: i64 = available(&client).await.parse().expect("whole credits");
+
+    // The first attempt outlives its request timeout: 503, outcome unknown.
+    let lock = tokio::task::block_in_place(|| WriteLock::take(&data_dir));
+    let first = client
+        .charge(ACCOUNT, &ten(), Some("timed-out"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (first.status, first.error_code()),
+        (503, Some("outcome_unknown")),
+        "{first:?}"
+    );
+    // Retried while it still waits on the store: the contract's 409.
+    let retry = client
+        .charge(ACCOUNT, &ten(), Some("timed-out"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (retry.status, retry.error_code()),
+        (409, Some("idempotency_key_in_use")),
+        "{retry:?}"
+    );
+    // Another request whose client hangs up before any answer.
+    let impatient = client.with_timeout(Duration::from_millis(200));
+    let gone = impatient.charge(ACCOUNT, &ten(), Some("hung-up")).await;
+    assert!(
+        gone.is_err(),
+        "the impatient client got an answer: {gone:?}"
+    );
+    tokio::task::block_in_place(|| lock.release());
+
+    let timed_out = retry_until_answered(&client, "timed-out").await;
+    assert_eq!(timed_out.status, 201, "{timed_out:?}");
+    let hung_up = retry_until_answered(&client, "hung-up").await;
+    assert_eq!(hung_up.status, 201, "{hung_up:?}");
+    assert_ne!(timed_out.str("id"), hung_up.str("id"));
+    // Each charged once, and each key keeps answering the same debit.
+    let after: i64 = available(&client).await.parse().expect("whole credits");
+    assert_eq!(before - after, 20, "two charges of 10, each applied once");
+    for (key, first) in [("timed-out", &timed_out), ("hung-up", &hung_up)] {
+        let again = client
+            .charge(ACCOUNT, &ten(), Some(key))
+            .await
+            .expect("an answer");
+        assert_eq!(
+            (again.status, again.str("id")),
+            (201, first.str("id")),
+            "{key}"
+        );
+    }
+    let debits = expect_status(
+        client.transactions(ACCOUNT, "?type=debit").await,
+        200,
+        "debits",
+    );
+    assert_eq!(
+        debits.body["data"].as_array().map(Vec::len),
+        Some(2),
+        "{debits:?}"
+    );
+    assert!(
+        server.terminate().success(),
+        "SIGTERM drains and exits cleanly"
+    );
+}
