@@ -21,6 +21,8 @@ pub enum IdError {
     Empty,
     TooLong,
     InvalidCharacter,
+    /// `.` or `..`: they would be path segments of their own in a URL.
+    Reserved,
 }
 
 impl IdError {
@@ -29,6 +31,7 @@ impl IdError {
             IdError::Empty => "must not be empty",
             IdError::TooLong => "must be at most 64 characters",
             IdError::InvalidCharacter => "may contain only A-Z, a-z, 0-9 and _ . : -",
+            IdError::Reserved => "must not be . or ..",
         }
     }
 }
@@ -48,6 +51,8 @@ fn check_id(text: &str) -> Result<(), IdError> {
         Err(IdError::TooLong)
     } else if !text.bytes().all(is_id_byte) {
         Err(IdError::InvalidCharacter)
+    } else if text == "." || text == ".." {
+        Err(IdError::Reserved)
     } else {
         Ok(())
     }
@@ -254,6 +259,9 @@ mod tests {
         assert!(AccountId::parse(&"a".repeat(64)).is_ok());
         assert_eq!(AccountId::parse("a b"), Err(IdError::InvalidCharacter));
         assert_eq!(AccountId::parse("é"), Err(IdError::InvalidCharacter));
+        assert_eq!(AccountId::parse("."), Err(IdError::Reserved));
+        assert_eq!(AccountId::parse(".."), Err(IdError::Reserved));
+        assert!(AccountId::parse("...").is_ok());
     }
 
     #[test]

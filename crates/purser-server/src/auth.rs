@@ -20,6 +20,8 @@ pub enum Need {
     Read,
     /// Balances: `read`, `usage` or `admin`.
     Balance,
+    /// Any valid key: checked before a request's body is read.
+    Any,
 }
 
 pub const SCOPES: [&str; 3] = ["admin", "usage", "read"];
@@ -115,6 +117,7 @@ impl Keys {
                 Need::Usage => has("usage"),
                 Need::Read => has("read"),
                 Need::Balance => has("read") || has("usage"),
+                Need::Any => true,
             };
         if allowed {
             Ok(())
@@ -122,7 +125,7 @@ impl Keys {
             Err(ApiError::forbidden(match need {
                 Need::Admin => "admin",
                 Need::Usage => "usage",
-                Need::Read | Need::Balance => "read",
+                Need::Read | Need::Balance | Need::Any => "read",
             }))
         }
     }

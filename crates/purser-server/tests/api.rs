@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{Server, charge, credits};
+use harness::{ADMIN_KEY, Server, charge, credits};
 use purser_client::{Charge, Cost};
 use serde_json::json;
 
@@ -1246,4 +1246,188 @@ async fn every_documented_route_is_served() {
             route.method
         );
     }
+}
+
+/// Sends raw bytes and returns the raw answer (status line, headers, body).
+async fn raw_exchange(base: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Up to the end of the first answer's body (the server closes or keeps
+    // the connection: stop once the declared body has arrived).
+    let deadline = std::time::Duration::from_secs(10);
+    loop {
+        let read = tokio::time::timeout(deadline, stream.read(&mut buffer))
+            .await
+            .expect("the server answered within 10 s")
+            .unwrap();
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if read == 0 || complete(&text) {
+            return text;
+        }
+    }
+}
+
+fn complete(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+#[tokio::test]
+async fn the_edge_answers_with_the_contract_errors() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+
+    // A repeated key is refused, naming it; nothing is charged.
+    let reply = api
+        .send(
+            "POST",
+            "/v1/accounts/acme/usage",
+            Some(br#"{"credits": "1", "mode": "strict", "mode": "record"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, Some("parameter_invalid"))
+    );
+    assert_eq!(reply.body["error"]["param"], "mode", "{reply:?}");
+    let nested = api
+        .send(
+            "POST",
+            "/v1/accounts/acme/usage",
+            Some(br#"{"credits": "1", "metadata": {"a": "1", "a": "2"}}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(nested.body["error"]["param"], "a", "{nested:?}");
+    assert_eq!(
+        api.balance("acme").await.unwrap().str("available"),
+        "100",
+        "refusals change nothing"
+    );
+
+    // `.` and `..` would be path segments of their own.
+    for id in [".", ".."] {
+        let reply = api
+            .post("/v1/accounts", &json!({"id": id, "tier": "starter"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.body["error"]["param"].as_str()),
+            (400, Some("id"))
+        );
+    }
+
+    // A path or query that is not UTF-8 once decoded: JSON, not plain text.
+    for target in [
+        "/v1/accounts/%FF",
+        "/v1/accounts?limit=%FF",
+        "/portal/%C3%28",
+    ] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_exchange(&server.base, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("application/json"), "{target}: {answer}");
+        assert!(
+            answer.contains(r#""type":"invalid_request""#),
+            "{target}: {answer}"
+        );
+    }
+
+    // A body is not read before its request is authenticated: the 401 comes
+    // without the declared megabyte ever being sent.
+    let request = "POST /v1/accounts/acme/usage HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n";
+    let answer = raw_exchange(&server.base, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("invalid_api_key"), "{answer}");
+}
+
+#[tokio::test]
+async fn every_post_honours_its_idempotency_key() {
+    let server = Server::start().await;
+    let api = server.admin();
+    let new_key = json!({"scopes": ["read"]});
+    let first = api
+        .post_idempotent("/v1/api_keys", &new_key, "key-once")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = api
+        .post_idempotent("/v1/api_keys", &new_key, "key-once")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, &again.body),
+        (201, &first.body),
+        "one key, one answer"
+    );
+    let other = api
+        .post_idempotent("/v1/api_keys", &json!({"scopes": ["usage"]}), "key-once")
+        .await
+        .unwrap();
+    assert_eq!(
+        other.error_code(),
+        Some("idempotency_key_reused"),
+        "{other:?}"
+    );
+    let keys = api.api_keys().await.unwrap();
+    assert_eq!(
+        keys.body["data"].as_array().unwrap().len(),
+        2,
+        "admin + one"
+    );
+
+    let id = first.str("id").to_owned();
+    let path = format!("/v1/api_keys/{id}/revoke");
+    let revoked = api
+        .post_idempotent(&path, &json!({}), "revoke-once")
+        .await
+        .unwrap();
+    let replayed = api
+        .post_idempotent(&path, &json!({}), "revoke-once")
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(replayed.body, revoked.body);
+
+    let before = api.get("/v1/test_clock").await.unwrap();
+    let advance = json!({"seconds": 3600});
+    let moved = api
+        .post_idempotent("/v1/test_clock/advance", &advance, "tick-once")
+        .await
+        .unwrap();
+    let moved_again = api
+        .post_idempotent("/v1/test_clock/advance", &advance, "tick-once")
+        .await
+        .unwrap();
+    assert_eq!(moved_again.body, moved.body, "the clock moved once");
+    let after = api.get("/v1/test_clock").await.unwrap();
+    assert_eq!(after.body, moved.body);
+    assert_ne!(after.body, before.body);
+    let long_key = "k".repeat(256);
+    let refused = api
+        .post_idempotent("/v1/api_keys", &new_key, &long_key)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 400, "{refused:?}");
 }

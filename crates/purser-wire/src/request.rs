@@ -26,7 +26,16 @@ impl Fields {
             return Ok(Fields { map: Map::new() });
         }
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(map)) => Ok(Fields { map }),
+            Ok(Value::Object(map)) => {
+                // A parsed map keeps the last of a repeated key: refused instead.
+                if let Some(key) = repeated_key(bytes) {
+                    return Err(ApiError::invalid(
+                        &key,
+                        format!("{key} is given more than once"),
+                    ));
+                }
+                Ok(Fields { map })
+            }
             Ok(_) => Err(ApiError::malformed("the body must be a JSON object")),
             Err(error) => Err(ApiError::malformed(format!("malformed JSON: {error}"))),
         }
@@ -219,6 +228,83 @@ impl Fields {
             Some(Value::Array(items)) => Ok(Some(items)),
             Some(_) => Err(ApiError::invalid(name, format!("{name} must be an array"))),
         }
+    }
+}
+
+/// The first key that an object of a (well-formed) JSON document repeats.
+fn repeated_key(bytes: &[u8]) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // Deeply nested documents are refused by serde_json's recursion limit.
+    let _ = serde::de::DeserializeSeed::deserialize(Walk(&found), &mut deserializer);
+    found.into_inner()
+}
+
+/// Walks a JSON value, noting the first repeated key of any object.
+struct Walk<'a>(&'a std::cell::RefCell<Option<String>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Walk(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Few keys: a linear scan; many: a set, so no object costs quadratic time.
+        let mut seen: Vec<String> = Vec::new();
+        let mut many: std::collections::HashSet<String> = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let repeated = if many.is_empty() && seen.len() < 16 {
+                seen.contains(&key)
+            } else {
+                many.extend(seen.drain(..));
+                many.contains(&key)
+            };
+            if repeated {
+                *self.0.borrow_mut() = Some(key);
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            if many.is_empty() {
+                seen.push(key);
+            } else {
+                many.insert(key);
+            }
+            map.next_value_seed(Walk(self.0))?;
+        }
+        Ok(())
     }
 }
 

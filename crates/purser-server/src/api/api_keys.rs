@@ -6,7 +6,7 @@ use axum::response::Response;
 use purser_store::ApiKeyRecord;
 use purser_wire::{ApiError, Fields, json_response, objects, required};
 
-use super::{AppState, JsonBody, Result};
+use super::{AppState, JsonBody, Result, idempotency_key, once};
 use crate::auth::{Need, SCOPES, generate_secret, hash_secret, random_hex};
 
 pub(super) async fn create_key(
@@ -15,6 +15,7 @@ pub(super) async fn create_key(
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Admin)?;
+    let key = idempotency_key(&headers)?;
     let fields = Fields::parse(&body, &["scopes", "name"])?;
     let scopes = required(fields.array("scopes")?, "scopes")?;
     let mut parsed = Vec::new();
@@ -35,21 +36,29 @@ pub(super) async fn create_key(
             "at least one scope is required",
         ));
     }
-    let secret = generate_secret();
-    let record = ApiKeyRecord {
-        id: format!("key_{}", random_hex(12)),
-        secret_hash: hash_secret(&secret),
-        scopes: parsed,
-        created_at: state.engine.clock().now(),
-        revoked_at: None,
+    let creating = state.clone();
+    let create = async move {
+        let secret = generate_secret();
+        let record = ApiKeyRecord {
+            id: format!("key_{}", random_hex(12)),
+            secret_hash: hash_secret(&secret),
+            scopes: parsed,
+            created_at: creating.engine.clock().now(),
+            revoked_at: None,
+        };
+        let stored = record.clone();
+        let inserted = creating
+            .engine
+            .query(move |store| store.insert_api_key(&stored))
+            .await;
+        if let Err(error) = inserted {
+            let error = ApiError::from(error);
+            return (error.status, error.body());
+        }
+        creating.keys.add(&record);
+        (201, objects::api_key(&record, Some(&secret)))
     };
-    let stored = record.clone();
-    state
-        .engine
-        .query(move |store| store.insert_api_key(&stored))
-        .await?;
-    state.keys.add(&record);
-    Ok(json_response(201, objects::api_key(&record, Some(&secret))))
+    Ok(once(&state, key, "/v1/api_keys", &body, create).await)
 }
 
 pub(super) async fn list_keys(
@@ -65,8 +74,23 @@ pub(super) async fn revoke_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Admin)?;
+    let key = idempotency_key(&headers)?;
+    Fields::parse(&body, &[])?;
+    let path = format!("/v1/api_keys/{id}/revoke");
+    let revoking = state.clone();
+    let work = async move {
+        match revoke(&revoking, id).await {
+            Ok(body) => (200, body),
+            Err(error) => (error.status, error.body()),
+        }
+    };
+    Ok(once(&state, key, &path, &body, work).await)
+}
+
+async fn revoke(state: &AppState, id: String) -> Result<Vec<u8>> {
     let now = state.engine.clock().now();
     let target = id.clone();
     let found = state
@@ -82,5 +106,5 @@ pub(super) async fn revoke_key(
         .into_iter()
         .find(|k| k.id == id)
         .ok_or_else(|| ApiError::internal("revoked key vanished"))?;
-    Ok(json_response(200, objects::api_key(&record, None)))
+    Ok(objects::api_key(&record, None))
 }

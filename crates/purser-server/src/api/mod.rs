@@ -141,11 +141,46 @@ pub fn router(state: AppState) -> Router {
             "/v1/test_clock/advance",
             post(operations::advance_test_clock),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticated))
         .with_state(state.clone())
         .merge(purser_portal::routes(state.portal.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))
+        .layer(middleware::from_fn(well_formed))
+}
+
+/// What is checked before a request is routed: its path and query must be
+/// UTF-8 once percent-decoded (every refusal is the contract's JSON, never
+/// a framework's plain text).
+async fn well_formed(request: Request, next: Next) -> Response {
+    let utf8 = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .is_ok()
+    };
+    let uri = request.uri();
+    if !utf8(uri.path()) {
+        return ApiError::bad_request("malformed_path", "the path is not valid UTF-8")
+            .into_response();
+    }
+    if uri.query().is_some_and(|query| !utf8(query)) {
+        return ApiError::bad_request("malformed_query", "the query string is not valid UTF-8")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// A request with a body is authenticated before the body is read, so an
+/// unauthenticated client cannot make the server buffer anything (each
+/// handler then checks the key's scope).
+async fn authenticated(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::GET
+        && let Err(error) = state.keys.authorize(request.headers(), Need::Any)
+    {
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 /// Records each request's route, status and latency.
@@ -202,6 +237,57 @@ fn keyed(key: Option<String>, path: &str, body: &[u8]) -> Option<IdempotencyKey>
         key,
         fingerprint: purser_wire::fingerprint("POST", path, body),
     })
+}
+
+/// Runs work that is not a ledger command (an API key, a portal session, a
+/// clock move) under the request's idempotency key, if any: a replay gets
+/// the first answer. The work runs in a task of its own, so once the key is
+/// claimed it ends with the work's outcome even if the client goes away.
+async fn once(
+    state: &AppState,
+    key: Option<String>,
+    path: &str,
+    body: &[u8],
+    work: impl std::future::Future<Output = (u16, Vec<u8>)> + Send + 'static,
+) -> Response {
+    let key = keyed(key, path, body);
+    if let Some(key) = &key
+        && let Err(answered) = state.engine.claim(key)
+    {
+        let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
+        return json_response(status, body);
+    }
+    let mut claim = Claim {
+        engine: state.engine.clone(),
+        key: key.map(|key| key.key),
+    };
+    let done = tokio::spawn(async move {
+        let (status, body) = work.await;
+        if let Some(key) = claim.key.take() {
+            claim.engine.finish(&key, status, &body);
+        }
+        (status, body)
+    })
+    .await;
+    match done {
+        Ok((status, body)) => json_response(status, body),
+        Err(_) => ApiError::internal("the request could not be completed").into_response(),
+    }
+}
+
+/// A claimed key not yet ended: released if its work never finishes (a
+/// panic), so it is never stuck.
+struct Claim {
+    engine: Engine,
+    key: Option<String>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.engine.finish(&key, 500, &[]);
+        }
+    }
 }
 
 /// Runs a command with an optional idempotency key (`key`: the header,

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use purser_wire::{ApiError, Fields, json_response, objects, required};
 
-use super::{AppState, JsonBody, not_found};
+use super::{AppState, JsonBody, idempotency_key, not_found, once};
 use crate::auth::Need;
 
 pub(super) async fn healthz() -> Response {
@@ -68,6 +68,7 @@ pub(super) async fn advance_test_clock(
     }
     let result = async {
         state.keys.authorize(&headers, Need::Admin)?;
+        let key = idempotency_key(&headers)?;
         let fields = Fields::parse(&body, &["seconds"])?;
         let seconds = required(fields.integer("seconds")?, "seconds")?;
         if !(0..=100 * 366 * 86_400).contains(&seconds) {
@@ -76,9 +77,18 @@ pub(super) async fn advance_test_clock(
                 "seconds must be from 0 to 100 years",
             ));
         }
+        let engine = state.engine.clone();
         // Answered after every shard applied (and made durable) what is due.
-        let now = state.engine.advance_test_clock(seconds).await?;
-        Ok(json_response(200, objects::test_clock(now)))
+        let advance = async move {
+            match engine.advance_test_clock(seconds).await {
+                Ok(now) => (200, objects::test_clock(now)),
+                Err(error) => {
+                    let error = ApiError::from(error);
+                    (error.status, error.body())
+                }
+            }
+        };
+        Ok(once(&state, key, "/v1/test_clock/advance", &body, advance).await)
     };
     result
         .await

@@ -5,9 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use purser_portal::session::valid_return_url;
-use purser_wire::{ApiError, Fields, json_response};
+use purser_wire::{ApiError, Fields};
 
-use super::{AppState, JsonBody, Result, idempotency_key, keyed};
+use super::{AppState, JsonBody, Result, idempotency_key, once};
 use crate::auth::Need;
 
 /// `POST /v1/accounts/{id}/portal_sessions` `{"return_url"?}` → 201
@@ -21,6 +21,7 @@ pub(super) async fn create_session(
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Admin)?;
     let key = idempotency_key(&headers)?;
+    let state_for_key = state.clone();
     let fields = Fields::parse(&body, &["return_url"])?;
     let return_url = fields.string("return_url")?.map(str::to_owned);
     if return_url
@@ -33,28 +34,11 @@ pub(super) async fn create_session(
         ));
     }
     let path = format!("/v1/accounts/{id}/portal_sessions");
-    let key = keyed(key, &path, &body);
-    if let Some(key) = &key
-        && let Err(answered) = state.engine.claim(key)
-    {
-        let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
-        return Ok(json_response(status, body));
-    }
-    // Its own task: once the key is claimed, the session is made and the key
-    // ended even if the client goes away meanwhile.
-    let created = tokio::spawn(async move {
-        let made = state.portal.create_session(&id, return_url, &headers).await;
-        let (status, body) = match made {
+    let session = async move {
+        match state.portal.create_session(&id, return_url, &headers).await {
             Ok(body) => (201, body),
             Err(error) => (error.status, error.body()),
-        };
-        if let Some(key) = key {
-            state.engine.finish(&key.key, status, &body);
         }
-        (status, body)
-    });
-    let (status, body) = created
-        .await
-        .map_err(|_| ApiError::internal("making a portal session failed"))?;
-    Ok(json_response(status, body))
+    };
+    Ok(once(&state_for_key, key, &path, &body, session).await)
 }
