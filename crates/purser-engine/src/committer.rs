@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use purser_core::Entry;
-use purser_store::{Commit, IdempotencyRecord, PartitionSnapshot, Store};
+use purser_store::{Commit, IdempotencyRecord, PartitionSnapshot, Store, StoreError};
 
 use crate::keys::{KeyTable, Stored};
 use crate::shard::{Answer, Batch, Reply};
@@ -51,16 +51,17 @@ impl Committer {
                 answers.extend(batch.answers);
             }
             let started = Instant::now();
+            let writes = !(entries.is_empty() && idempotency.is_empty() && snapshots.is_empty());
             let outcome = if self.poisoned.load(Ordering::Relaxed) {
-                Err("engine stopped after an earlier failed commit".to_string())
+                Err(StoreError::Backend(
+                    "engine stopped after an earlier failed commit".into(),
+                ))
             } else {
-                self.store
-                    .commit(Commit {
-                        entries: &entries,
-                        idempotency: &idempotency,
-                        snapshots: &snapshots,
-                    })
-                    .map_err(|error| error.to_string())
+                self.store.commit(Commit {
+                    entries: &entries,
+                    idempotency: &idempotency,
+                    snapshots: &snapshots,
+                })
             };
             self.observer
                 .observe_commit(entries.len(), answers.len(), started.elapsed());
@@ -72,15 +73,30 @@ impl Committer {
                         let _ = reply.to.send(reply.answer);
                     }
                 }
-                Err(error) => {
-                    if !self.poisoned.swap(true, Ordering::Relaxed) {
-                        tracing::error!(%error, "commit failed: memory is ahead of the store; refusing writes until restart");
-                    }
+                // Reads and refusals only, and the writer still holds its
+                // lease: memory is not ahead of the store, so the engine
+                // goes on; these answers are just not given.
+                Err(error) if !writes && !matches!(error, StoreError::Fenced) => {
+                    tracing::warn!(%error, "confirming a batch of reads failed");
                     for reply in answers.drain(..) {
                         if let Some(key) = &reply.key {
                             self.keys.abandon(key);
                         }
                         let _ = reply.to.send(Answer::Unavailable);
+                    }
+                }
+                Err(error) => {
+                    if !self.poisoned.swap(true, Ordering::Relaxed) {
+                        tracing::error!(%error, "commit failed: memory is ahead of the store; refusing writes until restart");
+                    }
+                    // Nothing of the batch may be assumed stored or not: its
+                    // commands' outcome is unknown (a restart or a new writer
+                    // reads it back; their keys answer then).
+                    for reply in answers.drain(..) {
+                        if let Some(key) = &reply.key {
+                            self.keys.abandon(key);
+                        }
+                        let _ = reply.to.send(Answer::Unknown);
                     }
                 }
             }

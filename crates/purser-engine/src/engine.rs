@@ -288,21 +288,31 @@ impl Engine {
         }
     }
 
-    /// Waits (at most the request timeout) for a shard's answer; `None` if
-    /// none came in time.
-    async fn wait(&self, receiver: oneshot::Receiver<Answer>) -> Option<Answer> {
-        match tokio::time::timeout(self.0.request_timeout, receiver).await {
+    /// Waits (until `deadline`) for a shard's answer; `None` if none came in
+    /// time.
+    async fn wait(
+        &self,
+        receiver: oneshot::Receiver<Answer>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Answer> {
+        match tokio::time::timeout_at(deadline, receiver).await {
             Ok(Ok(answer)) => Some(answer),
-            // The engine stopped with the job unanswered.
-            Ok(Err(_)) => Some(Answer::Unavailable),
+            // The engine stopped (a panic) with the job taken but not
+            // answered: it may have been committed.
+            Ok(Err(_)) => Some(Answer::Unknown),
             Err(_) => None,
         }
     }
 
+    /// When a request that starts now stops waiting.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.0.request_timeout
+    }
+
     async fn ask(&self, shard: usize, work: Work) -> Result<Answer, Busy> {
         let receiver = self.submit(shard, work)?;
-        match self.wait(receiver).await {
-            None | Some(Answer::Unavailable) => Err(Busy::Unavailable),
+        match self.wait(receiver, self.deadline()).await {
+            None | Some(Answer::Unavailable | Answer::Unknown) => Err(Busy::Unavailable),
             Some(answer) => Ok(answer),
         }
     }
@@ -377,6 +387,12 @@ impl Engine {
     /// Waits (at most the request timeout) for a queued command's answer,
     /// sent once durable; its key was ended before it was sent.
     pub async fn settle(&self, submitted: Submitted) -> Outcome {
+        self.settle_by(submitted, self.deadline()).await
+    }
+
+    /// [`Engine::settle`] with a deadline of the caller's (a batch of
+    /// commands shares one).
+    pub async fn settle_by(&self, submitted: Submitted, deadline: tokio::time::Instant) -> Outcome {
         let receiver = match submitted.0 {
             Pending::Ended(outcome) => return outcome,
             Pending::Replay { status, remembered } => {
@@ -384,12 +400,14 @@ impl Engine {
             }
             Pending::Waiting { receiver } => receiver,
         };
-        match self.wait(receiver).await {
+        match self.wait(receiver, deadline).await {
             Some(Answer::Rendered(Rendered { status, body, .. })) => {
                 Outcome::Answered { status, body }
             }
-            Some(_) => Outcome::Busy(Busy::Unavailable),
-            None => Outcome::Pending,
+            // Not run: the engine had stopped.
+            Some(Answer::Unavailable) => Outcome::Busy(Busy::Unavailable),
+            // Run, and maybe stored: only a retry (after recovery) can tell.
+            Some(_) | None => Outcome::Pending,
         }
     }
 

@@ -33,8 +33,11 @@ pub(crate) enum Answer {
     Accounts(Vec<(Timestamp, AccountId, Vec<u8>)>),
     /// Time-driven work is applied (and durable).
     Ticked,
-    /// The engine cannot take writes (a commit failed).
+    /// The engine cannot take work (it stopped before this job ran).
     Unavailable,
+    /// The job ran but its batch's commit failed: whether it is stored is
+    /// not known until the store is read back.
+    Unknown,
 }
 
 #[derive(Debug)]

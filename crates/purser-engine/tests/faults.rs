@@ -299,11 +299,9 @@ async fn a_committer_that_panics_stops_the_engine() {
     let (engine, store) = open(&dir);
     open_acme(&engine).await;
     store.panic_next.store(true, Ordering::SeqCst);
+    // The panic may come after the commit: the outcome is not known.
     let charged = engine.run(charge("10"), key("k4")).await;
-    assert!(
-        matches!(charged, Outcome::Busy(Busy::Unavailable)),
-        "{charged:?}"
-    );
+    assert!(matches!(charged, Outcome::Pending), "{charged:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !engine.is_poisoned() {
         assert!(Instant::now() < deadline, "the engine did not stop");

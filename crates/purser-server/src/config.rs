@@ -47,6 +47,9 @@ struct RawLimits {
     batch_limit: Option<usize>,
     request_timeout_seconds: Option<u64>,
     snapshot_every_entries: Option<u64>,
+    max_connections: Option<usize>,
+    header_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +111,13 @@ pub struct Config {
     pub queue_capacity: usize,
     pub batch_limit: usize,
     pub request_timeout_seconds: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, and how long a
+    /// connection may sit idle between requests, before it is closed.
+    pub header_timeout_seconds: u64,
+    /// How long a client has to send a request's body (408 past it).
+    pub body_timeout_seconds: u64,
     /// A shard snapshots its partitions after writing this many entries, so
     /// recovery replays at most about that many per shard.
     pub snapshot_every_entries: u64,
@@ -136,6 +146,9 @@ impl Default for Config {
             queue_capacity: 16_384,
             batch_limit: 2_048,
             request_timeout_seconds: 30,
+            max_connections: 4_096,
+            header_timeout_seconds: 30,
+            body_timeout_seconds: 30,
             snapshot_every_entries: 1_000_000,
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
@@ -207,6 +220,15 @@ impl Config {
         }
         if let Some(timeout) = raw.limits.request_timeout_seconds {
             config.request_timeout_seconds = timeout.clamp(1, 3_600);
+        }
+        if let Some(connections) = raw.limits.max_connections {
+            config.max_connections = connections.clamp(1, 1 << 20);
+        }
+        if let Some(timeout) = raw.limits.header_timeout_seconds {
+            config.header_timeout_seconds = timeout.clamp(1, 3_600);
+        }
+        if let Some(timeout) = raw.limits.body_timeout_seconds {
+            config.body_timeout_seconds = timeout.clamp(1, 3_600);
         }
         if let Some(retention) = raw.idempotency.retention_seconds {
             if retention < 86_400 {
@@ -351,6 +373,21 @@ pub fn default_toml() -> String {
         out,
         "request_timeout_seconds = {}",
         config.request_timeout_seconds
+    );
+    let _ = writeln!(
+        out,
+        "max_connections = {}  # more wait to be accepted; keep under the open-file limit",
+        config.max_connections
+    );
+    let _ = writeln!(
+        out,
+        "header_timeout_seconds = {}  # to send a request's headers; also the idle keep-alive limit",
+        config.header_timeout_seconds
+    );
+    let _ = writeln!(
+        out,
+        "body_timeout_seconds = {}  # to send a request's body",
+        config.body_timeout_seconds
     );
     let _ = writeln!(out, "\n[idempotency]");
     let _ = writeln!(

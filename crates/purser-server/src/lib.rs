@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod openapi;
+pub mod serve;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ impl From<OpenError> for StartError {
 pub struct App {
     listener: TcpListener,
     role: Role,
+    limits: serve::Limits,
     /// The admin key generated on first start (shown once), if any.
     pub generated_admin_key: Option<String>,
     /// Journal entries replayed on start (after the snapshots).
@@ -88,6 +90,7 @@ impl App {
         if let Some(url) = config.database_url.clone() {
             return App::build_supervised(config, listener, admin_key, url).await;
         }
+        let limits = limits(&config);
         let data_dir = config.data_dir.clone();
         let store: Arc<dyn Store> = Arc::new(
             tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
@@ -101,6 +104,7 @@ impl App {
         Ok(App {
             listener,
             role: Role::Sole(state),
+            limits,
             generated_admin_key: generated,
             journal_entries: entries,
         })
@@ -112,6 +116,7 @@ impl App {
         admin_key: Option<String>,
         url: String,
     ) -> Result<App, StartError> {
+        let limits = limits(&config);
         let holder = format!("{}:{}", std::process::id(), random_hex(6));
         let opened = {
             let (url, holder) = (url.clone(), holder.clone());
@@ -139,6 +144,7 @@ impl App {
         Ok(App {
             listener,
             role: Role::Supervised(supervisor),
+            limits,
             generated_admin_key: generated,
             journal_entries: entries,
         })
@@ -163,18 +169,22 @@ impl App {
     ) -> std::io::Result<()> {
         match self.role {
             Role::Sole(state) => {
-                axum::serve(self.listener, api::router(state))
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                serve::serve(self.listener, api::router(state), self.limits, shutdown).await
             }
             Role::Supervised(supervisor) => {
-                let served = axum::serve(self.listener, supervisor::router(supervisor.clone()))
-                    .with_graceful_shutdown(shutdown)
-                    .await;
+                let router = supervisor::router(supervisor.clone());
+                let served = serve::serve(self.listener, router, self.limits, shutdown).await;
                 supervisor.shutdown().await;
                 served
             }
         }
+    }
+}
+
+fn limits(config: &Config) -> serve::Limits {
+    serve::Limits {
+        max_connections: config.max_connections,
+        header_timeout: std::time::Duration::from_secs(config.header_timeout_seconds),
     }
 }
 
@@ -222,6 +232,7 @@ pub(crate) fn prepare(
         keys,
         metrics,
         portal,
+        body_timeout: std::time::Duration::from_secs(config.body_timeout_seconds),
     };
     Ok((AppState(Arc::new(shared)), generated, entries))
 }

@@ -1431,3 +1431,87 @@ async fn every_post_honours_its_idempotency_key() {
         .unwrap();
     assert_eq!(refused.status, 400, "{refused:?}");
 }
+
+/// Waits until the server closes `stream` (a read gives 0 bytes or fails);
+/// returns what it sent before closing.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut sent = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = std::time::Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(deadline, stream.read(&mut buffer)).await {
+            Err(_) => panic!("the server kept the connection open for {deadline:?}"),
+            Ok(Ok(0) | Err(_)) => return String::from_utf8_lossy(&sent).into_owned(),
+            Ok(Ok(read)) => sent.extend_from_slice(&buffer[..read]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_at_their_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start_with(|config| {
+        config.header_timeout_seconds = 1;
+        config.body_timeout_seconds = 1;
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+
+    // Connected, never a byte.
+    let mut idle = connect().await.unwrap();
+    closed_by_server(&mut idle).await;
+
+    // Headers that never finish (slowloris).
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: te")
+        .await
+        .unwrap();
+    closed_by_server(&mut slow).await;
+
+    // Kept alive after an answer, then idle.
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = closed_by_server(&mut kept).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // A body that stops arriving: 408 with the contract's error.
+    let mut trickle = connect().await.unwrap();
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\""
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let answer = closed_by_server(&mut trickle).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+
+    // The server still serves.
+    assert_eq!(server.admin().get("/v1/catalog").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_to_be_accepted() {
+    let server = Server::start_with(|config| {
+        config.max_connections = 2;
+        config.header_timeout_seconds = 2;
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let first = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Both slots are taken by connections that send nothing: a third client
+    // is not served while they are open...
+    let quick = purser_client::Client::new(&server.base, ADMIN_KEY)
+        .with_timeout(std::time::Duration::from_millis(500));
+    assert!(
+        quick.get("/healthz").await.is_err(),
+        "served beyond the limit"
+    );
+    // ...and is once the idle ones are closed.
+    drop((first, second));
+    let patient = server.admin();
+    assert_eq!(patient.get("/healthz").await.unwrap().status, 200);
+}

@@ -88,9 +88,17 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
-/// How long a writer's lease lasts without renewal; renewed every second
-/// and by every commit. A standby takes over once it has run out.
+/// How long a writer's lease lasts without renewal; renewed every half
+/// second and by every commit. A standby takes over once it has run out.
 const LEASE_SECONDS: i64 = 5;
+
+/// How often the lease thread renews the lease.
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A lease not renewed for this long, whose holder's advisory lock is free,
+/// belongs to a process that is gone. (A live holder renews every half
+/// second, so its lease always has more than `LEASE_SECONDS - 1` to run.)
+const SILENT_SECONDS: i64 = 1;
 
 /// Serializes concurrent migrations of several purser processes.
 const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
@@ -193,9 +201,15 @@ impl PostgresStore {
                 "UPDATE writer_lease
                     SET epoch = epoch + 1, holder = $1, expires_at = now() + make_interval(secs => $2),
                         locked = $3
-                  WHERE id = 1 AND (expires_at < now() OR holder = $1 OR ($3 AND locked))
+                  WHERE id = 1 AND (expires_at < now() OR holder = $1
+                        OR ($3 AND locked AND expires_at < now() + make_interval(secs => $4)))
               RETURNING epoch",
-                &[&holder, &(LEASE_SECONDS as f64), &locked],
+                &[
+                    &holder,
+                    &(LEASE_SECONDS as f64),
+                    &locked,
+                    &((LEASE_SECONDS - SILENT_SECONDS) as f64),
+                ],
             )
             .map_err(backend)?
             .map(|row| row.get(0));
@@ -263,10 +277,22 @@ fn spawn_renewal(
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && !fenced.load(std::sync::atomic::Ordering::Relaxed)
             {
-                std::thread::sleep(std::time::Duration::from_millis(1000));
+                std::thread::sleep(RENEW_EVERY);
                 if client.as_ref().is_none_or(Client::is_closed) {
-                    client = Client::connect(&url, NoTls).ok();
                     locked = false;
+                    client = Client::connect(&url, NoTls).ok();
+                    // The lock went with the old connection: until it is
+                    // taken again, the row must not claim it.
+                    let cleared = client.as_mut().map(|fresh| {
+                        fresh.execute(
+                            "UPDATE writer_lease SET locked = false WHERE id = 1 AND epoch = $1",
+                            &[&epoch],
+                        )
+                    });
+                    if !matches!(cleared, Some(Ok(_))) {
+                        client = None;
+                        continue;
+                    }
                 }
                 let Some(connection) = client.as_mut() else {
                     continue;

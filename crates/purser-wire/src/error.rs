@@ -106,6 +106,15 @@ impl ApiError {
         )
     }
 
+    pub fn body_timeout() -> ApiError {
+        ApiError::new(
+            408,
+            "invalid_request",
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
+    }
+
     pub fn rate_limited() -> ApiError {
         ApiError::new(
             429,
@@ -124,13 +133,14 @@ impl ApiError {
         )
     }
 
-    /// No answer in time: the request may still take effect.
+    /// No answer in time, or a commit that failed: the request may have
+    /// taken effect.
     pub fn outcome_unknown() -> ApiError {
         ApiError::new(
             503,
             "api_error",
             "outcome_unknown",
-            "no answer in time: the request may still be applied; retry with the same Idempotency-Key to get its outcome",
+            "the outcome is not known yet: the request may have been applied; retry with the same Idempotency-Key to get its answer",
         )
     }
 

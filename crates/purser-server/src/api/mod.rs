@@ -46,6 +46,8 @@ pub struct Shared {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub portal: Arc<Portal>,
+    /// How long a client has to send a request's body.
+    pub body_timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -62,10 +64,10 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct JsonBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _state: &S) -> Result<JsonBody> {
+    async fn from_request(request: Request, state: &AppState) -> Result<JsonBody> {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -74,10 +76,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
             return Err(ApiError::too_large());
         }
-        axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
-            .await
-            .map(JsonBody)
-            .map_err(|_| ApiError::too_large())
+        let reading = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
+        match tokio::time::timeout(state.body_timeout, reading).await {
+            Ok(Ok(bytes)) => Ok(JsonBody(bytes)),
+            Ok(Err(_)) => Err(ApiError::too_large()),
+            Err(_) => Err(ApiError::body_timeout()),
+        }
     }
 }
 
