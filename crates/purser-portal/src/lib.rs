@@ -91,17 +91,45 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         style,
         script,
     ] = ROUTE_PATHS;
+    // Forms: the token is checked before the body is read, and the body
+    // is small.
+    let forms = Router::new()
+        .route(tier, post(actions::change_tier))
+        .route(purchases, post(actions::buy))
+        .route(cancel, post(actions::cancel_purchase))
+        .route_layer(middleware::from_fn_with_state(portal.clone(), token_first))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES));
     Router::new()
         .route(credits, get(pages::credits_page))
         .route(billing, get(pages::billing_page))
         .route(csv, get(export::export_csv))
-        .route(tier, post(actions::change_tier))
-        .route(purchases, post(actions::buy))
-        .route(cancel, post(actions::cancel_purchase))
         .route(style, get(css))
         .route(script, get(js))
+        .merge(forms)
         .layer(middleware::map_response(security_headers))
         .with_state(portal)
+}
+
+/// The largest form body a portal page sends.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// A form's session token (`/portal/{token}/…`) is verified before its body
+/// is read: without a valid link, nothing is buffered.
+async fn token_first(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let token = request
+        .uri()
+        .path()
+        .strip_prefix("/portal/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    if let Err(page) = authenticate(&state, token) {
+        return page;
+    }
+    next.run(request).await
 }
 
 async fn security_headers(mut response: Response) -> Response {

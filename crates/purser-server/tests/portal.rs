@@ -564,3 +564,22 @@ async fn the_csv_export_holds_every_transaction_and_the_forecast_reads_the_burn_
     assert_eq!(second.status, 200);
     assert!(second.body.contains("Newest"));
 }
+
+#[tokio::test]
+async fn a_form_without_a_valid_link_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // A forged token and a declared megabyte that is never sent: the refusal
+    // comes at once.
+    let request = "POST /portal/forged.token/purchases HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("refused without waiting for the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
