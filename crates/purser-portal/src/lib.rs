@@ -25,7 +25,7 @@
 
 mod actions;
 pub mod chart;
-mod export;
+pub mod export;
 pub mod forecast;
 pub mod format;
 mod pages;
@@ -59,6 +59,8 @@ pub struct Portal {
     pub public_url: Option<String>,
     pub session_ttl_seconds: i64,
     pub payments: Arc<dyn PaymentProvider>,
+    /// The CSV exports running now.
+    pub exports: export::Exports,
 }
 
 const CSS: &str = include_str!("assets/portal.css");

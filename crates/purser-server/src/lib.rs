@@ -226,6 +226,7 @@ pub(crate) fn prepare(
         public_url: config.public_url.clone(),
         session_ttl_seconds: config.portal_session_ttl_seconds,
         payments,
+        exports: purser_portal::export::Exports::default(),
     });
     let shared = Shared {
         engine,
