@@ -14,105 +14,21 @@
 //!
 //! This crate holds no business rules.
 
+mod lease;
+mod schema;
+mod usage;
+
 use std::sync::{Mutex, MutexGuard};
+
+use lease::LEASE_SECONDS;
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
-    ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
-    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, day_key, decode_entry, encode_entry,
-    usage_of,
+    ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, Store, StoreError, StoredSnapshot,
+    UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
 };
-
-/// Forward-only migrations; `MIGRATIONS[i]` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE entry (
-        account   BIGINT NOT NULL,
-        seq       BIGINT NOT NULL,
-        pos       BIGINT NOT NULL,
-        type      TEXT   NOT NULL,
-        at        BIGINT NOT NULL,
-        body      BYTEA  NOT NULL,
-        task      TEXT,
-        member    TEXT,
-        credits   BIGINT,
-        budget    BIGINT,
-        rollover  BIGINT,
-        package   BIGINT,
-        promo     BIGINT,
-        debt      BIGINT,
-        debit_seq BIGINT,
-        PRIMARY KEY (account, seq)
-    );
-    CREATE UNIQUE INDEX entry_by_pos ON entry (pos);
-    CREATE TABLE idempotency (
-        key         TEXT   PRIMARY KEY,
-        fingerprint BYTEA  NOT NULL,
-        status      INT    NOT NULL,
-        body        BYTEA  NOT NULL,
-        expires_at  BIGINT NOT NULL
-    );
-    CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
-    CREATE TABLE api_key (
-        id          TEXT   PRIMARY KEY,
-        secret_hash BYTEA  NOT NULL UNIQUE,
-        scopes      TEXT   NOT NULL,
-        created_at  BIGINT NOT NULL,
-        revoked_at  BIGINT
-    );
-    CREATE TABLE setting (
-        name  TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE snapshot (
-        partition INT    PRIMARY KEY,
-        position  BIGINT NOT NULL,
-        body      BYTEA  NOT NULL
-    );
-"#,
-    r#"
-    CREATE TABLE writer_lease (
-        id         INT         PRIMARY KEY CHECK (id = 1),
-        epoch      BIGINT      NOT NULL,
-        holder     TEXT        NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL
-    );
-    INSERT INTO writer_lease (id, epoch, holder, expires_at) VALUES (1, 0, '', now());
-"#,
-    // Whether the lease's holder holds the writer's advisory lock (see
-    // WRITER_LOCK): only then does a free lock prove the holder is gone.
-    r#"
-    ALTER TABLE writer_lease ADD COLUMN locked BOOLEAN NOT NULL DEFAULT false;
-"#,
-];
-
-/// How long a writer's lease lasts without renewal; renewed every half
-/// second and by every commit. A standby takes over once it has run out.
-const LEASE_SECONDS: i64 = 5;
-
-/// How often the lease thread renews the lease.
-const RENEW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// A lease not renewed for this long, whose holder's advisory lock is free,
-/// belongs to a process that is gone. (A live holder renews every half
-/// second, so its lease always has more than `LEASE_SECONDS - 1` to run.)
-const SILENT_SECONDS: i64 = 1;
-
-/// Serializes concurrent migrations of several purser processes.
-const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
-
-/// A session-level advisory lock the writer holds beside its lease, on the
-/// lease connection: PostgreSQL drops it the moment the holder's process is
-/// gone (its connections close), so a new purser that gets it while the
-/// lease row says its holder held it (`locked`) knows the holder is dead
-/// and takes over at once instead of waiting for the lease to run out. A
-/// holder that is merely paused keeps its connections, and so its lock: it
-/// is fenced by the lease as before. A writer that took over from a paused
-/// one (whose session still held the lock) takes the lock when it comes
-/// free and only then marks the lease `locked`.
-const WRITER_LOCK: i64 = 0x7075_7273_6572_0001;
 
 pub struct PostgresStore {
     url: String,
@@ -138,15 +54,14 @@ impl Drop for PostgresStore {
         // Not joined: with the database unreachable this could take as long
         // as TCP does to give up, and the drop may happen on an async thread.
         // The lease runs out by itself if the hand-back never lands.
-        let _ = std::thread::Builder::new().name("purser-lease-release".into()).spawn(move || {
-            if let Some(mut writer) = writer {
-                let _ = writer.execute(
-                    "UPDATE writer_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND epoch = $1",
-                    &[&epoch],
-                );
-            }
-            drop(readers);
-        });
+        let _ = std::thread::Builder::new()
+            .name("purser-lease-release".into())
+            .spawn(move || {
+                if let Some(mut writer) = writer {
+                    lease::hand_back(&mut writer, epoch);
+                }
+                drop(readers);
+            });
     }
 }
 
@@ -193,30 +108,12 @@ impl PostgresStore {
                 "SET idle_in_transaction_session_timeout = '{LEASE_SECONDS}s'"
             ))
             .map_err(backend)?;
-        migrate(&mut writer)?;
+        schema::migrate(&mut writer)?;
         let mut lease = Client::connect(url, NoTls).map_err(backend)?;
-        let locked = try_writer_lock(&mut lease);
-        let epoch: Option<i64> = writer
-            .query_opt(
-                "UPDATE writer_lease
-                    SET epoch = epoch + 1, holder = $1, expires_at = now() + make_interval(secs => $2),
-                        locked = $3
-                  WHERE id = 1 AND (expires_at < now() OR holder = $1
-                        OR ($3 AND locked AND expires_at < now() + make_interval(secs => $4)))
-              RETURNING epoch",
-                &[
-                    &holder,
-                    &(LEASE_SECONDS as f64),
-                    &locked,
-                    &((LEASE_SECONDS - SILENT_SECONDS) as f64),
-                ],
-            )
-            .map_err(backend)?
-            .map(|row| row.get(0));
-        let epoch = epoch.ok_or(StoreError::LeaseHeld)?;
+        let (epoch, locked) = lease::take(&mut writer, &mut lease, holder)?;
         let fenced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        spawn_renewal(url, lease, locked, epoch, fenced.clone(), stop.clone())?;
+        lease::spawn_renewal(url, lease, locked, epoch, fenced.clone(), stop.clone())?;
         Ok(PostgresStore {
             url: url.to_owned(),
             epoch,
@@ -249,115 +146,6 @@ impl PostgresStore {
     }
 }
 
-/// Takes the writer's advisory lock if no live session holds it.
-fn try_writer_lock(client: &mut Client) -> bool {
-    client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-        .is_ok_and(|row| row.get(0))
-}
-
-/// Renews the lease every second on a connection of its own (which also
-/// holds the writer's advisory lock, taken again if it was not free at
-/// start or the connection was lost); a renewal that finds another epoch
-/// (or none) fences this writer for good.
-fn spawn_renewal(
-    url: &str,
-    client: Client,
-    locked: bool,
-    epoch: i64,
-    fenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), StoreError> {
-    let url = url.to_owned();
-    std::thread::Builder::new()
-        .name("purser-lease".into())
-        .spawn(move || {
-            let mut client: Option<Client> = Some(client);
-            let mut locked = locked;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && !fenced.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                std::thread::sleep(RENEW_EVERY);
-                if client.as_ref().is_none_or(Client::is_closed) {
-                    locked = false;
-                    client = Client::connect(&url, NoTls).ok();
-                    // The lock went with the old connection: until it is
-                    // taken again, the row must not claim it.
-                    let cleared = client.as_mut().map(|fresh| {
-                        fresh.execute(
-                            "UPDATE writer_lease SET locked = false WHERE id = 1 AND epoch = $1",
-                            &[&epoch],
-                        )
-                    });
-                    if !matches!(cleared, Some(Ok(_))) {
-                        client = None;
-                        continue;
-                    }
-                }
-                let Some(connection) = client.as_mut() else {
-                    continue;
-                };
-                if !locked && try_writer_lock(connection) {
-                    locked = connection
-                        .execute(
-                            "UPDATE writer_lease SET locked = true WHERE id = 1 AND epoch = $1",
-                            &[&epoch],
-                        )
-                        .is_ok();
-                }
-                match connection.execute(
-                    "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
-                      WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
-                    &[&epoch, &(LEASE_SECONDS as f64)],
-                ) {
-                    Ok(0) => fenced.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Ok(_) => {}
-                    // Unreachable database: try again; commits fail meanwhile,
-                    // and the lease runs out if this lasts.
-                    Err(_) => client = None,
-                }
-            }
-            drop(client);
-        })
-        .map_err(|e| StoreError::Backend(format!("lease thread: {e}")))?;
-    Ok(())
-}
-
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut transaction = client.transaction().map_err(backend)?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(backend)?;
-    transaction
-        .batch_execute("CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);")
-        .map_err(backend)?;
-    let current: i32 = transaction
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM purser_schema_version",
-            &[],
-        )
-        .map_err(backend)?
-        .get(0);
-    let supported = MIGRATIONS.len() as i64;
-    if i64::from(current) > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: i64::from(current),
-            supported,
-        });
-    }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        transaction.batch_execute(migration).map_err(backend)?;
-        let version = index as i32 + 1;
-        transaction
-            .execute(
-                "INSERT INTO purser_schema_version (version) VALUES ($1)",
-                &[&version],
-            )
-            .map_err(backend)?;
-    }
-    transaction.commit().map_err(backend)
-}
-
 fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
     decode_entry(body).map_err(|error| StoreError::Corrupt {
         account: AccountHandle::from_raw(account as u64),
@@ -383,20 +171,18 @@ struct Columns {
 }
 
 impl PostgresStore {
+    /// Marks this writer fenced for good: no commit may follow.
+    fn fence(&self) -> StoreError {
+        self.fenced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        StoreError::Fenced
+    }
+
     /// Checks (and renews) the lease: [`StoreError::Fenced`] if it is gone.
     fn confirm_lease(&self) -> Result<(), StoreError> {
         let mut guard = lock(&self.writer);
-        let renewed = writer(&mut guard)
-            .execute(
-                "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
-                  WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
-                &[&self.epoch, &(LEASE_SECONDS as f64)],
-            )
-            .map_err(backend)?;
-        if renewed == 0 {
-            self.fenced
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(StoreError::Fenced);
+        if !lease::renew(writer(&mut guard), self.epoch).map_err(backend)? {
+            return Err(self.fence());
         }
         Ok(())
     }
@@ -468,9 +254,7 @@ impl PostgresStore {
             .map_err(backend)?;
         let (lease, entries, records): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if lease == 0 {
-            self.fenced
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(StoreError::Fenced);
+            return Err(self.fence());
         }
         if entries != commit.entries.len() as i64 || records != commit.idempotency.len() as i64 {
             return Err(StoreError::Backend(format!(
@@ -556,19 +340,9 @@ impl Store for PostgresStore {
         }
         let mut guard = lock(&self.writer);
         let mut transaction = writer(&mut guard).transaction().map_err(backend)?;
-        // Fencing: the lease row, checked and renewed inside the commit, and
-        // locked until it ends, so no takeover can slip in between.
-        let renewed = transaction
-            .execute(
-                "UPDATE writer_lease SET expires_at = now() + make_interval(secs => $2)
-                  WHERE id = 1 AND epoch = $1 AND expires_at >= now()",
-                &[&self.epoch, &(LEASE_SECONDS as f64)],
-            )
-            .map_err(backend)?;
-        if renewed == 0 {
-            self.fenced
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(StoreError::Fenced);
+        // Fencing: the lease row, checked and renewed inside the commit.
+        if !lease::renew(&mut transaction, self.epoch).map_err(backend)? {
+            return Err(self.fence());
         }
         let before: i64 = transaction
             .query_one("SELECT COALESCE(MAX(pos), 0) FROM entry", &[])
@@ -713,7 +487,7 @@ impl Store for PostgresStore {
     }
 
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        self.read(|client| usage(client, query))
+        self.read(|client| usage::usage(client, query))
     }
 
     fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
@@ -833,111 +607,12 @@ impl Store for PostgresStore {
         self.fenced
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut guard = lock(&self.writer);
-        // If this fails the lease runs out by itself.
-        let _ = writer(&mut guard).execute(
-            "UPDATE writer_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND epoch = $1",
-            &[&self.epoch],
-        );
+        lease::hand_back(writer(&mut guard), self.epoch);
     }
 
     fn is_fenced(&self) -> bool {
         self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-/// Usage grouped in SQL: charges in the window, minus their reversals
-/// (attributed to the charge's own time, task and member).
-fn usage(client: &mut Client, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-    let account = query.account.raw() as i64;
-    let from = query.from.map_or(i64::MIN, |t| t.micros());
-    let to = query.to.map_or(i64::MAX, |t| t.micros());
-    let mut totals = UsageTotals::default();
-    let mut add =
-        |key: Option<String>, micros: i64, count: i64| totals.add(key, micros, count.max(0) as u64);
-    let window = "c.account = $1 AND c.type IN ('debit', 'capture') AND c.at >= $2 AND c.at < $3";
-    let join = "FROM entry r JOIN entry c ON c.account = r.account AND c.seq = r.debit_seq
-                WHERE r.account = $1 AND r.type = 'reversal' AND";
-    let day = "(c.at / 86400000000 - CASE WHEN c.at < 0 AND c.at % 86400000000 <> 0 THEN 1 ELSE 0 END)::text";
-    if matches!(query.group_by, GroupBy::Kind | GroupBy::DayKind) {
-        let group = if query.group_by == GroupBy::DayKind {
-            day
-        } else {
-            "NULL::text"
-        };
-        let sums = |t: &str| {
-            KIND_KEYS
-                .iter()
-                .map(|k| format!("COALESCE(SUM({t}.{k}), 0)::bigint"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let counts = |filtered: bool| {
-            KIND_KEYS
-                .iter()
-                .map(|k| {
-                    if filtered {
-                        format!("COUNT(*) FILTER (WHERE c.{k} <> 0)")
-                    } else {
-                        "0::bigint".to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let charges = format!(
-            "SELECT {group}, {}, {} FROM entry c WHERE {window} GROUP BY 1",
-            sums("c"),
-            counts(true)
-        );
-        let reversals = format!(
-            "SELECT {group}, {}, {} {join} {window} GROUP BY 1",
-            sums("r"),
-            counts(false)
-        );
-        for sql in [charges, reversals] {
-            for row in client
-                .query(&sql, &[&account, &from, &to])
-                .map_err(backend)?
-            {
-                let day: Option<String> = row.get(0);
-                let day = day.and_then(|days| days.parse::<i64>().ok()).map(day_key);
-                for (index, kind) in KIND_KEYS.iter().enumerate() {
-                    let credits: i64 = row.get(index + 1);
-                    let count: i64 = row.get(index + 6);
-                    let key = match &day {
-                        Some(day) => format!("{day}/{kind}"),
-                        None => (*kind).to_owned(),
-                    };
-                    add(Some(key), credits, count);
-                }
-            }
-        }
-        totals.retain_nonempty();
-    } else {
-        let key = match query.group_by {
-            GroupBy::Task => "c.task",
-            GroupBy::Member => "c.member",
-            GroupBy::Day | GroupBy::Kind | GroupBy::DayKind => day,
-        };
-        let charges = format!(
-            "SELECT {key}, SUM(c.credits)::bigint, COUNT(*) FROM entry c WHERE {window} GROUP BY 1"
-        );
-        let reversals =
-            format!("SELECT {key}, SUM(r.credits)::bigint, 0::bigint {join} {window} GROUP BY 1");
-        for sql in [charges, reversals] {
-            for row in client
-                .query(&sql, &[&account, &from, &to])
-                .map_err(backend)?
-            {
-                let mut key: Option<String> = row.get(0);
-                if query.group_by == GroupBy::Day {
-                    key = key.and_then(|days| days.parse::<i64>().ok()).map(day_key);
-                }
-                add(key, row.get(1), row.get(2));
-            }
-        }
-    }
-    Ok(totals.into_rows())
 }
 
 #[cfg(test)]

@@ -1,0 +1,194 @@
+//! The schemas: `purser.db`'s forward-only migrations and `history.db`'s
+//! tables (derived data, recreated when missing).
+
+use super::*;
+
+/// Migrations, in order; `MIGRATIONS[i]` brings the schema to version `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
+    CREATE TABLE journal (
+        pos     INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        type    TEXT    NOT NULL,
+        at      INTEGER NOT NULL,
+        body    BLOB    NOT NULL
+    );
+    CREATE UNIQUE INDEX journal_by_account ON journal (account, seq);
+    CREATE TABLE charge (
+        account  INTEGER NOT NULL,
+        seq      INTEGER NOT NULL,
+        at       INTEGER NOT NULL,
+        task     TEXT,
+        member   TEXT,
+        credits  INTEGER NOT NULL,
+        budget   INTEGER NOT NULL,
+        rollover INTEGER NOT NULL,
+        package  INTEGER NOT NULL,
+        promo    INTEGER NOT NULL,
+        debt     INTEGER NOT NULL,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE reversal (
+        account   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        debit_seq INTEGER NOT NULL,
+        credits   INTEGER NOT NULL,
+        budget    INTEGER NOT NULL,
+        rollover  INTEGER NOT NULL,
+        package   INTEGER NOT NULL,
+        promo     INTEGER NOT NULL,
+        debt      INTEGER NOT NULL,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE idempotency (
+        key         TEXT    PRIMARY KEY,
+        fingerprint BLOB    NOT NULL,
+        status      INTEGER NOT NULL,
+        body        BLOB    NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
+    CREATE TABLE api_key (
+        id          TEXT    PRIMARY KEY,
+        secret_hash BLOB    NOT NULL UNIQUE,
+        scopes      TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE TABLE setting (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+"#,
+    r#"
+    CREATE TABLE snapshot (
+        partition INTEGER PRIMARY KEY,
+        position  INTEGER NOT NULL,
+        body      BLOB    NOT NULL
+    );
+"#,
+    r#"
+    -- One table clustered by account: a charge writes one random B-tree page
+    -- (its account's), not three; the commit-order index only appends.
+    CREATE TABLE entry (
+        account   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        pos       INTEGER NOT NULL,
+        type      TEXT    NOT NULL,
+        at        INTEGER NOT NULL,
+        body      BLOB    NOT NULL,
+        task      TEXT,
+        member    TEXT,
+        credits   INTEGER,
+        budget    INTEGER,
+        rollover  INTEGER,
+        package   INTEGER,
+        promo     INTEGER,
+        debt      INTEGER,
+        debit_seq INTEGER,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX entry_by_pos ON entry (pos);
+    INSERT INTO entry
+    SELECT j.account, j.seq, j.pos, j.type, j.at, j.body,
+           c.task, c.member, COALESCE(c.credits, r.credits),
+           COALESCE(c.budget, r.budget), COALESCE(c.rollover, r.rollover),
+           COALESCE(c.package, r.package), COALESCE(c.promo, r.promo),
+           COALESCE(c.debt, r.debt), r.debit_seq
+      FROM journal j
+      LEFT JOIN charge c ON c.account = j.account AND c.seq = j.seq
+      LEFT JOIN reversal r ON r.account = j.account AND r.seq = j.seq;
+    DROP TABLE journal;
+    DROP TABLE charge;
+    DROP TABLE reversal;
+"#,
+    r#"
+    -- The journal in commit order only: a group commit appends to the end of
+    -- one B-tree whatever accounts it touches. The per-account index moves
+    -- to history.db, built from here.
+    CREATE TABLE log (
+        pos     INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        body    BLOB    NOT NULL
+    );
+    INSERT INTO log (pos, account, seq, body) SELECT pos, account, seq, body FROM entry ORDER BY pos;
+    DROP TABLE entry;
+"#,
+    r#"
+    -- Idempotency records are only read back whole (on start) and purged by
+    -- expiry: appended in commit order, with no index on the (random) key.
+    -- The newest record of a key wins.
+    CREATE TABLE idempotency_log (
+        id          INTEGER PRIMARY KEY,
+        key         TEXT    NOT NULL,
+        fingerprint BLOB    NOT NULL,
+        status      INTEGER NOT NULL,
+        body        BLOB    NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_log_by_expiry ON idempotency_log (expires_at);
+    INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at)
+    SELECT key, fingerprint, status, body, expires_at FROM idempotency ORDER BY expires_at, key;
+    DROP TABLE idempotency;
+"#,
+];
+
+/// The history index's schema (`history.db`), created when missing. It is
+/// derived data: a mismatch is repaired by deleting the file.
+pub(crate) const HISTORY_SCHEMA: &str = r#"
+    CREATE TABLE IF NOT EXISTS entry (
+        account   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        pos       INTEGER NOT NULL,
+        type      TEXT    NOT NULL,
+        at        INTEGER NOT NULL,
+        task      TEXT,
+        member    TEXT,
+        credits   INTEGER,
+        budget    INTEGER,
+        rollover  INTEGER,
+        package   INTEGER,
+        promo     INTEGER,
+        debt      INTEGER,
+        debit_seq INTEGER,
+        PRIMARY KEY (account, seq)
+    ) WITHOUT ROWID;
+    -- `pos`: the log is indexed up to here. `partial`: rows of a batch
+    -- being indexed may go up to here (the batch is inserted in slices).
+    CREATE TABLE IF NOT EXISTS indexed (
+        one     INTEGER PRIMARY KEY CHECK (one = 1),
+        pos     INTEGER NOT NULL,
+        partial INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT OR IGNORE INTO indexed (one, pos) VALUES (1, 0);
+"#;
+
+pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    connection
+        .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
+        .map_err(backend)?;
+    let current: i64 = connection
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let script = format!(
+            "BEGIN; {migration} INSERT INTO schema_version (version) VALUES ({version}); COMMIT;"
+        );
+        connection.execute_batch(&script).map_err(backend)?;
+    }
+    Ok(())
+}
