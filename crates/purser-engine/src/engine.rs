@@ -352,6 +352,11 @@ impl Engine {
         }
     }
 
+    /// Releases a claimed key whose work never finished: a retry runs afresh.
+    pub fn release(&self, key: &str) {
+        self.0.keys.abandon(key);
+    }
+
     /// Claims the key (if any) and queues the command; does not wait. From
     /// here the key belongs to the engine: it ends with the command's
     /// outcome (see the committer), whatever becomes of the request.

@@ -291,6 +291,12 @@ async fn a_refusal_releases_its_key_once_it_is_known() {
         (status, body.as_slice()),
         (400, &b"insufficient_credits"[..])
     );
+    // Released, not remembered: the key runs its next command afresh (the
+    // test's fingerprints are all alike, so only a remembered answer could
+    // stop it).
+    let (status, _) = answered(&engine, || charge("10"), "k3").await;
+    assert_eq!(status, 201);
+    assert_eq!(available(&engine).await, "90");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1409,6 +1409,16 @@ async fn every_post_honours_its_idempotency_key() {
         .unwrap();
     assert_eq!(revoked.status, 200, "{revoked:?}");
     assert_eq!(replayed.body, revoked.body);
+    // The key is remembered: used for another revocation, it is refused.
+    let reused = api
+        .post_idempotent("/v1/api_keys/key_other/revoke", &json!({}), "revoke-once")
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.error_code(),
+        Some("idempotency_key_reused"),
+        "{reused:?}"
+    );
 
     let before = api.get("/v1/test_clock").await.unwrap();
     let advance = json!({"seconds": 3600});

@@ -289,7 +289,7 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.engine.finish(&key, 500, &[]);
+            self.engine.release(&key);
         }
     }
 }
