@@ -74,22 +74,46 @@ pub fn replay<'a>(
     catalog: Arc<Catalog>,
     entries: impl IntoIterator<Item = &'a Entry>,
 ) -> (Ledger, Report) {
-    let mut ledger = Ledger::new(partition, catalog);
-    let mut report = Report::default();
-    let mut broken: HashMap<AccountHandle, ()> = HashMap::new();
-    let mut last_at: HashMap<AccountHandle, Timestamp> = HashMap::new();
+    let mut replayer = Replayer::new(partition, catalog);
     for entry in entries {
-        report.entries += 1;
-        if broken.contains_key(&entry.account) {
-            continue;
+        replayer.feed(entry);
+    }
+    replayer.finish()
+}
+
+/// [`replay`] one entry at a time, for a journal streamed from a store.
+#[derive(Debug)]
+pub struct Replayer {
+    ledger: Ledger,
+    report: Report,
+    broken: HashMap<AccountHandle, ()>,
+    last_at: HashMap<AccountHandle, Timestamp>,
+}
+
+impl Replayer {
+    pub fn new(partition: u16, catalog: Arc<Catalog>) -> Replayer {
+        Replayer {
+            ledger: Ledger::new(partition, catalog),
+            report: Report::default(),
+            broken: HashMap::new(),
+            last_at: HashMap::new(),
         }
-        match ledger.apply(entry) {
+    }
+
+    /// Applies the partition's next entry (an account's later entries are
+    /// skipped once one of its entries fails).
+    pub fn feed(&mut self, entry: &Entry) {
+        self.report.entries += 1;
+        if self.broken.contains_key(&entry.account) {
+            return;
+        }
+        match self.ledger.apply(entry) {
             Ok(()) => {
-                last_at.insert(entry.account, entry.at);
+                self.last_at.insert(entry.account, entry.at);
             }
             Err(error) => {
-                broken.insert(entry.account, ());
-                report.problems.push(Problem::Entry {
+                self.broken.insert(entry.account, ());
+                self.report.problems.push(Problem::Entry {
                     account: entry.account,
                     seq: entry.seq,
                     error,
@@ -97,22 +121,27 @@ pub fn replay<'a>(
             }
         }
     }
-    for account in ledger.accounts() {
-        if broken.contains_key(&account.handle()) {
-            continue;
+
+    /// Checks every invariant of every account the journal left intact.
+    pub fn finish(mut self) -> (Ledger, Report) {
+        for account in self.ledger.accounts() {
+            if self.broken.contains_key(&account.handle()) {
+                continue;
+            }
+            // The journal may end before work that was due (the server was
+            // down): check as of the account's last entry.
+            let at = self
+                .last_at
+                .get(&account.handle())
+                .copied()
+                .unwrap_or(account.created_at());
+            if let Err(violation) = account.check_invariants(at) {
+                self.report.problems.push(Problem::Invariant(violation));
+            }
         }
-        // The journal may end before work that was due (the server was down):
-        // check as of the account's last entry.
-        let at = last_at
-            .get(&account.handle())
-            .copied()
-            .unwrap_or(account.created_at());
-        if let Err(violation) = account.check_invariants(at) {
-            report.problems.push(Problem::Invariant(violation));
-        }
+        self.report.accounts = self.ledger.len();
+        (self.ledger, self.report)
     }
-    report.accounts = ledger.len();
-    (ledger, report)
 }
 
 /// Compares a replayed partition with stored state (a snapshot, or the live

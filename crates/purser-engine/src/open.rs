@@ -34,6 +34,11 @@ pub struct Options {
     pub config: EngineConfig,
     /// Whether time is the test clock (moved only by `advance_test_clock`).
     pub test_clock: bool,
+    /// Whether to accept the loss of the journal's end, if recovery finds
+    /// one (the operator's `serve --accept-loss`): the store drops what is
+    /// ahead of the journal and records the incident, then recovery runs
+    /// again. Damage inside the journal is never accepted.
+    pub accept_loss: bool,
     pub catalog: Catalog,
     pub render: Arc<dyn Render>,
     pub observer: Arc<dyn CommitObserver>,
@@ -61,7 +66,16 @@ impl Engine {
             Clock::system()
         };
         let catalog = Arc::new(options.catalog);
-        let (ledgers, entries) = recover(&*store, catalog.clone(), config.partitions)?;
+        let (ledgers, entries) = match recover(&*store, catalog.clone(), config.partitions) {
+            Err(RecoveryError::Damaged(report))
+                if options.accept_loss && report.is_tail_loss_only() =>
+            {
+                tracing::warn!(end = report.end, %report, "accepting the loss of the journal's end, as asked (--accept-loss)");
+                store.accept_loss(&report, clock.now())?;
+                recover(&*store, catalog.clone(), config.partitions)?
+            }
+            other => other?,
+        };
         warn_missing_tiers(&ledgers, &catalog);
         let keys = KeyTable::new(config.idempotency_retention_seconds);
         let now = clock.now();

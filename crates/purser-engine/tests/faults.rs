@@ -66,6 +66,32 @@ impl Store for Faulty {
     fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
         self.inner.snapshots()
     }
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(purser_store::StoredRow<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.scan(visit)
+    }
+    fn witnesses(&self) -> Result<Vec<purser_store::Witness>, StoreError> {
+        self.inner.witnesses()
+    }
+    fn accept_loss(
+        &self,
+        report: &purser_store::DamageReport,
+        at: purser_core::Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.accept_loss(report, at)
+    }
+    fn check_structures(
+        &self,
+        found: &mut dyn FnMut(purser_store::Damage),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        self.inner.check_structures(found, progress)
+    }
+    fn incidents(&self) -> Result<Vec<(purser_core::Timestamp, String)>, StoreError> {
+        self.inner.incidents()
+    }
     fn entry(&self, account: AccountHandle, seq: u64) -> Result<Option<Entry>, StoreError> {
         self.inner.entry(account, seq)
     }
@@ -172,6 +198,7 @@ fn open(dir: &tempfile::TempDir) -> (Engine, Arc<Faulty>) {
             request_timeout: TIMEOUT,
         },
         test_clock: false,
+        accept_loss: false,
         catalog: Catalog::builtin(),
         render: Arc::new(Text),
         observer: Arc::new(Unobserved),

@@ -124,6 +124,10 @@ pub struct Config {
     pub idempotency_retention_seconds: i64,
     pub catalog: Catalog,
     pub test_clock: bool,
+    /// Start from a store whose journal lost its end (found at start, see
+    /// `purser_store::journal`): accept the loss, record it, and serve.
+    /// Only from the command line (`serve --accept-loss`), never a file.
+    pub accept_loss: bool,
     /// The base of portal links (`https://billing.example.com`); without
     /// it, the `Host` the operator's request came to, over http.
     pub public_url: Option<String>,
@@ -154,6 +158,7 @@ impl Default for Config {
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
             catalog: Catalog::builtin(),
             test_clock: false,
+            accept_loss: false,
             public_url: None,
             portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
             payment_provider: "manual".into(),

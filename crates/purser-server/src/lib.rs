@@ -214,6 +214,7 @@ pub(crate) fn prepare(
             request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
         },
         test_clock: config.test_clock,
+        accept_loss: config.accept_loss,
         catalog: config.catalog.clone(),
         render: Arc::new(JsonAnswers),
         observer: metrics.clone(),

@@ -26,8 +26,9 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
-    ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, Store, StoreError, StoredSnapshot,
-    UsageQuery, UsageRow, decode_entry, encode_entry, usage_of,
+    ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, IdempotencyRecord, Store,
+    StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry,
+    encode_entry, entry_sum, record_sum, usage_of,
 };
 
 pub struct PostgresStore {
@@ -40,6 +41,47 @@ pub struct PostgresStore {
     /// `None` only while the store is being dropped.
     writer: Mutex<Option<Client>>,
     readers: Mutex<Vec<Client>>,
+    /// The journal's last position and chain hash, as this writer last
+    /// committed them; `None` after a failure (read again before the next
+    /// commit, as the failed one may or may not have landed).
+    tail: Mutex<Option<(i64, ChainHash)>>,
+    /// Opened by `verify`: one read-only transaction on `writer`, no lease.
+    read_only: bool,
+}
+
+/// An idempotency record from the columns `key, fingerprint, status, body,
+/// expires_at`.
+pub(crate) fn record_of(row: &postgres::Row) -> IdempotencyRecord {
+    let fingerprint: Vec<u8> = row.get(1);
+    IdempotencyRecord {
+        key: row.get(0),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        status: row.get::<_, i32>(2) as u16,
+        body: row.get(3),
+        expires_at: Timestamp::from_micros(row.get(4)),
+    }
+}
+
+/// The journal's last position and chain hash.
+fn read_tail(client: &mut impl postgres::GenericClient) -> Result<(i64, ChainHash), StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT pos, chain FROM entry ORDER BY pos DESC LIMIT 1",
+            &[],
+        )
+        .map_err(backend)?;
+    let Some(row) = row else {
+        return Ok((0, purser_store::GENESIS));
+    };
+    let pos: i64 = row.get(0);
+    let chain: Option<Vec<u8>> = row.get(1);
+    let chain = chain.ok_or_else(|| {
+        StoreError::Damaged(format!("the journal ends at position {pos} inside a commit"))
+    })?;
+    let chain = chain
+        .try_into()
+        .map_err(|_| StoreError::Damaged(format!("the chain hash at journal position {pos}")))?;
+    Ok((pos, chain))
 }
 
 impl Drop for PostgresStore {
@@ -48,7 +90,7 @@ impl Drop for PostgresStore {
     /// Hands the lease back (a standby can take over at once), then closes.
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let writer = lock(&self.writer).take();
+        let writer = lock(&self.writer).take().filter(|_| !self.read_only);
         let readers = std::mem::take(&mut *lock(&self.readers));
         let epoch = self.epoch;
         // Not joined: with the database unreachable this could take as long
@@ -121,6 +163,29 @@ impl PostgresStore {
             stop,
             writer: Mutex::new(Some(writer)),
             readers: Mutex::new(Vec::new()),
+            tail: Mutex::new(None),
+            read_only: false,
+        })
+    }
+
+    /// Opens the store read-only, for `verify`: no migration, no lease (a
+    /// serving writer keeps its own), every read in one `REPEATABLE READ
+    /// READ ONLY` transaction, so everything checked is one state.
+    pub fn open_read_only(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut client = Client::connect(url, NoTls).map_err(backend)?;
+        schema::check_version(&mut client)?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(backend)?;
+        Ok(PostgresStore {
+            url: url.to_owned(),
+            epoch: 0,
+            fenced: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            writer: Mutex::new(Some(client)),
+            readers: Mutex::new(Vec::new()),
+            tail: Mutex::new(None),
+            read_only: true,
         })
     }
 
@@ -133,6 +198,10 @@ impl PostgresStore {
         &self,
         work: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if self.read_only {
+            let mut guard = lock(&self.writer);
+            return work(writer(&mut guard));
+        }
         let mut client = match lock(&self.readers).pop() {
             Some(client) if !client.is_closed() => client,
             _ => Client::connect(&self.url, NoTls).map_err(backend)?,
@@ -168,6 +237,9 @@ struct Columns {
     credits: Vec<Option<i64>>,
     parts: [Vec<Option<i64>>; 5],
     debit_seq: Vec<Option<i64>>,
+    sum: Vec<i64>,
+    /// The chain hash, on the last entry only.
+    chain: Vec<Option<Vec<u8>>>,
 }
 
 impl PostgresStore {
@@ -191,41 +263,57 @@ impl PostgresStore {
     /// trip: the lease check, the entries and the idempotency records in
     /// data-modifying CTEs that insert nothing unless the lease is still ours.
     fn commit_in_one_statement(&self, commit: Commit<'_>) -> Result<(), StoreError> {
-        let columns = Columns::of(commit.entries, 1);
-        let [budget, rollover, package, promo, debt] = &columns.parts;
-        let keys = KeyColumns::of(commit.idempotency);
         let mut guard = lock(&self.writer);
-        let row = writer(&mut guard)
+        let client = writer(&mut guard);
+        let mut tail = lock(&self.tail);
+        let (last, previous) = match *tail {
+            Some(known) => known,
+            None => read_tail(client)?,
+        };
+        // Cleared until this commit is known to have landed.
+        *tail = None;
+        let (columns, chain) = Columns::of(commit.entries, last, &previous);
+        let [budget, rollover, package, promo, debt] = &columns.parts;
+        let end = last + commit.entries.len() as i64;
+        let keys = KeyColumns::of(commit.idempotency, end);
+        // The positions were computed from the tail this writer knows: the
+        // statement writes nothing unless the journal still ends there.
+        let row = client
             .query_one(
                 "WITH lease AS (
                      UPDATE writer_lease SET expires_at = now() + make_interval(secs => $17)
                       WHERE id = 1 AND epoch = $16 AND expires_at >= now()
                   RETURNING epoch
                  ), base AS (
-                     SELECT COALESCE(MAX(pos), 0) AS pos FROM entry
+                     SELECT 1 FROM (SELECT COALESCE(MAX(pos), 0) AS pos FROM entry) b WHERE b.pos = $25
                  ), entries AS (
                      INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
-                                        budget, rollover, package, promo, debt, debit_seq)
-                     SELECT u.account, u.seq, base.pos + u.n, u.type, u.at, u.body, u.task, u.member,
-                            u.credits, u.budget, u.rollover, u.package, u.promo, u.debt, u.debit_seq
+                                        budget, rollover, package, promo, debt, debit_seq, sum, chain)
+                     SELECT u.account, u.seq, u.pos, u.type, u.at, u.body, u.task, u.member,
+                            u.credits, u.budget, u.rollover, u.package, u.promo, u.debt, u.debit_seq,
+                            u.sum, u.chain
                        FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                                    $6::bytea[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],
-                                   $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
-                            AS u(account, seq, n, type, at, body, task, member, credits,
-                                 budget, rollover, package, promo, debt, debit_seq),
+                                   $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
+                                   $23::bigint[], $24::bytea[])
+                            AS u(account, seq, pos, type, at, body, task, member, credits,
+                                 budget, rollover, package, promo, debt, debit_seq, sum, chain),
                             base, lease
                      RETURNING 1
                  ), keys AS (
-                     INSERT INTO idempotency (key, fingerprint, status, body, expires_at)
-                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at
-                       FROM unnest($18::text[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[])
-                            AS k(key, fingerprint, status, body, expires_at),
-                            lease
+                     INSERT INTO idempotency (key, fingerprint, status, body, expires_at, pos, sum)
+                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at, $26, k.sum
+                       FROM unnest($18::text[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[],
+                                   $27::bigint[])
+                            AS k(key, fingerprint, status, body, expires_at, sum),
+                            base, lease
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
-                        status = excluded.status, body = excluded.body, expires_at = excluded.expires_at
+                        status = excluded.status, body = excluded.body, expires_at = excluded.expires_at,
+                        pos = excluded.pos, sum = excluded.sum
                      RETURNING 1
                  )
-                 SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM entries), (SELECT count(*) FROM keys)",
+                 SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM base),
+                        (SELECT count(*) FROM entries), (SELECT count(*) FROM keys)",
                 &[
                     &columns.account,
                     &columns.seq,
@@ -249,12 +337,23 @@ impl PostgresStore {
                     &keys.statuses,
                     &keys.bodies,
                     &keys.expiries,
+                    &columns.sum,
+                    &columns.chain,
+                    &last,
+                    &end,
+                    &keys.sums,
                 ],
             )
             .map_err(backend)?;
-        let (lease, entries, records): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (lease, base, entries, records): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         if lease == 0 {
             return Err(self.fence());
+        }
+        if base == 0 {
+            return Err(StoreError::Backend(format!(
+                "the journal no longer ends at position {last}: another writer committed"
+            )));
         }
         if entries != commit.entries.len() as i64 || records != commit.idempotency.len() as i64 {
             return Err(StoreError::Backend(format!(
@@ -263,6 +362,11 @@ impl PostgresStore {
                 commit.idempotency.len()
             )));
         }
+        *tail = Some(if commit.entries.is_empty() {
+            (last, previous)
+        } else {
+            (end, chain)
+        });
         Ok(())
     }
 }
@@ -274,11 +378,14 @@ struct KeyColumns<'a> {
     statuses: Vec<i32>,
     bodies: Vec<&'a [u8]>,
     expiries: Vec<i64>,
+    sums: Vec<i64>,
 }
 
 impl<'a> KeyColumns<'a> {
-    fn of(records: &'a [IdempotencyRecord]) -> KeyColumns<'a> {
+    /// The records of a commit that ends the journal at `pos`.
+    fn of(records: &'a [IdempotencyRecord], pos: i64) -> KeyColumns<'a> {
         KeyColumns {
+            sums: records.iter().map(|r| record_sum(r, pos as u64)).collect(),
             keys: records.iter().map(|r| r.key.as_str()).collect(),
             prints: records.iter().map(|r| &r.fingerprint[..]).collect(),
             statuses: records.iter().map(|r| i32::from(r.status)).collect(),
@@ -289,8 +396,10 @@ impl<'a> KeyColumns<'a> {
 }
 
 impl Columns {
-    /// The columns of `entries`, positions counted from `first_pos`.
-    fn of(entries: &[Entry], first_pos: i64) -> Columns {
+    /// The columns of `entries` appended after position `last`, whose chain
+    /// hash is `previous`; with the commit's own chain hash.
+    fn of(entries: &[Entry], last: i64, previous: &ChainHash) -> (Columns, ChainHash) {
+        let first_pos = last + 1;
         let mut columns = Columns::default();
         for (offset, entry) in entries.iter().enumerate() {
             let mut body = Vec::with_capacity(128);
@@ -319,12 +428,28 @@ impl Columns {
                     .map(|u| u.charge_seq as i64),
             );
         }
-        columns
+        let (sums, chain) = purser_store::seal(
+            previous,
+            last as u64,
+            entries
+                .iter()
+                .zip(&columns.body)
+                .map(|(entry, body)| (entry.account.raw(), entry.seq, body)),
+        );
+        columns.sum = sums;
+        columns.chain = vec![None; entries.len()];
+        if let Some(slot) = columns.chain.last_mut() {
+            *slot = Some(chain.to_vec());
+        }
+        (columns, chain)
     }
 }
 
 impl Store for PostgresStore {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Fenced);
         }
@@ -344,10 +469,8 @@ impl Store for PostgresStore {
         if !lease::renew(&mut transaction, self.epoch).map_err(backend)? {
             return Err(self.fence());
         }
-        let before: i64 = transaction
-            .query_one("SELECT COALESCE(MAX(pos), 0) FROM entry", &[])
-            .map_err(backend)?
-            .get(0);
+        *lock(&self.tail) = None;
+        let (before, previous) = read_tail(&mut transaction)?;
         for snapshot in commit.snapshots {
             transaction
                 .execute(
@@ -357,16 +480,18 @@ impl Store for PostgresStore {
                 )
                 .map_err(backend)?;
         }
+        let (columns, chain) = Columns::of(commit.entries, before, &previous);
+        let end = before + commit.entries.len() as i64;
         if !commit.entries.is_empty() {
-            let columns = Columns::of(commit.entries, before + 1);
             let [budget, rollover, package, promo, debt] = &columns.parts;
             transaction
                 .execute(
                     "INSERT INTO entry (account, seq, pos, type, at, body, task, member, credits,
-                                        budget, rollover, package, promo, debt, debit_seq)
+                                        budget, rollover, package, promo, debt, debit_seq, sum, chain)
                      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                                           $6::bytea[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],
-                                          $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])",
+                                          $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
+                                          $16::bigint[], $17::bytea[])",
                     &[
                         &columns.account,
                         &columns.seq,
@@ -383,23 +508,33 @@ impl Store for PostgresStore {
                         promo,
                         debt,
                         &columns.debit_seq,
+                        &columns.sum,
+                        &columns.chain,
                     ],
                 )
                 .map_err(backend)?;
         }
         if !commit.idempotency.is_empty() {
-            let keys = KeyColumns::of(commit.idempotency);
+            let keys = KeyColumns::of(commit.idempotency, end);
             transaction
                 .execute(
-                    "INSERT INTO idempotency (key, fingerprint, status, body, expires_at)
-                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[])
+                    "INSERT INTO idempotency (key, fingerprint, status, body, expires_at, sum, pos)
+                     SELECT k.*, $7 FROM unnest($1::text[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[], $6::bigint[])
+                          AS k(key, fingerprint, status, body, expires_at, sum)
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
-                                                     body = excluded.body, expires_at = excluded.expires_at",
-                    &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries],
+                                                     body = excluded.body, expires_at = excluded.expires_at,
+                                                     sum = excluded.sum, pos = excluded.pos",
+                    &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries, &keys.sums, &end],
                 )
                 .map_err(backend)?;
         }
-        transaction.commit().map_err(backend)
+        transaction.commit().map_err(backend)?;
+        *lock(&self.tail) = Some(if commit.entries.is_empty() {
+            (before, previous)
+        } else {
+            (end, chain)
+        });
+        Ok(())
     }
 
     fn replay_after(
@@ -411,7 +546,7 @@ impl Store for PostgresStore {
             let mut transaction = client.transaction().map_err(backend)?;
             let portal = transaction
                 .bind(
-                    "SELECT pos, account, seq, body FROM entry WHERE pos > $1 ORDER BY pos",
+                    "SELECT pos, account, seq, body, sum FROM entry WHERE pos > $1 ORDER BY pos",
                     &[&(position as i64)],
                 )
                 .map_err(backend)?;
@@ -423,8 +558,14 @@ impl Store for PostgresStore {
                 }
                 for row in rows {
                     let pos: i64 = row.get(0);
+                    let (account, seq): (i64, i64) = (row.get(1), row.get(2));
                     let body: &[u8] = row.get(3);
-                    visit(pos as u64, decode(row.get(1), row.get(2), body)?)?;
+                    if entry_sum(account as u64, seq as u64, body) != row.get::<_, i64>(4) {
+                        return Err(StoreError::Damaged(format!(
+                            "journal position {pos} does not match its checksum"
+                        )));
+                    }
+                    visit(pos as u64, decode(account, seq, body)?)?;
                     count += 1;
                 }
             }
@@ -494,23 +635,145 @@ impl Store for PostgresStore {
         self.read(|client| {
             let rows = client
                 .query(
-                    "SELECT key, fingerprint, status, body, expires_at FROM idempotency
+                    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
                      WHERE expires_at > $1 ORDER BY expires_at, key",
                     &[&now.micros()],
                 )
                 .map_err(backend)?;
+            rows.iter()
+                .map(|row| {
+                    let record = record_of(row);
+                    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+                    if record_sum(&record, pos as u64) != sum {
+                        return Err(StoreError::Damaged(format!(
+                            "the idempotency record of key {:?} does not match its checksum",
+                            record.key
+                        )));
+                    }
+                    Ok(record)
+                })
+                .collect()
+        })
+    }
+
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(StoredRow<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // Pages by position: plain queries, so a read-only open's single
+        // transaction (and its snapshot) holds across every page.
+        self.read(|client| {
+            let mut after: i64 = 0;
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT pos, account, seq, body, sum, chain FROM entry
+                          WHERE pos > $1 ORDER BY pos LIMIT 10000",
+                        &[&after],
+                    )
+                    .map_err(backend)?;
+                let Some(last) = rows.last() else {
+                    return Ok(());
+                };
+                after = last.get(0);
+                for row in &rows {
+                    visit(StoredRow {
+                        pos: row.get::<_, i64>(0) as u64,
+                        account: row.get::<_, i64>(1) as u64,
+                        seq: row.get::<_, i64>(2) as u64,
+                        body: row.get(3),
+                        sum: row.get(4),
+                        chain: row.get(5),
+                    })?;
+                }
+            }
+        })
+    }
+
+    fn witnesses(&self) -> Result<Vec<Witness>, StoreError> {
+        let keys: i64 = self.read(|client| {
+            Ok(client
+                .query_one("SELECT COALESCE(MAX(pos), 0) FROM idempotency", &[])
+                .map_err(backend)?
+                .get(0))
+        })?;
+        Ok(vec![Witness {
+            what: "the idempotency records".into(),
+            position: keys as u64,
+            lost: Vec::new(),
+        }])
+    }
+
+    fn accept_loss(&self, report: &DamageReport, at: Timestamp) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        if !report.is_tail_loss_only() {
+            return Err(StoreError::Damaged(
+                "only loss at the journal's end can be accepted; restore from a backup".into(),
+            ));
+        }
+        let end = report.end as i64;
+        let mut guard = lock(&self.writer);
+        let mut transaction = writer(&mut guard).transaction().map_err(backend)?;
+        if !lease::renew(&mut transaction, self.epoch).map_err(backend)? {
+            return Err(self.fence());
+        }
+        transaction
+            .batch_execute("SET LOCAL statement_timeout = 0")
+            .map_err(backend)?;
+        for statement in [
+            "DELETE FROM entry WHERE pos > $1",
+            "DELETE FROM snapshot WHERE position > $1",
+            "DELETE FROM idempotency WHERE pos > $1",
+        ] {
+            transaction.execute(statement, &[&end]).map_err(backend)?;
+        }
+        transaction
+            .execute(
+                "INSERT INTO incident (at, journal_end, report) VALUES ($1, $2, $3)",
+                &[&at.micros(), &end, &report.to_string()],
+            )
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+        *lock(&self.tail) = None;
+        Ok(())
+    }
+
+    fn check_structures(
+        &self,
+        found: &mut dyn FnMut(Damage),
+        _progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency ORDER BY key",
+                    &[],
+                )
+                .map_err(backend)?;
+            for row in &rows {
+                let record = record_of(row);
+                let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+                if record_sum(&record, pos as u64) != sum {
+                    found(Damage::Structure {
+                        what: "the idempotency records".into(),
+                        detail: format!("the record of key {:?} does not match its checksum", record.key),
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn incidents(&self) -> Result<Vec<(Timestamp, String)>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query("SELECT at, report FROM incident ORDER BY id", &[])
+                .map_err(backend)?;
             Ok(rows
                 .iter()
-                .map(|row| {
-                    let fingerprint: Vec<u8> = row.get(1);
-                    IdempotencyRecord {
-                        key: row.get(0),
-                        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
-                        status: row.get::<_, i32>(2) as u16,
-                        body: row.get(3),
-                        expires_at: Timestamp::from_micros(row.get(4)),
-                    }
-                })
+                .map(|row| (Timestamp::from_micros(row.get(0)), row.get(1)))
                 .collect())
         })
     }

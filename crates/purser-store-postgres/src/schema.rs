@@ -66,10 +66,92 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE writer_lease ADD COLUMN locked BOOLEAN NOT NULL DEFAULT false;
 "#,
+    // The checked journal (purser_store::journal): every entry's checksum,
+    // the chain hash on each group commit's last entry; idempotency records
+    // with their commit's journal position and a checksum; incidents (loss
+    // an operator accepted). Rows from before are sealed by `seal_existing`.
+    r#"
+    ALTER TABLE entry ADD COLUMN sum BIGINT NOT NULL DEFAULT 0, ADD COLUMN chain BYTEA;
+    ALTER TABLE idempotency ADD COLUMN pos BIGINT NOT NULL DEFAULT 0,
+                            ADD COLUMN sum BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE incident (
+        id          BIGSERIAL PRIMARY KEY,
+        at          BIGINT NOT NULL,
+        journal_end BIGINT NOT NULL,
+        report      TEXT   NOT NULL
+    );
+"#,
 ];
+
+/// The version whose migration adds checksums: entries stored before it are
+/// sealed as they are (each its own commit: boundaries were not kept).
+const CHECKED_JOURNAL: usize = 4;
+
+fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let rows = transaction
+        .query("SELECT pos, account, seq, body FROM entry ORDER BY pos", &[])
+        .map_err(backend)?;
+    let mut chain = purser_store::GENESIS;
+    let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let pos: i64 = row.get(0);
+        let (account, seq): (i64, i64) = (row.get(1), row.get(2));
+        let body: &[u8] = row.get(3);
+        let (sum, next) = purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
+        positions.push(pos);
+        sums.push(sum[0]);
+        chains.push(next.to_vec());
+        chain = next;
+    }
+    transaction
+        .execute(
+            "UPDATE entry SET sum = u.sum, chain = u.chain
+               FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(pos, sum, chain)
+              WHERE entry.pos = u.pos",
+            &[&positions, &sums, &chains],
+        )
+        .map_err(backend)?;
+    let end = positions.last().copied().unwrap_or(0);
+    let records = transaction
+        .query(
+            "SELECT key, fingerprint, status, body, expires_at FROM idempotency",
+            &[],
+        )
+        .map_err(backend)?;
+    for row in &records {
+        let record = crate::record_of(row);
+        transaction
+            .execute(
+                "UPDATE idempotency SET pos = $2, sum = $3 WHERE key = $1",
+                &[&record.key, &end, &purser_store::record_sum(&record, end as u64)],
+            )
+            .map_err(backend)?;
+    }
+    Ok(())
+}
 
 /// Serializes concurrent migrations of several purser processes.
 const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
+
+/// The schema version of a store opened read-only: it must be this
+/// purser's (a read-only open migrates nothing).
+pub(crate) fn check_version(client: &mut Client) -> Result<(), StoreError> {
+    let current: i32 = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM purser_schema_version",
+            &[],
+        )
+        .map_err(backend)?
+        .get(0);
+    let supported = MIGRATIONS.len() as i64;
+    match i64::from(current) {
+        found if found > supported => Err(StoreError::SchemaTooNew { found, supported }),
+        found if found < supported => Err(StoreError::Backend(format!(
+            "schema version {found} is older than this purser's ({supported}): `purser serve` migrates it"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut transaction = client.transaction().map_err(backend)?;
@@ -95,6 +177,9 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         transaction.batch_execute(migration).map_err(backend)?;
+        if index + 1 == CHECKED_JOURNAL {
+            seal_existing(&mut transaction)?;
+        }
         let version = index as i32 + 1;
         transaction
             .execute(

@@ -31,46 +31,73 @@ pub(crate) struct Progress {
     pub(crate) stop: bool,
 }
 
-/// Opens `history.db`, creating its schema; starts it over when it claims
-/// more than the log holds (a log restored from elsewhere).
-pub(crate) fn open_history(path: &Path, committed: u64) -> Result<Connection, StoreError> {
-    let open = || -> Result<Connection, StoreError> {
-        let connection = Connection::open(path).map_err(backend)?;
+/// Opens `history.db`, creating its schema. An index that claims more than
+/// the log holds is kept as it is: it is evidence that the log lost
+/// acknowledged commits (see `witnesses`), never a reason to rebuild it
+/// silently; `accept_loss` rebuilds it once an operator has decided.
+pub(crate) fn open_history(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(backend)?;
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -131072;
+             PRAGMA busy_timeout = 10000;",
+        )
+        .map_err(backend)?;
+    connection.execute_batch(HISTORY_SCHEMA).map_err(backend)?;
+    // A history.db from before batches were indexed in slices.
+    if connection.prepare("SELECT partial FROM indexed").is_err() {
         connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
-                 PRAGMA cache_size = -131072;
-                 PRAGMA busy_timeout = 10000;",
+            .execute_batch("ALTER TABLE indexed ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+            .map_err(backend)?;
+    }
+    Ok(connection)
+}
+
+/// How far the history index (attached as `h`) says the log reached, and
+/// what it holds beyond the log's end `committed` (at most 20, then a count).
+pub(crate) fn history_ahead(
+    connection: &Connection,
+    committed: i64,
+) -> Result<(u64, Vec<String>), StoreError> {
+    let indexed: i64 = connection
+        .query_row(
+            "SELECT MAX(i.pos, i.partial, COALESCE((SELECT MAX(pos) FROM h.entry), 0)) FROM h.indexed i",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    let mut lost = Vec::new();
+    if indexed > committed {
+        let mut statement = connection
+            .prepare(
+                "SELECT account, seq, pos, type FROM h.entry WHERE pos > ?1 ORDER BY pos LIMIT 20",
             )
             .map_err(backend)?;
-        connection.execute_batch(HISTORY_SCHEMA).map_err(backend)?;
-        // A history.db from before batches were indexed in slices.
-        if connection.prepare("SELECT partial FROM indexed").is_err() {
-            connection
-                .execute_batch("ALTER TABLE indexed ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
-                .map_err(backend)?;
+        let mut rows = statement.query([committed]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let account: i64 = row.get(0).map_err(backend)?;
+            let (seq, pos, kind): (i64, i64, String) = (
+                row.get(1).map_err(backend)?,
+                row.get(2).map_err(backend)?,
+                row.get(3).map_err(backend)?,
+            );
+            lost.push(format!(
+                "account {:?} entry {seq} ({kind}, position {pos})",
+                AccountHandle::from_raw(account as u64)
+            ));
         }
-        Ok(connection)
-    };
-    let connection = open()?;
-    let indexed: i64 = connection
-        .query_row("SELECT MAX(pos, partial) FROM indexed", [], |row| {
-            row.get(0)
-        })
-        .map_err(backend)?;
-    if indexed as u64 <= committed {
-        return Ok(connection);
+        let count: i64 = connection
+            .query_row("SELECT COUNT(*) FROM h.entry WHERE pos > ?1", [committed], |row| {
+                row.get(0)
+            })
+            .map_err(backend)?;
+        if count > lost.len() as i64 {
+            lost.push(format!("{} more", count - lost.len() as i64));
+        }
     }
-    tracing::warn!(
-        indexed,
-        committed,
-        "history.db is ahead of the journal: rebuilding it"
-    );
-    connection
-        .execute_batch("DELETE FROM entry; UPDATE indexed SET pos = 0, partial = 0;")
-        .map_err(backend)?;
-    Ok(connection)
+    Ok((indexed.max(0) as u64, lost))
 }
 
 /// The background indexer: waits until there is a batch worth indexing (or
@@ -171,6 +198,52 @@ pub(crate) struct IndexWorker {
     pub(crate) next: usize,
     /// The last log position in `batch`.
     pub(crate) reached: i64,
+}
+
+/// What a history row says of its entry, as compared by `verify`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pos: i64,
+    kind: String,
+    at: i64,
+    task: Option<String>,
+    member: Option<String>,
+    credits: Option<i64>,
+    parts: [Option<i64>; 5],
+    debit_seq: Option<i64>,
+}
+
+impl IndexRow {
+    pub(crate) fn facts(&self) -> Facts {
+        let usage = self.usage.as_ref();
+        Facts {
+            pos: self.pos,
+            kind: self.kind.to_owned(),
+            at: self.at,
+            task: usage.and_then(|u| u.task.clone()),
+            member: usage.and_then(|u| u.member.clone()),
+            credits: usage.map(|u| u.credits),
+            parts: std::array::from_fn(|index| usage.map(|u| u.by_kind[index])),
+            debit_seq: usage
+                .filter(|u| !u.is_charge)
+                .map(|u| u.charge_seq as i64),
+        }
+    }
+
+    /// The facts of a history row selected as `pos, type, at, task, member,
+    /// credits, budget, rollover, package, promo, debt, debit_seq`.
+    pub(crate) fn read_facts(row: &rusqlite::Row<'_>) -> rusqlite::Result<Facts> {
+        Ok(Facts {
+            pos: row.get(0)?,
+            kind: row.get(1)?,
+            at: row.get(2)?,
+            task: row.get(3)?,
+            member: row.get(4)?,
+            credits: row.get(5)?,
+            parts: [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?],
+            debit_seq: row.get(11)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for IndexRow {

@@ -26,15 +26,19 @@ use std::time::Duration;
 
 use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
-    ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS, Store, StoreError,
-    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, day_key, decode_entry, encode_entry,
-    usage_of,
+    ApiKeyRecord, Commit, Damage, DamageReport, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS,
+    Store, StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness,
+    day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
+mod backup;
 mod indexer;
 mod schema;
 mod usage;
+mod verify;
+
+pub use backup::{backup, restore};
 
 use indexer::*;
 use schema::*;
@@ -52,9 +56,39 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     index: Arc<IndexState>,
     /// The index's writer, shared by the background thread and by history
-    /// reads that need it to catch up.
-    worker: Arc<Mutex<IndexWorker>>,
+    /// reads that need it to catch up; `None` when read-only.
+    worker: Option<Arc<Mutex<IndexWorker>>>,
     indexer: Option<std::thread::JoinHandle<()>>,
+    /// Opened by `verify`: one read transaction on `writer`, nothing written.
+    read_only: bool,
+    /// Whether `history.db` is attached to reads (always, unless a
+    /// read-only open found none).
+    history: bool,
+    /// The data directory's lock, held while this process may write.
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the data directory's lock (`purser.lock`): one process at a time
+/// may write a data directory (a second `serve`, or a `restore` while one
+/// serves, is refused).
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join("purser.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{} is in use by another purser process",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Backend(format!("{}: {e}", path.display())))
+        }
+    }
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -82,6 +116,7 @@ impl SqliteStore {
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", data_dir.display())))?;
+        let dir_lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("purser.db");
         let history_path = data_dir.join("history.db");
         let writer = Connection::open(&path).map_err(backend)?;
@@ -102,7 +137,7 @@ impl SqliteStore {
                 row.get(0)
             })
             .map_err(backend)?;
-        let history = open_history(&history_path, committed as u64)?;
+        let history = open_history(&history_path)?;
         let indexed: i64 = history
             .query_row("SELECT pos FROM indexed", [], |row| row.get(0))
             .map_err(backend)?;
@@ -133,18 +168,81 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             index,
-            worker,
+            worker: Some(worker),
             indexer: Some(indexer),
+            read_only: false,
+            history: true,
+            _lock: Some(dir_lock),
         })
     }
+
+    /// Opens `purser.db` (and `history.db`, if present) read-only, for
+    /// `verify`: no migration, no indexer, no rebuild, no lock (a serving
+    /// purser may keep writing). Every read sees one consistent state: one
+    /// read transaction, which reads the history index's position before
+    /// the log's, so the index is never seen ahead of a log that is whole.
+    pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join("purser.db");
+        if !path.exists() {
+            return Err(StoreError::Backend(format!(
+                "no purser store in {}",
+                data_dir.display()
+            )));
+        }
+        let history_path = data_dir.join("history.db");
+        let has_history = history_path.exists();
+        let connection = open_reader(&path, None)?;
+        check_version(&connection)?;
+        if has_history {
+            // Attached through a read-only connection: read-only too.
+            connection
+                .execute(
+                    "ATTACH DATABASE ?1 AS h",
+                    [history_path.to_string_lossy().as_ref()],
+                )
+                .map_err(backend)?;
+        }
+        connection.execute_batch("BEGIN").map_err(backend)?;
+        let index = Arc::new(IndexState::default());
+        {
+            let mut progress = lock(&index.progress);
+            if has_history {
+                let indexed: Option<i64> = connection
+                    .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                progress.indexed = indexed.unwrap_or(0) as u64;
+            }
+            let committed: i64 = connection
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| row.get(0))
+                .map_err(backend)?;
+            progress.committed = committed as u64;
+        }
+        Ok(SqliteStore {
+            path,
+            history_path,
+            writer: Mutex::new(connection),
+            readers: Mutex::new(Vec::new()),
+            index,
+            worker: None,
+            indexer: None,
+            read_only: true,
+            history: has_history,
+            _lock: None,
+        })
+    }
+
 
     /// Brings the history index up to everything committed so far. The
     /// background indexer runs at idle priority; a read that finds it behind
     /// does the rest itself, at the reader's priority (waiting at most for
     /// the slice the background thread is in).
     fn wait_indexed(&self) -> Result<(), StoreError> {
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
         let target = lock(&self.index.progress).committed;
-        let mut worker = lock(&self.worker);
+        let mut worker = lock(worker);
         loop {
             let before = lock(&self.index.progress).indexed;
             if before >= target {
@@ -174,6 +272,9 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if self.read_only {
+            return work(&lock(&self.writer));
+        }
         let connection = match lock(&self.readers).pop() {
             Some(connection) => connection,
             None => open_reader(&self.path, Some(&self.history_path))?,
@@ -225,20 +326,51 @@ fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
 
 impl Store for SqliteStore {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
         {
             return Ok(());
         }
+        // Encoded and sealed before the transaction: the checksums and the
+        // chain hash need every body, and the lock need not wait for them.
+        let mut bodies = Vec::with_capacity(commit.entries.len() * 160);
+        let mut ends = Vec::with_capacity(commit.entries.len());
+        for entry in commit.entries {
+            encode_entry(entry, &mut bodies);
+            ends.push(bodies.len());
+        }
+        let body = |index: usize| {
+            let start = if index == 0 { 0 } else { ends[index - 1] };
+            &bodies[start..ends[index]]
+        };
         let mut connection = lock(&self.writer);
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
-        // The log's end (a prepared statement: this runs on every commit).
-        let mut pos: i64 = transaction
-            .prepare_cached("SELECT COALESCE(MAX(pos), 0) FROM log")
+        // The log's end and its chain hash (a prepared statement: this runs
+        // on every commit).
+        let tail: Option<(i64, Option<Vec<u8>>)> = transaction
+            .prepare_cached("SELECT pos, chain FROM log ORDER BY pos DESC LIMIT 1")
             .map_err(backend)?
-            .query_row([], |row| row.get(0))
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
             .map_err(backend)?;
+        let (mut pos, previous) = match tail {
+            None => (0, purser_store::GENESIS),
+            Some((pos, Some(chain))) => (
+                pos,
+                chain.try_into().map_err(|_| {
+                    StoreError::Damaged(format!("the chain hash at journal position {pos}"))
+                })?,
+            ),
+            Some((pos, None)) => {
+                return Err(StoreError::Damaged(format!(
+                    "the journal ends at position {pos} inside a commit"
+                )));
+            }
+        };
         if !commit.snapshots.is_empty() {
             // Everything committed before this transaction is in the snapshots.
             let position = pos;
@@ -259,27 +391,38 @@ impl Store for SqliteStore {
             }
         }
         {
+            let (sums, chain) = purser_store::seal(
+                &previous,
+                pos as u64,
+                commit
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(index, entry)| (entry.account.raw(), entry.seq, body(index))),
+            );
             let mut insert = transaction
-                .prepare_cached("INSERT INTO log (pos, account, seq, body) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT INTO log (pos, account, seq, body, sum, chain) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
                 .map_err(backend)?;
-            let mut buffer = Vec::with_capacity(256);
-            for entry in commit.entries {
-                buffer.clear();
-                encode_entry(entry, &mut buffer);
+            let last = commit.entries.len().saturating_sub(1);
+            for (index, entry) in commit.entries.iter().enumerate() {
                 pos += 1;
                 insert
                     .execute(params![
                         pos,
                         entry.account.raw() as i64,
                         entry.seq as i64,
-                        buffer
+                        body(index),
+                        sums[index],
+                        (index == last).then_some(&chain[..])
                     ])
                     .map_err(backend)?;
             }
             let mut idempotency = transaction
                 .prepare_cached(
-                    "INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at, pos, sum)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(backend)?;
             for record in commit.idempotency {
@@ -289,7 +432,9 @@ impl Store for SqliteStore {
                         &record.fingerprint[..],
                         record.status,
                         record.body,
-                        record.expires_at.micros()
+                        record.expires_at.micros(),
+                        pos,
+                        record_sum(record, pos as u64)
                     ])
                     .map_err(backend)?;
             }
@@ -304,6 +449,137 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(StoredRow<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare("SELECT pos, account, seq, body, sum, chain FROM log ORDER BY pos")
+                .map_err(backend)?;
+            let mut rows = statement.query([]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let blob = |index: usize| -> Result<Option<&[u8]>, StoreError> {
+                    row.get_ref(index)
+                        .map_err(backend)?
+                        .as_blob_or_null()
+                        .map_err(|e| StoreError::Backend(e.to_string()))
+                };
+                visit(StoredRow {
+                    pos: row.get::<_, i64>(0).map_err(backend)? as u64,
+                    account: row.get::<_, i64>(1).map_err(backend)? as u64,
+                    seq: row.get::<_, i64>(2).map_err(backend)? as u64,
+                    body: blob(3)?.unwrap_or_default(),
+                    sum: row.get(4).map_err(backend)?,
+                    chain: blob(5)?,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn witnesses(&self) -> Result<Vec<Witness>, StoreError> {
+        let committed = self.read(|connection| {
+            connection
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map_err(backend)
+        })?;
+        let mut witnesses = Vec::new();
+        let keys: i64 = self.read(|connection| {
+            connection
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM idempotency_log", [], |row| {
+                    row.get(0)
+                })
+                .map_err(backend)
+        })?;
+        witnesses.push(Witness {
+            what: "the idempotency records".into(),
+            position: keys as u64,
+            lost: Vec::new(),
+        });
+        if self.history {
+            let (indexed, lost) = self.read(|connection| history_ahead(connection, committed))?;
+            witnesses.push(Witness {
+                what: "the history index (history.db)".into(),
+                position: indexed,
+                lost,
+            });
+        }
+        Ok(witnesses)
+    }
+
+    fn accept_loss(&self, report: &DamageReport, at: Timestamp) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        if !report.is_tail_loss_only() {
+            return Err(StoreError::Damaged(
+                "only loss at the journal's end can be accepted; restore from a backup".into(),
+            ));
+        }
+        let end = report.end as i64;
+        {
+            let mut connection = lock(&self.writer);
+            let transaction = connection.transaction().map_err(backend)?;
+            transaction
+                .execute("DELETE FROM log WHERE pos > ?1", [end])
+                .map_err(backend)?;
+            transaction
+                .execute("DELETE FROM snapshot WHERE position > ?1", [end])
+                .map_err(backend)?;
+            transaction
+                .execute("DELETE FROM idempotency_log WHERE pos > ?1", [end])
+                .map_err(backend)?;
+            transaction
+                .execute(
+                    "INSERT INTO incident (at, journal_end, report) VALUES (?1, ?2, ?3)",
+                    params![at.micros(), end, report.to_string()],
+                )
+                .map_err(backend)?;
+            transaction.commit().map_err(backend)?;
+        }
+        // The history index is derived: it is rebuilt from the log as it is now.
+        if let Some(worker) = &self.worker {
+            let mut worker = lock(worker);
+            worker
+                .history
+                .execute_batch("DELETE FROM entry; UPDATE indexed SET pos = 0, partial = 0;")
+                .map_err(backend)?;
+            worker.batch.clear();
+            worker.next = 0;
+            worker.reached = 0;
+            let mut progress = lock(&self.index.progress);
+            progress.indexed = 0;
+            progress.committed = report.end;
+        }
+        self.index.changed.notify_all();
+        Ok(())
+    }
+
+    fn check_structures(
+        &self,
+        found: &mut dyn FnMut(Damage),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        self.check_sqlite_structures(found, progress)
+    }
+
+    fn incidents(&self) -> Result<Vec<(Timestamp, String)>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare("SELECT at, report FROM incident ORDER BY id")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((Timestamp::from_micros(row.get(0)?), row.get(1)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+    }
+
     fn replay_after(
         &self,
         position: u64,
@@ -311,22 +587,27 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare("SELECT pos, account, seq, body FROM log WHERE pos > ?1 ORDER BY pos")
+                .prepare(
+                    "SELECT pos, account, seq, body, sum FROM log WHERE pos > ?1 ORDER BY pos",
+                )
                 .map_err(backend)?;
             let mut rows = statement.query([position as i64]).map_err(backend)?;
             let mut count = 0;
             while let Some(row) = rows.next().map_err(backend)? {
                 let pos: i64 = row.get(0).map_err(backend)?;
+                let (account, seq): (i64, i64) =
+                    (row.get(1).map_err(backend)?, row.get(2).map_err(backend)?);
                 let body = row
                     .get_ref(3)
                     .map_err(backend)?
                     .as_blob()
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
-                let entry = decode(
-                    row.get(1).map_err(backend)?,
-                    row.get(2).map_err(backend)?,
-                    body,
-                )?;
+                if entry_sum(account as u64, seq as u64, body) != row.get::<_, i64>(4).map_err(backend)? {
+                    return Err(StoreError::Damaged(format!(
+                        "journal position {pos} does not match its checksum"
+                    )));
+                }
+                let entry = decode(account, seq, body)?;
                 visit(pos as u64, entry)?;
                 count += 1;
             }
@@ -411,26 +692,25 @@ impl Store for SqliteStore {
         self.read(|connection| {
             let mut statement = connection
                 .prepare(
-                    "SELECT key, fingerprint, status, body, expires_at FROM idempotency_log
-                     WHERE expires_at > ?1 ORDER BY id",
+                    "SELECT key, fingerprint, status, body, expires_at, id, pos, sum
+                       FROM idempotency_log WHERE expires_at > ?1 ORDER BY id",
                 )
                 .map_err(backend)?;
-            let rows = statement
-                .query_map([now.micros()], |row| {
-                    let fingerprint: Vec<u8> = row.get(1)?;
-                    Ok(IdempotencyRecord {
-                        key: row.get(0)?,
-                        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
-                        status: row.get(2)?,
-                        body: row.get(3)?,
-                        expires_at: Timestamp::from_micros(row.get(4)?),
-                    })
-                })
-                .map_err(backend)?;
+            let mut rows = statement.query([now.micros()]).map_err(backend)?;
             // The newest record of a key replaces older ones.
             let mut newest = std::collections::HashMap::new();
-            for record in rows {
-                let record = record.map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let record = record_of(row, 0).map_err(backend)?;
+                let (id, pos, sum): (i64, i64, i64) = (
+                    row.get(5).map_err(backend)?,
+                    row.get(6).map_err(backend)?,
+                    row.get(7).map_err(backend)?,
+                );
+                if record_sum(&record, pos as u64) != sum {
+                    return Err(StoreError::Damaged(format!(
+                        "idempotency record {id} does not match its checksum"
+                    )));
+                }
                 newest.insert(record.key.clone(), record);
             }
             let mut records: Vec<IdempotencyRecord> = newest.into_values().collect();
@@ -686,17 +966,41 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.entries(&query).unwrap(), before);
         drop(store);
-        // Rows claimed beyond the log's end (a log restored from elsewhere):
-        // the index is rebuilt.
+        // Rows claimed beyond the log's end: evidence that the log lost
+        // commits, kept as it is (never rebuilt silently) and witnessed.
         history()
             .execute_batch("UPDATE indexed SET pos = 0, partial = 1000000")
             .unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
+        let history_witness = store
+            .witnesses()
+            .unwrap()
+            .into_iter()
+            .find(|w| w.what.contains("history.db"))
+            .unwrap();
+        assert_eq!(history_witness.position, 1_000_000);
+        // Once the loss is accepted, the index is rebuilt from the log.
+        let report = purser_store::DamageReport {
+            end: journal.len() as u64,
+            damage: vec![Damage::Lost {
+                end: journal.len() as u64,
+                witness: history_witness,
+            }],
+        };
+        store.accept_loss(&report, Timestamp::from_micros(0)).unwrap();
         assert_eq!(store.entries(&query).unwrap(), before);
         let rows: i64 = history()
             .query_row("SELECT COUNT(*) FROM entry", [], |row| row.get(0))
             .unwrap();
         assert_eq!(rows as usize, journal.len());
+        assert_eq!(store.incidents().unwrap().len(), 1);
+        let positions: Vec<u64> = store
+            .witnesses()
+            .unwrap()
+            .iter()
+            .map(|w| w.position)
+            .collect();
+        assert!(positions.iter().all(|p| *p <= journal.len() as u64), "{positions:?}");
     }
 
     #[test]

@@ -133,7 +133,90 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     SELECT key, fingerprint, status, body, expires_at FROM idempotency ORDER BY expires_at, key;
     DROP TABLE idempotency;
 "#,
+    r#"
+    -- The checked journal (purser_store::journal): every row's checksum, the
+    -- chain hash on each group commit's last row; idempotency records with
+    -- the journal position their commit ended at, and a checksum; incidents
+    -- (loss an operator accepted). Rows from before are sealed by
+    -- `seal_existing` in the same transaction.
+    ALTER TABLE log ADD COLUMN sum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE log ADD COLUMN chain BLOB;
+    ALTER TABLE idempotency_log ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE idempotency_log ADD COLUMN sum INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE incident (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        journal_end INTEGER NOT NULL,
+        report      TEXT    NOT NULL
+    );
+"#,
 ];
+
+/// The version whose migration adds checksums: rows stored before it are
+/// sealed as they are (each row its own commit, as commit boundaries were
+/// not kept), trusted once, at the upgrade.
+const CHECKED_JOURNAL: i64 = 6;
+
+fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
+    let mut chain = purser_store::GENESIS;
+    let mut end = 0;
+    {
+        let mut read = connection
+            .prepare("SELECT pos, account, seq, body FROM log ORDER BY pos")
+            .map_err(backend)?;
+        let mut update = connection
+            .prepare("UPDATE log SET sum = ?2, chain = ?3 WHERE pos = ?1")
+            .map_err(backend)?;
+        let mut rows = read.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let pos: i64 = row.get(0).map_err(backend)?;
+            let account: i64 = row.get(1).map_err(backend)?;
+            let seq: i64 = row.get(2).map_err(backend)?;
+            let body: Vec<u8> = row.get(3).map_err(backend)?;
+            let (sums, next) = purser_store::seal(
+                &chain,
+                pos as u64 - 1,
+                [(account as u64, seq as u64, &body)],
+            );
+            update
+                .execute(params![pos, sums[0], &next[..]])
+                .map_err(backend)?;
+            chain = next;
+            end = pos;
+        }
+    }
+    let mut read = connection
+        .prepare("SELECT id, key, fingerprint, status, body, expires_at FROM idempotency_log")
+        .map_err(backend)?;
+    let mut update = connection
+        .prepare("UPDATE idempotency_log SET pos = ?2, sum = ?3 WHERE id = ?1")
+        .map_err(backend)?;
+    let mut rows = read.query([]).map_err(backend)?;
+    while let Some(row) = rows.next().map_err(backend)? {
+        let id: i64 = row.get(0).map_err(backend)?;
+        let record = record_of(row, 1).map_err(backend)?;
+        update
+            .execute(params![id, end, purser_store::record_sum(&record, end as u64)])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// An idempotency record from the columns `key, fingerprint, status, body,
+/// expires_at` starting at `first`.
+pub(crate) fn record_of(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<IdempotencyRecord> {
+    let fingerprint: Vec<u8> = row.get(first + 1)?;
+    Ok(IdempotencyRecord {
+        key: row.get(first)?,
+        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        status: row.get(first + 2)?,
+        body: row.get(first + 3)?,
+        expires_at: Timestamp::from_micros(row.get(first + 4)?),
+    })
+}
 
 /// The history index's schema (`history.db`), created when missing. It is
 /// derived data: a mismatch is repaired by deleting the file.
@@ -185,10 +268,38 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
-        let script = format!(
-            "BEGIN; {migration} INSERT INTO schema_version (version) VALUES ({version}); COMMIT;"
-        );
-        connection.execute_batch(&script).map_err(backend)?;
+        let transaction = connection.unchecked_transaction().map_err(backend)?;
+        transaction.execute_batch(migration).map_err(backend)?;
+        if version == CHECKED_JOURNAL {
+            seal_existing(&transaction)?;
+        }
+        transaction
+            .execute("INSERT INTO schema_version (version) VALUES (?1)", [version])
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// The schema version of a store opened read-only: it must be this
+/// purser's (a read-only open migrates nothing).
+pub(crate) fn check_version(connection: &Connection) -> Result<(), StoreError> {
+    let current: i64 = connection
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| {
+            row.get(0)
+        })
+        .map_err(backend)?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    if current < supported {
+        return Err(StoreError::Backend(format!(
+            "schema version {current} is older than this purser's ({supported}): `purser serve` migrates it (back it up first)"
+        )));
     }
     Ok(())
 }

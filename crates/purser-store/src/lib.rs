@@ -12,12 +12,17 @@
 
 pub mod codec;
 pub mod conformance;
+pub mod journal;
 mod recovery;
 mod usage;
 
 use purser_core::{AccountHandle, CreditSum, Entry, ObjectId, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
+pub use journal::{
+    ChainHash, Damage, DamageReport, GENESIS, JournalCheck, StoredRow, Witness, chain_hash,
+    entry_sum, record_sum, seal,
+};
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
 
@@ -46,6 +51,12 @@ pub enum StoreError {
     /// This process lost its writer lease: it must never commit again.
     #[error("the writer lease was lost (fenced): another purser may be the writer now")]
     Fenced,
+    /// Stored data failed a check (a checksum, a position): it is not served.
+    #[error("damaged store: {0}")]
+    Damaged(String),
+    /// The store was opened read-only (`purser verify`).
+    #[error("the store is open read-only")]
+    ReadOnly,
 }
 
 /// A remembered answer to an idempotent request.
@@ -165,6 +176,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         position: u64,
         visit: &mut dyn FnMut(u64, Entry) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError>;
+
+    /// Every journal row as stored (not decoded), in commit order, for the
+    /// checks of [`JournalCheck`]: recovery and `verify` read the whole
+    /// journal through it.
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(StoredRow<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// What this store holds, besides the journal, of how far the journal
+    /// once reached (see [`Witness`]): snapshots are checked by recovery
+    /// itself; a backend adds the rest (idempotency records' positions, a
+    /// derived index).
+    fn witnesses(&self) -> Result<Vec<Witness>, StoreError>;
+
+    /// Accepts the loss found in `report` (loss at the journal's end only):
+    /// drops what is ahead of `report.end` (rows of a commit cut short,
+    /// snapshots, idempotency records, derived indexes, which are rebuilt)
+    /// and records the incident, with the report, in the same transaction.
+    fn accept_loss(&self, report: &DamageReport, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Checks what the store holds besides the journal, for `verify`: every
+    /// idempotency record against its checksum, derived indexes against the
+    /// journal, the backend's own integrity check. Each problem goes to
+    /// `found`; `progress` is told of rows checked.
+    fn check_structures(
+        &self,
+        found: &mut dyn FnMut(Damage),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError>;
+
+    /// Incidents recorded by [`Store::accept_loss`]: when, and the report.
+    fn incidents(&self) -> Result<Vec<(Timestamp, String)>, StoreError>;
 
     /// The latest snapshot of every partition that has one.
     fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError>;

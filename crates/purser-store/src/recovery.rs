@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use purser_core::{Catalog, Ledger, Timestamp};
 
-use crate::{Store, StoreError, decode_snapshot};
+use crate::{Damage, DamageReport, JournalCheck, Witness, Store, StoreError, decode_entry, decode_snapshot};
 
 /// Why the ledger could not be rebuilt from the store.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,10 @@ pub enum RecoveryError {
     Store(StoreError),
     #[error("the recovered ledger breaks an invariant: {0}")]
     Invariant(String),
+    /// The store is damaged or lost acknowledged commits: nothing is served
+    /// from it until an operator restores it or accepts the loss.
+    #[error("the store is damaged; it is not served.\n{0}")]
+    Damaged(DamageReport),
 }
 
 /// Rebuilds every partition from the store: the latest snapshots, then the
@@ -29,31 +33,71 @@ pub fn recover(
     let mut ledgers: Vec<Ledger> = (0..partitions)
         .map(|p| Ledger::new(p, catalog.clone()))
         .collect();
-    let start = restore_snapshots(store, &mut ledgers, partitions)?;
+    let (start, snapshots) = restore_snapshots(store, &mut ledgers, partitions)?;
+    let boundaries = snapshots.iter().map(|(_, position)| *position).collect();
     let mut last_at: HashMap<u64, Timestamp> = HashMap::new();
     let mut replayed = 0;
+    // The whole journal is read and checked (checksums, chain, positions,
+    // sequence numbers); entries after the snapshots are decoded and
+    // applied. Once anything is found nothing more is applied: the ledger
+    // is refused whole.
+    let mut check = JournalCheck::new(boundaries);
     store
-        .replay_after(start, &mut |_, entry| {
+        .scan(&mut |row| {
+            if !check.row(&row) || !check.is_clean() || row.pos <= start {
+                return Ok(());
+            }
+            let entry = match decode_entry(row.body) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    check.found(Damage::Entry {
+                        pos: row.pos,
+                        detail: format!("the entry does not decode: {error}"),
+                    });
+                    return Ok(());
+                }
+            };
             let partition = usize::from(entry.account.partition());
-            let ledger = ledgers.get_mut(partition).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "entry of partition {partition} beyond {partitions}"
-                ))
-            })?;
+            let Some(ledger) = ledgers.get_mut(partition) else {
+                check.found(Damage::Entry {
+                    pos: row.pos,
+                    detail: format!("an entry of partition {partition}, beyond {partitions}"),
+                });
+                return Ok(());
+            };
             if ledger.contains(&entry) {
                 return Ok(());
             }
-            ledger.apply(&entry).map_err(|error| {
-                StoreError::Backend(format!(
-                    "journal entry {} of account {:?} does not apply: {error}",
-                    entry.seq, entry.account
-                ))
-            })?;
+            if let Err(error) = ledger.apply(&entry) {
+                check.found(Damage::Entry {
+                    pos: row.pos,
+                    detail: format!(
+                        "entry {} of account {:?} does not apply: {error}",
+                        entry.seq, entry.account
+                    ),
+                });
+                return Ok(());
+            }
             last_at.insert(entry.account.raw(), entry.at);
             replayed += 1;
             Ok(())
         })
         .map_err(RecoveryError::Store)?;
+    // A snapshot reflects the journal up to its position: one ahead of the
+    // journal's end is evidence of lost commits.
+    let mut witnesses: Vec<Witness> = snapshots
+        .iter()
+        .map(|(partition, position)| Witness {
+            what: format!("the snapshot of partition {partition}"),
+            position: *position,
+            lost: Vec::new(),
+        })
+        .collect();
+    witnesses.extend(store.witnesses().map_err(RecoveryError::Store)?);
+    let report = check.finish(witnesses);
+    if !report.is_clean() {
+        return Err(RecoveryError::Damaged(report));
+    }
     for ledger in &mut ledgers {
         ledger.shrink_to_fit();
     }
@@ -76,12 +120,13 @@ pub fn recover(
 }
 
 /// Loads the latest snapshot of each partition; returns the journal
-/// position to replay after (0 if a partition has none).
+/// position to replay after (0 if a partition has none) and every
+/// snapshot's position (each must be a commit end).
 fn restore_snapshots(
     store: &dyn Store,
     ledgers: &mut [Ledger],
     partitions: u16,
-) -> Result<u64, RecoveryError> {
+) -> Result<(u64, Vec<(u16, u64)>), RecoveryError> {
     let snapshots = store.snapshots().map_err(RecoveryError::Store)?;
     // Partitions without a snapshot need the journal from its start.
     let snapshotted: HashSet<u16> = snapshots.iter().map(|s| s.partition).collect();
@@ -90,12 +135,19 @@ fn restore_snapshots(
     } else {
         0
     };
+    let positions = snapshots
+        .iter()
+        .map(|s| (s.partition, s.position))
+        .collect();
     for snapshot in snapshots {
         let broken = |error: String| {
-            RecoveryError::Invariant(format!(
-                "snapshot of partition {}: {error}",
-                snapshot.partition
-            ))
+            RecoveryError::Damaged(DamageReport {
+                end: 0,
+                damage: vec![Damage::Structure {
+                    what: format!("the snapshot of partition {}", snapshot.partition),
+                    detail: error,
+                }],
+            })
         };
         let ledger = ledgers
             .get_mut(usize::from(snapshot.partition))
@@ -114,5 +166,5 @@ fn restore_snapshots(
         }
         start = start.min(snapshot.position);
     }
-    Ok(start)
+    Ok((start, positions))
 }

@@ -3,10 +3,10 @@
 
 mod bench;
 mod cli;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,9 +35,39 @@ enum Commands {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Replay a stored journal through the core and report every invariant break.
+    /// Check a store without changing it: every journal entry against its
+    /// checksum, the commits' hash chain, every witness of lost commits, the
+    /// replay through the core, snapshots, idempotency records and the
+    /// history index. Exits non-zero on any finding.
     Verify {
         /// The data directory of the embedded store.
+        #[arg(long, default_value = "./purser-data")]
+        data_dir: PathBuf,
+        /// A PostgreSQL database URL: verify that store instead.
+        #[arg(long, env = "PURSER_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The configuration file (for the catalog).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Copy the embedded store into a new directory while it serves (one
+    /// consistent state), then verify the copy.
+    Backup {
+        /// Where the copy goes (a new or empty directory).
+        target: PathBuf,
+        /// The data directory to back up.
+        #[arg(long, default_value = "./purser-data")]
+        data_dir: PathBuf,
+        /// The configuration file (for the catalog).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replace the embedded store in a data directory with a backup, after
+    /// verifying the backup. Refused while a purser serves the directory.
+    Restore {
+        /// The backup directory (made by `purser backup`).
+        backup: PathBuf,
+        /// The data directory to restore into.
         #[arg(long, default_value = "./purser-data")]
         data_dir: PathBuf,
         /// The configuration file (for the catalog).
@@ -85,6 +115,12 @@ struct ServeArgs {
     /// (default: the Host the API was called on).
     #[arg(long, env = "PURSER_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Start even though the store lost the end of its journal (acknowledged
+    /// commits: `serve` refuses and names them otherwise). The loss is
+    /// recorded in the store and what was ahead of the journal is dropped.
+    /// Damage inside the journal is never accepted: restore a backup.
+    #[arg(long)]
+    accept_loss: bool,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -119,7 +155,24 @@ fn main() -> ExitCode {
             print!("{}", default_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Verify { data_dir, config } => verify(&data_dir, config.as_ref()),
+        Commands::Verify {
+            data_dir,
+            database_url,
+            config,
+        } => load_config(config.as_ref())
+            .and_then(|config| verify::verify(&data_dir, database_url.as_deref(), config.catalog)),
+        Commands::Backup {
+            target,
+            data_dir,
+            config,
+        } => load_config(config.as_ref())
+            .and_then(|config| verify::backup(&data_dir, &target, config.catalog)),
+        Commands::Restore {
+            backup,
+            data_dir,
+            config,
+        } => load_config(config.as_ref())
+            .and_then(|config| verify::restore(&backup, &data_dir, config.catalog)),
         Commands::Bench(args) => bench::run(&cli.connection.url, cli.connection.api_key, args),
         Commands::Client(command) => cli::run(cli.connection, command),
     };
@@ -144,6 +197,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shards = shards.clamp(1, 256);
     }
     config.test_clock |= args.test_clock;
+    config.accept_loss = args.accept_loss;
     if let Some(provider) = args.payment_provider {
         config.set_payment_provider(&provider)?;
     }
@@ -200,67 +254,4 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
-}
-
-fn verify(data_dir: &std::path::Path, config: Option<&PathBuf>) -> anyhow::Result<ExitCode> {
-    use purser_store::Store;
-    let config = load_config(config)?;
-    if !data_dir.join("purser.db").exists() {
-        anyhow::bail!("no purser store in {}", data_dir.display());
-    }
-    let store = purser_store_sqlite::SqliteStore::open(data_dir)?;
-    let mut entries = Vec::new();
-    store.replay(&mut |entry| {
-        entries.push(entry);
-        Ok(())
-    })?;
-    let catalog = Arc::new(config.catalog);
-    let mut by_partition: std::collections::BTreeMap<u16, Vec<purser_core::Entry>> =
-        Default::default();
-    for entry in entries {
-        by_partition
-            .entry(entry.account.partition())
-            .or_default()
-            .push(entry);
-    }
-    let (mut accounts, mut count, mut problems) = (0, 0, Vec::new());
-    let mut replayed = std::collections::BTreeMap::new();
-    for (partition, entries) in &by_partition {
-        let (ledger, report) =
-            purser_core::verify::replay(*partition, catalog.clone(), entries.iter());
-        accounts += report.accounts;
-        count += report.entries;
-        problems.extend(report.problems);
-        replayed.insert(*partition, ledger);
-    }
-    // What a restart would load (snapshots, then the journal after them)
-    // must be exactly what the whole journal gives.
-    let partitions = match store.setting("partitions")? {
-        Some(text) => text.parse::<u16>().context("stored partition count")?,
-        None => 0,
-    };
-    let snapshots = store.snapshots()?.len();
-    if partitions > 0 {
-        let (recovered, _) = purser_store::recover(&store, catalog.clone(), partitions)?;
-        for ledger in &recovered {
-            let empty = purser_core::Ledger::new(ledger.partition(), catalog.clone());
-            let full = replayed.get(&ledger.partition()).unwrap_or(&empty);
-            problems.extend(purser_core::verify::compare(full, ledger));
-        }
-    }
-    if problems.is_empty() {
-        println!(
-            "ok: {accounts} accounts, {count} journal entries, {snapshots} partition snapshots; every entry applies, every invariant holds, and recovery from the snapshots gives the same ledger"
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for problem in &problems {
-            println!("problem: {problem}");
-        }
-        println!(
-            "{} problems in {accounts} accounts, {count} journal entries",
-            problems.len()
-        );
-        Ok(ExitCode::FAILURE)
-    }
 }

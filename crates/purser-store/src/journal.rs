@@ -1,0 +1,578 @@
+//! The checked journal: what makes damage in a store detectable.
+//!
+//! Every stored entry carries a checksum of its account, sequence number and
+//! encoded bytes ([`entry_sum`]); the last entry of every group commit
+//! carries a chain hash over the previous commit's chain hash, the commit's
+//! first position and its entries' checksums in order ([`chain_hash`]), as
+//! TigerBeetle hash-chains its log. Idempotency records carry a checksum too
+//! ([`record_sum`]), with the journal position their commit ended at.
+//!
+//! [`JournalCheck`] reads the stored rows in commit order and finds what a
+//! checksum, the chain, the positions and the accounts' sequence numbers
+//! can show: flipped bytes, rows missing or moved, a commit cut short. A
+//! commit cut off at the end leaves a valid chain, so the end is also held
+//! against every other witness a store has of how far it once reached
+//! ([`Witness`]: snapshots, idempotency records, a derived index). Anything
+//! found is [`Damage`]; recovery refuses to serve from a damaged store.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use purser_core::AccountHandle;
+
+use crate::IdempotencyRecord;
+
+/// A commit's chain hash.
+pub type ChainHash = [u8; 32];
+
+/// The chain hash "before the first commit".
+pub const GENESIS: ChainHash = [0; 32];
+
+/// The checksum of one stored entry: the first 8 bytes of BLAKE3 over its
+/// account, sequence number and encoded body.
+pub fn entry_sum(account: u64, seq: u64, body: &[u8]) -> i64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"purser.entry.v1");
+    hasher.update(&account.to_le_bytes());
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(body);
+    first_eight(&hasher.finalize())
+}
+
+/// The chain hash of a group commit whose entries start at `first_pos`.
+pub fn chain_hash(
+    previous: &ChainHash,
+    first_pos: u64,
+    sums: impl IntoIterator<Item = i64>,
+) -> ChainHash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"purser.commit.v1");
+    hasher.update(previous);
+    hasher.update(&first_pos.to_le_bytes());
+    for sum in sums {
+        hasher.update(&sum.to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// The checksum of an idempotency record stored with a commit that ended
+/// the journal at `pos`.
+pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"purser.key.v1");
+    hasher.update(&(record.key.len() as u64).to_le_bytes());
+    hasher.update(record.key.as_bytes());
+    hasher.update(&record.fingerprint);
+    hasher.update(&record.status.to_le_bytes());
+    hasher.update(&(record.body.len() as u64).to_le_bytes());
+    hasher.update(&record.body);
+    hasher.update(&record.expires_at.micros().to_le_bytes());
+    hasher.update(&pos.to_le_bytes());
+    first_eight(&hasher.finalize())
+}
+
+fn first_eight(hash: &blake3::Hash) -> i64 {
+    let mut eight = [0; 8];
+    eight.copy_from_slice(&hash.as_bytes()[..8]);
+    i64::from_le_bytes(eight)
+}
+
+/// The sums and the chain hash of a commit of `bodies` (account, seq, encoded
+/// entry) appended after position `last` whose chain hash was `previous`.
+pub fn seal(
+    previous: &ChainHash,
+    last: u64,
+    rows: impl IntoIterator<Item = (u64, u64, impl AsRef<[u8]>)>,
+) -> (Vec<i64>, ChainHash) {
+    let sums: Vec<i64> = rows
+        .into_iter()
+        .map(|(account, seq, body)| entry_sum(account, seq, body.as_ref()))
+        .collect();
+    let chain = chain_hash(previous, last + 1, sums.iter().copied());
+    (sums, chain)
+}
+
+/// One journal row as a store holds it, before it is decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredRow<'a> {
+    pub pos: u64,
+    pub account: u64,
+    pub seq: u64,
+    pub body: &'a [u8],
+    pub sum: i64,
+    /// Present on the last row of each group commit.
+    pub chain: Option<&'a [u8]>,
+}
+
+/// Evidence outside the journal of how far it once reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Witness {
+    /// What holds the evidence, e.g. `history.db`.
+    pub what: String,
+    /// The journal position it says was committed.
+    pub position: u64,
+    /// What it says is lost (accounts, sequence numbers), when it knows.
+    pub lost: Vec<String>,
+}
+
+/// Something wrong with a stored journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// Positions missing from the journal.
+    Gap { after: u64, next: u64 },
+    /// A row's bytes do not match its checksum.
+    Checksum { pos: u64, account: u64, seq: u64 },
+    /// A commit does not chain to the one before it: rows of it or of an
+    /// earlier commit were changed, removed or moved.
+    Chain { pos: u64 },
+    /// A row's sequence number breaks its account's gapless order.
+    Sequence {
+        pos: u64,
+        account: u64,
+        expected: u64,
+        found: u64,
+    },
+    /// A row whose checksum holds but does not decode or apply.
+    Entry { pos: u64, detail: String },
+    /// Rows after the journal's last complete commit: a commit cut short.
+    Incomplete { from: u64, to: u64 },
+    /// A witness says the journal once reached further: acknowledged
+    /// commits are lost.
+    Lost { end: u64, witness: Witness },
+    /// A stored structure other than the journal is damaged (a snapshot,
+    /// an idempotency record, the history index).
+    Structure { what: String, detail: String },
+}
+
+impl Damage {
+    /// Whether this is the loss of the journal's end (what an operator may
+    /// accept and serve on from), rather than damage inside it.
+    pub fn is_tail_loss(&self) -> bool {
+        matches!(self, Damage::Lost { .. } | Damage::Incomplete { .. })
+    }
+}
+
+fn account_name(raw: u64) -> String {
+    format!("{:?}", AccountHandle::from_raw(raw))
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::Gap { after, next } => write!(
+                f,
+                "journal positions {} to {} are missing (the rows after {after} resume at {next})",
+                after + 1,
+                next - 1
+            ),
+            Damage::Checksum { pos, account, seq } => write!(
+                f,
+                "journal position {pos} (account {}, entry {seq}): the stored bytes do not match their checksum",
+                account_name(*account)
+            ),
+            Damage::Chain { pos } => write!(
+                f,
+                "the commit ending at journal position {pos} does not chain to the commit before it: rows were changed, removed or moved"
+            ),
+            Damage::Sequence {
+                pos,
+                account,
+                expected,
+                found,
+            } => write!(
+                f,
+                "journal position {pos}: account {} has entry {found} where entry {expected} was due",
+                account_name(*account)
+            ),
+            Damage::Entry { pos, detail } => write!(f, "journal position {pos}: {detail}"),
+            Damage::Incomplete { from, to } => write!(
+                f,
+                "journal positions {from} to {to} are a commit cut short (its last rows are missing)"
+            ),
+            Damage::Lost { end, witness } => {
+                write!(
+                    f,
+                    "acknowledged commits are lost: {} says the journal reached position {}, it ends at {end}",
+                    witness.what, witness.position
+                )?;
+                if !witness.lost.is_empty() {
+                    write!(f, "; lost: {}", witness.lost.join(", "))?;
+                }
+                Ok(())
+            }
+            Damage::Structure { what, detail } => write!(f, "{what}: {detail}"),
+        }
+    }
+}
+
+/// Everything found wrong with a store, and where its journal ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DamageReport {
+    /// The last position of the last complete, checked commit.
+    pub end: u64,
+    pub damage: Vec<Damage>,
+}
+
+impl DamageReport {
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty()
+    }
+
+    /// Whether everything found is loss at the journal's end: an operator
+    /// may accept it and serve from the journal as it ends.
+    pub fn is_tail_loss_only(&self) -> bool {
+        !self.damage.is_empty() && self.damage.iter().all(Damage::is_tail_loss)
+    }
+}
+
+impl fmt::Display for DamageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} problem(s) found; the journal's last complete commit ends at position {}:",
+            self.damage.len(),
+            self.end
+        )?;
+        for damage in &self.damage {
+            writeln!(f, "  - {damage}")?;
+        }
+        Ok(())
+    }
+}
+
+/// At most this many findings are kept (a badly damaged store would
+/// otherwise report every row); the count of the rest is kept.
+const MAX_FINDINGS: usize = 1_000;
+
+/// Checks stored rows as they are read in commit order.
+#[derive(Debug)]
+pub struct JournalCheck {
+    last_pos: u64,
+    chain: ChainHash,
+    /// Sums of the rows since the last commit end.
+    pending: Vec<i64>,
+    pending_first: u64,
+    /// The last position of the last complete commit.
+    end: u64,
+    next_seq: HashMap<u64, u64>,
+    damage: Vec<Damage>,
+    more: u64,
+    /// Positions that must be commit ends (the snapshots'), and which were.
+    boundaries: Vec<(u64, bool)>,
+    rows: u64,
+}
+
+impl Default for JournalCheck {
+    fn default() -> Self {
+        JournalCheck::new(Vec::new())
+    }
+}
+
+impl JournalCheck {
+    /// A check of a journal from its start; `boundaries` are positions that
+    /// must be commit ends (where snapshots were taken).
+    pub fn new(boundaries: Vec<u64>) -> JournalCheck {
+        JournalCheck {
+            last_pos: 0,
+            chain: GENESIS,
+            pending: Vec::new(),
+            pending_first: 1,
+            end: 0,
+            next_seq: HashMap::new(),
+            damage: Vec::new(),
+            more: 0,
+            boundaries: boundaries.into_iter().map(|p| (p, p == 0)).collect(),
+            rows: 0,
+        }
+    }
+
+    pub fn found(&mut self, damage: Damage) {
+        if self.damage.len() < MAX_FINDINGS {
+            self.damage.push(damage);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Whether anything has been found so far.
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty()
+    }
+
+    /// Rows checked so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Checks the next row; returns whether the row itself is sound (its
+    /// checksum and sequence number hold), i.e. whether it may be decoded.
+    pub fn row(&mut self, row: &StoredRow<'_>) -> bool {
+        self.rows += 1;
+        let mut sound = true;
+        if row.pos != self.last_pos + 1 {
+            if row.pos <= self.last_pos {
+                self.found(Damage::Structure {
+                    what: "journal".into(),
+                    detail: format!(
+                        "position {} read after position {}: rows out of order",
+                        row.pos, self.last_pos
+                    ),
+                });
+                return false;
+            }
+            self.found(Damage::Gap {
+                after: self.last_pos,
+                next: row.pos,
+            });
+            // The commit in progress lost rows: its chain cannot hold, and
+            // that is the same finding.
+            self.pending.clear();
+            self.pending_first = row.pos;
+        }
+        self.last_pos = row.pos;
+        if entry_sum(row.account, row.seq, row.body) != row.sum {
+            self.found(Damage::Checksum {
+                pos: row.pos,
+                account: row.account,
+                seq: row.seq,
+            });
+            sound = false;
+        }
+        let expected = self.next_seq.entry(row.account).or_insert(0);
+        if row.seq != *expected {
+            let found = Damage::Sequence {
+                pos: row.pos,
+                account: row.account,
+                expected: *expected,
+                found: row.seq,
+            };
+            *expected = row.seq + 1;
+            self.found(found);
+            sound = false;
+        } else {
+            *expected += 1;
+        }
+        if self.pending.is_empty() {
+            self.pending_first = row.pos;
+        }
+        self.pending.push(row.sum);
+        if let Some(stored) = row.chain {
+            let computed = chain_hash(
+                &self.chain,
+                self.pending_first,
+                self.pending.iter().copied(),
+            );
+            if stored != computed {
+                self.found(Damage::Chain { pos: row.pos });
+            }
+            // Later commits are checked against what is stored, so one
+            // broken link is one finding.
+            if let Ok(stored) = <ChainHash>::try_from(stored) {
+                self.chain = stored;
+            }
+            self.pending.clear();
+            self.end = row.pos;
+            for (position, seen) in &mut self.boundaries {
+                if *position == row.pos {
+                    *seen = true;
+                }
+            }
+        }
+        sound
+    }
+
+    /// The chain hash of the last complete commit.
+    pub fn chain(&self) -> ChainHash {
+        self.chain
+    }
+
+    /// The last position of the last complete commit.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Ends the check: rows after the last commit end are a commit cut
+    /// short; snapshot positions must have been commit ends; each witness
+    /// must not be ahead of the journal.
+    pub fn finish(mut self, witnesses: Vec<Witness>) -> DamageReport {
+        if self.last_pos > self.end {
+            self.found(Damage::Incomplete {
+                from: self.end + 1,
+                to: self.last_pos,
+            });
+        }
+        for (position, seen) in std::mem::take(&mut self.boundaries) {
+            if !seen && position <= self.end {
+                self.found(Damage::Structure {
+                    what: "a partition snapshot".into(),
+                    detail: format!("taken at position {position}, which ends no commit"),
+                });
+            }
+        }
+        for witness in witnesses {
+            if witness.position > self.end {
+                let end = self.end;
+                self.found(Damage::Lost { end, witness });
+            }
+        }
+        if self.more > 0 {
+            let more = self.more;
+            self.damage.push(Damage::Structure {
+                what: "the report".into(),
+                detail: format!("{more} more problems not listed"),
+            });
+        }
+        DamageReport {
+            end: self.end,
+            damage: self.damage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal of `commits` commits of `per` rows each on two accounts.
+    fn journal(commits: u64, per: u64) -> Vec<(u64, u64, u64, Vec<u8>, i64, Option<ChainHash>)> {
+        let mut rows = Vec::new();
+        let mut chain = GENESIS;
+        let mut seqs = [0u64; 2];
+        let mut pos = 0;
+        for commit in 0..commits {
+            let bodies: Vec<(u64, u64, Vec<u8>)> = (0..per)
+                .map(|i| {
+                    let account = (commit + i) % 2;
+                    let seq = seqs[account as usize];
+                    seqs[account as usize] += 1;
+                    (account + 1, seq, vec![commit as u8, i as u8, 7])
+                })
+                .collect();
+            let (sums, next) = seal(&chain, pos, bodies.iter().map(|(a, s, b)| (*a, *s, b)));
+            for (i, ((account, seq, body), sum)) in bodies.into_iter().zip(sums).enumerate() {
+                pos += 1;
+                let last = i as u64 == per - 1;
+                rows.push((pos, account, seq, body, sum, last.then_some(next)));
+            }
+            chain = next;
+        }
+        rows
+    }
+
+    type Row = (u64, u64, u64, Vec<u8>, i64, Option<ChainHash>);
+
+    fn check(rows: &[Row], witnesses: Vec<Witness>) -> DamageReport {
+        let mut check = JournalCheck::new(Vec::new());
+        for (pos, account, seq, body, sum, chain) in rows {
+            check.row(&StoredRow {
+                pos: *pos,
+                account: *account,
+                seq: *seq,
+                body,
+                sum: *sum,
+                chain: chain.as_ref().map(|c| &c[..]),
+            });
+        }
+        check.finish(witnesses)
+    }
+
+    #[test]
+    fn a_sound_journal_is_clean() {
+        let rows = journal(5, 3);
+        let report = check(&rows, Vec::new());
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.end, 15);
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_its_checksum() {
+        let mut rows = journal(5, 3);
+        rows[4].3[1] ^= 1;
+        let report = check(&rows, Vec::new());
+        assert_eq!(
+            report.damage,
+            vec![Damage::Checksum {
+                pos: 5,
+                account: rows[4].1,
+                seq: rows[4].2
+            }]
+        );
+    }
+
+    #[test]
+    fn a_row_removed_inside_is_a_gap_and_a_broken_sequence() {
+        let mut rows = journal(5, 3);
+        rows.remove(7);
+        let report = check(&rows, Vec::new());
+        assert!(
+            matches!(report.damage[0], Damage::Gap { after: 7, next: 9 }),
+            "{report}"
+        );
+        assert!(
+            report
+                .damage
+                .iter()
+                .any(|d| matches!(d, Damage::Sequence { .. })),
+            "{report}"
+        );
+        assert!(!report.is_tail_loss_only());
+    }
+
+    #[test]
+    fn a_commit_rewritten_with_fresh_checksums_breaks_the_chain() {
+        let mut rows = journal(5, 3);
+        rows[4].3 = vec![9, 9, 9];
+        rows[4].4 = entry_sum(rows[4].1, rows[4].2, &rows[4].3);
+        let report = check(&rows, Vec::new());
+        assert_eq!(report.damage, vec![Damage::Chain { pos: 6 }]);
+    }
+
+    #[test]
+    fn a_commit_cut_short_at_the_end_is_incomplete() {
+        let mut rows = journal(5, 3);
+        rows.pop();
+        let report = check(&rows, Vec::new());
+        assert_eq!(report.damage, vec![Damage::Incomplete { from: 13, to: 14 }]);
+        assert_eq!(report.end, 12);
+        assert!(report.is_tail_loss_only());
+    }
+
+    #[test]
+    fn a_journal_cut_at_a_commit_end_is_caught_by_a_witness_ahead() {
+        let rows = journal(5, 3);
+        let witness = |position| Witness {
+            what: "history.db".into(),
+            position,
+            lost: Vec::new(),
+        };
+        let report = check(&rows[..9], vec![witness(15), witness(9)]);
+        assert_eq!(
+            report.damage,
+            vec![Damage::Lost {
+                end: 9,
+                witness: witness(15)
+            }]
+        );
+        assert!(report.is_tail_loss_only());
+        assert!(report.to_string().contains("reached position 15"));
+    }
+
+    #[test]
+    fn a_snapshot_inside_a_commit_is_refused() {
+        let rows = journal(2, 3);
+        let mut check = JournalCheck::new(vec![3, 4]);
+        for (pos, account, seq, body, sum, chain) in &rows {
+            check.row(&StoredRow {
+                pos: *pos,
+                account: *account,
+                seq: *seq,
+                body,
+                sum: *sum,
+                chain: chain.as_ref().map(|c| &c[..]),
+            });
+        }
+        let report = check.finish(Vec::new());
+        assert_eq!(report.damage.len(), 1, "{report}");
+        assert!(report.to_string().contains("position 4, which ends no commit"));
+    }
+}
