@@ -38,7 +38,8 @@ use crate::metrics::Metrics;
 pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] purser_store::StoreError),
-    #[error("recovery: {0}")]
+    /// Shown with its source (the recovery error) by `{:#}`.
+    #[error("recovery")]
     Recovery(#[from] purser_store::RecoveryError),
     #[error("{0}")]
     Config(String),

@@ -78,6 +78,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io(&partial, e))?;
     // The old WAL and the derived index belong to the store being replaced.
     for file in [
+        MARKER_FILE,
         "purser.db-wal",
         "purser.db-shm",
         "history.db",

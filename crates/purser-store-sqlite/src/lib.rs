@@ -34,6 +34,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 
 mod backup;
 mod indexer;
+mod marker;
 mod schema;
 mod usage;
 mod verify;
@@ -41,6 +42,7 @@ mod verify;
 pub use backup::{backup, restore};
 
 use indexer::*;
+use marker::*;
 use schema::*;
 use usage::usage;
 
@@ -66,6 +68,9 @@ pub struct SqliteStore {
     history: bool,
     /// The data directory's lock, held while this process may write.
     _lock: Option<std::fs::File>,
+    /// `purser.end`, written after every commit (`None` when read-only).
+    marker: Option<EndMarker>,
+    data_dir: PathBuf,
 }
 
 /// Takes the data directory's lock (`purser.lock`): one process at a time
@@ -173,6 +178,8 @@ impl SqliteStore {
             read_only: false,
             history: true,
             _lock: Some(dir_lock),
+            marker: Some(EndMarker::open(data_dir)?),
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -191,7 +198,22 @@ impl SqliteStore {
         }
         let history_path = data_dir.join("history.db");
         let has_history = history_path.exists();
-        let connection = open_reader(&path, None)?;
+        let mut connection = open_reader(&path, None)?;
+        let has_schema: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        if has_schema == 0 {
+            // No journal at all (a WAL lost before its first checkpoint):
+            // checked as an empty store, so every witness of what was
+            // there (history.db, purser.end) still speaks.
+            tracing::warn!("{} holds no purser schema", path.display());
+            connection = Connection::open_in_memory().map_err(backend)?;
+            migrate(&connection)?;
+        }
         check_version(&connection)?;
         if has_history {
             // Attached through a read-only connection: read-only too.
@@ -229,6 +251,8 @@ impl SqliteStore {
             read_only: true,
             history: has_history,
             _lock: None,
+            marker: None,
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -390,6 +414,7 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
             }
         }
+        let mut sealed = None;
         {
             let (sums, chain) = purser_store::seal(
                 &previous,
@@ -438,8 +463,14 @@ impl Store for SqliteStore {
                     ])
                     .map_err(backend)?;
             }
+            if !commit.entries.is_empty() {
+                sealed = Some(chain);
+            }
         }
         transaction.commit().map_err(backend)?;
+        if let (Some(chain), Some(marker)) = (sealed, &self.marker) {
+            marker.write(pos as u64, &chain);
+        }
         if !commit.entries.is_empty() {
             let mut progress = lock(&self.index.progress);
             progress.committed = progress.committed.max(pos as u64);
@@ -499,6 +530,13 @@ impl Store for SqliteStore {
             position: keys as u64,
             lost: Vec::new(),
         });
+        if let Some(position) = read_marker(&self.data_dir) {
+            witnesses.push(Witness {
+                what: format!("the journal's end marker ({MARKER_FILE})"),
+                position,
+                lost: Vec::new(),
+            });
+        }
         if self.history {
             let (indexed, lost) = self.read(|connection| history_ahead(connection, committed))?;
             witnesses.push(Witness {
@@ -538,7 +576,18 @@ impl Store for SqliteStore {
                     params![at.micros(), end, report.to_string()],
                 )
                 .map_err(backend)?;
+            let chain: Option<Vec<u8>> = transaction
+                .query_row("SELECT chain FROM log WHERE pos = ?1", [end], |row| row.get(0))
+                .optional()
+                .map_err(backend)?
+                .flatten();
             transaction.commit().map_err(backend)?;
+            if let Some(marker) = &self.marker {
+                let chain = chain
+                    .and_then(|c| <purser_store::ChainHash>::try_from(c).ok())
+                    .unwrap_or(purser_store::GENESIS);
+                marker.write(report.end, &chain);
+            }
         }
         // The history index is derived: it is rebuilt from the log as it is now.
         if let Some(worker) = &self.worker {

@@ -236,7 +236,18 @@ impl fmt::Display for DamageReport {
         for damage in &self.damage {
             writeln!(f, "  - {damage}")?;
         }
-        Ok(())
+        if self.is_tail_loss_only() {
+            write!(
+                f,
+                "Restore a backup (`purser restore`), or accept the loss of the commits after position {} and serve on (`purser serve --accept-loss`, recorded in the store).",
+                self.end
+            )
+        } else {
+            write!(
+                f,
+                "Restore a backup (`purser restore`): damage inside the journal cannot be accepted."
+            )
+        }
     }
 }
 

@@ -128,6 +128,12 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
     store.scan(&mut |row| {
         progress.add(1);
         if !check.row(&row) {
+            // The row is damaged (reported): its account is not replayed on.
+            let account = purser_core::AccountHandle::from_raw(row.account);
+            replayers
+                .entry(account.partition())
+                .or_insert_with(|| Replayer::new(account.partition(), catalog.clone()))
+                .skip(account);
             return Ok(());
         }
         match decode_entry(row.body) {

@@ -1,0 +1,65 @@
+//! `purser.end`: where the journal ended after the last commit, kept beside
+//! the database as a witness the WAL cannot take with it.
+//!
+//! Written (not fsynced) after each commit returns, so it never says more
+//! than was durable; a crash of the process leaves it in the page cache, so
+//! a WAL lost or cut after `kill -9` (or deleted by hand) is caught: the
+//! marker is ahead of the journal. After a power loss it may be behind,
+//! which proves nothing and is never reported. One small `pwrite` per
+//! commit.
+
+use std::os::unix::fs::FileExt;
+
+use super::*;
+
+const MAGIC: &[u8; 8] = b"PURSEND1";
+const LEN: usize = 8 + 8 + 32 + 8;
+pub(crate) const MARKER_FILE: &str = "purser.end";
+
+#[derive(Debug)]
+pub(crate) struct EndMarker {
+    file: std::fs::File,
+}
+
+impl EndMarker {
+    pub(crate) fn open(data_dir: &Path) -> Result<EndMarker, StoreError> {
+        let path = data_dir.join(MARKER_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        Ok(EndMarker { file })
+    }
+
+    /// Records that the journal ends at `pos` with chain hash `chain`.
+    pub(crate) fn write(&self, pos: u64, chain: &purser_store::ChainHash) {
+        let mut bytes = [0u8; LEN];
+        bytes[..8].copy_from_slice(MAGIC);
+        bytes[8..16].copy_from_slice(&pos.to_le_bytes());
+        bytes[16..48].copy_from_slice(chain);
+        let sum = blake3::hash(&bytes[..48]);
+        bytes[48..].copy_from_slice(&sum.as_bytes()[..8]);
+        if let Err(error) = self.file.write_all_at(&bytes, 0) {
+            tracing::warn!(%error, "could not write {MARKER_FILE}");
+        }
+    }
+}
+
+/// The position `purser.end` in `data_dir` records, if it is there and whole.
+pub(crate) fn read_marker(data_dir: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join(MARKER_FILE)).ok()?;
+    if bytes.len() < LEN || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let sum = blake3::hash(&bytes[..48]);
+    if bytes[48..LEN] != sum.as_bytes()[..8] {
+        tracing::warn!("{MARKER_FILE} does not match its checksum; it is ignored");
+        return None;
+    }
+    let mut pos = [0u8; 8];
+    pos.copy_from_slice(&bytes[8..16]);
+    Some(u64::from_le_bytes(pos))
+}

@@ -1,0 +1,463 @@
+//! Golden fixtures for the binary journal codec ([`purser_store::codec`]):
+//! the format is on disk forever, so a change to it must never be silent.
+//!
+//! `tests/fixtures/codec/` holds, one file each, the encoded form of
+//!
+//! - every entry of [`purser_store::conformance::sample_journal`]:
+//!   `entry-NNN-<type>.bin`, `NNN` its index in the journal and `<type>` its
+//!   [`Body::type_name`];
+//! - every entry of [`extra_journal`] below, which adds the entry types the
+//!   sample journal lacks (an account closed, a hold released, purchases
+//!   failed and canceled) and the optional fields it leaves empty:
+//!   `extra-NNN-<type>.bin`;
+//! - partition snapshots ([`purser_store::encode_snapshot`]) taken from
+//!   those journals: `snapshot-<name>.bin`.
+//!
+//! Each fixture must decode to exactly the value it was made from, and that
+//! value (and the decoded one) must encode to the fixture byte for byte. The
+//! files present must be exactly the expected ones: a missing or an extra
+//! fixture fails, and so does an entry type of [`purser_core::TYPE_NAMES`]
+//! that no fixture covers.
+//!
+//! Nothing is ever regenerated silently. After a deliberate change (to the
+//! format, or to the core in a way that changes the sample journal), bless the
+//! fixtures explicitly:
+//!
+//! ```text
+//! PURSER_BLESS=1 cargo test -p purser-store --test golden
+//! ```
+//!
+//! which rewrites every fixture, deletes stale `.bin` files, and says so on
+//! stderr. Review the diff before committing it: a changed fixture means that
+//! journals already on disk would no longer decode to what they were written
+//! as (a format change needs a new `FORMAT_VERSION` and a decoder for the old
+//! one).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use purser_core::{
+    AccountId, AccountSnapshot, AccountUpdate, Amount, Body, Catalog, ChargeMode, Command, Credits,
+    Entry, Ledger, MemberId, Metadata, Notation, PackageId, TierId, Timestamp,
+};
+use purser_store::conformance::sample_journal;
+use purser_store::{decode_entry, decode_snapshot, encode_entry, encode_snapshot};
+
+/// The variable that makes these tests write the fixtures instead of failing.
+const BLESS: &str = "PURSER_BLESS";
+
+/// What to run after a deliberate change.
+const HOW_TO_BLESS: &str = "if the change is deliberate, regenerate the fixtures with \
+     `PURSER_BLESS=1 cargo test -p purser-store --test golden` and review the diff";
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/codec")
+}
+
+/// The value a fixture holds.
+#[derive(Debug)]
+enum Value {
+    Entry(Entry),
+    Snapshot(Vec<AccountSnapshot>),
+}
+
+#[derive(Debug)]
+struct Fixture {
+    name: String,
+    value: Value,
+}
+
+impl Fixture {
+    fn entry(prefix: &str, index: usize, entry: &Entry) -> Fixture {
+        Fixture {
+            name: format!("{prefix}-{index:03}-{}.bin", entry.body.type_name()),
+            value: Value::Entry(entry.clone()),
+        }
+    }
+
+    fn snapshot(name: &str, journal: &[Entry]) -> Fixture {
+        let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+        for entry in journal {
+            ledger.apply(entry).expect("the journal replays");
+        }
+        Fixture {
+            name: format!("snapshot-{name}.bin"),
+            value: Value::Snapshot(ledger.snapshot()),
+        }
+    }
+
+    /// The bytes the current encoder writes for the value.
+    fn encoded(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        match &self.value {
+            Value::Entry(entry) => encode_entry(entry, &mut bytes),
+            Value::Snapshot(accounts) => encode_snapshot(accounts, &mut bytes),
+        }
+        bytes
+    }
+
+    /// Every way the committed bytes disagree with the value, if any.
+    fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        let name = &self.name;
+        let reencoded = match &self.value {
+            Value::Entry(expected) => {
+                let decoded = decode_entry(bytes).map_err(|e| format!("{name}: decode: {e}"))?;
+                if &decoded != expected {
+                    return Err(format!(
+                        "{name}: decodes to\n{decoded:?}\nexpected\n{expected:?}"
+                    ));
+                }
+                let mut out = Vec::new();
+                encode_entry(&decoded, &mut out);
+                out
+            }
+            Value::Snapshot(expected) => {
+                let decoded = decode_snapshot(bytes).map_err(|e| format!("{name}: decode: {e}"))?;
+                if &decoded != expected {
+                    return Err(format!(
+                        "{name}: decodes to\n{decoded:?}\nexpected\n{expected:?}"
+                    ));
+                }
+                let mut out = Vec::new();
+                encode_snapshot(&decoded, &mut out);
+                out
+            }
+        };
+        if reencoded != bytes {
+            return Err(format!(
+                "{name}: the decoded value re-encodes differently: {}",
+                difference(bytes, &reencoded)
+            ));
+        }
+        let encoded = self.encoded();
+        if encoded != bytes {
+            return Err(format!(
+                "{name}: the expected value encodes differently: {}",
+                difference(bytes, &encoded)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where two encodings part, briefly.
+fn difference(committed: &[u8], now: &[u8]) -> String {
+    let at = committed
+        .iter()
+        .zip(now)
+        .position(|(a, b)| a != b)
+        .unwrap_or(committed.len().min(now.len()));
+    let around = |bytes: &[u8]| {
+        let end = bytes.len().min(at + 8);
+        format!("{:02x?}", &bytes[at.min(end)..end])
+    };
+    format!(
+        "{} bytes committed, {} now; first difference at offset {at}: committed {} now {}",
+        committed.len(),
+        now.len(),
+        around(committed),
+        around(now),
+    )
+}
+
+fn at(text: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(text).unwrap()
+}
+
+fn credits(text: &str) -> Credits {
+    Credits::parse(text, Notation::String).unwrap()
+}
+
+fn metadata(pairs: &[(&str, &str)]) -> Metadata {
+    Metadata::new(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+    )
+    .unwrap()
+}
+
+/// What the sample journal leaves out, made by the real core: an account
+/// with a member cap and metadata, updated twice (metadata set and the cap
+/// removed, then a name and a new cap), a member's hold released, a failed
+/// and a canceled purchase, a recorded charge, the account closed.
+fn extra_journal() -> Vec<Entry> {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    let mut out = Vec::new();
+    let now = at("2026-11-02T12:30:00Z");
+    let gamma = AccountId::parse("gamma").unwrap();
+    let mut run = |command: Command| -> Entry {
+        let receipt = ledger
+            .execute(now, command, &mut out)
+            .expect("extra command accepted");
+        out[receipt.primary.expect("the command wrote an entry")].clone()
+    };
+    run(Command::OpenAccount {
+        id: gamma.clone(),
+        name: None,
+        tier: TierId::parse("starter").unwrap(),
+        anchor: Some(at("2026-11-01T00:00:00Z")),
+        member_monthly_cap: Some(credits("50")),
+        metadata: metadata(&[("region", "eu-west"), ("seats", "3")]),
+    });
+    run(Command::UpdateAccount {
+        account: gamma.clone(),
+        update: AccountUpdate {
+            name: None,
+            metadata: Some(metadata(&[("region", "eu-central")])),
+            member_monthly_cap: Some(None),
+        },
+    });
+    run(Command::UpdateAccount {
+        account: gamma.clone(),
+        update: AccountUpdate {
+            name: Some("Gamma GmbH".into()),
+            metadata: None,
+            member_monthly_cap: Some(Some(credits("40"))),
+        },
+    });
+    let hold = run(Command::PlaceHold {
+        account: gamma.clone(),
+        amount: Amount::Credits(credits("7.25")),
+        ttl_seconds: 900,
+        member: Some(MemberId::parse("cat").unwrap()),
+        metadata: metadata(&[("job", "j-1")]),
+    });
+    run(Command::ReleaseHold { hold: hold.id() });
+    let failed = run(Command::CreatePurchase {
+        account: gamma.clone(),
+        package: PackageId::parse("medium").unwrap(),
+    });
+    run(Command::FailPurchase {
+        purchase: failed.id(),
+    });
+    let canceled = run(Command::CreatePurchase {
+        account: gamma.clone(),
+        package: PackageId::parse("large").unwrap(),
+    });
+    run(Command::CancelPurchase {
+        purchase: canceled.id(),
+    });
+    run(Command::Charge {
+        account: gamma.clone(),
+        amount: Amount::Credits(credits("1.5")),
+        member: None,
+        mode: ChargeMode::Record,
+        metadata: Metadata::EMPTY,
+    });
+    run(Command::CloseAccount { account: gamma });
+    out
+}
+
+/// Every fixture, in a fixed order, made afresh from the core.
+fn expected() -> Vec<Fixture> {
+    let sample = sample_journal();
+    let extra = extra_journal();
+    let mut fixtures: Vec<Fixture> = sample
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| Fixture::entry("entry", index, entry))
+        .collect();
+    fixtures.extend(
+        extra
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| Fixture::entry("extra", index, entry)),
+    );
+    // The first point of the sample where a downgrade is pending: a hold, a
+    // purchase, member usage and a reversal are in the snapshot too.
+    let pending = sample
+        .iter()
+        .position(|entry| matches!(entry.body, Body::TierScheduled(Some(_))))
+        .expect("the sample schedules a downgrade");
+    fixtures.extend([
+        Fixture {
+            name: "snapshot-empty.bin".into(),
+            value: Value::Snapshot(Vec::new()),
+        },
+        // Where the conformance suite snapshots (debt outstanding, a hold open).
+        Fixture::snapshot("half", &sample[..sample.len() / 2]),
+        Fixture::snapshot("pending-tier", &sample[..=pending]),
+        Fixture::snapshot("full", &sample),
+        Fixture::snapshot("extra", &extra),
+    ]);
+    fixtures
+}
+
+/// The expected fixtures; with `PURSER_BLESS=1`, written to disk first (once
+/// per test run, whichever test gets here first).
+fn fixtures() -> &'static [Fixture] {
+    static FIXTURES: OnceLock<Vec<Fixture>> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let fixtures = expected();
+        if std::env::var_os(BLESS).is_some_and(|v| v == "1") {
+            bless(&fixtures);
+        }
+        fixtures
+    })
+}
+
+#[expect(
+    clippy::explicit_write,
+    reason = "the test harness captures eprintln!: blessing must be seen"
+)]
+fn bless(fixtures: &[Fixture]) {
+    let dir = fixture_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let names: BTreeSet<&str> = fixtures.iter().map(|f| f.name.as_str()).collect();
+    let mut removed = Vec::new();
+    for name in files_in(&dir) {
+        if name.ends_with(".bin") && !names.contains(name.as_str()) {
+            std::fs::remove_file(dir.join(&name)).unwrap();
+            removed.push(name);
+        }
+    }
+    let mut changed = 0;
+    for fixture in fixtures {
+        let path = dir.join(&fixture.name);
+        let bytes = fixture.encoded();
+        if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+            std::fs::write(&path, &bytes).unwrap();
+            changed += 1;
+        }
+    }
+    writeln!(
+        std::io::stderr(),
+        "{BLESS}=1: blessed {} codec fixtures in {} ({changed} written, {} stale removed{}{})",
+        fixtures.len(),
+        dir.display(),
+        removed.len(),
+        if removed.is_empty() { "" } else { ": " },
+        removed.join(", "),
+    )
+    .unwrap();
+}
+
+/// The names of the files in `dir` (none if it does not exist).
+fn files_in(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_file())
+        .map(|entry| entry.file_name().into_string().unwrap())
+        .collect()
+}
+
+fn check_all(select: impl Fn(&Value) -> bool) {
+    let dir = fixture_dir();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for fixture in fixtures().iter().filter(|f| select(&f.value)) {
+        checked += 1;
+        match std::fs::read(dir.join(&fixture.name)) {
+            Ok(bytes) => problems.extend(fixture.check(&bytes).err()),
+            Err(error) => problems.push(format!("{}: {error}", fixture.name)),
+        }
+    }
+    assert!(checked > 0, "no fixture selected");
+    assert!(
+        problems.is_empty(),
+        "{} of {checked} codec fixtures in {} do not match:\n{}\n{HOW_TO_BLESS}",
+        problems.len(),
+        dir.display(),
+        problems.join("\n"),
+    );
+}
+
+#[test]
+fn entry_fixtures_decode_to_the_sample_entries_and_reencode_identically() {
+    check_all(|value| matches!(value, Value::Entry(_)));
+}
+
+#[test]
+fn snapshot_fixtures_decode_to_the_sample_snapshots_and_reencode_identically() {
+    check_all(|value| matches!(value, Value::Snapshot(_)));
+}
+
+#[test]
+fn the_fixture_files_are_exactly_the_expected_ones() {
+    let dir = fixture_dir();
+    let expected: BTreeSet<String> = fixtures().iter().map(|f| f.name.clone()).collect();
+    assert_eq!(
+        expected.len(),
+        fixtures().len(),
+        "two fixtures share a name"
+    );
+    let present = files_in(&dir);
+    let missing: Vec<&String> = expected.difference(&present).collect();
+    let extra: Vec<&String> = present.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the codec fixtures in {} differ from the sample journal: missing {missing:?}, \
+         unexpected {extra:?}\n{HOW_TO_BLESS}",
+        dir.display(),
+    );
+}
+
+#[test]
+fn every_entry_type_has_a_fixture() {
+    let covered: BTreeSet<&str> = fixtures()
+        .iter()
+        .filter_map(|fixture| match &fixture.value {
+            Value::Entry(entry) => Some(entry.body.type_name()),
+            Value::Snapshot(_) => None,
+        })
+        .collect();
+    let missing: Vec<&str> = purser_core::TYPE_NAMES
+        .iter()
+        .copied()
+        .filter(|name| !covered.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no codec fixture has an entry of type {missing:?}: add one to the sample journal \
+         (purser_store::conformance::sample_journal) or to extra_journal in this file, then bless"
+    );
+    let unknown: Vec<&str> = covered
+        .iter()
+        .copied()
+        .filter(|name| !purser_core::TYPE_NAMES.contains(name))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "types missing from TYPE_NAMES: {unknown:?}"
+    );
+}
+
+#[test]
+fn snapshot_fixtures_cover_every_part_of_an_account() {
+    let accounts: Vec<&AccountSnapshot> = fixtures()
+        .iter()
+        .filter_map(|fixture| match &fixture.value {
+            Value::Snapshot(accounts) => Some(accounts),
+            Value::Entry(_) => None,
+        })
+        .flatten()
+        .collect();
+    type Part = (&'static str, fn(&AccountSnapshot) -> bool);
+    let parts: [Part; 11] = [
+        ("a pending tier", |a| a.pending_tier.is_some()),
+        ("a closed account", |a| {
+            a.status == purser_core::AccountStatus::Closed
+        }),
+        ("a member cap", |a| a.member_monthly_cap.is_some()),
+        ("metadata", |a| a.metadata != Metadata::EMPTY),
+        ("debt", |a| a.debt > Credits::ZERO),
+        ("grants", |a| !a.grants.is_empty()),
+        ("holds", |a| !a.holds.is_empty()),
+        ("purchases", |a| !a.purchases.is_empty()),
+        ("member usage", |a| !a.member_usage.is_empty()),
+        ("reversed debits", |a| !a.reversed.is_empty()),
+        ("two accounts", |a| a.handle.index() > 0),
+    ];
+    let missing: Vec<&str> = parts
+        .iter()
+        .filter(|(_, has)| !accounts.iter().any(|a| has(a)))
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(missing.is_empty(), "no snapshot fixture has {missing:?}");
+}
