@@ -76,7 +76,9 @@ fn read_tail(client: &mut impl postgres::GenericClient) -> Result<(i64, ChainHas
     let pos: i64 = row.get(0);
     let chain: Option<Vec<u8>> = row.get(1);
     let chain = chain.ok_or_else(|| {
-        StoreError::Damaged(format!("the journal ends at position {pos} inside a commit"))
+        StoreError::Damaged(format!(
+            "the journal ends at position {pos} inside a commit"
+        ))
     })?;
     let chain = chain
         .try_into()

@@ -89,7 +89,10 @@ const CHECKED_JOURNAL: usize = 4;
 
 fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
     let rows = transaction
-        .query("SELECT pos, account, seq, body FROM entry ORDER BY pos", &[])
+        .query(
+            "SELECT pos, account, seq, body FROM entry ORDER BY pos",
+            &[],
+        )
         .map_err(backend)?;
     let mut chain = purser_store::GENESIS;
     let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
@@ -97,7 +100,8 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
         let pos: i64 = row.get(0);
         let (account, seq): (i64, i64) = (row.get(1), row.get(2));
         let body: &[u8] = row.get(3);
-        let (sum, next) = purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
+        let (sum, next) =
+            purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
         positions.push(pos);
         sums.push(sum[0]);
         chains.push(next.to_vec());
@@ -123,7 +127,11 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
         transaction
             .execute(
                 "UPDATE idempotency SET pos = $2, sum = $3 WHERE key = $1",
-                &[&record.key, &end, &purser_store::record_sum(&record, end as u64)],
+                &[
+                    &record.key,
+                    &end,
+                    &purser_store::record_sum(&record, end as u64),
+                ],
             )
             .map_err(backend)?;
     }

@@ -12,7 +12,8 @@ use super::*;
 
 /// Copies the store in `data_dir` into `target` (a new or empty directory).
 pub fn backup(data_dir: &Path, target: &Path) -> Result<PathBuf, StoreError> {
-    let io = |path: &Path, e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    let io =
+        |path: &Path, e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
     let source_path = data_dir.join("purser.db");
     if !source_path.exists() {
         return Err(StoreError::Backend(format!(
@@ -61,7 +62,8 @@ pub fn backup(data_dir: &Path, target: &Path) -> Result<PathBuf, StoreError> {
 /// Replaces the store in `data_dir` with the backup in `from` (which the
 /// caller has verified). Refused while a purser uses `data_dir`.
 pub fn restore(from: &Path, data_dir: &Path) -> Result<(), StoreError> {
-    let io = |path: &Path, e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    let io =
+        |path: &Path, e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
     let source = from.join("purser.db");
     if !source.exists() {
         return Err(StoreError::Backend(format!(

@@ -89,9 +89,11 @@ pub(crate) fn history_ahead(
             ));
         }
         let count: i64 = connection
-            .query_row("SELECT COUNT(*) FROM h.entry WHERE pos > ?1", [committed], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT COUNT(*) FROM h.entry WHERE pos > ?1",
+                [committed],
+                |row| row.get(0),
+            )
             .map_err(backend)?;
         if count > lost.len() as i64 {
             lost.push(format!("{} more", count - lost.len() as i64));
@@ -224,9 +226,7 @@ impl IndexRow {
             member: usage.and_then(|u| u.member.clone()),
             credits: usage.map(|u| u.credits),
             parts: std::array::from_fn(|index| usage.map(|u| u.by_kind[index])),
-            debit_seq: usage
-                .filter(|u| !u.is_charge)
-                .map(|u| u.charge_seq as i64),
+            debit_seq: usage.filter(|u| !u.is_charge).map(|u| u.charge_seq as i64),
         }
     }
 
@@ -240,7 +240,13 @@ impl IndexRow {
             task: row.get(3)?,
             member: row.get(4)?,
             credits: row.get(5)?,
-            parts: [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?],
+            parts: [
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+                row.get(9)?,
+                row.get(10)?,
+            ],
             debit_seq: row.get(11)?,
         })
     }

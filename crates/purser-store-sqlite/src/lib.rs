@@ -230,13 +230,17 @@ impl SqliteStore {
             let mut progress = lock(&index.progress);
             if has_history {
                 let indexed: Option<i64> = connection
-                    .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| row.get(0))
+                    .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| {
+                        row.get(0)
+                    })
                     .optional()
                     .map_err(backend)?;
                 progress.indexed = indexed.unwrap_or(0) as u64;
             }
             let committed: i64 = connection
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| row.get(0))
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
+                    row.get(0)
+                })
                 .map_err(backend)?;
             progress.committed = committed as u64;
         }
@@ -255,7 +259,6 @@ impl SqliteStore {
             data_dir: data_dir.to_path_buf(),
         })
     }
-
 
     /// Brings the history index up to everything committed so far. The
     /// background indexer runs at idle priority; a read that finds it behind
@@ -520,9 +523,11 @@ impl Store for SqliteStore {
         let mut witnesses = Vec::new();
         let keys: i64 = self.read(|connection| {
             connection
-                .query_row("SELECT COALESCE(MAX(pos), 0) FROM idempotency_log", [], |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    "SELECT COALESCE(MAX(pos), 0) FROM idempotency_log",
+                    [],
+                    |row| row.get(0),
+                )
                 .map_err(backend)
         })?;
         witnesses.push(Witness {
@@ -577,7 +582,9 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             let chain: Option<Vec<u8>> = transaction
-                .query_row("SELECT chain FROM log WHERE pos = ?1", [end], |row| row.get(0))
+                .query_row("SELECT chain FROM log WHERE pos = ?1", [end], |row| {
+                    row.get(0)
+                })
                 .optional()
                 .map_err(backend)?
                 .flatten();
@@ -636,9 +643,7 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare(
-                    "SELECT pos, account, seq, body, sum FROM log WHERE pos > ?1 ORDER BY pos",
-                )
+                .prepare("SELECT pos, account, seq, body, sum FROM log WHERE pos > ?1 ORDER BY pos")
                 .map_err(backend)?;
             let mut rows = statement.query([position as i64]).map_err(backend)?;
             let mut count = 0;
@@ -651,7 +656,9 @@ impl Store for SqliteStore {
                     .map_err(backend)?
                     .as_blob()
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
-                if entry_sum(account as u64, seq as u64, body) != row.get::<_, i64>(4).map_err(backend)? {
+                if entry_sum(account as u64, seq as u64, body)
+                    != row.get::<_, i64>(4).map_err(backend)?
+                {
                     return Err(StoreError::Damaged(format!(
                         "journal position {pos} does not match its checksum"
                     )));
@@ -1036,7 +1043,9 @@ mod tests {
                 witness: history_witness,
             }],
         };
-        store.accept_loss(&report, Timestamp::from_micros(0)).unwrap();
+        store
+            .accept_loss(&report, Timestamp::from_micros(0))
+            .unwrap();
         assert_eq!(store.entries(&query).unwrap(), before);
         let rows: i64 = history()
             .query_row("SELECT COUNT(*) FROM entry", [], |row| row.get(0))
@@ -1049,7 +1058,10 @@ mod tests {
             .iter()
             .map(|w| w.position)
             .collect();
-        assert!(positions.iter().all(|p| *p <= journal.len() as u64), "{positions:?}");
+        assert!(
+            positions.iter().all(|p| *p <= journal.len() as u64),
+            "{positions:?}"
+        );
     }
 
     #[test]

@@ -196,7 +196,11 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
         let id: i64 = row.get(0).map_err(backend)?;
         let record = record_of(row, 1).map_err(backend)?;
         update
-            .execute(params![id, end, purser_store::record_sum(&record, end as u64)])
+            .execute(params![
+                id,
+                end,
+                purser_store::record_sum(&record, end as u64)
+            ])
             .map_err(backend)?;
     }
     Ok(())
@@ -274,7 +278,10 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
             seal_existing(&transaction)?;
         }
         transaction
-            .execute("INSERT INTO schema_version (version) VALUES (?1)", [version])
+            .execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )
             .map_err(backend)?;
         transaction.commit().map_err(backend)?;
     }
@@ -285,9 +292,11 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
 /// purser's (a read-only open migrates nothing).
 pub(crate) fn check_version(connection: &Connection) -> Result<(), StoreError> {
     let current: i64 = connection
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| {
-            row.get(0)
-        })
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |row| row.get(0),
+        )
         .map_err(backend)?;
     let supported = MIGRATIONS.len() as i64;
     if current > supported {

@@ -131,7 +131,11 @@ fn history(
         if checked % 10_000 == 0 {
             progress(10_000);
         }
-        let body = row.get_ref(3).map_err(backend)?.as_blob().unwrap_or_default();
+        let body = row
+            .get_ref(3)
+            .map_err(backend)?
+            .as_blob()
+            .unwrap_or_default();
         // Entries that do not decode are the journal check's finding.
         let Ok(entry) = decode_entry(body) else {
             continue;

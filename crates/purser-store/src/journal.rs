@@ -444,8 +444,11 @@ impl JournalCheck {
 mod tests {
     use super::*;
 
+    /// A stored row: position, account, seq, body, sum, chain.
+    type Row = (u64, u64, u64, Vec<u8>, i64, Option<ChainHash>);
+
     /// A journal of `commits` commits of `per` rows each on two accounts.
-    fn journal(commits: u64, per: u64) -> Vec<(u64, u64, u64, Vec<u8>, i64, Option<ChainHash>)> {
+    fn journal(commits: u64, per: u64) -> Vec<Row> {
         let mut rows = Vec::new();
         let mut chain = GENESIS;
         let mut seqs = [0u64; 2];
@@ -469,8 +472,6 @@ mod tests {
         }
         rows
     }
-
-    type Row = (u64, u64, u64, Vec<u8>, i64, Option<ChainHash>);
 
     fn check(rows: &[Row], witnesses: Vec<Witness>) -> DamageReport {
         let mut check = JournalCheck::new(Vec::new());
@@ -584,6 +585,10 @@ mod tests {
         }
         let report = check.finish(Vec::new());
         assert_eq!(report.damage.len(), 1, "{report}");
-        assert!(report.to_string().contains("position 4, which ends no commit"));
+        assert!(
+            report
+                .to_string()
+                .contains("position 4, which ends no commit")
+        );
     }
 }

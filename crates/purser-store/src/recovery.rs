@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use purser_core::{Catalog, Ledger, Timestamp};
 
-use crate::{Damage, DamageReport, JournalCheck, Witness, Store, StoreError, decode_entry, decode_snapshot};
+use crate::{
+    Damage, DamageReport, JournalCheck, Store, StoreError, Witness, decode_entry, decode_snapshot,
+};
 
 /// Why the ledger could not be rebuilt from the store.
 #[derive(Debug, thiserror::Error)]

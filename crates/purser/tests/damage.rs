@@ -126,7 +126,12 @@ fn serve_refuses(site: &Site, extra: &[&str]) -> String {
 fn run_for_a_while(site: &Site, extra: &[&str]) -> Output {
     let port = common::free_port();
     let mut child = purser()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(&site.data)
         .args(extra)
         .current_dir(&site.work)
@@ -203,8 +208,14 @@ async fn a_wal_cut_by_its_last_commits_is_found_refused_and_accepted_only_when_a
         "{report}"
     );
     let refusal = serve_refuses(&site, &[]);
-    assert!(refusal.contains("acknowledged commits are lost"), "{refusal}");
-    assert!(refusal.contains("dmg-") || refusal.contains("entry"), "{refusal}");
+    assert!(
+        refusal.contains("acknowledged commits are lost"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains("dmg-") || refusal.contains("entry"),
+        "{refusal}"
+    );
     // The operator accepts the loss: the server starts from the journal as
     // it ends, and says so in the store.
     let server = ServerProcess::start_with(&site.data, "accepted", &["--accept-loss"]);
@@ -258,7 +269,10 @@ async fn damage_inside_the_journal_is_never_accepted() {
         .execute("DELETE FROM log WHERE pos = 10", [])
         .expect("delete a row");
     let report = verify_fails(&site);
-    assert!(report.contains("positions 10 to 10 are missing"), "{report}");
+    assert!(
+        report.contains("positions 10 to 10 are missing"),
+        "{report}"
+    );
     serve_refuses(&site, &[]);
     let text = serve_refuses(&site, &["--accept-loss"]);
     assert!(text.contains("positions 10 to 10 are missing"), "{text}");
@@ -323,7 +337,9 @@ async fn a_snapshot_or_index_ahead_of_the_journal_is_evidence_of_loss() {
     // A derived history row that no longer says what its entry says.
     let history = rusqlite::Connection::open(site.file("history.db")).expect("history.db");
     history
-        .execute_batch("UPDATE entry SET credits = credits + 1 WHERE credits IS NOT NULL AND seq = 3")
+        .execute_batch(
+            "UPDATE entry SET credits = credits + 1 WHERE credits IS NOT NULL AND seq = 3",
+        )
         .expect("alter the index");
     let report = verify_fails(&site);
     assert!(report.contains("history index"), "{report}");
@@ -427,7 +443,9 @@ async fn postgres_damage_is_found_by_verify_and_refused_at_start() {
     let name = format!("purser_damage_{}", std::process::id());
     let url = format!(
         "{}/{name}",
-        admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b)
+        admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b)
     );
     let sql = {
         let admin_url = admin_url.clone();
@@ -495,5 +513,8 @@ async fn postgres_damage_is_found_by_verify_and_refused_at_start() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    sql(admin_url, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    sql(
+        admin_url,
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
 }
