@@ -72,7 +72,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<(), StoreError> {
         )));
     }
     std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
-    let _lock = lock_data_dir(data_dir)?;
+    let _lock = lock_data_dir(data_dir, Duration::ZERO)?;
     let partial = data_dir.join("purser.db.restoring");
     std::fs::copy(&source, &partial).map_err(|e| io(&partial, e))?;
     std::fs::File::open(&partial)

@@ -62,11 +62,9 @@ pub(crate) fn history_ahead(
     committed: i64,
 ) -> Result<(u64, Vec<String>), StoreError> {
     let indexed: i64 = connection
-        .query_row(
-            "SELECT MAX(i.pos, i.partial, COALESCE((SELECT MAX(pos) FROM h.entry), 0)) FROM h.indexed i",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| {
+            row.get(0)
+        })
         .map_err(backend)?;
     let mut lost = Vec::new();
     if indexed > committed {

@@ -75,8 +75,9 @@ pub struct SqliteStore {
 
 /// Takes the data directory's lock (`purser.lock`): one process at a time
 /// may write a data directory (a second `serve`, or a `restore` while one
-/// serves, is refused).
-pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+/// serves, is refused). Waits up to `wait` for a holder that is going away
+/// (a server shutting down, a store being dropped).
+pub fn lock_data_dir(data_dir: &Path, wait: Duration) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join("purser.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -84,17 +85,28 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
-            "{} is in use by another purser process",
-            data_dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Backend(format!("{}: {e}", path.display())))
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Backend(format!(
+                    "{} is in use by another purser process",
+                    data_dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Backend(format!("{}: {e}", path.display())));
+            }
         }
     }
 }
+
+/// How long opening a store waits for the data directory's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 fn backend(error: rusqlite::Error) -> StoreError {
     match error {
@@ -121,7 +133,7 @@ impl SqliteStore {
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", data_dir.display())))?;
-        let dir_lock = lock_data_dir(data_dir)?;
+        let dir_lock = lock_data_dir(data_dir, LOCK_WAIT)?;
         let path = data_dir.join("purser.db");
         let history_path = data_dir.join("history.db");
         let writer = Connection::open(&path).map_err(backend)?;
