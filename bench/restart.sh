@@ -5,6 +5,7 @@
 # BENCHMARKS.md ("Memory and restart").
 #
 #   bench/restart.sh            # ACCOUNTS=1000000 CHARGES=8000000 PORT=8790 DIR=/tmp/purser-restart
+#                               # BIN=<a purser binary> (default: build this checkout's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ACCOUNTS=${ACCOUNTS:-1000000}
@@ -12,8 +13,10 @@ CHARGES=${CHARGES:-8000000}
 PORT=${PORT:-8790}
 DIR=${DIR:-/tmp/purser-restart}
 export PURSER_API_KEY=sk_bench_restart
-BIN=./target/release/purser
-cargo build --release --locked -p purser >/dev/null
+if [ -z "${BIN:-}" ]; then
+    BIN=./target/release/purser
+    cargo build --release --locked -p purser >/dev/null
+fi
 rm -rf "$DIR" && mkdir -p "$DIR"
 serve() {
     PURSER_ADMIN_KEY=$PURSER_API_KEY PURSER_LOG=warn "$BIN" serve --data-dir "$DIR/data" \
@@ -39,3 +42,13 @@ echo "== $CHARGES uniform charges"
 ls -la "$DIR/data"
 echo "== after the charges"
 restart
+if [ "${VERIFY:-1}" = 1 ] && "$BIN" verify --help 2>/dev/null | grep -q database-url; then
+    kill -INT "$SERVER"; wait "$SERVER" || true
+    started=$(date +%s.%N)
+    "$BIN" verify --data-dir "$DIR/data" 2>/dev/null | tail -1 | cut -c1-160
+    echo "verify: $(echo "$(date +%s.%N) - $started" | bc) s"
+    serve; ready
+    started=$(date +%s.%N)
+    "$BIN" backup "$DIR/backup" --data-dir "$DIR/data" 2>&1 | tail -1 | cut -c1-160
+    echo "backup while serving, with its verify: $(echo "$(date +%s.%N) - $started" | bc) s"
+fi
