@@ -100,5 +100,46 @@ fn commits(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, commits);
+/// What the checked journal adds to a commit: encoding the batch (done
+/// anyway) and sealing it (a checksum per entry, the chain hash).
+fn sealing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("seal");
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let mut workload = Workload::new(&store, 10_000);
+    let entries = workload.batch(512);
+    let bodies: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|entry| {
+            let mut body = Vec::new();
+            purser_store::encode_entry(entry, &mut body);
+            body
+        })
+        .collect();
+    group.throughput(Throughput::Elements(entries.len() as u64));
+    group.bench_function("encode_512_debits", |b| {
+        b.iter(|| {
+            let mut buffer = Vec::with_capacity(512 * 160);
+            for entry in &entries {
+                purser_store::encode_entry(entry, &mut buffer);
+            }
+            buffer
+        })
+    });
+    group.bench_function("seal_512_debits", |b| {
+        b.iter(|| {
+            purser_store::seal(
+                &purser_store::GENESIS,
+                0,
+                entries
+                    .iter()
+                    .zip(&bodies)
+                    .map(|(entry, body)| (entry.account.raw(), entry.seq, body)),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, commits, sealing);
 criterion_main!(benches);
