@@ -79,8 +79,10 @@ impl Engine {
         warn_missing_tiers(&ledgers, &catalog);
         let keys = KeyTable::new(config.idempotency_retention_seconds);
         let now = clock.now();
+        // Read (and checked, every one) before the expired are purged.
+        let records = store.idempotency_records(now)?;
         store.purge_idempotency(now)?;
-        keys.restore(store.idempotency_records(now)?);
+        keys.restore(records);
         let parts = Parts {
             ledgers,
             store,

@@ -149,7 +149,17 @@ impl Supervisor {
                             }
                             return Some(state);
                         }
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(crate::StartError::Recovery(
+                            purser_store::RecoveryError::Damaged(report),
+                        ))) => {
+                            // The database will not heal by itself: the full
+                            // report, then a long wait (an operator restores
+                            // it, or accepts the loss with one writer).
+                            tracing::error!(%report, "the database is damaged: not serving from it");
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            continue;
+                        }
+                        Ok(Err(error)) => format!("{error:#}"),
                         Err(error) => error.to_string(),
                     }
                 }
@@ -157,7 +167,7 @@ impl Supervisor {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Ok(Err(error)) => error.to_string(),
+                Ok(Err(error)) => format!("{error:#}"),
                 Err(error) => error.to_string(),
             };
             tracing::warn!(%error, "could not become the writer; retrying");

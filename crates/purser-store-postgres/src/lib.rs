@@ -474,11 +474,18 @@ impl Store for PostgresStore {
         *lock(&self.tail) = None;
         let (before, previous) = read_tail(&mut transaction)?;
         for snapshot in commit.snapshots {
+            let sum = purser_store::snapshot_sum(snapshot.partition, before as u64, &snapshot.body);
             transaction
                 .execute(
-                    "INSERT INTO snapshot (partition, position, body) VALUES ($1, $2, $3)
-                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position, body = excluded.body",
-                    &[&i32::from(snapshot.partition), &before, &snapshot.body],
+                    "INSERT INTO snapshot (partition, position, body, sum) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position,
+                        body = excluded.body, sum = excluded.sum",
+                    &[
+                        &i32::from(snapshot.partition),
+                        &before,
+                        &snapshot.body,
+                        &sum,
+                    ],
                 )
                 .map_err(backend)?;
         }
@@ -579,7 +586,7 @@ impl Store for PostgresStore {
         self.read(|client| {
             let rows = client
                 .query(
-                    "SELECT partition, position, body FROM snapshot ORDER BY partition",
+                    "SELECT partition, position, body, sum FROM snapshot ORDER BY partition",
                     &[],
                 )
                 .map_err(backend)?;
@@ -589,6 +596,7 @@ impl Store for PostgresStore {
                     partition: row.get::<_, i32>(0) as u16,
                     position: row.get::<_, i64>(1) as u64,
                     body: row.get(2),
+                    sum: row.get(3),
                 })
                 .collect())
         })
@@ -638,23 +646,27 @@ impl Store for PostgresStore {
             let rows = client
                 .query(
                     "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
-                     WHERE expires_at > $1 ORDER BY expires_at, key",
-                    &[&now.micros()],
+                     ORDER BY expires_at, key",
+                    &[],
                 )
                 .map_err(backend)?;
-            rows.iter()
-                .map(|row| {
-                    let record = record_of(row);
-                    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
-                    if record_sum(&record, pos as u64) != sum {
-                        return Err(StoreError::Damaged(format!(
-                            "the idempotency record of key {:?} does not match its checksum",
-                            record.key
-                        )));
-                    }
-                    Ok(record)
-                })
-                .collect()
+            // Every record is checked, expired ones too: a damaged expiry
+            // must not make a record look expired and be purged unseen.
+            let mut records = Vec::new();
+            for row in &rows {
+                let record = record_of(row);
+                let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+                if record_sum(&record, pos as u64) != sum {
+                    return Err(StoreError::Damaged(format!(
+                        "the idempotency record of key {:?} does not match its checksum; restore a backup",
+                        record.key
+                    )));
+                }
+                if record.expires_at > now {
+                    records.push(record);
+                }
+            }
+            Ok(records)
         })
     }
 
@@ -703,6 +715,7 @@ impl Store for PostgresStore {
             what: "the idempotency records".into(),
             position: keys as u64,
             lost: Vec::new(),
+            more: 0,
         }])
     }
 
@@ -747,24 +760,35 @@ impl Store for PostgresStore {
         found: &mut dyn FnMut(Damage),
         _progress: &mut dyn FnMut(u64),
     ) -> Result<(), StoreError> {
+        // Paged by key: the table is never read whole.
         self.read(|client| {
-            let rows = client
-                .query(
-                    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency ORDER BY key",
-                    &[],
-                )
-                .map_err(backend)?;
-            for row in &rows {
-                let record = record_of(row);
-                let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
-                if record_sum(&record, pos as u64) != sum {
-                    found(Damage::Structure {
-                        what: "the idempotency records".into(),
-                        detail: format!("the record of key {:?} does not match its checksum", record.key),
-                    });
+            let mut after = String::new();
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
+                          WHERE key > $1 ORDER BY key LIMIT 1000",
+                        &[&after],
+                    )
+                    .map_err(backend)?;
+                let Some(last) = rows.last() else {
+                    return Ok(());
+                };
+                after = last.get(0);
+                for row in &rows {
+                    let record = record_of(row);
+                    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+                    if record_sum(&record, pos as u64) != sum {
+                        found(Damage::Structure {
+                            what: "the idempotency records".into(),
+                            detail: format!(
+                                "the record of key {:?} does not match its checksum",
+                                record.key
+                            ),
+                        });
+                    }
                 }
             }
-            Ok(())
         })
     }
 

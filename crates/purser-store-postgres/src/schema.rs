@@ -74,6 +74,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE entry ADD COLUMN sum BIGINT NOT NULL DEFAULT 0, ADD COLUMN chain BYTEA;
     ALTER TABLE idempotency ADD COLUMN pos BIGINT NOT NULL DEFAULT 0,
                             ADD COLUMN sum BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE snapshot ADD COLUMN sum BIGINT NOT NULL DEFAULT 0;
     CREATE TABLE incident (
         id          BIGSERIAL PRIMARY KEY,
         at          BIGINT NOT NULL,
@@ -88,50 +89,87 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 const CHECKED_JOURNAL: usize = 4;
 
 fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
-    let rows = transaction
-        .query(
-            "SELECT pos, account, seq, body FROM entry ORDER BY pos",
-            &[],
+    // A large journal takes a while: no timeout may end the migration half
+    // way (it would start over, and fail again, at every start).
+    transaction
+        .batch_execute(
+            "SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL statement_timeout = 0",
         )
         .map_err(backend)?;
     let mut chain = purser_store::GENESIS;
-    let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
-    for row in &rows {
-        let pos: i64 = row.get(0);
-        let (account, seq): (i64, i64) = (row.get(1), row.get(2));
-        let body: &[u8] = row.get(3);
-        let (sum, next) =
-            purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
-        positions.push(pos);
-        sums.push(sum[0]);
-        chains.push(next.to_vec());
-        chain = next;
-    }
-    transaction
-        .execute(
-            "UPDATE entry SET sum = u.sum, chain = u.chain
-               FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(pos, sum, chain)
-              WHERE entry.pos = u.pos",
-            &[&positions, &sums, &chains],
-        )
-        .map_err(backend)?;
-    let end = positions.last().copied().unwrap_or(0);
-    let records = transaction
-        .query(
-            "SELECT key, fingerprint, status, body, expires_at FROM idempotency",
-            &[],
-        )
-        .map_err(backend)?;
-    for row in &records {
-        let record = crate::record_of(row);
+    let mut end: i64 = 0;
+    // Keyset pages, each updated in one statement: memory stays bounded.
+    loop {
+        let rows = transaction
+            .query(
+                "SELECT pos, account, seq, body FROM entry WHERE pos > $1 ORDER BY pos LIMIT 10000",
+                &[&end],
+            )
+            .map_err(backend)?;
+        if rows.is_empty() {
+            break;
+        }
+        let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
+        for row in &rows {
+            let pos: i64 = row.get(0);
+            let (account, seq): (i64, i64) = (row.get(1), row.get(2));
+            let body: &[u8] = row.get(3);
+            let (sum, next) =
+                purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
+            positions.push(pos);
+            sums.push(sum[0]);
+            chains.push(next.to_vec());
+            chain = next;
+            end = pos;
+        }
         transaction
             .execute(
-                "UPDATE idempotency SET pos = $2, sum = $3 WHERE key = $1",
-                &[
-                    &record.key,
-                    &end,
-                    &purser_store::record_sum(&record, end as u64),
-                ],
+                "UPDATE entry SET sum = u.sum, chain = u.chain
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(pos, sum, chain)
+                  WHERE entry.pos = u.pos",
+                &[&positions, &sums, &chains],
+            )
+            .map_err(backend)?;
+    }
+    let snapshots = transaction
+        .query("SELECT partition, position, body FROM snapshot", &[])
+        .map_err(backend)?;
+    for row in &snapshots {
+        let (partition, position): (i32, i64) = (row.get(0), row.get(1));
+        let body: &[u8] = row.get(2);
+        let sum = purser_store::snapshot_sum(partition as u16, position as u64, body);
+        transaction
+            .execute(
+                "UPDATE snapshot SET sum = $2 WHERE partition = $1",
+                &[&partition, &sum],
+            )
+            .map_err(backend)?;
+    }
+    let mut after = String::new();
+    loop {
+        let records = transaction
+            .query(
+                "SELECT key, fingerprint, status, body, expires_at FROM idempotency
+                  WHERE key > $1 ORDER BY key LIMIT 1000",
+                &[&after],
+            )
+            .map_err(backend)?;
+        let Some(last) = records.last() else {
+            break;
+        };
+        after = last.get(0);
+        let (mut keys, mut sums) = (Vec::new(), Vec::new());
+        for row in &records {
+            let record = crate::record_of(row);
+            sums.push(purser_store::record_sum(&record, end as u64));
+            keys.push(record.key);
+        }
+        transaction
+            .execute(
+                "UPDATE idempotency SET pos = $3, sum = u.sum
+                   FROM unnest($1::text[], $2::bigint[]) AS u(key, sum)
+                  WHERE idempotency.key = u.key",
+                &[&keys, &sums, &end],
             )
             .map_err(backend)?;
     }
@@ -182,6 +220,22 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
             found: i64::from(current),
             supported,
         });
+    }
+    if current >= 2 && (current as usize) < MIGRATIONS.len() {
+        // A writer of the older schema may still be serving: migrating
+        // under it would stall it (the migration locks its tables) and let
+        // it write rows the new schema cannot check. Wait for its lease to
+        // end (a standby retries).
+        let live: bool = transaction
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM writer_lease WHERE id = 1 AND expires_at >= now())",
+                &[],
+            )
+            .map_err(backend)?
+            .get(0);
+        if live {
+            return Err(StoreError::LeaseHeld);
+        }
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         transaction.batch_execute(migration).map_err(backend)?;

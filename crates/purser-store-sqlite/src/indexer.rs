@@ -55,18 +55,20 @@ pub(crate) fn open_history(path: &Path) -> Result<Connection, StoreError> {
     Ok(connection)
 }
 
-/// How far the history index (attached as `h`) says the log reached, and
-/// what it holds beyond the log's end `committed` (at most 20, then a count).
+/// How far the history index (attached as `h`) says the log reached, what
+/// it holds beyond the log's end `committed` (the first 20), and how many
+/// more.
 pub(crate) fn history_ahead(
     connection: &Connection,
     committed: i64,
-) -> Result<(u64, Vec<String>), StoreError> {
+) -> Result<(u64, Vec<purser_store::Lost>, u64), StoreError> {
     let indexed: i64 = connection
         .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| {
             row.get(0)
         })
         .map_err(backend)?;
     let mut lost = Vec::new();
+    let mut more = 0;
     if indexed > committed {
         let mut statement = connection
             .prepare(
@@ -75,16 +77,12 @@ pub(crate) fn history_ahead(
             .map_err(backend)?;
         let mut rows = statement.query([committed]).map_err(backend)?;
         while let Some(row) = rows.next().map_err(backend)? {
-            let account: i64 = row.get(0).map_err(backend)?;
-            let (seq, pos, kind): (i64, i64, String) = (
-                row.get(1).map_err(backend)?,
-                row.get(2).map_err(backend)?,
-                row.get(3).map_err(backend)?,
-            );
-            lost.push(format!(
-                "account {:?} entry {seq} ({kind}, position {pos})",
-                AccountHandle::from_raw(account as u64)
-            ));
+            lost.push(purser_store::Lost {
+                account: row.get::<_, i64>(0).map_err(backend)? as u64,
+                seq: row.get::<_, i64>(1).map_err(backend)? as u64,
+                pos: row.get::<_, i64>(2).map_err(backend)? as u64,
+                kind: row.get(3).map_err(backend)?,
+            });
         }
         let count: i64 = connection
             .query_row(
@@ -93,11 +91,9 @@ pub(crate) fn history_ahead(
                 |row| row.get(0),
             )
             .map_err(backend)?;
-        if count > lost.len() as i64 {
-            lost.push(format!("{} more", count - lost.len() as i64));
-        }
+        more = (count as u64).saturating_sub(lost.len() as u64);
     }
-    Ok((indexed.max(0) as u64, lost))
+    Ok((indexed.max(0) as u64, lost, more))
 }
 
 /// The background indexer: waits until there is a batch worth indexing (or

@@ -70,7 +70,10 @@ pub struct SqliteStore {
     _lock: Option<std::fs::File>,
     /// `purser.end`, written after every commit (`None` when read-only).
     marker: Option<EndMarker>,
-    data_dir: PathBuf,
+    /// What `purser.end` said when the store was opened (a read-only open
+    /// reads it before the log, so a serving writer's later commits cannot
+    /// put it ahead of what is read); set again by `accept_loss`.
+    marker_at_open: Mutex<Option<u64>>,
 }
 
 /// Takes the data directory's lock (`purser.lock`): one process at a time
@@ -104,6 +107,13 @@ pub fn lock_data_dir(data_dir: &Path, wait: Duration) -> Result<std::fs::File, S
         }
     }
 }
+
+/// What a path keeps unescaped in an SQLite URI.
+const PATH_IN_URI: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_');
 
 /// How long opening a store waits for the data directory's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -190,8 +200,8 @@ impl SqliteStore {
             read_only: false,
             history: true,
             _lock: Some(dir_lock),
+            marker_at_open: Mutex::new(read_marker(data_dir)),
             marker: Some(EndMarker::open(data_dir)?),
-            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -210,6 +220,8 @@ impl SqliteStore {
         }
         let history_path = data_dir.join("history.db");
         let has_history = history_path.exists();
+        // Before anything of the log is read (see `marker_at_open`).
+        let marker_at_open = read_marker(data_dir);
         let mut connection = open_reader(&path, None)?;
         let has_schema: i64 = connection
             .query_row(
@@ -223,17 +235,26 @@ impl SqliteStore {
             // checked as an empty store, so every witness of what was
             // there (history.db, purser.end) still speaks.
             tracing::warn!("{} holds no purser schema", path.display());
-            connection = Connection::open_in_memory().map_err(backend)?;
+            connection = Connection::open_with_flags(
+                ":memory:",
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(backend)?;
             migrate(&connection)?;
         }
         check_version(&connection)?;
         if has_history {
-            // Attached through a read-only connection: read-only too.
-            connection
-                .execute(
-                    "ATTACH DATABASE ?1 AS h",
-                    [history_path.to_string_lossy().as_ref()],
+            // Read-only whatever the main connection is (a URI with
+            // mode=ro; SQLITE_OPEN_URI is set on both kinds of connection).
+            let uri = format!(
+                "file:{}?mode=ro",
+                percent_encoding::utf8_percent_encode(
+                    &history_path.to_string_lossy(),
+                    &PATH_IN_URI
                 )
+            );
+            connection
+                .execute("ATTACH DATABASE ?1 AS h", [uri])
                 .map_err(backend)?;
         }
         connection.execute_batch("BEGIN").map_err(backend)?;
@@ -268,7 +289,7 @@ impl SqliteStore {
             history: has_history,
             _lock: None,
             marker: None,
-            data_dir: data_dir.to_path_buf(),
+            marker_at_open: Mutex::new(marker_at_open),
         })
     }
 
@@ -339,7 +360,9 @@ impl Drop for SqliteStore {
 
 /// A read-only connection to `purser.db`, with `history.db` attached as `h`.
 fn open_reader(path: &Path, history: Option<&Path>) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
     let connection = Connection::open_with_flags(path, flags).map_err(backend)?;
     connection
         .busy_timeout(Duration::from_secs(10))
@@ -415,8 +438,9 @@ impl Store for SqliteStore {
             let position = pos;
             let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO snapshot (partition, position, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position, body = excluded.body",
+                    "INSERT INTO snapshot (partition, position, body, sum) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (partition) DO UPDATE SET position = excluded.position,
+                        body = excluded.body, sum = excluded.sum",
                 )
                 .map_err(backend)?;
             for snapshot in commit.snapshots {
@@ -424,7 +448,12 @@ impl Store for SqliteStore {
                     .execute(params![
                         i64::from(snapshot.partition),
                         position,
-                        snapshot.body
+                        snapshot.body,
+                        purser_store::snapshot_sum(
+                            snapshot.partition,
+                            position as u64,
+                            &snapshot.body
+                        )
                     ])
                     .map_err(backend)?;
             }
@@ -546,20 +575,24 @@ impl Store for SqliteStore {
             what: "the idempotency records".into(),
             position: keys as u64,
             lost: Vec::new(),
+            more: 0,
         });
-        if let Some(position) = read_marker(&self.data_dir) {
+        if let Some(position) = *lock(&self.marker_at_open) {
             witnesses.push(Witness {
                 what: format!("the journal's end marker ({MARKER_FILE})"),
                 position,
                 lost: Vec::new(),
+                more: 0,
             });
         }
         if self.history {
-            let (indexed, lost) = self.read(|connection| history_ahead(connection, committed))?;
+            let (indexed, lost, more) =
+                self.read(|connection| history_ahead(connection, committed))?;
             witnesses.push(Witness {
                 what: "the history index (history.db)".into(),
                 position: indexed,
                 lost,
+                more,
             });
         }
         Ok(witnesses)
@@ -607,6 +640,7 @@ impl Store for SqliteStore {
                     .unwrap_or(purser_store::GENESIS);
                 marker.write(report.end, &chain);
             }
+            *lock(&self.marker_at_open) = Some(report.end);
         }
         // The history index is derived: it is rebuilt from the log as it is now.
         if let Some(worker) = &self.worker {
@@ -686,7 +720,7 @@ impl Store for SqliteStore {
     fn snapshots(&self) -> Result<Vec<StoredSnapshot>, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare("SELECT partition, position, body FROM snapshot ORDER BY partition")
+                .prepare("SELECT partition, position, body, sum FROM snapshot ORDER BY partition")
                 .map_err(backend)?;
             let rows = statement
                 .query_map([], |row| {
@@ -694,6 +728,7 @@ impl Store for SqliteStore {
                         partition: row.get::<_, i64>(0)? as u16,
                         position: row.get::<_, i64>(1)? as u64,
                         body: row.get(2)?,
+                        sum: row.get(3)?,
                     })
                 })
                 .map_err(backend)?;
@@ -761,10 +796,12 @@ impl Store for SqliteStore {
             let mut statement = connection
                 .prepare(
                     "SELECT key, fingerprint, status, body, expires_at, id, pos, sum
-                       FROM idempotency_log WHERE expires_at > ?1 ORDER BY id",
+                       FROM idempotency_log ORDER BY id",
                 )
                 .map_err(backend)?;
-            let mut rows = statement.query([now.micros()]).map_err(backend)?;
+            // Every record is checked, expired ones too: a damaged expiry
+            // must not make a record look expired and be purged unseen.
+            let mut rows = statement.query([]).map_err(backend)?;
             // The newest record of a key replaces older ones.
             let mut newest = std::collections::HashMap::new();
             while let Some(row) = rows.next().map_err(backend)? {
@@ -776,10 +813,12 @@ impl Store for SqliteStore {
                 );
                 if record_sum(&record, pos as u64) != sum {
                     return Err(StoreError::Damaged(format!(
-                        "idempotency record {id} does not match its checksum"
+                        "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
                     )));
                 }
-                newest.insert(record.key.clone(), record);
+                if record.expires_at > now {
+                    newest.insert(record.key.clone(), record);
+                }
             }
             let mut records: Vec<IdempotencyRecord> = newest.into_values().collect();
             records.sort_by(|a, b| (a.expires_at, &a.key).cmp(&(b.expires_at, &b.key)));
@@ -1054,6 +1093,7 @@ mod tests {
                 end: journal.len() as u64,
                 witness: history_witness,
             }],
+            names: Default::default(),
         };
         store
             .accept_loss(&report, Timestamp::from_micros(0))

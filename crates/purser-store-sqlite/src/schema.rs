@@ -143,6 +143,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE log ADD COLUMN chain BLOB;
     ALTER TABLE idempotency_log ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE idempotency_log ADD COLUMN sum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE snapshot ADD COLUMN sum INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE incident (
         id          INTEGER PRIMARY KEY,
         at          INTEGER NOT NULL,
@@ -185,6 +186,23 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
             end = pos;
         }
     }
+    let mut read = connection
+        .prepare("SELECT partition, position, body FROM snapshot")
+        .map_err(backend)?;
+    let mut update = connection
+        .prepare("UPDATE snapshot SET sum = ?3 WHERE partition = ?1 AND position = ?2")
+        .map_err(backend)?;
+    let mut rows = read.query([]).map_err(backend)?;
+    while let Some(row) = rows.next().map_err(backend)? {
+        let (partition, position): (i64, i64) =
+            (row.get(0).map_err(backend)?, row.get(1).map_err(backend)?);
+        let body: Vec<u8> = row.get(2).map_err(backend)?;
+        let sum = purser_store::snapshot_sum(partition as u16, position as u64, &body);
+        update
+            .execute(params![partition, position, sum])
+            .map_err(backend)?;
+    }
+    drop(rows);
     let mut read = connection
         .prepare("SELECT id, key, fingerprint, status, body, expires_at FROM idempotency_log")
         .map_err(backend)?;

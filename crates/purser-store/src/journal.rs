@@ -15,7 +15,7 @@
 //! ([`Witness`]: snapshots, idempotency records, a derived index). Anything
 //! found is [`Damage`]; recovery refuses to serve from a damaged store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use purser_core::AccountHandle;
@@ -79,6 +79,17 @@ pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
 /// Keeps idempotency record checksums apart from entry checksums.
 const KEY_DOMAIN: u64 = 0x7075_7273_6572_0e02;
 
+/// The checksum of a partition snapshot taken at journal position `position`.
+pub fn snapshot_sum(partition: u16, position: u64, body: &[u8]) -> i64 {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(&partition.to_le_bytes());
+    key[2..].copy_from_slice(&position.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&key, SNAPSHOT_DOMAIN);
+    xxhash_rust::xxh3::xxh3_64_with_seed(body, seed) as i64
+}
+
+/// Keeps snapshot checksums apart from the others.
+const SNAPSHOT_DOMAIN: u64 = 0x7075_7273_6572_0e03;
 
 /// The sums and the chain hash of a commit of `bodies` (account, seq, encoded
 /// entry) appended after position `last` whose chain hash was `previous`.
@@ -114,8 +125,33 @@ pub struct Witness {
     pub what: String,
     /// The journal position it says was committed.
     pub position: u64,
-    /// What it says is lost (accounts, sequence numbers), when it knows.
-    pub lost: Vec<String>,
+    /// What it says is lost, when it knows (the first few).
+    pub lost: Vec<Lost>,
+    /// How many more it says are lost.
+    pub more: u64,
+}
+
+/// An entry a witness says was committed and the journal no longer holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    pub account: u64,
+    pub seq: u64,
+    pub pos: u64,
+    /// The entry's type.
+    pub kind: String,
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "account {} entry {} ({}, position {})",
+            account_name(self.account),
+            self.seq,
+            self.kind,
+            self.pos
+        )
+    }
 }
 
 /// Something wrong with a stored journal.
@@ -148,6 +184,15 @@ pub enum Damage {
 }
 
 impl Damage {
+    /// The accounts (raw handles) this finding names.
+    pub fn accounts(&self) -> Vec<u64> {
+        match self {
+            Damage::Checksum { account, .. } | Damage::Sequence { account, .. } => vec![*account],
+            Damage::Lost { witness, .. } => witness.lost.iter().map(|l| l.account).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether this is the loss of the journal's end (what an operator may
     /// accept and serve on from), rather than damage inside it.
     pub fn is_tail_loss(&self) -> bool {
@@ -199,7 +244,11 @@ impl fmt::Display for Damage {
                     witness.what, witness.position
                 )?;
                 if !witness.lost.is_empty() {
-                    write!(f, "; lost: {}", witness.lost.join(", "))?;
+                    let lost: Vec<String> = witness.lost.iter().map(ToString::to_string).collect();
+                    write!(f, "; lost: {}", lost.join(", "))?;
+                }
+                if witness.more > 0 {
+                    write!(f, " and {} more", witness.more)?;
                 }
                 Ok(())
             }
@@ -214,9 +263,35 @@ pub struct DamageReport {
     /// The last position of the last complete, checked commit.
     pub end: u64,
     pub damage: Vec<Damage>,
+    /// The ids of the accounts the findings name (by raw handle), where
+    /// known: findings name accounts by handle (`partition/index`).
+    pub names: BTreeMap<u64, String>,
 }
 
 impl DamageReport {
+    /// Fills [`DamageReport::names`] for every account the findings name.
+    pub fn name_accounts(&mut self, name: impl Fn(u64) -> Option<String>) {
+        let accounts: Vec<u64> = self.damage.iter().flat_map(Damage::accounts).collect();
+        for account in accounts {
+            if let Some(id) = name(account) {
+                self.names.insert(account, id);
+            }
+        }
+    }
+
+    /// The line naming the accounts, if any are known.
+    pub fn names_line(&self) -> Option<String> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .map(|(raw, id)| format!("{} is {id:?}", account_name(*raw)))
+            .collect();
+        Some(format!("accounts named above: {}", names.join(", ")))
+    }
+
     pub fn is_clean(&self) -> bool {
         self.damage.is_empty()
     }
@@ -238,6 +313,9 @@ impl fmt::Display for DamageReport {
         )?;
         for damage in &self.damage {
             writeln!(f, "  - {damage}")?;
+        }
+        if let Some(names) = self.names_line() {
+            writeln!(f, "{names}")?;
         }
         if self.is_tail_loss_only() {
             write!(
@@ -272,7 +350,7 @@ pub struct JournalCheck {
     damage: Vec<Damage>,
     more: u64,
     /// Positions that must be commit ends (the snapshots'), and which were.
-    boundaries: Vec<(u64, bool)>,
+    boundaries: HashMap<u64, bool>,
     rows: u64,
 }
 
@@ -380,16 +458,13 @@ impl JournalCheck {
                 self.found(Damage::Chain { pos: row.pos });
             }
             // Later commits are checked against what is stored, so one
-            // broken link is one finding.
-            if let Ok(stored) = <ChainHash>::try_from(stored) {
-                self.chain = stored;
-            }
+            // broken link is one finding (a stored hash of the wrong length
+            // is replaced by the computed one, for the same reason).
+            self.chain = <ChainHash>::try_from(stored).unwrap_or(computed);
             self.pending.clear();
             self.end = row.pos;
-            for (position, seen) in &mut self.boundaries {
-                if *position == row.pos {
-                    *seen = true;
-                }
+            if let Some(seen) = self.boundaries.get_mut(&row.pos) {
+                *seen = true;
             }
         }
         sound
@@ -415,7 +490,10 @@ impl JournalCheck {
                 to: self.last_pos,
             });
         }
-        for (position, seen) in std::mem::take(&mut self.boundaries) {
+        let mut boundaries: Vec<(u64, bool)> =
+            std::mem::take(&mut self.boundaries).into_iter().collect();
+        boundaries.sort_unstable();
+        for (position, seen) in boundaries {
             if !seen && position <= self.end {
                 self.found(Damage::Structure {
                     what: "a partition snapshot".into(),
@@ -439,6 +517,7 @@ impl JournalCheck {
         DamageReport {
             end: self.end,
             damage: self.damage,
+            names: BTreeMap::new(),
         }
     }
 }
@@ -559,6 +638,7 @@ mod tests {
             what: "history.db".into(),
             position,
             lost: Vec::new(),
+            more: 0,
         };
         let report = check(&rows[..9], vec![witness(15), witness(9)]);
         assert_eq!(

@@ -20,8 +20,8 @@ use purser_core::{AccountHandle, CreditSum, Entry, ObjectId, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
-    ChainHash, Damage, DamageReport, GENESIS, JournalCheck, StoredRow, Witness, chain_hash,
-    entry_sum, record_sum, seal,
+    ChainHash, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness, chain_hash,
+    entry_sum, record_sum, seal, snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
@@ -96,6 +96,8 @@ pub struct StoredSnapshot {
     pub partition: u16,
     pub position: u64,
     pub body: Vec<u8>,
+    /// [`snapshot_sum`] as stored: recovery checks it before decoding.
+    pub sum: i64,
 }
 
 /// An API key as stored: only a hash of the secret.

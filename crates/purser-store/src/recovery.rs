@@ -93,11 +93,17 @@ pub fn recover(
             what: format!("the snapshot of partition {partition}"),
             position: *position,
             lost: Vec::new(),
+            more: 0,
         })
         .collect();
     witnesses.extend(store.witnesses().map_err(RecoveryError::Store)?);
-    let report = check.finish(witnesses);
+    let mut report = check.finish(witnesses);
     if !report.is_clean() {
+        report.name_accounts(|raw| {
+            let handle = purser_core::AccountHandle::from_raw(raw);
+            let ledger = ledgers.get(usize::from(handle.partition()))?;
+            Some(ledger.account_by_handle(handle)?.id().to_string())
+        });
         return Err(RecoveryError::Damaged(report));
     }
     for ledger in &mut ledgers {
@@ -149,6 +155,7 @@ fn restore_snapshots(
                     what: format!("the snapshot of partition {}", snapshot.partition),
                     detail: error,
                 }],
+                names: Default::default(),
             })
         };
         let ledger = ledgers
@@ -159,6 +166,13 @@ fn restore_snapshots(
                     snapshot.partition
                 ))
             })?;
+        if crate::snapshot_sum(snapshot.partition, snapshot.position, &snapshot.body)
+            != snapshot.sum
+        {
+            return Err(broken(
+                "the stored bytes do not match their checksum".into(),
+            ));
+        }
         let accounts =
             decode_snapshot(&snapshot.body).map_err(|error| broken(error.to_string()))?;
         for account in accounts {

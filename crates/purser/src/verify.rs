@@ -61,6 +61,8 @@ pub struct Findings {
     pub entries: u64,
     pub end: u64,
     pub snapshots: usize,
+    /// Which account ids the handles in the problems are.
+    pub names: Option<String>,
 }
 
 /// Verifies the embedded store in `data_dir`, or the PostgreSQL store at
@@ -94,6 +96,9 @@ fn report(findings: &Findings) -> ExitCode {
     } else {
         for problem in &findings.problems {
             println!("problem: {problem}");
+        }
+        if let Some(names) = &findings.names {
+            println!("{names}");
         }
         println!(
             "{} problems in {} accounts, {} journal entries; the store should not be served as it is: restore a backup (`purser restore`), or, for lost commits at the journal's end only, `purser serve --accept-loss`",
@@ -154,10 +159,11 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
             what: format!("the snapshot of partition {}", s.partition),
             position: s.position,
             lost: Vec::new(),
+            more: 0,
         })
         .collect();
     witnesses.extend(store.witnesses()?);
-    let journal: DamageReport = check.finish(witnesses);
+    let mut journal: DamageReport = check.finish(witnesses);
     findings.end = journal.end;
     findings
         .problems
@@ -172,6 +178,12 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
             .extend(report.problems.iter().map(ToString::to_string));
         replayed.insert(partition, ledger);
     }
+    journal.name_accounts(|raw| {
+        let handle = purser_core::AccountHandle::from_raw(raw);
+        let ledger: &Ledger = replayed.get(&handle.partition())?;
+        Some(ledger.account_by_handle(handle)?.id().to_string())
+    });
+    findings.names = journal.names_line();
 
     // 2. What a restart would load (snapshots, then the journal after them)
     // must be exactly what the whole journal gives.

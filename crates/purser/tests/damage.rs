@@ -309,7 +309,8 @@ async fn changed_bytes_fail_their_checksums() {
 
     site.db()
         .execute_batch(
-            "UPDATE idempotency_log SET status = status + 1
+            // Made to look expired: it must be found, not purged unseen.
+            "UPDATE idempotency_log SET expires_at = 1
               WHERE id = (SELECT MIN(id) FROM idempotency_log)",
         )
         .expect("alter an idempotency record");
@@ -332,6 +333,38 @@ async fn a_snapshot_or_index_ahead_of_the_journal_is_evidence_of_loss() {
     serve_refuses(&site, &[]);
     site.db()
         .execute_batch("UPDATE snapshot SET position = position - 1000 WHERE position > 1000")
+        .expect("put it back");
+    verify_passes(&site.data);
+    // A snapshot's bytes changed: refused before they are decoded.
+    let (partition, body): (i64, Vec<u8>) = site
+        .db()
+        .query_row(
+            "SELECT partition, body FROM snapshot ORDER BY length(body) DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("a snapshot");
+    let mut changed = body.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    site.db()
+        .execute(
+            "UPDATE snapshot SET body = ?2 WHERE partition = ?1",
+            rusqlite::params![partition, changed],
+        )
+        .expect("change a snapshot");
+    let text = serve_refuses(&site, &[]);
+    assert!(
+        text.contains(&format!("the snapshot of partition {partition}"))
+            && text.contains("checksum"),
+        "{text}"
+    );
+    verify_fails(&site);
+    site.db()
+        .execute(
+            "UPDATE snapshot SET body = ?2 WHERE partition = ?1",
+            rusqlite::params![partition, body],
+        )
         .expect("put it back");
     verify_passes(&site.data);
     // A derived history row that no longer says what its entry says.
@@ -368,6 +401,8 @@ async fn a_backup_taken_while_serving_restores_a_store_that_verifies() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // verify reads the live store read-only, while it takes charges.
+    verify_passes(&site.data);
     let target = site.work.join("backup");
     let output = purser()
         .arg("backup")
