@@ -1137,7 +1137,12 @@ mod tests {
                 encode_entry(entry, &mut body);
                 old.execute(
                     "INSERT INTO log (pos, account, seq, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![index as i64 + 1, entry.account.raw() as i64, entry.seq as i64, body],
+                    params![
+                        index as i64 + 1,
+                        entry.account.raw() as i64,
+                        entry.seq as i64,
+                        body
+                    ],
                 )
                 .unwrap();
             }
@@ -1161,17 +1166,24 @@ mod tests {
         );
         let check_all = |store: &SqliteStore| {
             let mut check = purser_store::JournalCheck::new(vec![3]);
-            store.scan(&mut |row| {
-                check.row(&row);
-                Ok(())
-            })
-            .unwrap();
+            store
+                .scan(&mut |row| {
+                    check.row(&row);
+                    Ok(())
+                })
+                .unwrap();
             check.finish(store.witnesses().unwrap())
         };
         let report = check_all(&store);
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.end, journal.len() as u64);
-        assert_eq!(store.idempotency_records(Timestamp::from_micros(0)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .idempotency_records(Timestamp::from_micros(0))
+                .unwrap()
+                .len(),
+            1
+        );
         // New commits chain on from the sealed rows.
         let next = purser_store::conformance::sample_journal();
         let more: Vec<Entry> = next
