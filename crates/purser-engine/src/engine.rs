@@ -19,7 +19,7 @@ use crate::committer::{CommitObserver, Committer};
 use crate::keys::{Claimed, IdempotencyKey, KeyTable, Stored};
 use crate::open::TEST_CLOCK_SETTING;
 use crate::protocol::{Read, Render, Rendered};
-use crate::shard::{Answer, Batch, Job, Shard, Work};
+use crate::shard::{Answer, Batch, Job, Listing, Shard, Work};
 
 /// Why work was not done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +170,7 @@ impl Engine {
                 snapshot_every: config.snapshot_every_entries.max(1),
                 poisoned: poisoned.clone(),
                 queue_depth: queue_depth.clone(),
+                listing: Listing::default(),
             };
             let stopped = poisoned.clone();
             std::thread::Builder::new()

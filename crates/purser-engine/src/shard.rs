@@ -103,6 +103,36 @@ pub(crate) struct Shard {
     pub snapshot_every: u64,
     pub poisoned: Arc<AtomicBool>,
     pub queue_depth: Arc<AtomicU64>,
+    /// The shard's accounts ordered for `GET /v1/accounts`, built on the
+    /// first list and kept up as accounts are created.
+    pub listing: Listing,
+}
+
+/// Accounts by creation instant, for list pages that read only what they
+/// show (never a scan of every account). Built lazily: a server whose
+/// account list is never read spends nothing on it. A ledger's accounts
+/// only ever grow at the end (a handle's index is its position), so
+/// `listed` says where each ledger's unlisted accounts start.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// (creation instant, account handle).
+    by_created: std::collections::BTreeSet<(Timestamp, u64)>,
+    /// Per ledger (in the shard's order): accounts already in `by_created`.
+    listed: Vec<usize>,
+}
+
+impl Listing {
+    /// Adds the accounts created since the last call.
+    fn catch_up(&mut self, ledgers: &[Ledger]) {
+        self.listed.resize(ledgers.len(), 0);
+        for (ledger, listed) in ledgers.iter().zip(&mut self.listed) {
+            for account in ledger.accounts().skip(*listed) {
+                self.by_created
+                    .insert((account.created_at(), account.handle().raw()));
+                *listed += 1;
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -296,28 +326,48 @@ impl Shard {
 
     /// A page of the shard's accounts, newest first; accounts created at the
     /// same instant by id, highest first.
+    /// Walks the listing index from the cursor: the accounts it reads are
+    /// the page's, plus the rest of the last creation instant it reaches
+    /// (accounts created at one instant are ordered by id).
     fn accounts(
-        &self,
+        &mut self,
         before: Option<(Timestamp, AccountId)>,
         limit: usize,
         now: Timestamp,
     ) -> Answer {
-        let mut page: Vec<_> = self
-            .ledgers
-            .iter()
-            .flat_map(|ledger| ledger.accounts())
-            .filter(|account| {
-                before
+        self.listing.catch_up(&self.ledgers);
+        let upper = before
+            .as_ref()
+            .map_or((Timestamp::NEVER, u64::MAX), |(at, _)| (*at, u64::MAX));
+        let mut page: Vec<(Timestamp, AccountId, AccountHandle)> = Vec::new();
+        let mut group: Vec<(Timestamp, AccountId, AccountHandle)> = Vec::new();
+        let mut range = self.listing.by_created.range(..=upper).rev().peekable();
+        while page.len() < limit {
+            let Some(&&(at, _)) = range.peek() else {
+                break;
+            };
+            // Every account of this instant, highest id first.
+            group.clear();
+            while let Some(&&(next, raw)) = range.peek() {
+                if next != at {
+                    break;
+                }
+                range.next();
+                let handle = AccountHandle::from_raw(raw);
+                let Some(account) = self.account(AccountRef::Handle(handle)) else {
+                    continue;
+                };
+                let id = account.id();
+                if before
                     .as_ref()
-                    .is_none_or(|(at, id)| (account.created_at(), account.id()) < (*at, id))
-            })
-            .map(|account| (account.created_at(), account.id().clone(), account.handle()))
-            .collect();
-        if page.len() > limit {
-            page.select_nth_unstable_by(limit, |a, b| b.cmp(a));
-            page.truncate(limit);
+                    .is_none_or(|(cursor, after)| (at, id) < (*cursor, after))
+                {
+                    group.push((at, id.clone(), handle));
+                }
+            }
+            group.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            page.extend(group.drain(..).take(limit - page.len()));
         }
-        page.sort_unstable_by(|a, b| b.cmp(a));
         let rendered = page
             .into_iter()
             .map(|(created, id, handle)| {

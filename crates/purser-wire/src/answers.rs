@@ -32,17 +32,31 @@ fn refusal(refused: &Rejection) -> Rendered {
 }
 
 /// A page of an in-memory list as `{"object": "list", "data", "has_more"}`.
-fn list(page: Page, items: Vec<(u64, Value)>) -> Vec<u8> {
-    let start = match page.starting_after {
-        None => 0,
-        Some(seq) => items
-            .iter()
-            .position(|(s, _)| *s == seq)
-            .map_or(items.len(), |at| at + 1),
-    };
-    let rest = &items[start.min(items.len())..];
-    let data: Vec<&Value> = rest.iter().take(page.limit).map(|(_, v)| v).collect();
-    to_json(&json!({"object": "list", "data": data, "has_more": rest.len() > page.limit}))
+/// A list page of `items` (in list order, each with its sequence number,
+/// the cursor): only the page's items are rendered, so a read of a long
+/// list costs its page, not the list, on the shard thread.
+fn list<T>(
+    page: Page,
+    items: impl IntoIterator<Item = (u64, T)>,
+    render: impl Fn(T) -> Value,
+) -> Vec<u8> {
+    let mut items = items.into_iter();
+    if let Some(cursor) = page.starting_after {
+        // An unknown cursor gives an empty page.
+        if !items.by_ref().any(|(seq, _)| seq == cursor) {
+            return to_json(&json!({"object": "list", "data": [], "has_more": false}));
+        }
+    }
+    let mut data = Vec::with_capacity(page.limit.min(100));
+    let mut has_more = false;
+    for (_, item) in items {
+        if data.len() == page.limit {
+            has_more = true;
+            break;
+        }
+        data.push(render(item));
+    }
+    to_json(&json!({"object": "list", "data": data, "has_more": has_more}))
 }
 
 impl Render for JsonAnswers {
@@ -87,23 +101,15 @@ impl Render for JsonAnswers {
             Read::Account(_) | Read::AccountByHandle(_) => answer(200, account_body(account, now)),
             Read::Balance(_) => answer(200, to_json(&BalanceJson::new(account, now))),
             Read::Grants(_, page) => {
-                let mut grants: Vec<&Grant> = account.grants().iter().collect();
                 // Active first (burn order), then the rest.
-                grants.sort_by_key(|g| !g.is_active(now));
-                let items: Vec<(u64, Value)> = grants
-                    .iter()
-                    .map(|g| (g.seq, grant_json(account, g, now)))
-                    .collect();
-                answer(200, list(page, items))
+                let active = account.grants().iter().filter(|g| g.is_active(now));
+                let rest = account.grants().iter().filter(|g| !g.is_active(now));
+                let items = active.chain(rest).map(|g: &Grant| (g.seq, g));
+                answer(200, list(page, items, |g| grant_json(account, g, now)))
             }
             Read::Purchases(_, page) => {
-                let items: Vec<(u64, Value)> = account
-                    .purchases()
-                    .iter()
-                    .rev()
-                    .map(|p| (p.seq, purchase_json(account, p)))
-                    .collect();
-                answer(200, list(page, items))
+                let items = account.purchases().iter().rev().map(|p| (p.seq, p));
+                answer(200, list(page, items, |p| purchase_json(account, p)))
             }
             Read::Hold(hold) => match account.hold(hold.seq) {
                 Some(active) => answer(200, to_json(&hold_json(account, active, "active"))),
