@@ -101,6 +101,9 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     pub batch_limit: usize,
     pub idempotency_retention_seconds: i64,
+    /// How often the janitor purges expired idempotency records from the
+    /// store and from memory.
+    pub idempotency_purge_interval: Duration,
     /// A shard snapshots its partitions after writing this many entries.
     pub snapshot_every_entries: u64,
     /// How long a request waits for its answer before "unavailable" (the
@@ -214,7 +217,7 @@ impl Engine {
                 }
             })
             .expect("spawn committer thread");
-        Engine(Arc::new(Inner {
+        let engine = Engine(Arc::new(Inner {
             shards: senders.into(),
             partitions: config.partitions,
             poisoned,
@@ -225,7 +228,42 @@ impl Engine {
             keys,
             render: parts.render,
             request_timeout: config.request_timeout,
-        }))
+        }));
+        engine.start_janitor(config.idempotency_purge_interval);
+        engine
+    }
+
+    /// Purges expired idempotency records while serving, every `interval`:
+    /// from the store (in small chunks, so commits wait at most one chunk)
+    /// and from the key table's memory. It holds the engine only weakly: a
+    /// dropped engine (and its store) is never kept alive by it.
+    fn start_janitor(&self, interval: Duration) {
+        let engine = Arc::downgrade(&self.0);
+        let spawned = std::thread::Builder::new()
+            .name("purser-janitor".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(inner) = engine.upgrade() else {
+                        return;
+                    };
+                    if inner.poisoned.load(Ordering::Relaxed) || inner.store.is_fenced() {
+                        return;
+                    }
+                    let now = inner.clock.now();
+                    inner.keys.purge(now);
+                    match inner.store.purge_idempotency(now) {
+                        Ok(0) => {}
+                        Ok(purged) => tracing::debug!(purged, "expired idempotency records purged"),
+                        Err(error) => {
+                            tracing::warn!(%error, "purging expired idempotency records failed");
+                        }
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no janitor thread: expired idempotency records leave the store at the next start");
+        }
     }
 
     pub fn partitions(&self) -> u16 {

@@ -181,6 +181,14 @@ impl CommitObserver for Unobserved {
 const TIMEOUT: Duration = Duration::from_millis(300);
 
 fn open(dir: &tempfile::TempDir) -> (Engine, Arc<Faulty>) {
+    open_with(dir, false, Duration::from_secs(60))
+}
+
+fn open_with(
+    dir: &tempfile::TempDir,
+    test_clock: bool,
+    purge_interval: Duration,
+) -> (Engine, Arc<Faulty>) {
     let store = Arc::new(Faulty {
         inner: SqliteStore::open(dir.path()).unwrap(),
         closed: Mutex::new(false),
@@ -194,10 +202,11 @@ fn open(dir: &tempfile::TempDir) -> (Engine, Arc<Faulty>) {
             queue_capacity: 1_000,
             batch_limit: 100,
             idempotency_retention_seconds: 86_400,
+            idempotency_purge_interval: purge_interval,
             snapshot_every_entries: 1_000_000,
             request_timeout: TIMEOUT,
         },
-        test_clock: false,
+        test_clock,
         accept_loss: false,
         catalog: Catalog::builtin(),
         render: Arc::new(Text),
@@ -346,4 +355,36 @@ async fn a_committer_that_panics_stops_the_engine() {
         "{after:?}"
     );
     assert!(engine.read(Read::Balance(acme())).await.is_err());
+}
+
+/// Expired idempotency records leave the store and memory while the engine
+/// serves (its janitor), not only at the next start: after the retention,
+/// the store holds none of them and a key is new again.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_keys_are_purged_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open_with(&dir, true, Duration::from_millis(100));
+    open_acme(&engine).await;
+    for name in ["p1", "p2", "p3"] {
+        assert_eq!(answered(&engine, || charge("1"), name).await.0, 201);
+    }
+    let stored = || {
+        store
+            .inner
+            .idempotency_records(Timestamp::from_micros(0))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(stored(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored(), 3, "nothing is purged before its retention");
+    engine.advance_test_clock(2 * 86_400).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored(), 0, "the janitor purged the expired records");
+    // Forgotten in memory too: the key runs a new charge.
+    assert_eq!(answered(&engine, || charge("1"), "p1").await.0, 201);
+    assert_eq!(available(&engine).await, "96");
 }

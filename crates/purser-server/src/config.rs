@@ -56,6 +56,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawIdempotency {
     retention_seconds: Option<i64>,
+    purge_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,9 @@ pub struct Config {
     /// recovery replays at most about that many per shard.
     pub snapshot_every_entries: u64,
     pub idempotency_retention_seconds: i64,
+    /// How often expired idempotency records are purged while serving
+    /// (from the store and from memory).
+    pub idempotency_purge_interval_seconds: u64,
     pub catalog: Catalog,
     pub test_clock: bool,
     /// Start from a store whose journal lost its end (found at start, see
@@ -156,6 +160,7 @@ impl Default for Config {
             snapshot_every_entries: 1_000_000,
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
+            idempotency_purge_interval_seconds: 60,
             catalog: Catalog::builtin(),
             test_clock: false,
             accept_loss: false,
@@ -242,6 +247,9 @@ impl Config {
                 ));
             }
             config.idempotency_retention_seconds = retention;
+        }
+        if let Some(interval) = raw.idempotency.purge_interval_seconds {
+            config.idempotency_purge_interval_seconds = interval.clamp(1, 86_400);
         }
         if let Some(url) = raw.portal.public_url {
             config.set_public_url(&url)?;
@@ -399,6 +407,11 @@ pub fn default_toml() -> String {
         out,
         "retention_seconds = {}",
         config.idempotency_retention_seconds
+    );
+    let _ = writeln!(
+        out,
+        "purge_interval_seconds = {}  # expired records leave the store and memory while serving",
+        config.idempotency_purge_interval_seconds
     );
     let _ = writeln!(out, "\n[portal]");
     let _ = writeln!(

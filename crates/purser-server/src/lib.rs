@@ -211,6 +211,9 @@ pub(crate) fn prepare(
             queue_capacity: config.queue_capacity,
             batch_limit: config.batch_limit,
             idempotency_retention_seconds: config.idempotency_retention_seconds,
+            idempotency_purge_interval: std::time::Duration::from_secs(
+                config.idempotency_purge_interval_seconds,
+            ),
             snapshot_every_entries: config.snapshot_every_entries,
             request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
         },

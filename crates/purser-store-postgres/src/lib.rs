@@ -805,13 +805,27 @@ impl Store for PostgresStore {
     }
 
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut guard = lock(&self.writer);
-        writer(&mut guard)
-            .execute(
-                "DELETE FROM idempotency WHERE expires_at <= $1",
-                &[&now.micros()],
-            )
-            .map_err(backend)
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        // In chunks: a commit waits for one chunk at most.
+        let mut purged = 0;
+        loop {
+            let chunk = {
+                let mut guard = lock(&self.writer);
+                writer(&mut guard)
+                    .execute(
+                        "DELETE FROM idempotency WHERE key IN
+                           (SELECT key FROM idempotency WHERE expires_at <= $1 LIMIT 1000)",
+                        &[&now.micros()],
+                    )
+                    .map_err(backend)?
+            };
+            purged += chunk;
+            if chunk < 1000 {
+                return Ok(purged);
+            }
+        }
     }
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {

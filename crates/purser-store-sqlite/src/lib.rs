@@ -827,14 +827,26 @@ impl Store for SqliteStore {
     }
 
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let connection = lock(&self.writer);
-        let purged = connection
-            .execute(
-                "DELETE FROM idempotency_log WHERE expires_at <= ?1",
-                [now.micros()],
-            )
-            .map_err(backend)?;
-        Ok(purged as u64)
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        // In chunks, each its own transaction: a commit waits for one chunk
+        // at most, never for a whole day's worth of keys.
+        let mut purged = 0;
+        loop {
+            let chunk = lock(&self.writer)
+                .prepare_cached(
+                    "DELETE FROM idempotency_log WHERE id IN
+                       (SELECT id FROM idempotency_log WHERE expires_at <= ?1 LIMIT 1000)",
+                )
+                .map_err(backend)?
+                .execute([now.micros()])
+                .map_err(backend)?;
+            purged += chunk as u64;
+            if chunk < 1000 {
+                return Ok(purged);
+            }
+        }
     }
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
