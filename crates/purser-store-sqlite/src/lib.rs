@@ -73,7 +73,7 @@ pub struct SqliteStore {
     /// What `purser.end` said when the store was opened (a read-only open
     /// reads it before the log, so a serving writer's later commits cannot
     /// put it ahead of what is read); set again by `accept_loss`.
-    marker_at_open: Mutex<Option<u64>>,
+    marker_at_open: Mutex<Option<(u64, purser_store::ChainHash)>>,
 }
 
 /// Takes the data directory's lock (`purser.lock`): one process at a time
@@ -577,7 +577,7 @@ impl Store for SqliteStore {
             lost: Vec::new(),
             more: 0,
         });
-        if let Some(position) = *lock(&self.marker_at_open) {
+        if let Some((position, _)) = *lock(&self.marker_at_open) {
             witnesses.push(Witness {
                 what: format!("the journal's end marker ({MARKER_FILE})"),
                 position,
@@ -598,6 +598,10 @@ impl Store for SqliteStore {
         Ok(witnesses)
     }
 
+    fn checkpoints(&self) -> Result<Vec<(u64, purser_store::ChainHash)>, StoreError> {
+        Ok(lock(&self.marker_at_open).iter().copied().collect())
+    }
+
     fn accept_loss(&self, report: &DamageReport, at: Timestamp) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
@@ -606,6 +610,24 @@ impl Store for SqliteStore {
             return Err(StoreError::Damaged(
                 "only loss at the journal's end can be accepted; restore from a backup".into(),
             ));
+        }
+        // What is left must be sound as a file too: damage in SQLite's own
+        // structures (pages that lost rows) is not a loss at the end.
+        let problems: Vec<String> = {
+            let connection = lock(&self.writer);
+            let mut statement = connection
+                .prepare("PRAGMA quick_check(20)")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        if problems != ["ok"] {
+            return Err(StoreError::Damaged(format!(
+                "purser.db fails SQLite's structure check ({}); the loss cannot be accepted: restore a backup",
+                problems.join("; ")
+            )));
         }
         let end = report.end as i64;
         {
@@ -634,13 +656,13 @@ impl Store for SqliteStore {
                 .map_err(backend)?
                 .flatten();
             transaction.commit().map_err(backend)?;
+            let chain = chain
+                .and_then(|c| <purser_store::ChainHash>::try_from(c).ok())
+                .unwrap_or(purser_store::GENESIS);
             if let Some(marker) = &self.marker {
-                let chain = chain
-                    .and_then(|c| <purser_store::ChainHash>::try_from(c).ok())
-                    .unwrap_or(purser_store::GENESIS);
                 marker.write(report.end, &chain);
             }
-            *lock(&self.marker_at_open) = Some(report.end);
+            *lock(&self.marker_at_open) = Some((report.end, chain));
         }
         // The history index is derived: it is rebuilt from the log as it is now.
         if let Some(worker) = &self.worker {

@@ -48,8 +48,9 @@ impl EndMarker {
     }
 }
 
-/// The position `purser.end` in `data_dir` records, if it is there and whole.
-pub(crate) fn read_marker(data_dir: &Path) -> Option<u64> {
+/// The position and chain hash `purser.end` in `data_dir` records, if it is
+/// there and whole.
+pub(crate) fn read_marker(data_dir: &Path) -> Option<(u64, purser_store::ChainHash)> {
     let bytes = std::fs::read(data_dir.join(MARKER_FILE)).ok()?;
     if bytes.len() < LEN || &bytes[..8] != MAGIC {
         return None;
@@ -61,5 +62,7 @@ pub(crate) fn read_marker(data_dir: &Path) -> Option<u64> {
     }
     let mut pos = [0u8; 8];
     pos.copy_from_slice(&bytes[8..16]);
-    Some(u64::from_le_bytes(pos))
+    let mut chain = [0u8; 32];
+    chain.copy_from_slice(&bytes[16..48]);
+    Some((u64::from_le_bytes(pos), chain))
 }

@@ -351,6 +351,9 @@ pub struct JournalCheck {
     more: u64,
     /// Positions that must be commit ends (the snapshots'), and which were.
     boundaries: HashMap<u64, bool>,
+    /// Commit ends whose chain hash a witness recorded (`purser.end`), and
+    /// whether they were reached.
+    checkpoints: HashMap<u64, (ChainHash, bool)>,
     rows: u64,
 }
 
@@ -374,8 +377,22 @@ impl JournalCheck {
             damage: Vec::new(),
             more: 0,
             boundaries: boundaries.into_iter().map(|p| (p, p == 0)).collect(),
+            checkpoints: HashMap::new(),
             rows: 0,
         }
+    }
+
+    /// Adds commit ends whose chain hash is known from outside the journal
+    /// (the store's `checkpoints`): a journal that does not have that hash
+    /// there is not the journal that witness was written with (a file from
+    /// another store, or an older copy).
+    pub fn with_checkpoints(mut self, checkpoints: Vec<(u64, ChainHash)>) -> JournalCheck {
+        self.checkpoints = checkpoints
+            .into_iter()
+            .filter(|(position, _)| *position > 0)
+            .map(|(position, chain)| (position, (chain, false)))
+            .collect();
+        self
     }
 
     pub fn found(&mut self, damage: Damage) {
@@ -466,6 +483,22 @@ impl JournalCheck {
             if let Some(seen) = self.boundaries.get_mut(&row.pos) {
                 *seen = true;
             }
+            let mismatch = match self.checkpoints.get_mut(&row.pos) {
+                Some((expected, seen)) => {
+                    *seen = true;
+                    *expected != self.chain
+                }
+                None => false,
+            };
+            if mismatch {
+                self.found(Damage::Structure {
+                    what: "the journal".into(),
+                    detail: format!(
+                        "the commit ending at position {} is not the one the end marker recorded: this journal is not the one the marker was written with (another store's file, or an older copy)",
+                        row.pos
+                    ),
+                });
+            }
         }
         sound
     }
@@ -488,6 +521,20 @@ impl JournalCheck {
             self.found(Damage::Incomplete {
                 from: self.end + 1,
                 to: self.last_pos,
+            });
+        }
+        let mut unreached: Vec<u64> = std::mem::take(&mut self.checkpoints)
+            .into_iter()
+            .filter(|(position, (_, seen))| !seen && *position <= self.end)
+            .map(|(position, _)| position)
+            .collect();
+        unreached.sort_unstable();
+        for position in unreached {
+            self.found(Damage::Structure {
+                what: "the journal".into(),
+                detail: format!(
+                    "position {position}, where the end marker recorded a commit end, ends no commit: this journal is not the one the marker was written with"
+                ),
             });
         }
         let mut boundaries: Vec<(u64, bool)> =
@@ -650,6 +697,36 @@ mod tests {
         );
         assert!(report.is_tail_loss_only());
         assert!(report.to_string().contains("reached position 15"));
+    }
+
+    #[test]
+    fn a_checkpoint_must_match_the_journal() {
+        let rows = journal(3, 2);
+        let chain_at = |pos: u64| rows[pos as usize - 1].5.unwrap();
+        let run = |checkpoints: Vec<(u64, ChainHash)>| {
+            let mut check = JournalCheck::new(Vec::new()).with_checkpoints(checkpoints);
+            for (pos, account, seq, body, sum, chain) in &rows {
+                check.row(&StoredRow {
+                    pos: *pos,
+                    account: *account,
+                    seq: *seq,
+                    body,
+                    sum: *sum,
+                    chain: chain.as_ref().map(|c| &c[..]),
+                });
+            }
+            check.finish(Vec::new())
+        };
+        assert!(run(vec![(4, chain_at(4))]).is_clean());
+        let other = run(vec![(4, chain_at(2))]);
+        assert!(
+            other
+                .to_string()
+                .contains("not the one the end marker recorded"),
+            "{other}"
+        );
+        let inside = run(vec![(3, chain_at(4))]);
+        assert!(inside.to_string().contains("ends no commit"), "{inside}");
     }
 
     #[test]

@@ -193,6 +193,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// derived index).
     fn witnesses(&self) -> Result<Vec<Witness>, StoreError>;
 
+    /// Commit ends whose chain hash the store recorded outside the journal
+    /// (the embedded store's `purser.end`), for [`JournalCheck::with_checkpoints`].
+    fn checkpoints(&self) -> Result<Vec<(u64, ChainHash)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Accepts the loss found in `report` (loss at the journal's end only):
     /// drops what is ahead of `report.end` (rows of a commit cut short,
     /// snapshots, idempotency records, derived indexes, which are rebuilt)

@@ -43,7 +43,8 @@ pub fn recover(
     // sequence numbers); entries after the snapshots are decoded and
     // applied. Once anything is found nothing more is applied: the ledger
     // is refused whole.
-    let mut check = JournalCheck::new(boundaries);
+    let mut check = JournalCheck::new(boundaries)
+        .with_checkpoints(store.checkpoints().map_err(RecoveryError::Store)?);
     store
         .scan(&mut |row| {
             if !check.row(&row) || !check.is_clean() || row.pos <= start {
@@ -97,6 +98,28 @@ pub fn recover(
         })
         .collect();
     witnesses.extend(store.witnesses().map_err(RecoveryError::Store)?);
+    // Every account must be in the partition its id hashes to under the
+    // stored partition count: a changed count would hide accounts (and let
+    // them be opened twice).
+    let mut misplaced = 0;
+    for ledger in &ledgers {
+        for account in ledger.accounts() {
+            let home = purser_core::partition_of(account.id().as_str(), partitions);
+            if home != ledger.partition() {
+                misplaced += 1;
+                if misplaced <= 5 {
+                    check.found(Damage::Structure {
+                        what: "the stored partition count".into(),
+                        detail: format!(
+                            "with {partitions} partitions account {:?} belongs in partition {home}, but its journal puts it in {}: the count was changed",
+                            account.id().as_str(),
+                            ledger.partition()
+                        ),
+                    });
+                }
+            }
+        }
+    }
     let mut report = check.finish(witnesses);
     if !report.is_clean() {
         report.name_accounts(|raw| {

@@ -127,7 +127,8 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
 
     // 1. The journal, streamed: checksums, chain, positions, sequence
     // numbers, every witness; each entry decoded and replayed in full.
-    let mut check = JournalCheck::new(snapshots.iter().map(|s| s.position).collect());
+    let mut check = JournalCheck::new(snapshots.iter().map(|s| s.position).collect())
+        .with_checkpoints(store.checkpoints()?);
     let mut replayers: BTreeMap<u16, Replayer> = BTreeMap::new();
     let mut progress = Progress::new("journal entries checked");
     store.scan(&mut |row| {

@@ -553,3 +553,52 @@ async fn postgres_damage_is_found_by_verify_and_refused_at_start() {
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
     );
 }
+
+/// The stored partition count is part of every account's address: a count
+/// changed by hand would hide accounts (and let them be opened twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_partition_count_is_refused() {
+    let site = Site::new();
+    let (server, _client) = populated(&site).await;
+    server.stop();
+    site.db()
+        .execute_batch("UPDATE setting SET value = '128' WHERE name = 'partitions'")
+        .expect("change the count");
+    let report = verify_fails(&site);
+    assert!(report.contains("the stored partition count"), "{report}");
+    let text = serve_refuses(&site, &[]);
+    assert!(text.contains("the count was changed"), "{text}");
+}
+
+/// Another store's `purser.db` (longer than this one's) put in place, with
+/// the derived index removed: the end marker's chain hash does not match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_from_another_store_is_refused() {
+    let ours = Site::new();
+    let (server, _client) = populated(&ours).await;
+    server.stop();
+    let theirs = Site::new();
+    let (server, client) = populated(&theirs).await;
+    charge_all(&client, "more", 30).await;
+    server.stop();
+    for file in [
+        "history.db",
+        "history.db-wal",
+        "history.db-shm",
+        "purser.db-wal",
+        "purser.db-shm",
+    ] {
+        let _ = std::fs::remove_file(ours.file(file));
+    }
+    for file in ["purser.db", "purser.db-wal"] {
+        if theirs.file(file).exists() {
+            std::fs::copy(theirs.file(file), ours.file(file)).expect("copy");
+        }
+    }
+    let report = verify_fails(&ours);
+    assert!(
+        report.contains("not the one the marker was written with"),
+        "{report}"
+    );
+    serve_refuses(&ours, &[]);
+}
