@@ -153,6 +153,14 @@ impl<T> IdempotencyTable<T> {
                 self.records.remove(&key);
             }
         }
+        // After a busy day has expired, give the tables' room back: the
+        // memory a burst of keys took is not kept for ever.
+        if self.records.capacity() > 4 * self.records.len() + 1024 {
+            self.records.shrink_to(2 * self.records.len());
+        }
+        if self.expiry.capacity() > 4 * self.expiry.len() + 1024 {
+            self.expiry.shrink_to(2 * self.expiry.len());
+        }
     }
 }
 
