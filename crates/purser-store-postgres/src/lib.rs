@@ -14,12 +14,14 @@
 //!
 //! This crate holds no business rules.
 
+mod columns;
 mod lease;
 mod schema;
 mod usage;
 
 use std::sync::{Mutex, MutexGuard};
 
+use columns::{Columns, KeyColumns};
 use lease::LEASE_SECONDS;
 
 use postgres::error::SqlState;
@@ -27,8 +29,8 @@ use postgres::{Client, NoTls};
 use purser_core::{AccountHandle, Entry, Timestamp};
 use purser_store::{
     ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, IdempotencyRecord, Store,
-    StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry,
-    encode_entry, entry_sum, record_sum, usage_of,
+    StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry, entry_sum,
+    record_sum,
 };
 
 pub struct PostgresStore {
@@ -59,6 +61,42 @@ pub(crate) fn record_of(row: &postgres::Row) -> IdempotencyRecord {
         status: row.get::<_, i32>(2) as u16,
         body: row.get(3),
         expires_at: Timestamp::from_micros(row.get(4)),
+    }
+}
+
+/// The columns [`checked_record`] reads, in its order.
+pub(crate) const CHECKED_RECORD: &str =
+    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency";
+
+/// A row of [`CHECKED_RECORD`]: the record and whether it matches its checksum.
+pub(crate) fn checked_record(row: &postgres::Row) -> (IdempotencyRecord, bool) {
+    let record = record_of(row);
+    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+    let sound = record_sum(&record, pos as u64) == sum;
+    (record, sound)
+}
+
+/// Runs `sql` page after page (keyset paging: its `$1` is the first column
+/// of the previous page's last row, `start` at first); `visit` gets each
+/// page, and the client for work of its own. Memory holds one page.
+pub(crate) fn paged<C, K>(
+    client: &mut C,
+    sql: &str,
+    start: K,
+    mut visit: impl FnMut(&mut C, &[postgres::Row]) -> Result<(), StoreError>,
+) -> Result<(), StoreError>
+where
+    C: postgres::GenericClient,
+    K: postgres::types::ToSql + Sync + for<'a> postgres::types::FromSql<'a>,
+{
+    let mut after = start;
+    loop {
+        let rows = client.query(sql, &[&after]).map_err(backend)?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.get(0);
+        visit(client, &rows)?;
     }
 }
 
@@ -225,25 +263,6 @@ fn decode(account: i64, seq: i64, body: &[u8]) -> Result<Entry, StoreError> {
     })
 }
 
-/// The columns of a batch of entries, for one `unnest` insert.
-#[derive(Default)]
-struct Columns {
-    account: Vec<i64>,
-    seq: Vec<i64>,
-    pos: Vec<i64>,
-    kind: Vec<&'static str>,
-    at: Vec<i64>,
-    body: Vec<Vec<u8>>,
-    task: Vec<Option<String>>,
-    member: Vec<Option<String>>,
-    credits: Vec<Option<i64>>,
-    parts: [Vec<Option<i64>>; 5],
-    debit_seq: Vec<Option<i64>>,
-    sum: Vec<i64>,
-    /// The chain hash, on the last entry only.
-    chain: Vec<Option<Vec<u8>>>,
-}
-
 impl PostgresStore {
     /// Marks this writer fenced for good: no commit may follow.
     fn fence(&self) -> StoreError {
@@ -370,80 +389,6 @@ impl PostgresStore {
             (end, chain)
         });
         Ok(())
-    }
-}
-
-/// The columns of a batch of idempotency records, for one `unnest` insert.
-struct KeyColumns<'a> {
-    keys: Vec<&'a str>,
-    prints: Vec<&'a [u8]>,
-    statuses: Vec<i32>,
-    bodies: Vec<&'a [u8]>,
-    expiries: Vec<i64>,
-    sums: Vec<i64>,
-}
-
-impl<'a> KeyColumns<'a> {
-    /// The records of a commit that ends the journal at `pos`.
-    fn of(records: &'a [IdempotencyRecord], pos: i64) -> KeyColumns<'a> {
-        KeyColumns {
-            sums: records.iter().map(|r| record_sum(r, pos as u64)).collect(),
-            keys: records.iter().map(|r| r.key.as_str()).collect(),
-            prints: records.iter().map(|r| &r.fingerprint[..]).collect(),
-            statuses: records.iter().map(|r| i32::from(r.status)).collect(),
-            bodies: records.iter().map(|r| r.body.as_slice()).collect(),
-            expiries: records.iter().map(|r| r.expires_at.micros()).collect(),
-        }
-    }
-}
-
-impl Columns {
-    /// The columns of `entries` appended after position `last`, whose chain
-    /// hash is `previous`; with the commit's own chain hash.
-    fn of(entries: &[Entry], last: i64, previous: &ChainHash) -> (Columns, ChainHash) {
-        let first_pos = last + 1;
-        let mut columns = Columns::default();
-        for (offset, entry) in entries.iter().enumerate() {
-            let mut body = Vec::with_capacity(128);
-            encode_entry(entry, &mut body);
-            let usage = usage_of(entry);
-            columns.account.push(entry.account.raw() as i64);
-            columns.seq.push(entry.seq as i64);
-            columns.pos.push(first_pos + offset as i64);
-            columns.kind.push(entry.body.type_name());
-            columns.at.push(entry.at.micros());
-            columns.body.push(body);
-            columns
-                .task
-                .push(usage.as_ref().and_then(|u| u.task.clone()));
-            columns
-                .member
-                .push(usage.as_ref().and_then(|u| u.member.clone()));
-            columns.credits.push(usage.as_ref().map(|u| u.credits));
-            for (index, part) in columns.parts.iter_mut().enumerate() {
-                part.push(usage.as_ref().map(|u| u.by_kind[index]));
-            }
-            columns.debit_seq.push(
-                usage
-                    .as_ref()
-                    .filter(|u| !u.is_charge)
-                    .map(|u| u.charge_seq as i64),
-            );
-        }
-        let (sums, chain) = purser_store::seal(
-            previous,
-            last as u64,
-            entries
-                .iter()
-                .zip(&columns.body)
-                .map(|(entry, body)| (entry.account.raw(), entry.seq, body)),
-        );
-        columns.sum = sums;
-        columns.chain = vec![None; entries.len()];
-        if let Some(slot) = columns.chain.last_mut() {
-            *slot = Some(chain.to_vec());
-        }
-        (columns, chain)
     }
 }
 
@@ -644,19 +589,14 @@ impl Store for PostgresStore {
     fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
         self.read(|client| {
             let rows = client
-                .query(
-                    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
-                     ORDER BY expires_at, key",
-                    &[],
-                )
+                .query(&format!("{CHECKED_RECORD} ORDER BY expires_at, key"), &[])
                 .map_err(backend)?;
             // Every record is checked, expired ones too: a damaged expiry
             // must not make a record look expired and be purged unseen.
             let mut records = Vec::new();
             for row in &rows {
-                let record = record_of(row);
-                let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
-                if record_sum(&record, pos as u64) != sum {
+                let (record, sound) = checked_record(row);
+                if !sound {
                     return Err(StoreError::Damaged(format!(
                         "the idempotency record of key {:?} does not match its checksum; restore a backup",
                         record.key
@@ -677,30 +617,25 @@ impl Store for PostgresStore {
         // Pages by position: plain queries, so a read-only open's single
         // transaction (and its snapshot) holds across every page.
         self.read(|client| {
-            let mut after: i64 = 0;
-            loop {
-                let rows = client
-                    .query(
-                        "SELECT pos, account, seq, body, sum, chain FROM entry
-                          WHERE pos > $1 ORDER BY pos LIMIT 10000",
-                        &[&after],
-                    )
-                    .map_err(backend)?;
-                let Some(last) = rows.last() else {
-                    return Ok(());
-                };
-                after = last.get(0);
-                for row in &rows {
-                    visit(StoredRow {
-                        pos: row.get::<_, i64>(0) as u64,
-                        account: row.get::<_, i64>(1) as u64,
-                        seq: row.get::<_, i64>(2) as u64,
-                        body: row.get(3),
-                        sum: row.get(4),
-                        chain: row.get(5),
-                    })?;
-                }
-            }
+            paged(
+                client,
+                "SELECT pos, account, seq, body, sum, chain FROM entry
+                  WHERE pos > $1 ORDER BY pos LIMIT 10000",
+                0i64,
+                |_, rows| {
+                    for row in rows {
+                        visit(StoredRow {
+                            pos: row.get::<_, i64>(0) as u64,
+                            account: row.get::<_, i64>(1) as u64,
+                            seq: row.get::<_, i64>(2) as u64,
+                            body: row.get(3),
+                            sum: row.get(4),
+                            chain: row.get(5),
+                        })?;
+                    }
+                    Ok(())
+                },
+            )
         })
     }
 
@@ -762,33 +697,25 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         // Paged by key: the table is never read whole.
         self.read(|client| {
-            let mut after = String::new();
-            loop {
-                let rows = client
-                    .query(
-                        "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
-                          WHERE key > $1 ORDER BY key LIMIT 1000",
-                        &[&after],
-                    )
-                    .map_err(backend)?;
-                let Some(last) = rows.last() else {
-                    return Ok(());
-                };
-                after = last.get(0);
-                for row in &rows {
-                    let record = record_of(row);
-                    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
-                    if record_sum(&record, pos as u64) != sum {
-                        found(Damage::Structure {
-                            what: "the idempotency records".into(),
-                            detail: format!(
-                                "the record of key {:?} does not match its checksum",
-                                record.key
-                            ),
-                        });
+            paged(
+                client,
+                &format!("{CHECKED_RECORD} WHERE key > $1 ORDER BY key LIMIT 1000"),
+                String::new(),
+                |_, rows| {
+                    for (record, sound) in rows.iter().map(checked_record) {
+                        if !sound {
+                            found(Damage::Structure {
+                                what: "the idempotency records".into(),
+                                detail: format!(
+                                    "the record of key {:?} does not match its checksum",
+                                    record.key
+                                ),
+                            });
+                        }
                     }
-                }
-            }
+                    Ok(())
+                },
+            )
         })
     }
 
@@ -919,128 +846,4 @@ impl Store for PostgresStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The server tests run against; a fresh database per test, dropped after.
-    fn admin_url() -> String {
-        std::env::var("PURSER_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    }
-
-    /// A store on a database of its own, dropped with it.
-    struct Fresh {
-        store: Option<PostgresStore>,
-        name: String,
-    }
-
-    impl std::ops::Deref for Fresh {
-        type Target = PostgresStore;
-        fn deref(&self) -> &PostgresStore {
-            self.store.as_ref().expect("open")
-        }
-    }
-
-    impl Drop for Fresh {
-        fn drop(&mut self) {
-            drop(self.store.take());
-            if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
-                let _ = admin.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ));
-            }
-        }
-    }
-
-    fn database_url(name: &str) -> String {
-        let admin = admin_url();
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base);
-        format!("{base}/{name}")
-    }
-
-    fn make() -> Fresh {
-        let mut bytes = [0u8; 6];
-        getrandom::fill(&mut bytes).unwrap();
-        let name = format!("purser_test_{}", hex::encode(bytes));
-        let mut admin = Client::connect(&admin_url(), NoTls).unwrap_or_else(|error| {
-            panic!(
-                "PostgreSQL is required for these tests and is not reachable at {} ({error}); \
-                 start it, or point PURSER_TEST_POSTGRES_URL at one",
-                admin_url()
-            )
-        });
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let store = PostgresStore::open(&database_url(&name), "test").unwrap();
-        Fresh {
-            store: Some(store),
-            name,
-        }
-    }
-
-    purser_store::conformance_tests!(make());
-
-    #[test]
-    fn a_second_writer_waits_for_the_lease_and_the_first_is_fenced_after() {
-        let first = make();
-        let url = database_url(&first.name);
-        assert!(matches!(
-            PostgresStore::open(&url, "second"),
-            Err(StoreError::LeaseHeld)
-        ));
-        // The first writer stops renewing (as if paused): its lease runs out.
-        first.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let second = loop {
-            match PostgresStore::open(&url, "second") {
-                Ok(store) => break store,
-                Err(StoreError::LeaseHeld) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(250));
-                }
-                Err(other) => panic!("takeover failed: {other}"),
-            }
-        };
-        assert!(second.epoch() > first.epoch());
-        let journal = purser_store::conformance::sample_journal();
-        let commit = Commit {
-            entries: &journal[..2],
-            idempotency: &[],
-            snapshots: &[],
-        };
-        assert!(
-            matches!(first.commit(commit), Err(StoreError::Fenced)),
-            "the old writer is fenced"
-        );
-        second.commit(commit).expect("the new writer commits");
-        assert_eq!(second.replay(&mut |_| Ok(())).unwrap(), 2);
-        drop(second);
-    }
-
-    #[test]
-    fn a_failed_commit_stores_nothing_of_its_batch() {
-        let store = make();
-        let journal = purser_store::conformance::sample_journal();
-        store
-            .commit(Commit {
-                entries: &journal[..3],
-                idempotency: &[],
-                snapshots: &[],
-            })
-            .unwrap();
-        assert!(
-            store
-                .commit(Commit {
-                    entries: &journal[2..6],
-                    idempotency: &[],
-                    snapshots: &[]
-                })
-                .is_err()
-        );
-        let count = store.replay(&mut |_| Ok(())).unwrap();
-        assert_eq!(count, 3);
-    }
-}
+mod tests;

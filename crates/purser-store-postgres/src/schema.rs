@@ -99,38 +99,38 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
     let mut chain = purser_store::GENESIS;
     let mut end: i64 = 0;
     // Keyset pages, each updated in one statement: memory stays bounded.
-    loop {
-        let rows = transaction
-            .query(
-                "SELECT pos, account, seq, body FROM entry WHERE pos > $1 ORDER BY pos LIMIT 10000",
-                &[&end],
-            )
-            .map_err(backend)?;
-        if rows.is_empty() {
-            break;
-        }
-        let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
-        for row in &rows {
-            let pos: i64 = row.get(0);
-            let (account, seq): (i64, i64) = (row.get(1), row.get(2));
-            let body: &[u8] = row.get(3);
-            let (sum, next) =
-                purser_store::seal(&chain, pos as u64 - 1, [(account as u64, seq as u64, body)]);
-            positions.push(pos);
-            sums.push(sum[0]);
-            chains.push(next.to_vec());
-            chain = next;
-            end = pos;
-        }
-        transaction
-            .execute(
-                "UPDATE entry SET sum = u.sum, chain = u.chain
-                   FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(pos, sum, chain)
-                  WHERE entry.pos = u.pos",
-                &[&positions, &sums, &chains],
-            )
-            .map_err(backend)?;
-    }
+    crate::paged(
+        transaction,
+        "SELECT pos, account, seq, body FROM entry WHERE pos > $1 ORDER BY pos LIMIT 10000",
+        0i64,
+        |transaction, rows| {
+            let (mut positions, mut sums, mut chains) = (Vec::new(), Vec::new(), Vec::new());
+            for row in rows {
+                let pos: i64 = row.get(0);
+                let (account, seq): (i64, i64) = (row.get(1), row.get(2));
+                let body: &[u8] = row.get(3);
+                let (sum, next) = purser_store::seal(
+                    &chain,
+                    pos as u64 - 1,
+                    [(account as u64, seq as u64, body)],
+                );
+                positions.push(pos);
+                sums.push(sum[0]);
+                chains.push(next.to_vec());
+                chain = next;
+                end = pos;
+            }
+            transaction
+                .execute(
+                    "UPDATE entry SET sum = u.sum, chain = u.chain
+                       FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(pos, sum, chain)
+                      WHERE entry.pos = u.pos",
+                    &[&positions, &sums, &chains],
+                )
+                .map_err(backend)?;
+            Ok(())
+        },
+    )?;
     let snapshots = transaction
         .query("SELECT partition, position, body FROM snapshot", &[])
         .map_err(backend)?;
@@ -145,34 +145,29 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
             )
             .map_err(backend)?;
     }
-    let mut after = String::new();
-    loop {
-        let records = transaction
-            .query(
-                "SELECT key, fingerprint, status, body, expires_at FROM idempotency
-                  WHERE key > $1 ORDER BY key LIMIT 1000",
-                &[&after],
-            )
-            .map_err(backend)?;
-        let Some(last) = records.last() else {
-            break;
-        };
-        after = last.get(0);
-        let (mut keys, mut sums) = (Vec::new(), Vec::new());
-        for row in &records {
-            let record = crate::record_of(row);
-            sums.push(purser_store::record_sum(&record, end as u64));
-            keys.push(record.key);
-        }
-        transaction
-            .execute(
-                "UPDATE idempotency SET pos = $3, sum = u.sum
-                   FROM unnest($1::text[], $2::bigint[]) AS u(key, sum)
-                  WHERE idempotency.key = u.key",
-                &[&keys, &sums, &end],
-            )
-            .map_err(backend)?;
-    }
+    crate::paged(
+        transaction,
+        "SELECT key, fingerprint, status, body, expires_at FROM idempotency
+          WHERE key > $1 ORDER BY key LIMIT 1000",
+        String::new(),
+        |transaction, records| {
+            let (mut keys, mut sums) = (Vec::new(), Vec::new());
+            for row in records {
+                let record = crate::record_of(row);
+                sums.push(purser_store::record_sum(&record, end as u64));
+                keys.push(record.key);
+            }
+            transaction
+                .execute(
+                    "UPDATE idempotency SET pos = $3, sum = u.sum
+                       FROM unnest($1::text[], $2::bigint[]) AS u(key, sum)
+                      WHERE idempotency.key = u.key",
+                    &[&keys, &sums, &end],
+                )
+                .map_err(backend)?;
+            Ok(())
+        },
+    )?;
     Ok(())
 }
 
@@ -182,32 +177,20 @@ const MIGRATION_LOCK: i64 = 0x7075_7273_6572;
 /// The schema version of a store opened read-only: it must be this
 /// purser's (a read-only open migrates nothing).
 pub(crate) fn check_version(client: &mut Client) -> Result<(), StoreError> {
-    let current: i32 = client
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM purser_schema_version",
-            &[],
-        )
-        .map_err(backend)?
-        .get(0);
+    let found = stored_version(client)?;
     let supported = MIGRATIONS.len() as i64;
-    match i64::from(current) {
-        found if found > supported => Err(StoreError::SchemaTooNew { found, supported }),
-        found if found < supported => Err(StoreError::Backend(format!(
+    if found < supported {
+        return Err(StoreError::Backend(format!(
             "schema version {found} is older than this purser's ({supported}): `purser serve` migrates it"
-        ))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
-pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut transaction = client.transaction().map_err(backend)?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(backend)?;
-    transaction
-        .batch_execute("CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);")
-        .map_err(backend)?;
-    let current: i32 = transaction
+/// The stored schema version; [`StoreError::SchemaTooNew`] if a newer
+/// purser wrote it.
+fn stored_version(client: &mut impl postgres::GenericClient) -> Result<i64, StoreError> {
+    let current: i32 = client
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM purser_schema_version",
             &[],
@@ -221,6 +204,18 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
             supported,
         });
     }
+    Ok(i64::from(current))
+}
+
+pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut transaction = client.transaction().map_err(backend)?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(backend)?;
+    transaction
+        .batch_execute("CREATE TABLE IF NOT EXISTS purser_schema_version (version INT NOT NULL);")
+        .map_err(backend)?;
+    let current = stored_version(&mut transaction)?;
     if current >= 2 && (current as usize) < MIGRATIONS.len() {
         // A writer of the older schema may still be serving: migrating
         // under it would stall it (the migration locks its tables) and let

@@ -1,5 +1,7 @@
-//! `purser.end`: where the journal ended after the last commit, kept beside
-//! the database as a witness the WAL cannot take with it.
+//! The data directory's own files besides the databases: `purser.lock`
+//! (one writing process at a time) and `purser.end`, where the journal
+//! ended after the last commit, kept beside the database as a witness the
+//! WAL cannot take with it.
 //!
 //! Written (not fsynced) after each commit returns, so it never says more
 //! than was durable; a crash of the process leaves it in the page cache, so
@@ -66,3 +68,38 @@ pub(crate) fn read_marker(data_dir: &Path) -> Option<(u64, purser_store::ChainHa
     chain.copy_from_slice(&bytes[16..48]);
     Some((u64::from_le_bytes(pos), chain))
 }
+
+/// Takes the data directory's lock (`purser.lock`): one process at a time
+/// may write a data directory (a second `serve`, or a `restore` while one
+/// serves, is refused). Waits up to `wait` for a holder that is going away
+/// (a server shutting down, a store being dropped).
+pub fn lock_data_dir(data_dir: &Path, wait: Duration) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join("purser.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Backend(format!(
+                    "{} is in use by another purser process",
+                    data_dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Backend(format!("{}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+/// How long opening a store waits for the data directory's lock.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);

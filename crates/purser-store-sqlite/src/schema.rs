@@ -224,6 +224,20 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The columns [`checked_record`] reads, in its order.
+pub(crate) const CHECKED_RECORD: &str = "SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_log ORDER BY id";
+
+/// A row of [`CHECKED_RECORD`]: the record, its id, and whether it matches
+/// its checksum.
+pub(crate) fn checked_record(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(IdempotencyRecord, i64, bool)> {
+    let record = record_of(row, 0)?;
+    let (pos, sum, id): (i64, i64, i64) = (row.get(5)?, row.get(6)?, row.get(7)?);
+    let sound = record_sum(&record, pos as u64) == sum;
+    Ok((record, id, sound))
+}
+
 /// An idempotency record from the columns `key, fingerprint, status, body,
 /// expires_at` starting at `first`.
 pub(crate) fn record_of(
@@ -270,10 +284,9 @@ pub(crate) const HISTORY_SCHEMA: &str = r#"
     INSERT OR IGNORE INTO indexed (one, pos) VALUES (1, 0);
 "#;
 
-pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
-    connection
-        .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
-        .map_err(backend)?;
+/// The stored schema version; [`StoreError::SchemaTooNew`] if a newer
+/// purser wrote it.
+fn stored_version(connection: &Connection) -> Result<i64, StoreError> {
     let current: i64 = connection
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_version",
@@ -288,6 +301,14 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
             supported,
         });
     }
+    Ok(current)
+}
+
+pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    connection
+        .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
+        .map_err(backend)?;
+    let current = stored_version(connection)?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
         let transaction = connection.unchecked_transaction().map_err(backend)?;
@@ -309,20 +330,8 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
 /// The schema version of a store opened read-only: it must be this
 /// purser's (a read-only open migrates nothing).
 pub(crate) fn check_version(connection: &Connection) -> Result<(), StoreError> {
-    let current: i64 = connection
-        .query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(backend)?;
+    let current = stored_version(connection)?;
     let supported = MIGRATIONS.len() as i64;
-    if current > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
     if current < supported {
         return Err(StoreError::Backend(format!(
             "schema version {current} is older than this purser's ({supported}): `purser serve` migrates it (back it up first)"

@@ -1,11 +1,106 @@
-//! `verify`'s checks of what `purser.db` and `history.db` hold besides the
+//! `verify`'s read-only open, and its checks of what `purser.db` and `history.db` hold besides the
 //! journal: SQLite's own integrity check of both files, every idempotency
 //! record against its checksum, and every row of the history index against
 //! the log entry it was derived from.
 
 use super::*;
 
+/// What a path keeps unescaped in an SQLite URI.
+const PATH_IN_URI: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_');
+
 impl SqliteStore {
+    /// Opens `purser.db` (and `history.db`, if present) read-only, for
+    /// `verify`: no migration, no indexer, no rebuild, no lock (a serving
+    /// purser may keep writing). Every read sees one consistent state: one
+    /// read transaction, which reads the history index's position before
+    /// the log's, so the index is never seen ahead of a log that is whole.
+    pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join("purser.db");
+        if !path.exists() {
+            return Err(StoreError::Backend(format!(
+                "no purser store in {}",
+                data_dir.display()
+            )));
+        }
+        let history_path = data_dir.join("history.db");
+        let has_history = history_path.exists();
+        // Before anything of the log is read (see `marker_at_open`).
+        let marker_at_open = read_marker(data_dir);
+        let mut connection = open_reader(&path, None)?;
+        let has_schema: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        if has_schema == 0 {
+            // No journal at all (a WAL lost before its first checkpoint):
+            // checked as an empty store, so every witness of what was
+            // there (history.db, purser.end) still speaks.
+            tracing::warn!("{} holds no purser schema", path.display());
+            connection = Connection::open_with_flags(
+                ":memory:",
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(backend)?;
+            migrate(&connection)?;
+        }
+        check_version(&connection)?;
+        if has_history {
+            // Read-only whatever the main connection is (a URI with
+            // mode=ro; SQLITE_OPEN_URI is set on both kinds of connection).
+            let uri = format!(
+                "file:{}?mode=ro",
+                percent_encoding::utf8_percent_encode(
+                    &history_path.to_string_lossy(),
+                    &PATH_IN_URI
+                )
+            );
+            connection
+                .execute("ATTACH DATABASE ?1 AS h", [uri])
+                .map_err(backend)?;
+        }
+        connection.execute_batch("BEGIN").map_err(backend)?;
+        let index = Arc::new(IndexState::default());
+        {
+            let mut progress = lock(&index.progress);
+            if has_history {
+                let indexed: Option<i64> = connection
+                    .query_row("SELECT MAX(pos, partial) FROM h.indexed", [], |row| {
+                        row.get(0)
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                progress.indexed = indexed.unwrap_or(0) as u64;
+            }
+            let committed: i64 = connection
+                .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |row| {
+                    row.get(0)
+                })
+                .map_err(backend)?;
+            progress.committed = committed as u64;
+        }
+        Ok(SqliteStore {
+            path,
+            history_path,
+            writer: Mutex::new(connection),
+            readers: Mutex::new(Vec::new()),
+            index,
+            worker: None,
+            indexer: None,
+            read_only: true,
+            history: has_history,
+            _lock: None,
+            marker: None,
+            marker_at_open: Mutex::new(marker_at_open),
+        })
+    }
+
     pub(crate) fn check_sqlite_structures(
         &self,
         found: &mut dyn FnMut(Damage),
@@ -66,12 +161,7 @@ fn integrity(
 /// Every idempotency record (expired ones too) against its checksum.
 fn records(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(), StoreError> {
     let what = "the idempotency records";
-    let mut statement = connection
-        .prepare(
-            "SELECT key, fingerprint, status, body, expires_at, id, pos, sum
-               FROM idempotency_log ORDER BY id",
-        )
-        .map_err(backend)?;
+    let mut statement = connection.prepare(CHECKED_RECORD).map_err(backend)?;
     let mut rows = statement.query([]).map_err(backend)?;
     loop {
         let row = match rows.next() {
@@ -82,18 +172,13 @@ fn records(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(),
                 return Ok(());
             }
         };
-        let id: i64 = row.get(5).map_err(backend)?;
-        let checked = record_of(row, 0).and_then(|record| {
-            let (pos, sum): (i64, i64) = (row.get(6)?, row.get(7)?);
-            Ok(record_sum(&record, pos as u64) == sum)
-        });
-        match checked {
-            Ok(true) => {}
-            Ok(false) => found(structure(
+        match checked_record(row) {
+            Ok((_, _, true)) => {}
+            Ok((_, id, false)) => found(structure(
                 what,
                 format!("record {id} does not match its checksum"),
             )),
-            Err(error) => found(structure(what, format!("record {id}: {error}"))),
+            Err(error) => found(structure(what, format!("a record: {error}"))),
         }
     }
 }

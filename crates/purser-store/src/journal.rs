@@ -35,10 +35,16 @@ pub const GENESIS: ChainHash = [0; 32];
 /// the checksums is BLAKE3. (BLAKE3 per entry cost 208 ns, XXH3 about a
 /// tenth: BENCHMARKS.md.)
 pub fn entry_sum(account: u64, seq: u64, body: &[u8]) -> i64 {
+    placed_sum(ENTRY_DOMAIN, account, seq, body)
+}
+
+/// XXH3-64 of `body`, seeded with XXH3-64 of where it is stored (`owner`,
+/// `place`) in `domain`: the same bytes stored elsewhere fail their check.
+fn placed_sum(domain: u64, owner: u64, place: u64, body: &[u8]) -> i64 {
     let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&account.to_le_bytes());
-    key[8..].copy_from_slice(&seq.to_le_bytes());
-    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&key, ENTRY_DOMAIN);
+    key[..8].copy_from_slice(&owner.to_le_bytes());
+    key[8..].copy_from_slice(&place.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&key, domain);
     xxhash_rust::xxh3::xxh3_64_with_seed(body, seed) as i64
 }
 
@@ -81,11 +87,7 @@ const KEY_DOMAIN: u64 = 0x7075_7273_6572_0e02;
 
 /// The checksum of a partition snapshot taken at journal position `position`.
 pub fn snapshot_sum(partition: u16, position: u64, body: &[u8]) -> i64 {
-    let mut key = [0u8; 10];
-    key[..2].copy_from_slice(&partition.to_le_bytes());
-    key[2..].copy_from_slice(&position.to_le_bytes());
-    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&key, SNAPSHOT_DOMAIN);
-    xxhash_rust::xxh3::xxh3_64_with_seed(body, seed) as i64
+    placed_sum(SNAPSHOT_DOMAIN, u64::from(partition), position, body)
 }
 
 /// Keeps snapshot checksums apart from the others.
