@@ -503,6 +503,15 @@ async fn postgres_damage_is_found_by_verify_and_refused_at_start() {
     let work = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start_on_database(&url, work.path(), "pg");
     let client = admin(&server, TIMEOUT);
+    // Healthy first, then the writer once it holds the lease.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while client.get("/readyz").await.map(|reply| reply.status).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never became the writer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for account in ACCOUNTS {
         open_account(&client, account).await;
     }
