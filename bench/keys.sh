@@ -27,7 +27,7 @@ db() {
     python3 - "$DIR/data/purser.db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-rows = c.execute("select count(*) from idempotency_log").fetchone()[0]
+rows = c.execute("select count(*) from idempotency_record").fetchone()[0]
 size = c.execute("pragma page_size").fetchone()[0]
 pages = c.execute("pragma page_count").fetchone()[0]
 free = c.execute("pragma freelist_count").fetchone()[0]

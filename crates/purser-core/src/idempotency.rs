@@ -1,10 +1,24 @@
 //! Idempotency keys: the same key with the same request returns the first
 //! outcome and changes nothing; the same key with another request is refused.
 //!
-//! The table is pure: callers pass `now`, a fingerprint of the request (a
-//! hash of method, path and body), and the outcome to remember. Only accepted
-//! requests are remembered: a refused one is [`IdempotencyTable::abandon`]ed
-//! and can be retried with the same key.
+//! The table is pure: callers pass `now`, the key's hash ([`KeyHash`]), a
+//! fingerprint of the request (a hash of method, path and body), and the
+//! outcome to remember. Only accepted requests are remembered: a refused one
+//! is [`IdempotencyTable::abandon`]ed and can be retried with the same key.
+//!
+//! Memory is bounded by a setting, not by the number of keys remembered:
+//! - keys in flight, and the `cache` most recently finished keys with their
+//!   outcomes, are *hot*;
+//! - older finished keys are *cold*: only 64 bits of their hash and their
+//!   expiry stay in memory (16 bytes in the map). Their outcome is in the
+//!   store, which the caller reads when told to ([`Claim::Lookup`]);
+//! - keys the store held before this process started are learnt in the
+//!   background ([`IdempotencyTable::learn`]); until the caller says they
+//!   all are ([`IdempotencyTable::set_complete`]), every key not known here
+//!   is looked up in the store too.
+//!
+//! A cold key is only ever one whose outcome is durable in the store: the
+//! caller finishes a key once its record is committed.
 
 use std::collections::VecDeque;
 
@@ -14,6 +28,10 @@ use crate::time::{MICROS_PER_SECOND, Timestamp};
 
 /// A digest of a request, e.g. SHA-256 of its method, path and canonical body.
 pub type Fingerprint = [u8; 32];
+
+/// A digest of an idempotency key (the first 16 bytes of its SHA-256): the
+/// key as stored and looked up; the key's text is never kept.
+pub type KeyHash = [u8; 16];
 
 /// What a key says about a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,6 +45,19 @@ pub enum Claim<'a, T> {
     Mismatch,
     /// The same request is still running.
     InFlight,
+    /// The key may have a record in the store: the caller reads it and
+    /// calls [`IdempotencyTable::found`] (the key is held in flight
+    /// meanwhile; [`IdempotencyTable::abandon`] lets it go).
+    Lookup,
+}
+
+/// What the store said of a key claimed with [`Claim::Lookup`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<T> {
+    /// No record: the request is new, and the key stays claimed for it.
+    New,
+    Replay(T),
+    Mismatch,
 }
 
 #[derive(Debug)]
@@ -45,44 +76,86 @@ struct Record<T> {
 /// Keys and their outcomes, forgotten `retention_seconds` after they finish.
 #[derive(Debug)]
 pub struct IdempotencyTable<T> {
-    records: HashMap<Box<str>, Record<T>, foldhash::quality::RandomState>,
-    /// Finished keys in the order they expire.
-    expiry: VecDeque<(Timestamp, Box<str>)>,
+    hot: HashMap<KeyHash, Record<T>, foldhash::quality::RandomState>,
+    /// Hot finished keys in the order they finished (their expiry order
+    /// while the retention does not change).
+    finished: VecDeque<(Timestamp, KeyHash)>,
+    /// How many finished keys stay hot.
+    cache: usize,
+    /// Finished keys that are no longer hot: 64 bits of the hash, expiry.
+    cold: HashMap<u64, Timestamp, foldhash::quality::RandomState>,
+    /// Whether every key the store holds is hot or cold here.
+    complete: bool,
     retention_seconds: i64,
 }
 
+fn short(hash: &KeyHash) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
 impl<T> IdempotencyTable<T> {
-    pub fn new(retention_seconds: i64) -> IdempotencyTable<T> {
+    /// An empty table over a store with no records: complete.
+    pub fn new(retention_seconds: i64, cache: usize) -> IdempotencyTable<T> {
         IdempotencyTable {
-            records: HashMap::with_hasher(foldhash::quality::RandomState::default()),
-            expiry: VecDeque::new(),
+            hot: HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            finished: VecDeque::new(),
+            cache,
+            cold: HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            complete: true,
             retention_seconds,
         }
     }
 
+    /// Keys known here: hot (in flight or finished) and cold.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.hot.len() + self.cold.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.hot.is_empty() && self.cold.is_empty()
     }
 
-    /// Looks the key up; a new key is marked in flight.
-    pub fn claim(&mut self, key: &str, fingerprint: Fingerprint, now: Timestamp) -> Claim<'_, T> {
-        self.purge(now);
-        // One lookup; the key is copied first (new keys are the common case).
-        let record = match self.records.entry(Box::from(key)) {
+    /// Finished keys whose outcome is in memory.
+    pub fn hot_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Says whether every key the store holds is known here (`false` while
+    /// the keys stored before this process started are being learnt).
+    pub fn set_complete(&mut self, complete: bool) {
+        self.complete = complete;
+    }
+
+    /// Looks the key up; a new key (and one to look up) is marked in flight.
+    pub fn claim(
+        &mut self,
+        key: &KeyHash,
+        fingerprint: Fingerprint,
+        now: Timestamp,
+    ) -> Claim<'_, T> {
+        self.purge_hot(now);
+        let lookup = !self.complete || self.cold.get(&short(key)).is_some_and(|e| *e > now);
+        let record = match self.hot.entry(*key) {
             hashbrown::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Record {
                     fingerprint,
                     state: State::InFlight,
                     expires_at: Timestamp::NEVER,
                 });
-                return Claim::New;
+                return if lookup { Claim::Lookup } else { Claim::New };
             }
             hashbrown::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
         };
+        // A finished key is kept past its expiry only until a purge reaches
+        // it (one `found` out of expiry order): it is new again.
+        if matches!(record.state, State::Done(_)) && record.expires_at <= now {
+            *record = Record {
+                fingerprint,
+                state: State::InFlight,
+                expires_at: Timestamp::NEVER,
+            };
+            return Claim::New;
+        }
         match &record.state {
             _ if record.fingerprint != fingerprint => Claim::Mismatch,
             State::InFlight => Claim::InFlight,
@@ -90,44 +163,72 @@ impl<T> IdempotencyTable<T> {
         }
     }
 
-    /// Remembers the outcome of an accepted request.
-    pub fn finish(&mut self, key: &str, outcome: T, now: Timestamp) {
+    /// Ends a [`Claim::Lookup`] with the key's record in the store (its
+    /// fingerprint, outcome and expiry; `None` if there is none). The
+    /// record becomes hot.
+    pub fn found(
+        &mut self,
+        key: &KeyHash,
+        stored: Option<(Fingerprint, T, Timestamp)>,
+        now: Timestamp,
+    ) -> Found<T>
+    where
+        T: Clone,
+    {
+        let Some((fingerprint, outcome, expires_at)) = stored.filter(|s| s.2 > now) else {
+            return Found::New;
+        };
+        let claimed = self.hot.get(key).map(|r| r.fingerprint);
+        let found = if claimed == Some(fingerprint) {
+            Found::Replay(outcome.clone())
+        } else {
+            Found::Mismatch
+        };
+        self.hot.insert(
+            *key,
+            Record {
+                fingerprint,
+                state: State::Done(outcome),
+                expires_at,
+            },
+        );
+        self.finished.push_back((expires_at, *key));
+        self.cool(now);
+        found
+    }
+
+    /// Remembers the outcome of an accepted request (durable in the store
+    /// by now).
+    pub fn finish(&mut self, key: &KeyHash, outcome: T, now: Timestamp) {
         let expires_at = self.expiry_from(now);
-        if let Some(record) = self.records.get_mut(key) {
+        if let Some(record) = self.hot.get_mut(key) {
             record.state = State::Done(outcome);
             record.expires_at = expires_at;
-            self.expiry.push_back((expires_at, key.into()));
+            self.finished.push_back((expires_at, *key));
+            self.cool(now);
         }
     }
 
     /// Forgets a key whose request was refused (or failed before it ran).
-    pub fn abandon(&mut self, key: &str) {
+    pub fn abandon(&mut self, key: &KeyHash) {
         if matches!(
-            self.records.get(key),
+            self.hot.get(key),
             Some(Record {
                 state: State::InFlight,
                 ..
             })
         ) {
-            self.records.remove(key);
+            self.hot.remove(key);
         }
     }
 
-    /// Restores a finished key (recovery): remembered until `expires_at`.
-    pub fn restore(
-        &mut self,
-        key: &str,
-        fingerprint: Fingerprint,
-        outcome: T,
-        expires_at: Timestamp,
-    ) {
-        let record = Record {
-            fingerprint,
-            state: State::Done(outcome),
-            expires_at,
-        };
-        self.records.insert(key.into(), record);
-        self.expiry.push_back((expires_at, key.into()));
+    /// Learns a key the store holds (finished before this process
+    /// started): cold, until `expires_at`.
+    pub fn learn(&mut self, key: &KeyHash, expires_at: Timestamp) {
+        if !self.hot.contains_key(key) {
+            let known = self.cold.entry(short(key)).or_insert(expires_at);
+            *known = (*known).max(expires_at);
+        }
     }
 
     /// When a key finished at `now` is forgotten.
@@ -138,28 +239,57 @@ impl<T> IdempotencyTable<T> {
         )
     }
 
-    /// Forgets finished keys whose retention has passed.
-    pub fn purge(&mut self, now: Timestamp) {
-        while let Some((expires_at, _)) = self.expiry.front() {
+    /// Moves the oldest finished keys out of the cache: their outcome stays
+    /// in the store, their hash here.
+    fn cool(&mut self, now: Timestamp) {
+        while self.finished.len() > self.cache {
+            let (expires_at, key) = self.finished.pop_front().expect("over the cache");
+            if let Some(record) = self.hot.get(&key)
+                && record.expires_at == expires_at
+                && matches!(record.state, State::Done(_))
+            {
+                self.hot.remove(&key);
+                if expires_at > now {
+                    let known = self.cold.entry(short(&key)).or_insert(expires_at);
+                    *known = (*known).max(expires_at);
+                }
+            }
+        }
+    }
+
+    /// Forgets hot finished keys whose retention has passed (cheap: the
+    /// oldest first).
+    fn purge_hot(&mut self, now: Timestamp) {
+        while let Some((expires_at, _)) = self.finished.front() {
             if *expires_at > now {
                 break;
             }
-            let (expires_at, key) = self.expiry.pop_front().expect("front exists");
+            let (expires_at, key) = self.finished.pop_front().expect("front exists");
             if self
-                .records
+                .hot
                 .get(&key)
-                .is_some_and(|r| r.expires_at == expires_at)
+                .is_some_and(|r| r.expires_at == expires_at && matches!(r.state, State::Done(_)))
             {
-                self.records.remove(&key);
+                self.hot.remove(&key);
             }
         }
+    }
+
+    /// Forgets every key whose retention has passed, hot and cold (the cold
+    /// ones by a walk over them all: the janitor's job, not a request's).
+    pub fn purge(&mut self, now: Timestamp) {
+        self.purge_hot(now);
+        self.cold.retain(|_, expires_at| *expires_at > now);
         // After a busy day has expired, give the tables' room back: the
         // memory a burst of keys took is not kept for ever.
-        if self.records.capacity() > 4 * self.records.len() + 1024 {
-            self.records.shrink_to(2 * self.records.len());
+        if self.hot.capacity() > 4 * self.hot.len() + 1024 {
+            self.hot.shrink_to(2 * self.hot.len());
         }
-        if self.expiry.capacity() > 4 * self.expiry.len() + 1024 {
-            self.expiry.shrink_to(2 * self.expiry.len());
+        if self.finished.capacity() > 4 * self.finished.len() + 1024 {
+            self.finished.shrink_to(2 * self.finished.len());
+        }
+        if self.cold.capacity() > 4 * self.cold.len() + 1024 {
+            self.cold.shrink_to(2 * self.cold.len());
         }
     }
 }
@@ -170,30 +300,89 @@ mod tests {
 
     const SECOND: i64 = MICROS_PER_SECOND;
 
+    fn k(n: u8) -> KeyHash {
+        [n; 16]
+    }
+
     #[test]
     fn same_key_same_request_replays_and_other_request_mismatches() {
-        let mut table = IdempotencyTable::new(86_400);
+        let mut table = IdempotencyTable::new(86_400, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim("k", [1; 32], t0), Claim::New);
-        assert_eq!(table.claim("k", [1; 32], t0), Claim::InFlight);
-        assert_eq!(table.claim("k", [2; 32], t0), Claim::Mismatch);
-        table.finish("k", "first", t0);
-        assert_eq!(table.claim("k", [1; 32], t0), Claim::Replay(&"first"));
-        assert_eq!(table.claim("k", [2; 32], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::Mismatch);
+        table.finish(&k(1), "first", t0);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::Mismatch);
         // Kept for the whole retention, forgotten after it.
         let almost = Timestamp::from_micros(86_400 * SECOND - 1);
-        assert_eq!(table.claim("k", [1; 32], almost), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [1; 32], almost), Claim::Replay(&"first"));
         let after = Timestamp::from_micros(86_400 * SECOND);
-        assert_eq!(table.claim("k", [2; 32], after), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 32], after), Claim::New);
     }
 
     #[test]
     fn refused_requests_are_not_remembered() {
-        let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60);
+        let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim("k", [1; 32], t0), Claim::New);
-        table.abandon("k");
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::New);
+        table.abandon(&k(1));
         assert!(table.is_empty());
-        assert_eq!(table.claim("k", [2; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::New);
+    }
+
+    #[test]
+    fn keys_beyond_the_cache_are_looked_up_and_come_back_hot() {
+        let mut table: IdempotencyTable<u32> = IdempotencyTable::new(60, 2);
+        let t0 = Timestamp::from_micros(0);
+        for n in 1..=5 {
+            assert_eq!(table.claim(&k(n), [n; 32], t0), Claim::New);
+            table.finish(&k(n), u32::from(n), t0);
+        }
+        assert_eq!(table.hot_len(), 2);
+        assert_eq!(table.len(), 5);
+        // Hot: answered from memory; cold: the store is asked.
+        assert_eq!(table.claim(&k(5), [5; 32], t0), Claim::Replay(&5));
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
+        let expiry = table.expiry_from(t0);
+        assert_eq!(
+            table.found(&k(1), Some(([1; 32], 1, expiry)), t0),
+            Found::Replay(1)
+        );
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Replay(&1));
+        // Another request under a cold key is refused after the lookup.
+        assert_eq!(table.claim(&k(2), [9; 32], t0), Claim::Lookup);
+        assert_eq!(
+            table.found(&k(2), Some(([2; 32], 2, expiry)), t0),
+            Found::Mismatch
+        );
+        assert_eq!(table.claim(&k(2), [9; 32], t0), Claim::Mismatch);
+        // Never seen: new at once, no lookup.
+        assert_eq!(table.claim(&k(9), [9; 32], t0), Claim::New);
+        table.abandon(&k(9));
+        // After the retention, cold keys are gone too.
+        let later = Timestamp::from_micros(61 * SECOND);
+        table.purge(later);
+        assert!(table.is_empty());
+        assert_eq!(table.claim(&k(3), [3; 32], later), Claim::New);
+    }
+
+    #[test]
+    fn until_complete_every_unknown_key_is_looked_up() {
+        let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
+        table.set_complete(false);
+        let t0 = Timestamp::from_micros(0);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Lookup);
+        assert_eq!(table.found(&k(1), None, t0), Found::New);
+        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
+        table.learn(&k(2), table.expiry_from(t0));
+        table.set_complete(true);
+        assert_eq!(table.claim(&k(2), [2; 32], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(3), [3; 32], t0), Claim::New);
+        // An expired record in the store is no record.
+        table.abandon(&k(2));
+        assert_eq!(table.claim(&k(2), [2; 32], t0), Claim::Lookup);
+        assert_eq!(table.found(&k(2), Some(([2; 32], 7, t0)), t0), Found::New);
     }
 }

@@ -42,7 +42,7 @@ pub use entry::{
     Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
 };
 pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
-pub use idempotency::{Claim, Fingerprint, IdempotencyTable};
+pub use idempotency::{Claim, Fingerprint, Found, IdempotencyTable, KeyHash};
 pub use ids::{
     AccountHandle, AccountId, IdError, MemberId, ObjectId, ObjectKind, PackageId, TaskId, TierId,
     partition_of,

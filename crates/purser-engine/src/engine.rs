@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 use purser_core::{
-    AccountHandle, AccountId, Catalog, Command, Ledger, Target, Timestamp, partition_of,
+    AccountHandle, AccountId, Catalog, Command, Found, KeyHash, Ledger, Target, Timestamp,
+    partition_of,
 };
 use purser_store::{Store, StoreError};
 use tokio::sync::oneshot;
@@ -86,6 +87,32 @@ enum Pending {
     },
 }
 
+fn ended(outcome: Outcome) -> Submitted {
+    Submitted(Pending::Ended(outcome))
+}
+
+fn replay(stored: Stored) -> Submitted {
+    Submitted(Pending::Replay {
+        status: stored.status,
+        remembered: stored.body,
+    })
+}
+
+/// Keys held in flight while the store is asked about them: let go unless
+/// the answers came (a dropped request, a store that did not answer).
+struct Lookups {
+    keys: Arc<KeyTable>,
+    pending: Vec<(usize, KeyHash)>,
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        for (_, key) in &self.pending {
+            self.keys.abandon(key);
+        }
+    }
+}
+
 /// A page of accounts, newest first, each rendered.
 #[derive(Debug)]
 pub struct AccountsPage {
@@ -104,6 +131,9 @@ pub struct EngineConfig {
     /// How often the janitor purges expired idempotency records from the
     /// store and from memory.
     pub idempotency_purge_interval: Duration,
+    /// How many finished idempotency keys keep their answer in memory;
+    /// older ones cost 16 bytes each and are answered from the store.
+    pub idempotency_cache_keys: usize,
     /// A shard snapshots its partitions after writing this many entries.
     pub snapshot_every_entries: u64,
     /// How long a request waits for its answer before "unavailable" (the
@@ -230,7 +260,60 @@ impl Engine {
             request_timeout: config.request_timeout,
         }));
         engine.start_janitor(config.idempotency_purge_interval);
+        engine.start_learning();
         engine
+    }
+
+    /// Learns, in the background, the idempotency keys the store held when
+    /// this process started (a page at a time; 16 bytes each in memory).
+    /// Until it is done, every key not known is looked up in the store, so
+    /// nothing is answered wrong meanwhile, only a little slower.
+    fn start_learning(&self) {
+        const PAGE: usize = 10_000;
+        let engine = Arc::downgrade(&self.0);
+        let spawned = std::thread::Builder::new()
+            .name("purser-keys".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let (mut after, mut learnt) = (0, 0usize);
+                loop {
+                    let Some(inner) = engine.upgrade() else {
+                        return;
+                    };
+                    if inner.poisoned.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match inner.store.idempotency_keys(after, PAGE) {
+                        Ok(keys) => {
+                            let damaged = inner.keys.learn(&keys, inner.clock.now());
+                            if damaged > 0 {
+                                tracing::error!(damaged, "idempotency records do not match their checksums: their keys are refused; run `purser verify`, restore a backup");
+                            }
+                            learnt += keys.len();
+                            match keys.last() {
+                                Some(last) if keys.len() == PAGE => after = last.id,
+                                _ => {
+                                    inner.keys.set_complete(true);
+                                    tracing::info!(
+                                        keys = learnt,
+                                        elapsed_ms = started.elapsed().as_millis() as u64,
+                                        "idempotency keys learnt from the store"
+                                    );
+                                    return;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "learning the stored idempotency keys failed; retrying (keys not known meanwhile are looked up in the store)");
+                            drop(inner);
+                            std::thread::sleep(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no thread to learn the stored idempotency keys: every new key is looked up in the store");
+        }
     }
 
     /// Purges expired idempotency records while serving, every `interval`:
@@ -288,6 +371,12 @@ impl Engine {
 
     pub fn is_poisoned(&self) -> bool {
         self.0.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Idempotency keys remembered (by their hash), and those of them whose
+    /// answer is in memory.
+    pub fn idempotency_keys(&self) -> (usize, usize) {
+        self.0.keys.counts()
     }
 
     pub fn queue_depth(&self) -> u64 {
@@ -358,74 +447,184 @@ impl Engine {
 
     // ----- commands and their keys -----
 
-    /// Claims an idempotency key: `Ok` for a key not seen before, `Err` with
-    /// what to answer instead (a replay, or the refusal of a key in use or
-    /// reused).
-    pub fn claim(&self, key: &IdempotencyKey) -> Result<(), Submitted> {
-        match self
-            .0
-            .keys
-            .claim(&key.key, key.fingerprint, self.0.clock.now())
-        {
-            Claimed::New => Ok(()),
-            Claimed::Replay(stored) => Err(Submitted(Pending::Replay {
-                status: stored.status,
-                remembered: stored.body,
-            })),
-            Claimed::Mismatch => Err(Submitted(Pending::Ended(Outcome::KeyReused))),
-            Claimed::InFlight => Err(Submitted(Pending::Ended(Outcome::KeyInUse))),
+    /// Claims an idempotency key: `Ok` for a key not seen before (claimed
+    /// for the caller, who ends it with [`Engine::finish`] or
+    /// [`Engine::release`]), `Err` with what to answer instead (a replay,
+    /// or the refusal of a key in use or reused).
+    pub async fn claim(&self, key: &IdempotencyKey) -> Result<(), Submitted> {
+        self.claim_all(&[Some(key)])
+            .await
+            .pop()
+            .expect("one answer a key")
+    }
+
+    /// Claims keys at once (a batch's): the ones that need the store are
+    /// looked up together, in one query off the async threads.
+    async fn claim_all(&self, keys: &[Option<&IdempotencyKey>]) -> Vec<Result<(), Submitted>> {
+        let now = self.0.clock.now();
+        let mut claims: Vec<Result<(), Submitted>> = Vec::with_capacity(keys.len());
+        let mut lookups = Lookups {
+            keys: self.0.keys.clone(),
+            pending: Vec::new(),
+        };
+        for (index, key) in keys.iter().enumerate() {
+            let Some(key) = key else {
+                claims.push(Ok(()));
+                continue;
+            };
+            claims.push(match self.0.keys.claim(&key.key, key.fingerprint, now) {
+                Claimed::New => Ok(()),
+                Claimed::Replay(stored) => Err(replay(stored)),
+                Claimed::Mismatch => Err(ended(Outcome::KeyReused)),
+                Claimed::InFlight => Err(ended(Outcome::KeyInUse)),
+                Claimed::Lookup => {
+                    lookups.pending.push((index, key.key));
+                    Ok(())
+                }
+            });
         }
+        if lookups.pending.is_empty() {
+            return claims;
+        }
+        // Held in flight while the store is asked; let go if this future
+        // is dropped (the client went away) or the store does not answer.
+        let wanted: Vec<KeyHash> = lookups.pending.iter().map(|(_, key)| *key).collect();
+        let store = self.0.store.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|key| store.idempotency_record(key))
+                .collect::<Vec<_>>()
+        });
+        let answers = match tokio::time::timeout_at(self.deadline(), asked).await {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(_)) | Err(_) => {
+                for (index, _) in &lookups.pending {
+                    claims[*index] = Err(ended(Outcome::Busy(Busy::Unavailable)));
+                }
+                return claims; // `lookups` lets the keys go
+            }
+        };
+        let now = self.0.clock.now();
+        for ((index, key), answer) in std::mem::take(&mut lookups.pending)
+            .into_iter()
+            .zip(answers)
+        {
+            claims[index] = match answer {
+                Ok(record) => match self.0.keys.found(&key, record, now) {
+                    Found::New => Ok(()),
+                    Found::Replay(stored) => Err(replay(stored)),
+                    Found::Mismatch => Err(ended(Outcome::KeyReused)),
+                },
+                Err(error) => {
+                    self.0.keys.abandon(&key);
+                    Err(ended(match error {
+                        StoreError::Damaged(message) => {
+                            tracing::error!(%message, "looking up an idempotency key");
+                            Outcome::RecallFailed(message)
+                        }
+                        error => {
+                            tracing::warn!(%error, "looking up an idempotency key");
+                            Outcome::Busy(Busy::Unavailable)
+                        }
+                    }))
+                }
+            };
+        }
+        claims
     }
 
     /// Ends a claimed key with its request's answer: remembered if accepted
-    /// (2xx), released otherwise (refusals are judged afresh on retry).
-    pub fn finish(&self, key: &str, status: u16, body: &[u8]) {
-        if (200..300).contains(&status) {
-            let stored = Stored {
-                status,
-                body: body.into(),
-            };
-            self.0.keys.finish(key, stored, self.0.clock.now());
-        } else {
-            self.0.keys.abandon(key);
+    /// (2xx), released otherwise (refusals are judged afresh on retry). The
+    /// answer is made durable first (with the next group commit of the
+    /// key's shard), as a command's is: the key may leave memory, and its
+    /// answer must then be in the store.
+    pub async fn finish(&self, key: &IdempotencyKey, status: u16, body: &[u8]) {
+        if !(200..300).contains(&status) {
+            self.0.keys.abandon(&key.key);
+            return;
+        }
+        let shard = usize::from(u16::from_le_bytes([key.key[0], key.key[1]])) % self.shard_count();
+        let work = Work::Remember {
+            key: key.clone(),
+            status,
+            body: body.to_vec(),
+        };
+        match self.ask(shard, work).await {
+            Ok(Answer::Remembered) => {
+                let stored = Stored {
+                    status,
+                    body: body.into(),
+                };
+                self.0.keys.finish(&key.key, stored, self.0.clock.now());
+            }
+            // Not stored: the key is let go (a retry runs the work again,
+            // as after a crash before the record was written).
+            _ => self.0.keys.abandon(&key.key),
         }
     }
 
     /// Releases a claimed key whose work never finished: a retry runs afresh.
-    pub fn release(&self, key: &str) {
+    pub fn release(&self, key: &KeyHash) {
         self.0.keys.abandon(key);
     }
 
-    /// Claims the key (if any) and queues the command; does not wait. From
-    /// here the key belongs to the engine: it ends with the command's
-    /// outcome (see the committer), whatever becomes of the request.
-    pub fn start(&self, command: Command, key: Option<IdempotencyKey>) -> Submitted {
+    /// Claims the key (if any) and queues the command; does not wait for
+    /// the command. From here the key belongs to the engine: it ends with
+    /// the command's outcome (see the committer), whatever becomes of the
+    /// request.
+    pub async fn start(&self, command: Command, key: Option<IdempotencyKey>) -> Submitted {
+        self.start_all(vec![(command, key)])
+            .await
+            .pop()
+            .expect("one answer a command")
+    }
+
+    /// [`Engine::start`] for several commands, queued in order (a batch's):
+    /// their keys are claimed together first.
+    pub async fn start_all(
+        &self,
+        commands: Vec<(Command, Option<IdempotencyKey>)>,
+    ) -> Vec<Submitted> {
         if self.is_poisoned() {
-            return Submitted(Pending::Ended(Outcome::Busy(Busy::Unavailable)));
+            return commands
+                .iter()
+                .map(|_| ended(Outcome::Busy(Busy::Unavailable)))
+                .collect();
         }
-        if let Some(key) = &key
-            && let Err(answered) = self.claim(key)
-        {
-            return answered;
-        }
-        let name = key.as_ref().map(|key| key.key.clone());
-        let shard = self.shard_of_command(&command);
-        match self.submit(
-            shard,
-            Work::Command {
-                command,
-                claim: key,
-            },
-        ) {
-            Ok(receiver) => Submitted(Pending::Waiting { receiver }),
-            Err(busy) => {
-                // Never queued: the command will not run.
-                if let Some(name) = name {
-                    self.0.keys.abandon(&name);
-                }
-                Submitted(Pending::Ended(Outcome::Busy(busy)))
+        let keys: Vec<Option<&IdempotencyKey>> =
+            commands.iter().map(|(_, key)| key.as_ref()).collect();
+        let claims = self.claim_all(&keys).await;
+        // No await from here: every claimed key is handed to a shard (or
+        // let go) before this returns.
+        let mut submitted = Vec::with_capacity(commands.len());
+        for ((command, key), claim) in commands.into_iter().zip(claims) {
+            if let Err(answered) = claim {
+                submitted.push(answered);
+                continue;
             }
+            let name = key.as_ref().map(|key| key.key);
+            let shard = self.shard_of_command(&command);
+            submitted.push(
+                match self.submit(
+                    shard,
+                    Work::Command {
+                        command,
+                        claim: key,
+                    },
+                ) {
+                    Ok(receiver) => Submitted(Pending::Waiting { receiver }),
+                    Err(busy) => {
+                        // Never queued: the command will not run.
+                        if let Some(name) = name {
+                            self.0.keys.abandon(&name);
+                        }
+                        ended(Outcome::Busy(busy))
+                    }
+                },
+            );
         }
+        submitted
     }
 
     /// Waits (at most the request timeout) for a queued command's answer,
@@ -457,7 +656,8 @@ impl Engine {
 
     /// Runs a command with an optional idempotency key.
     pub async fn run(&self, command: Command, key: Option<IdempotencyKey>) -> Outcome {
-        self.settle(self.start(command, key)).await
+        let submitted = self.start(command, key).await;
+        self.settle(submitted).await
     }
 
     /// A remembered answer as the client first got it.

@@ -2,20 +2,37 @@
 //! requests with different keys do not contend. The core's pure
 //! `IdempotencyTable` decides; records become durable with the commit batch
 //! that carries their answer (see the shard and the committer).
+//!
+//! Memory is bounded by `idempotency.cache_keys`: beyond the most recent
+//! keys (kept whole), a key costs 16 bytes of hash and expiry, and its
+//! answer is read back from the store when the key comes again. Keys the
+//! store held before this process started are learnt in the background
+//! ([`KeyTable::learn`]); until then every key not known is looked up.
 
 use std::sync::{Arc, Mutex};
 
-use purser_core::{Claim, Fingerprint, IdempotencyTable, Timestamp};
-use purser_store::IdempotencyRecord;
+use purser_core::{Claim, Fingerprint, Found, IdempotencyTable, KeyHash, Timestamp};
+use purser_store::{IdempotencyRecord, StoredKey};
 
 const STRIPES: usize = 64;
 
-/// A request's idempotency key and the fingerprint of what it asks for
-/// (method, path, body): a key reused for another request is refused.
+/// A request's idempotency key (by its hash: the text is not kept) and the
+/// fingerprint of what it asks for (method, path, body): a key reused for
+/// another request is refused.
 #[derive(Clone, Debug)]
 pub struct IdempotencyKey {
-    pub key: String,
+    pub key: KeyHash,
     pub fingerprint: Fingerprint,
+}
+
+impl IdempotencyKey {
+    /// The key sent by a client, for a request of this fingerprint.
+    pub fn new(key: &str, fingerprint: Fingerprint) -> IdempotencyKey {
+        IdempotencyKey {
+            key: purser_store::key_hash(key),
+            fingerprint,
+        }
+    }
 }
 
 /// A remembered answer.
@@ -31,6 +48,8 @@ pub(crate) enum Claimed {
     Replay(Stored),
     Mismatch,
     InFlight,
+    /// Held in flight until [`KeyTable::found`] says what the store has.
+    Lookup,
 }
 
 #[derive(Debug)]
@@ -38,64 +57,107 @@ pub(crate) struct KeyTable {
     stripes: Vec<Mutex<IdempotencyTable<Stored>>>,
 }
 
-fn stripe(key: &str) -> usize {
-    use std::hash::BuildHasher;
-    // Any well-mixed hash will do: stripes only spread the lock.
-    (foldhash::fast::FixedState::with_seed(0x7075_7273_6572).hash_one(key) as usize) % STRIPES
+fn stripe(key: &KeyHash) -> usize {
+    // The hash is uniform already; bytes the cold map does not use.
+    usize::from(u16::from_le_bytes([key[8], key[9]])) % STRIPES
 }
 
 impl KeyTable {
-    pub fn new(retention_seconds: i64) -> KeyTable {
+    /// `cache_keys`: how many finished keys keep their answer in memory
+    /// (spread over the stripes).
+    pub fn new(retention_seconds: i64, cache_keys: usize) -> KeyTable {
+        let per_stripe = cache_keys.div_ceil(STRIPES).max(1);
         KeyTable {
             stripes: (0..STRIPES)
-                .map(|_| Mutex::new(IdempotencyTable::new(retention_seconds)))
+                .map(|_| Mutex::new(IdempotencyTable::new(retention_seconds, per_stripe)))
                 .collect(),
         }
     }
 
-    fn table(&self, key: &str) -> std::sync::MutexGuard<'_, IdempotencyTable<Stored>> {
+    fn table(&self, key: &KeyHash) -> std::sync::MutexGuard<'_, IdempotencyTable<Stored>> {
         self.stripes[stripe(key)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn claim(&self, key: &str, fingerprint: Fingerprint, now: Timestamp) -> Claimed {
+    fn each(&self, mut work: impl FnMut(&mut IdempotencyTable<Stored>)) {
+        for stripe in &self.stripes {
+            work(&mut stripe.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    pub fn claim(&self, key: &KeyHash, fingerprint: Fingerprint, now: Timestamp) -> Claimed {
         match self.table(key).claim(key, fingerprint, now) {
             Claim::New => Claimed::New,
             Claim::Replay(stored) => Claimed::Replay(stored.clone()),
             Claim::Mismatch => Claimed::Mismatch,
             Claim::InFlight => Claimed::InFlight,
+            Claim::Lookup => Claimed::Lookup,
         }
     }
 
-    pub fn finish(&self, key: &str, stored: Stored, now: Timestamp) {
-        self.table(key).finish(key, stored, now);
-    }
-
-    /// Forgets every key whose retention has passed (claims do this for
-    /// their own stripe; this reaches the stripes nobody claims in).
-    pub fn purge(&self, now: Timestamp) {
-        for stripe in &self.stripes {
-            stripe.lock().unwrap_or_else(|p| p.into_inner()).purge(now);
-        }
-    }
-
-    pub fn abandon(&self, key: &str) {
-        self.table(key).abandon(key);
-    }
-
-    pub fn restore(&self, records: Vec<IdempotencyRecord>) {
-        for record in records {
+    /// Ends a [`Claimed::Lookup`] with the key's record in the store.
+    pub fn found(
+        &self,
+        key: &KeyHash,
+        record: Option<IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Found<Stored> {
+        let stored = record.map(|record| {
             let stored = Stored {
                 status: record.status,
                 body: record.body.into(),
             };
-            self.table(&record.key).restore(
-                &record.key,
-                record.fingerprint,
-                stored,
-                record.expires_at,
-            );
+            (record.fingerprint, stored, record.expires_at)
+        });
+        self.table(key).found(key, stored, now)
+    }
+
+    pub fn finish(&self, key: &KeyHash, stored: Stored, now: Timestamp) {
+        self.table(key).finish(key, stored, now);
+    }
+
+    /// Forgets every key whose retention has passed (claims do this for
+    /// the hot keys of their own stripe; this reaches the rest).
+    pub fn purge(&self, now: Timestamp) {
+        self.each(|table| table.purge(now));
+    }
+
+    pub fn abandon(&self, key: &KeyHash) {
+        self.table(key).abandon(key);
+    }
+
+    /// Learns keys the store held before this process started; returns how
+    /// many records failed their checksum. Such a record's key is learnt as
+    /// never expiring (its expiry is not to be believed): a claim of it
+    /// looks it up, and the lookup refuses it.
+    pub fn learn(&self, keys: &[StoredKey], now: Timestamp) -> usize {
+        let mut damaged = 0;
+        for stored in keys {
+            if !stored.sound {
+                damaged += 1;
+                self.table(&stored.key).learn(&stored.key, Timestamp::NEVER);
+            } else if stored.expires_at > now {
+                self.table(&stored.key)
+                    .learn(&stored.key, stored.expires_at);
+            }
         }
+        damaged
+    }
+
+    /// Whether every key the store holds is known here (see the module).
+    pub fn set_complete(&self, complete: bool) {
+        self.each(|table| table.set_complete(complete));
+    }
+
+    /// Keys known (hot and cold), and those of them whose answer is in
+    /// memory.
+    pub fn counts(&self) -> (usize, usize) {
+        let (mut known, mut hot) = (0, 0);
+        self.each(|table| {
+            known += table.len();
+            hot += table.hot_len();
+        });
+        (known, hot)
     }
 }

@@ -77,12 +77,14 @@ impl Engine {
             other => other?,
         };
         warn_missing_tiers(&ledgers, &catalog);
-        let keys = KeyTable::new(config.idempotency_retention_seconds);
-        let now = clock.now();
-        // Read (and checked, every one) before the expired are purged.
-        let records = store.idempotency_records(now)?;
-        store.purge_idempotency(now)?;
-        keys.restore(records);
+        // No key is read here: the keys the store holds are learnt in the
+        // background once serving (see `Engine::launch`), so a start takes
+        // as long with a day of keys as with none.
+        let keys = KeyTable::new(
+            config.idempotency_retention_seconds,
+            config.idempotency_cache_keys,
+        );
+        keys.set_complete(false);
         let parts = Parts {
             ledgers,
             store,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use purser_core::{
-    Account, AccountHandle, AccountId, Command, Entry, Ledger, Target, Timestamp, partition_of,
+    Account, AccountHandle, AccountId, Command, Entry, KeyHash, Ledger, Target, Timestamp,
+    partition_of,
 };
 use purser_store::{IdempotencyRecord, PartitionSnapshot};
 use tokio::sync::oneshot;
@@ -33,6 +34,8 @@ pub(crate) enum Answer {
     Accounts(Vec<(Timestamp, AccountId, Vec<u8>)>),
     /// Time-driven work is applied (and durable).
     Ticked,
+    /// An idempotency record is durable.
+    Remembered,
     /// The engine cannot take work (it stopped before this job ran).
     Unavailable,
     /// The job ran but its batch's commit failed: whether it is stored is
@@ -56,6 +59,13 @@ pub(crate) enum Work {
     },
     /// Apply everything due by now on every account of the shard.
     Tick,
+    /// Make an idempotency record durable (the answer of work that is not a
+    /// ledger command: an API key, a portal session, a clock move).
+    Remember {
+        key: IdempotencyKey,
+        status: u16,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -71,7 +81,7 @@ pub(crate) struct Reply {
     pub answer: Answer,
     /// The idempotency key the request claimed: ended by the committer
     /// with the outcome (remembered, or released), never by the request.
-    pub key: Option<String>,
+    pub key: Option<KeyHash>,
 }
 
 /// What a shard hands the committer.
@@ -213,6 +223,12 @@ impl Shard {
         }
     }
 
+    /// When an idempotency record stored now is forgotten.
+    fn expiry(&self, now: Timestamp) -> Timestamp {
+        now.checked_add_seconds(self.retention_seconds)
+            .unwrap_or(Timestamp::NEVER)
+    }
+
     fn ledger_index(&self, partition: u16) -> Option<usize> {
         (usize::from(partition) % self.shards == self.index)
             .then(|| usize::from(partition) / self.shards)
@@ -228,7 +244,7 @@ impl Shard {
         let key = match &job.work {
             Work::Command {
                 claim: Some(claim), ..
-            } => Some(claim.key.clone()),
+            } => Some(claim.key),
             _ => None,
         };
         let answer = if self.poisoned.load(Ordering::Relaxed) {
@@ -248,6 +264,16 @@ impl Shard {
                 Work::Tick => {
                     self.advance_due(now, &mut batch.entries);
                     Answer::Ticked
+                }
+                Work::Remember { key, status, body } => {
+                    batch.idempotency.push(IdempotencyRecord {
+                        key: key.key,
+                        fingerprint: key.fingerprint,
+                        status,
+                        body,
+                        expires_at: self.expiry(now),
+                    });
+                    Answer::Remembered
                 }
             }
         };
@@ -310,15 +336,12 @@ impl Shard {
             self.due.push(Reverse((account.next_due(), handle.raw())));
         }
         if let (Some(claim), Some(remember)) = (claim, &rendered.remember) {
-            let expires_at = now
-                .checked_add_seconds(self.retention_seconds)
-                .unwrap_or(Timestamp::NEVER);
             batch.idempotency.push(IdempotencyRecord {
                 key: claim.key,
                 fingerprint: claim.fingerprint,
                 status: rendered.status,
                 body: remember.clone(),
-                expires_at,
+                expires_at: self.expiry(now),
             });
         }
         Answer::Rendered(rendered)

@@ -31,6 +31,10 @@ struct Faulty {
     closed: Mutex<bool>,
     opened: Condvar,
     panic_next: AtomicBool,
+    /// Idempotency lookups fail (a store that does not answer them).
+    lookups_fail: AtomicBool,
+    /// Idempotency lookups made.
+    lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl Faulty {
@@ -101,8 +105,22 @@ impl Store for Faulty {
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.inner.usage(query)
     }
-    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
-        self.inner.idempotency_records(now)
+    fn idempotency_record(
+        &self,
+        key: &purser_core::KeyHash,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.lookups_fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected: lookups fail".into()));
+        }
+        self.inner.idempotency_record(key)
+    }
+    fn idempotency_keys(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<purser_store::StoredKey>, StoreError> {
+        self.inner.idempotency_keys(after, limit)
     }
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.inner.purge_idempotency(now)
@@ -181,19 +199,22 @@ impl CommitObserver for Unobserved {
 const TIMEOUT: Duration = Duration::from_millis(300);
 
 fn open(dir: &tempfile::TempDir) -> (Engine, Arc<Faulty>) {
-    open_with(dir, false, Duration::from_secs(60))
+    open_with(dir, false, Duration::from_secs(60), 100_000)
 }
 
 fn open_with(
     dir: &tempfile::TempDir,
     test_clock: bool,
     purge_interval: Duration,
+    cache_keys: usize,
 ) -> (Engine, Arc<Faulty>) {
     let store = Arc::new(Faulty {
         inner: SqliteStore::open(dir.path()).unwrap(),
         closed: Mutex::new(false),
         opened: Condvar::new(),
         panic_next: AtomicBool::new(false),
+        lookups_fail: AtomicBool::new(false),
+        lookups: Default::default(),
     });
     let options = Options {
         config: EngineConfig {
@@ -203,6 +224,7 @@ fn open_with(
             batch_limit: 100,
             idempotency_retention_seconds: 86_400,
             idempotency_purge_interval: purge_interval,
+            idempotency_cache_keys: cache_keys,
             snapshot_every_entries: 1_000_000,
             request_timeout: TIMEOUT,
         },
@@ -251,10 +273,7 @@ fn charge(credits: &str) -> Command {
 }
 
 fn key(name: &str) -> Option<IdempotencyKey> {
-    Some(IdempotencyKey {
-        key: name.to_owned(),
-        fingerprint: [7; 32],
-    })
+    Some(IdempotencyKey::new(name, [7; 32]))
 }
 
 async fn available(engine: &Engine) -> String {
@@ -306,7 +325,7 @@ async fn a_charge_whose_request_went_away_still_ends_its_key() {
     store.close();
     // The request is dropped while its command waits on the store (a
     // client that hung up): its key is not given up.
-    drop(engine.start(charge("10"), key("k2")));
+    drop(engine.start(charge("10"), key("k2")).await);
     store.open();
     let (status, _) = answered(&engine, || charge("10"), "k2").await;
     assert_eq!(status, 201, "the retry gets the charge's answer");
@@ -363,18 +382,12 @@ async fn a_committer_that_panics_stops_the_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_keys_are_purged_while_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, store) = open_with(&dir, true, Duration::from_millis(100));
+    let (engine, store) = open_with(&dir, true, Duration::from_millis(100), 100_000);
     open_acme(&engine).await;
     for name in ["p1", "p2", "p3"] {
         assert_eq!(answered(&engine, || charge("1"), name).await.0, 201);
     }
-    let stored = || {
-        store
-            .inner
-            .idempotency_records(Timestamp::from_micros(0))
-            .unwrap()
-            .len()
-    };
+    let stored = || store.inner.idempotency_keys(0, 100).unwrap().len();
     assert_eq!(stored(), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored(), 3, "nothing is purged before its retention");
@@ -387,4 +400,126 @@ async fn expired_keys_are_purged_while_serving() {
     // Forgotten in memory too: the key runs a new charge.
     assert_eq!(answered(&engine, || charge("1"), "p1").await.0, 201);
     assert_eq!(available(&engine).await, "96");
+}
+
+/// Waits until the engine learnt the keys the store held when it opened.
+async fn learnt(engine: &Engine, keys: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.idempotency_keys().0 < keys {
+        assert!(
+            Instant::now() < deadline,
+            "keys not learnt: {:?}",
+            engine.idempotency_keys()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Past the cache, a key's answer lives in the store only: a retry reads it
+/// back (the same answer, nothing charged again), another request under it
+/// is still refused, and memory holds the cache's worth of answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_beyond_the_cache_are_answered_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open_with(&dir, false, Duration::from_secs(60), 64);
+    open_acme(&engine).await;
+    let mut first = Vec::new();
+    for n in 0..300 {
+        first.push(answered(&engine, || charge("0.1"), &format!("c{n}")).await);
+    }
+    let (known, hot) = engine.idempotency_keys();
+    assert_eq!(known, 300);
+    assert!(hot <= 64 + 64, "answers in memory: {hot}");
+    let before = store.lookups.load(Ordering::SeqCst);
+    for (n, answer) in first.iter().enumerate() {
+        assert_eq!(
+            &answered(&engine, || charge("0.1"), &format!("c{n}")).await,
+            answer
+        );
+    }
+    assert!(
+        store.lookups.load(Ordering::SeqCst) - before >= 300 - 128,
+        "cold keys were read back from the store"
+    );
+    assert_eq!(available(&engine).await, "70", "each key charged once");
+    // Another request under a cold key: refused after the lookup.
+    let other = engine
+        .run(charge("0.2"), Some(IdempotencyKey::new("c0", [8; 32])))
+        .await;
+    assert!(matches!(other, Outcome::KeyReused), "{other:?}");
+}
+
+/// A store that cannot answer a lookup gets the request refused as
+/// unavailable (not run, not remembered): the key is let go, and answers
+/// once the store does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_lookup_lets_its_key_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open_with(&dir, false, Duration::from_secs(60), 64);
+    open_acme(&engine).await;
+    let mut first = Vec::new();
+    for n in 0..200 {
+        first.push(answered(&engine, || charge("0.1"), &format!("f{n}")).await);
+    }
+    store.lookups_fail.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    for (n, answer) in first.iter().enumerate() {
+        match engine.run(charge("0.1"), key(&format!("f{n}"))).await {
+            Outcome::Busy(Busy::Unavailable) => failed += 1,
+            // A key still in the cache needs no lookup.
+            Outcome::Answered { status, body } => assert_eq!(&(status, body), answer),
+            other => panic!("f{n}: {other:?}"),
+        }
+    }
+    assert!(failed >= 200 - 128, "{failed} lookups failed");
+    store.lookups_fail.store(false, Ordering::SeqCst);
+    for (n, answer) in first.iter().enumerate() {
+        assert_eq!(
+            &answered(&engine, || charge("0.1"), &format!("f{n}")).await,
+            answer
+        );
+    }
+    assert_eq!(available(&engine).await, "80");
+}
+
+/// A reopened engine answers every remembered key at once, without reading
+/// them at start: until it has learnt the stored keys (in the background),
+/// it asks the store about every key it does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopened_engine_answers_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Vec::new();
+    {
+        let (engine, _store) = open_with(&dir, false, Duration::from_secs(60), 64);
+        open_acme(&engine).await;
+        for n in 0..150 {
+            first.push(answered(&engine, || charge("0.1"), &format!("r{n}")).await);
+        }
+    }
+    // The first engine's threads let the store go once their queues close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (engine, store) = loop {
+        match std::panic::catch_unwind(|| open_with(&dir, false, Duration::from_secs(60), 64)) {
+            Ok(opened) => break opened,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => panic!("the store was not let go"),
+        }
+    };
+    for (n, answer) in first.iter().enumerate() {
+        assert_eq!(
+            &answered(&engine, || charge("0.1"), &format!("r{n}")).await,
+            answer
+        );
+    }
+    learnt(&engine, 150).await;
+    let before = store.lookups.load(Ordering::SeqCst);
+    assert_eq!(answered(&engine, || charge("0.1"), "new").await.0, 201);
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        before,
+        "once learnt, a new key needs no lookup"
+    );
+    assert_eq!(available(&engine).await, "84.9");
 }

@@ -35,9 +35,11 @@ async fn run(
     let key = form
         .get("nonce")
         .filter(|nonce| !nonce.is_empty() && nonce.len() <= 64)
-        .map(|nonce| IdempotencyKey {
-            key: format!("portal:{}:{nonce}:{step}", hex::encode(session.nonce)),
-            fingerprint: purser_wire::fingerprint("POST", path, &body),
+        .map(|nonce| {
+            IdempotencyKey::new(
+                &format!("portal:{}:{nonce}:{step}", hex::encode(session.nonce)),
+                purser_wire::fingerprint("POST", path, &body),
+            )
         });
     let (status, body) = purser_wire::outcome(state.engine.run(command, key).await);
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))

@@ -57,6 +57,7 @@ struct RawLimits {
 struct RawIdempotency {
     retention_seconds: Option<i64>,
     purge_interval_seconds: Option<u64>,
+    cache_keys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +127,10 @@ pub struct Config {
     /// How often expired idempotency records are purged while serving
     /// (from the store and from memory).
     pub idempotency_purge_interval_seconds: u64,
+    /// How many recently finished idempotency keys keep their answer in
+    /// memory; older ones keep 16 bytes (hash and expiry) and are answered
+    /// from the store.
+    pub idempotency_cache_keys: usize,
     pub catalog: Catalog,
     pub test_clock: bool,
     /// Start from a store whose journal lost its end (found at start, see
@@ -161,6 +166,7 @@ impl Default for Config {
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
             idempotency_purge_interval_seconds: 60,
+            idempotency_cache_keys: 100_000,
             catalog: Catalog::builtin(),
             test_clock: false,
             accept_loss: false,
@@ -250,6 +256,9 @@ impl Config {
         }
         if let Some(interval) = raw.idempotency.purge_interval_seconds {
             config.idempotency_purge_interval_seconds = interval.clamp(1, 86_400);
+        }
+        if let Some(keys) = raw.idempotency.cache_keys {
+            config.idempotency_cache_keys = keys.clamp(64, 100_000_000);
         }
         if let Some(url) = raw.portal.public_url {
             config.set_public_url(&url)?;
@@ -412,6 +421,11 @@ pub fn default_toml() -> String {
         out,
         "purge_interval_seconds = {}  # expired records leave the store and memory while serving",
         config.idempotency_purge_interval_seconds
+    );
+    let _ = writeln!(
+        out,
+        "cache_keys = {}  # recent keys whose answer stays in memory; older ones: 16 bytes each, answered from the store",
+        config.idempotency_cache_keys
     );
     let _ = writeln!(out, "\n[portal]");
     let _ = writeln!(

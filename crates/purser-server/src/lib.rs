@@ -211,6 +211,7 @@ pub(crate) fn prepare(
             queue_capacity: config.queue_capacity,
             batch_limit: config.batch_limit,
             idempotency_retention_seconds: config.idempotency_retention_seconds,
+            idempotency_cache_keys: config.idempotency_cache_keys,
             idempotency_purge_interval: std::time::Duration::from_secs(
                 config.idempotency_purge_interval_seconds,
             ),

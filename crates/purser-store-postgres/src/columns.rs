@@ -26,7 +26,7 @@ pub(crate) struct Columns {
 
 /// The columns of a batch of idempotency records, for one `unnest` insert.
 pub(crate) struct KeyColumns<'a> {
-    pub(crate) keys: Vec<&'a str>,
+    pub(crate) keys: Vec<&'a [u8]>,
     pub(crate) prints: Vec<&'a [u8]>,
     pub(crate) statuses: Vec<i32>,
     pub(crate) bodies: Vec<&'a [u8]>,
@@ -39,7 +39,7 @@ impl<'a> KeyColumns<'a> {
     pub(crate) fn of(records: &'a [IdempotencyRecord], pos: i64) -> KeyColumns<'a> {
         KeyColumns {
             sums: records.iter().map(|r| record_sum(r, pos as u64)).collect(),
-            keys: records.iter().map(|r| r.key.as_str()).collect(),
+            keys: records.iter().map(|r| &r.key[..]).collect(),
             prints: records.iter().map(|r| &r.fingerprint[..]).collect(),
             statuses: records.iter().map(|r| i32::from(r.status)).collect(),
             bodies: records.iter().map(|r| r.body.as_slice()).collect(),

@@ -26,11 +26,11 @@ use lease::LEASE_SECONDS;
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
-use purser_core::{AccountHandle, Entry, Timestamp};
+use purser_core::{AccountHandle, Entry, KeyHash, Timestamp};
 use purser_store::{
     ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, IdempotencyRecord, Store,
-    StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry, entry_sum,
-    record_sum,
+    StoreError, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry,
+    entry_sum, record_sum,
 };
 
 pub struct PostgresStore {
@@ -51,27 +51,35 @@ pub struct PostgresStore {
     read_only: bool,
 }
 
+/// An idempotency record that failed its checksum: never answered from.
+fn damaged_record(id: i64) -> StoreError {
+    StoreError::Damaged(format!(
+        "idempotency record {id} does not match its checksum; restore a backup"
+    ))
+}
+
 /// An idempotency record from the columns `key, fingerprint, status, body,
-/// expires_at`.
-pub(crate) fn record_of(row: &postgres::Row) -> IdempotencyRecord {
-    let fingerprint: Vec<u8> = row.get(1);
+/// expires_at` starting at column `first`.
+pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord {
+    let key: Vec<u8> = row.get(first);
+    let fingerprint: Vec<u8> = row.get(first + 1);
     IdempotencyRecord {
-        key: row.get(0),
+        key: key.try_into().unwrap_or([0; 16]),
         fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
-        status: row.get::<_, i32>(2) as u16,
-        body: row.get(3),
-        expires_at: Timestamp::from_micros(row.get(4)),
+        status: row.get::<_, i32>(first + 2) as u16,
+        body: row.get(first + 3),
+        expires_at: Timestamp::from_micros(row.get(first + 4)),
     }
 }
 
 /// The columns [`checked_record`] reads, in its order.
 pub(crate) const CHECKED_RECORD: &str =
-    "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency";
+    "SELECT id, key, fingerprint, status, body, expires_at, pos, sum FROM idempotency_record";
 
 /// A row of [`CHECKED_RECORD`]: the record and whether it matches its checksum.
 pub(crate) fn checked_record(row: &postgres::Row) -> (IdempotencyRecord, bool) {
-    let record = record_of(row);
-    let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+    let record = record_of(row, 1);
+    let (pos, sum): (i64, i64) = (row.get(6), row.get(7));
     let sound = record_sum(&record, pos as u64) == sum;
     (record, sound)
 }
@@ -168,7 +176,11 @@ fn backend(error: postgres::Error) -> StoreError {
     if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         return StoreError::Duplicate;
     }
-    StoreError::Backend(error.to_string())
+    // The server's own words ("db error" alone says nothing).
+    match error.as_db_error() {
+        Some(db) => StoreError::Backend(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Backend(error.to_string()),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,15 +334,13 @@ impl PostgresStore {
                             base, lease
                      RETURNING 1
                  ), keys AS (
-                     INSERT INTO idempotency (key, fingerprint, status, body, expires_at, pos, sum)
+                     INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
                      SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at, $26, k.sum
-                       FROM unnest($18::text[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[],
-                                   $27::bigint[])
-                            AS k(key, fingerprint, status, body, expires_at, sum),
+                       FROM unnest($18::bytea[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[],
+                                   $27::bigint[]) WITH ORDINALITY
+                            AS k(key, fingerprint, status, body, expires_at, sum, n),
                             base, lease
-                     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
-                        status = excluded.status, body = excluded.body, expires_at = excluded.expires_at,
-                        pos = excluded.pos, sum = excluded.sum
+                      ORDER BY k.n
                      RETURNING 1
                  )
                  SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM base),
@@ -472,12 +482,11 @@ impl Store for PostgresStore {
             let keys = KeyColumns::of(commit.idempotency, end);
             transaction
                 .execute(
-                    "INSERT INTO idempotency (key, fingerprint, status, body, expires_at, sum, pos)
-                     SELECT k.*, $7 FROM unnest($1::text[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[], $6::bigint[])
-                          AS k(key, fingerprint, status, body, expires_at, sum)
-                     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
-                                                     body = excluded.body, expires_at = excluded.expires_at,
-                                                     sum = excluded.sum, pos = excluded.pos",
+                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, sum, pos)
+                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at, k.sum, $7
+                       FROM unnest($1::bytea[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[], $6::bigint[])
+                            WITH ORDINALITY AS k(key, fingerprint, status, body, expires_at, sum, n)
+                      ORDER BY k.n",
                     &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries, &keys.sums, &end],
                 )
                 .map_err(backend)?;
@@ -586,27 +595,45 @@ impl Store for PostgresStore {
         self.read(|client| usage::usage(client, query))
     }
 
-    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
+    fn idempotency_record(&self, key: &KeyHash) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_opt(
+                    &format!("{CHECKED_RECORD} WHERE key = $1 ORDER BY id DESC LIMIT 1"),
+                    &[&&key[..]],
+                )
+                .map_err(backend)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let (record, sound) = checked_record(&row);
+            if !sound || record.key != *key {
+                return Err(damaged_record(row.get(0)));
+            }
+            Ok(Some(record))
+        })
+    }
+
+    fn idempotency_keys(&self, after: u64, limit: usize) -> Result<Vec<StoredKey>, StoreError> {
         self.read(|client| {
             let rows = client
-                .query(&format!("{CHECKED_RECORD} ORDER BY expires_at, key"), &[])
+                .query(
+                    &format!("{CHECKED_RECORD} WHERE id > $1 ORDER BY id LIMIT $2"),
+                    &[&(after as i64), &(limit as i64)],
+                )
                 .map_err(backend)?;
-            // Every record is checked, expired ones too: a damaged expiry
-            // must not make a record look expired and be purged unseen.
-            let mut records = Vec::new();
-            for row in &rows {
-                let (record, sound) = checked_record(row);
-                if !sound {
-                    return Err(StoreError::Damaged(format!(
-                        "the idempotency record of key {:?} does not match its checksum; restore a backup",
-                        record.key
-                    )));
-                }
-                if record.expires_at > now {
-                    records.push(record);
-                }
-            }
-            Ok(records)
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let (record, sound) = checked_record(row);
+                    StoredKey {
+                        id: row.get::<_, i64>(0) as u64,
+                        key: record.key,
+                        expires_at: record.expires_at,
+                        sound,
+                    }
+                })
+                .collect())
         })
     }
 
@@ -642,7 +669,12 @@ impl Store for PostgresStore {
     fn witnesses(&self) -> Result<Vec<Witness>, StoreError> {
         let keys: i64 = self.read(|client| {
             Ok(client
-                .query_one("SELECT COALESCE(MAX(pos), 0) FROM idempotency", &[])
+                // Stored in commit order: the last record's position is
+                // the highest (one row read, however many keys).
+                .query_one(
+                    "SELECT COALESCE((SELECT pos FROM idempotency_record ORDER BY id DESC LIMIT 1), 0)",
+                    &[],
+                )
                 .map_err(backend)?
                 .get(0))
         })?;
@@ -675,7 +707,7 @@ impl Store for PostgresStore {
         for statement in [
             "DELETE FROM entry WHERE pos > $1",
             "DELETE FROM snapshot WHERE position > $1",
-            "DELETE FROM idempotency WHERE pos > $1",
+            "DELETE FROM idempotency_record WHERE pos > $1",
         ] {
             transaction.execute(statement, &[&end]).map_err(backend)?;
         }
@@ -695,20 +727,20 @@ impl Store for PostgresStore {
         found: &mut dyn FnMut(Damage),
         _progress: &mut dyn FnMut(u64),
     ) -> Result<(), StoreError> {
-        // Paged by key: the table is never read whole.
+        // Paged by id: the table is never read whole.
         self.read(|client| {
             paged(
                 client,
-                &format!("{CHECKED_RECORD} WHERE key > $1 ORDER BY key LIMIT 1000"),
-                String::new(),
+                &format!("{CHECKED_RECORD} WHERE id > $1 ORDER BY id LIMIT 1000"),
+                0i64,
                 |_, rows| {
-                    for (record, sound) in rows.iter().map(checked_record) {
-                        if !sound {
+                    for row in rows {
+                        if !checked_record(row).1 {
                             found(Damage::Structure {
                                 what: "the idempotency records".into(),
                                 detail: format!(
-                                    "the record of key {:?} does not match its checksum",
-                                    record.key
+                                    "record {} does not match its checksum",
+                                    row.get::<_, i64>(0)
                                 ),
                             });
                         }
@@ -735,19 +767,34 @@ impl Store for PostgresStore {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
-        // In chunks: a commit waits for one chunk at most.
+        // In chunks, oldest stored first: a commit waits for one chunk at
+        // most. Each record is checked before it goes: a damaged expiry
+        // must not get a record deleted unseen.
         let mut purged = 0;
         loop {
-            let chunk = {
-                let mut guard = lock(&self.writer);
-                writer(&mut guard)
-                    .execute(
-                        "DELETE FROM idempotency WHERE key IN
-                           (SELECT key FROM idempotency WHERE expires_at <= $1 LIMIT 1000)",
-                        &[&now.micros()],
-                    )
-                    .map_err(backend)?
-            };
+            let mut guard = lock(&self.writer);
+            let client = writer(&mut guard);
+            let rows = client
+                .query(&format!("{CHECKED_RECORD} ORDER BY id LIMIT 1000"), &[])
+                .map_err(backend)?;
+            let mut last = None;
+            let mut chunk = 0;
+            for row in &rows {
+                let (record, sound) = checked_record(row);
+                if !sound {
+                    return Err(damaged_record(row.get(0)));
+                }
+                if record.expires_at > now {
+                    break;
+                }
+                last = Some(row.get::<_, i64>(0));
+                chunk += 1;
+            }
+            if let Some(last) = last {
+                client
+                    .execute("DELETE FROM idempotency_record WHERE id <= $1", &[&last])
+                    .map_err(backend)?;
+            }
             purged += chunk;
             if chunk < 1000 {
                 return Ok(purged);

@@ -1,7 +1,8 @@
 //! The schema: forward-only, versioned migrations in `purser_schema_version`.
 
 use postgres::Client;
-use purser_store::StoreError;
+use purser_core::Timestamp;
+use purser_store::{IdempotencyRecord, StoreError};
 
 use crate::backend;
 
@@ -82,11 +83,95 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         report      TEXT   NOT NULL
     );
 "#,
+    // Idempotency records by key hash (purser_store::key_hash: the key's
+    // text is not kept), looked up by it one at a time; purged oldest first
+    // by id (expiry follows the order stored). Rows are copied from the old
+    // table by `rekey_records`.
+    r#"
+    CREATE TABLE idempotency_record (
+        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key         BYTEA  NOT NULL,
+        fingerprint BYTEA  NOT NULL,
+        status      INT    NOT NULL,
+        body        BYTEA  NOT NULL,
+        expires_at  BIGINT NOT NULL,
+        pos         BIGINT NOT NULL,
+        sum         BIGINT NOT NULL
+    );
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (key);
+"#,
 ];
 
 /// The version whose migration adds checksums: entries stored before it are
 /// sealed as they are (each its own commit: boundaries were not kept).
 const CHECKED_JOURNAL: usize = 4;
+
+/// The version whose migration stores idempotency keys by hash.
+const HASHED_KEYS: usize = 5;
+
+/// A record of the old `idempotency` table (versions 1-4: the key's text)
+/// from the columns `key, fingerprint, status, body, expires_at`: the key's
+/// text, and the record as it is stored from version 5.
+fn legacy_record(row: &postgres::Row) -> (String, IdempotencyRecord) {
+    let text: String = row.get(0);
+    let fingerprint: Vec<u8> = row.get(1);
+    let record = IdempotencyRecord {
+        key: purser_store::key_hash(&text),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        status: row.get::<_, i32>(2) as u16,
+        body: row.get(3),
+        expires_at: Timestamp::from_micros(row.get(4)),
+    };
+    (text, record)
+}
+
+/// Migration 5: every record of the old table checked against its version
+/// 4 checksum and copied by key hash, with its new checksum, in the order
+/// of expiry (the order they were stored in, as near as it is known).
+fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    // Read through a portal, a page at a time: the table is never held whole.
+    let portal = transaction
+        .bind(
+            "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
+              ORDER BY expires_at, key",
+            &[],
+        )
+        .map_err(backend)?;
+    loop {
+        let rows = transaction.query_portal(&portal, 1000).map_err(backend)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let (text, record) = legacy_record(row);
+            let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
+            if purser_store::record_sum_with_text(&record, &text, pos as u64) != sum {
+                return Err(StoreError::Damaged(format!(
+                    "the idempotency record of key {text:?} does not match its checksum; restore a backup"
+                )));
+            }
+            transaction
+            .execute(
+                "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &&record.key[..],
+                    &&record.fingerprint[..],
+                    &i32::from(record.status),
+                    &record.body,
+                    &record.expires_at.micros(),
+                    &pos,
+                    &purser_store::record_sum(&record, pos as u64),
+                ],
+            )
+            .map_err(backend)?;
+        }
+    }
+    drop(portal);
+    transaction
+        .batch_execute("DROP TABLE idempotency")
+        .map_err(backend)
+}
 
 fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
     // A large journal takes a while: no timeout may end the migration half
@@ -153,9 +238,11 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
         |transaction, records| {
             let (mut keys, mut sums) = (Vec::new(), Vec::new());
             for row in records {
-                let record = crate::record_of(row);
-                sums.push(purser_store::record_sum(&record, end as u64));
-                keys.push(record.key);
+                let (text, record) = legacy_record(row);
+                sums.push(purser_store::record_sum_with_text(
+                    &record, &text, end as u64,
+                ));
+                keys.push(text);
             }
             transaction
                 .execute(
@@ -236,6 +323,9 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
         transaction.batch_execute(migration).map_err(backend)?;
         if index + 1 == CHECKED_JOURNAL {
             seal_existing(&mut transaction)?;
+        }
+        if index + 1 == HASHED_KEYS {
+            rekey_records(&mut transaction)?;
         }
         let version = index as i32 + 1;
         transaction

@@ -43,6 +43,11 @@ fn database_url(name: &str) -> String {
 }
 
 fn make() -> Fresh {
+    make_with(|_| {})
+}
+
+/// A fresh database, `prepare`d (given its URL) before the store opens it.
+fn make_with(prepare: impl FnOnce(&str)) -> Fresh {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).unwrap();
     let name = format!("purser_test_{}", hex::encode(bytes));
@@ -56,6 +61,7 @@ fn make() -> Fresh {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
+    prepare(&database_url(&name));
     let store = PostgresStore::open(&database_url(&name), "test").unwrap();
     Fresh {
         store: Some(store),
@@ -123,4 +129,51 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
     );
     let count = store.replay(&mut |_| Ok(())).unwrap();
     assert_eq!(count, 3);
+}
+
+/// A database of schema version 4 (records by key text) migrates to
+/// records by key hash: each record checked against its old checksum and
+/// found by its key's hash after.
+#[test]
+fn records_by_key_text_migrate_to_key_hashes() {
+    let record = IdempotencyRecord {
+        key: purser_store::key_hash("order-17"),
+        fingerprint: [5; 32],
+        status: 201,
+        body: b"{}".to_vec(),
+        expires_at: Timestamp::from_micros(9_000_000_000_000_000),
+    };
+    let store = make_with(|url| {
+        let mut client = Client::connect(url, NoTls).unwrap();
+        client
+            .batch_execute("CREATE TABLE purser_schema_version (version INT NOT NULL)")
+            .unwrap();
+        for (index, migration) in schema::MIGRATIONS[..4].iter().enumerate() {
+            client.batch_execute(migration).unwrap();
+            client
+                .execute(
+                    "INSERT INTO purser_schema_version (version) VALUES ($1)",
+                    &[&(index as i32 + 1)],
+                )
+                .unwrap();
+        }
+        let sum = purser_store::record_sum_with_text(&record, "order-17", 0);
+        client
+            .execute(
+                "INSERT INTO idempotency (key, fingerprint, status, body, expires_at, pos, sum)
+                 VALUES ('order-17', $1, 201, $2, $3, 0, $4)",
+                &[
+                    &&record.fingerprint[..],
+                    &record.body,
+                    &record.expires_at.micros(),
+                    &sum,
+                ],
+            )
+            .unwrap();
+    });
+    assert_eq!(
+        store.idempotency_record(&record.key).unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(store.idempotency_keys(0, 10).unwrap().len(), 1);
 }

@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use purser_core::{AccountHandle, Entry, Timestamp};
+use purser_core::{AccountHandle, Entry, KeyHash, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, Damage, DamageReport, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS,
-    Store, StoreError, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness,
-    day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
+    Store, StoreError, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals,
+    Witness, day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
@@ -75,6 +75,13 @@ pub struct SqliteStore {
     /// reads it before the log, so a serving writer's later commits cannot
     /// put it ahead of what is read); set again by `accept_loss`.
     marker_at_open: Mutex<Option<(u64, purser_store::ChainHash)>>,
+}
+
+/// An idempotency record that failed its checksum: never answered from.
+fn damaged_record(id: i64) -> StoreError {
+    StoreError::Damaged(format!(
+        "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
+    ))
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -361,14 +368,14 @@ impl Store for SqliteStore {
             }
             let mut idempotency = transaction
                 .prepare_cached(
-                    "INSERT INTO idempotency_log (key, fingerprint, status, body, expires_at, pos, sum)
+                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(backend)?;
             for record in commit.idempotency {
                 idempotency
                     .execute(params![
-                        record.key,
+                        &record.key[..],
                         &record.fingerprint[..],
                         record.status,
                         record.body,
@@ -435,8 +442,10 @@ impl Store for SqliteStore {
         let mut witnesses = Vec::new();
         let keys: i64 = self.read(|connection| {
             connection
+                // Records are stored in commit order: the last one's
+                // position is the highest (one row read, however many keys).
                 .query_row(
-                    "SELECT COALESCE(MAX(pos), 0) FROM idempotency_log",
+                    "SELECT COALESCE((SELECT pos FROM idempotency_record ORDER BY id DESC LIMIT 1), 0)",
                     [],
                     |row| row.get(0),
                 )
@@ -511,7 +520,7 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM snapshot WHERE position > ?1", [end])
                 .map_err(backend)?;
             transaction
-                .execute("DELETE FROM idempotency_log WHERE pos > ?1", [end])
+                .execute("DELETE FROM idempotency_record WHERE pos > ?1", [end])
                 .map_err(backend)?;
             transaction
                 .execute(
@@ -684,28 +693,46 @@ impl Store for SqliteStore {
         self.read_history(|connection| usage(connection, query))
     }
 
-    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError> {
+    fn idempotency_record(&self, key: &KeyHash) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.read(|connection| {
-            let mut statement = connection.prepare(CHECKED_RECORD).map_err(backend)?;
-            // Every record is checked, expired ones too: a damaged expiry
-            // must not make a record look expired and be purged unseen.
-            let mut rows = statement.query([]).map_err(backend)?;
-            // The newest record of a key replaces older ones.
-            let mut newest = std::collections::HashMap::new();
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "{CHECKED_RECORD} WHERE key = ?1 ORDER BY id DESC LIMIT 1"
+                ))
+                .map_err(backend)?;
+            let mut rows = statement.query([&key[..]]).map_err(backend)?;
+            let Some(row) = rows.next().map_err(backend)? else {
+                return Ok(None);
+            };
+            let (record, id, sound) = checked_record(row).map_err(backend)?;
+            if !sound || record.key != *key {
+                return Err(damaged_record(id));
+            }
+            Ok(Some(record))
+        })
+    }
+
+    fn idempotency_keys(&self, after: u64, limit: usize) -> Result<Vec<StoredKey>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "{CHECKED_RECORD} WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let mut rows = statement
+                .query(params![after as i64, limit as i64])
+                .map_err(backend)?;
+            let mut keys = Vec::new();
             while let Some(row) = rows.next().map_err(backend)? {
                 let (record, id, sound) = checked_record(row).map_err(backend)?;
-                if !sound {
-                    return Err(StoreError::Damaged(format!(
-                        "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
-                    )));
-                }
-                if record.expires_at > now {
-                    newest.insert(record.key.clone(), record);
-                }
+                keys.push(StoredKey {
+                    id: id as u64,
+                    key: record.key,
+                    expires_at: record.expires_at,
+                    sound,
+                });
             }
-            let mut records: Vec<IdempotencyRecord> = newest.into_values().collect();
-            records.sort_by(|a, b| (a.expires_at, &a.key).cmp(&(b.expires_at, &b.key)));
-            Ok(records)
+            Ok(keys)
         })
     }
 
@@ -714,18 +741,39 @@ impl Store for SqliteStore {
             return Err(StoreError::ReadOnly);
         }
         // In chunks, each its own transaction: a commit waits for one chunk
-        // at most, never for a whole day's worth of keys.
+        // at most, never for a whole day's worth of keys. Each record is
+        // checked before it goes: a damaged expiry must not get a record
+        // deleted unseen.
         let mut purged = 0;
         loop {
-            let chunk = lock(&self.writer)
-                .prepare_cached(
-                    "DELETE FROM idempotency_log WHERE id IN
-                       (SELECT id FROM idempotency_log WHERE expires_at <= ?1 LIMIT 1000)",
-                )
-                .map_err(backend)?
-                .execute([now.micros()])
-                .map_err(backend)?;
-            purged += chunk as u64;
+            let connection = lock(&self.writer);
+            let mut last = None;
+            let mut chunk = 0;
+            {
+                let mut statement = connection
+                    .prepare_cached(&format!("{CHECKED_RECORD} ORDER BY id LIMIT 1000"))
+                    .map_err(backend)?;
+                let mut rows = statement.query([]).map_err(backend)?;
+                while let Some(row) = rows.next().map_err(backend)? {
+                    let (record, id, sound) = checked_record(row).map_err(backend)?;
+                    if !sound {
+                        return Err(damaged_record(id));
+                    }
+                    if record.expires_at > now {
+                        break;
+                    }
+                    last = Some(id);
+                    chunk += 1;
+                }
+            }
+            if let Some(last) = last {
+                connection
+                    .prepare_cached("DELETE FROM idempotency_record WHERE id <= ?1")
+                    .map_err(backend)?
+                    .execute([last])
+                    .map_err(backend)?;
+            }
+            purged += chunk;
             if chunk < 1000 {
                 return Ok(purged);
             }

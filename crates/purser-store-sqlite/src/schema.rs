@@ -151,12 +151,92 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         report      TEXT    NOT NULL
     );
 "#,
+    r#"
+    -- Idempotency records by key hash (purser_store::key_hash: the key's
+    -- text is not kept), looked up by it one at a time; purged oldest
+    -- first by id (expiry follows the order stored), so no expiry index.
+    -- Rows are copied from idempotency_log by `rekey_records`.
+    CREATE TABLE idempotency_record (
+        id          INTEGER PRIMARY KEY,
+        key         BLOB    NOT NULL,
+        fingerprint BLOB    NOT NULL,
+        status      INTEGER NOT NULL,
+        body        BLOB    NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        pos         INTEGER NOT NULL,
+        sum         INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (key);
+"#,
 ];
 
 /// The version whose migration adds checksums: rows stored before it are
 /// sealed as they are (each row its own commit, as commit boundaries were
 /// not kept), trusted once, at the upgrade.
 const CHECKED_JOURNAL: i64 = 6;
+
+/// The version whose migration stores idempotency keys by hash.
+const HASHED_KEYS: i64 = 7;
+
+/// An idempotency record of `idempotency_log` (versions 5 and 6: the key's
+/// text) from the columns `key, fingerprint, status, body, expires_at`:
+/// the key's text, and the record as it is stored from version 7.
+fn legacy_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, IdempotencyRecord)> {
+    let text: String = row.get(0)?;
+    let fingerprint: Vec<u8> = row.get(1)?;
+    let record = IdempotencyRecord {
+        key: purser_store::key_hash(&text),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        status: row.get(2)?,
+        body: row.get(3)?,
+        expires_at: Timestamp::from_micros(row.get(4)?),
+    };
+    Ok((text, record))
+}
+
+/// Migration 7: every record of `idempotency_log` checked against its
+/// version 6 checksum and copied by key hash, with its new checksum.
+fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
+    {
+        let mut read = connection
+            .prepare("SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_log ORDER BY id")
+            .map_err(backend)?;
+        let mut insert = connection
+            .prepare(
+                "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(backend)?;
+        let mut rows = read.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let (text, record) = legacy_record(row).map_err(backend)?;
+            let (pos, sum, id): (i64, i64, i64) = (
+                row.get(5).map_err(backend)?,
+                row.get(6).map_err(backend)?,
+                row.get(7).map_err(backend)?,
+            );
+            if purser_store::record_sum_with_text(&record, &text, pos as u64) != sum {
+                return Err(StoreError::Damaged(format!(
+                    "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
+                )));
+            }
+            insert
+                .execute(params![
+                    &record.key[..],
+                    &record.fingerprint[..],
+                    record.status,
+                    record.body,
+                    record.expires_at.micros(),
+                    pos,
+                    record_sum(&record, pos as u64),
+                ])
+                .map_err(backend)?;
+        }
+    }
+    connection
+        .execute_batch("DROP TABLE idempotency_log;")
+        .map_err(backend)
+}
 
 fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
     let mut chain = purser_store::GENESIS;
@@ -204,20 +284,20 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
     }
     drop(rows);
     let mut read = connection
-        .prepare("SELECT id, key, fingerprint, status, body, expires_at FROM idempotency_log")
+        .prepare("SELECT key, fingerprint, status, body, expires_at, id FROM idempotency_log")
         .map_err(backend)?;
     let mut update = connection
         .prepare("UPDATE idempotency_log SET pos = ?2, sum = ?3 WHERE id = ?1")
         .map_err(backend)?;
     let mut rows = read.query([]).map_err(backend)?;
     while let Some(row) = rows.next().map_err(backend)? {
-        let id: i64 = row.get(0).map_err(backend)?;
-        let record = record_of(row, 1).map_err(backend)?;
+        let id: i64 = row.get(5).map_err(backend)?;
+        let (text, record) = legacy_record(row).map_err(backend)?;
         update
             .execute(params![
                 id,
                 end,
-                purser_store::record_sum(&record, end as u64)
+                purser_store::record_sum_with_text(&record, &text, end as u64)
             ])
             .map_err(backend)?;
     }
@@ -225,7 +305,8 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
 }
 
 /// The columns [`checked_record`] reads, in its order.
-pub(crate) const CHECKED_RECORD: &str = "SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_log ORDER BY id";
+pub(crate) const CHECKED_RECORD: &str =
+    "SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_record";
 
 /// A row of [`CHECKED_RECORD`]: the record, its id, and whether it matches
 /// its checksum.
@@ -245,8 +326,9 @@ pub(crate) fn record_of(
     first: usize,
 ) -> rusqlite::Result<IdempotencyRecord> {
     let fingerprint: Vec<u8> = row.get(first + 1)?;
+    let key: Vec<u8> = row.get(first)?;
     Ok(IdempotencyRecord {
-        key: row.get(first)?,
+        key: key.try_into().unwrap_or([0; 16]),
         fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
         status: row.get(first + 2)?,
         body: row.get(first + 3)?,
@@ -315,6 +397,9 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
         transaction.execute_batch(migration).map_err(backend)?;
         if version == CHECKED_JOURNAL {
             seal_existing(&transaction)?;
+        }
+        if version == HASHED_KEYS {
+            rekey_records(&transaction)?;
         }
         transaction
             .execute(

@@ -530,16 +530,16 @@ pub fn snapshots_and_tails(store: &dyn Store) {
 }
 
 pub fn idempotency_records(store: &dyn Store) {
-    let record = |key: &str, expires: &str| IdempotencyRecord {
-        key: key.into(),
+    let record = |key: u8, expires: &str| IdempotencyRecord {
+        key: [key; 16],
         fingerprint: [7; 32],
         status: 201,
         body: br#"{"object":"debit"}"#.to_vec(),
         expires_at: at(expires),
     };
     let records = [
-        record("a", "2026-11-02T00:00:00Z"),
-        record("b", "2026-11-03T00:00:00Z"),
+        record(1, "2026-11-02T00:00:00Z"),
+        record(2, "2026-11-03T00:00:00Z"),
     ];
     store
         .commit(Commit {
@@ -548,16 +548,32 @@ pub fn idempotency_records(store: &dyn Store) {
             snapshots: &[],
         })
         .unwrap();
-    let live = store
-        .idempotency_records(at("2026-11-01T00:00:00Z"))
-        .unwrap();
-    assert_eq!(live, records);
-    let later = store
-        .idempotency_records(at("2026-11-02T00:00:00Z"))
-        .unwrap();
-    assert_eq!(later, records[1..], "expired records are not loaded");
+    assert_eq!(
+        store.idempotency_record(&[1; 16]).unwrap().as_ref(),
+        Some(&records[0])
+    );
+    assert_eq!(
+        store.idempotency_record(&[2; 16]).unwrap().as_ref(),
+        Some(&records[1])
+    );
+    assert_eq!(store.idempotency_record(&[3; 16]).unwrap(), None);
+    // The keys in the order stored, paged by their numbers.
+    let keys = store.idempotency_keys(0, 10).unwrap();
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.key, k.expires_at, k.sound))
+            .collect::<Vec<_>>(),
+        records
+            .iter()
+            .map(|r| (r.key, r.expires_at, true))
+            .collect::<Vec<_>>()
+    );
+    assert!(keys[0].id < keys[1].id);
+    let rest = store.idempotency_keys(keys[0].id, 10).unwrap();
+    assert_eq!(rest, keys[1..]);
+    assert_eq!(store.idempotency_keys(keys[0].id, 0).unwrap(), []);
     // A key stored again (after its first record expired, say): the newest wins.
-    let mut renewed = record("b", "2026-11-04T00:00:00Z");
+    let mut renewed = record(2, "2026-11-04T00:00:00Z");
     renewed.status = 200;
     store
         .commit(Commit {
@@ -567,21 +583,22 @@ pub fn idempotency_records(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(
-        store
-            .idempotency_records(at("2026-11-02T00:00:00Z"))
-            .unwrap(),
-        std::slice::from_ref(&renewed)
+        store.idempotency_record(&[2; 16]).unwrap(),
+        Some(renewed.clone())
     );
+    // Purged oldest first, up to the first record still remembered.
     assert_eq!(
         store.purge_idempotency(at("2026-11-02T12:00:00Z")).unwrap(),
         1
     );
+    assert_eq!(store.idempotency_record(&[1; 16]).unwrap(), None);
+    assert_eq!(store.idempotency_keys(0, 10).unwrap().len(), 2);
     assert_eq!(
-        store
-            .idempotency_records(at("2026-11-01T00:00:00Z"))
-            .unwrap(),
-        std::slice::from_ref(&renewed)
+        store.purge_idempotency(at("2026-11-05T00:00:00Z")).unwrap(),
+        2
     );
+    assert_eq!(store.idempotency_record(&[2; 16]).unwrap(), None);
+    assert_eq!(store.idempotency_keys(0, 10).unwrap(), []);
 }
 
 pub fn api_keys_and_settings(store: &dyn Store) {

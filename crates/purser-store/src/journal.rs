@@ -71,8 +71,7 @@ pub fn chain_hash(
 /// the journal at `pos` (XXH3-64 over every field, lengths included).
 pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
-    hasher.update(&(record.key.len() as u64).to_le_bytes());
-    hasher.update(record.key.as_bytes());
+    hasher.update(&record.key);
     hasher.update(&record.fingerprint);
     hasher.update(&record.status.to_le_bytes());
     hasher.update(&(record.body.len() as u64).to_le_bytes());
@@ -80,6 +79,32 @@ pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     hasher.update(&record.expires_at.micros().to_le_bytes());
     hasher.update(&pos.to_le_bytes());
     hasher.digest() as i64
+}
+
+/// The checksum schema version 6 gave an idempotency record, when records
+/// kept their key's text: checked once more when migration 7 replaces the
+/// text by its [`key_hash`].
+pub fn record_sum_with_text(record: &IdempotencyRecord, key: &str, pos: u64) -> i64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
+    hasher.update(&(key.len() as u64).to_le_bytes());
+    hasher.update(key.as_bytes());
+    hasher.update(&record.fingerprint);
+    hasher.update(&record.status.to_le_bytes());
+    hasher.update(&(record.body.len() as u64).to_le_bytes());
+    hasher.update(&record.body);
+    hasher.update(&record.expires_at.micros().to_le_bytes());
+    hasher.update(&pos.to_le_bytes());
+    hasher.digest() as i64
+}
+
+/// An idempotency key as stored and looked up: the first 16 bytes of its
+/// BLAKE3 hash (in a key-only domain). Its text is never stored.
+pub fn key_hash(key: &str) -> purser_core::KeyHash {
+    let mut hasher = blake3::Hasher::new_derive_key("purser 2026 idempotency key");
+    hasher.update(key.as_bytes());
+    let mut out = [0; 16];
+    out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    out
 }
 
 /// Keeps idempotency record checksums apart from entry checksums.

@@ -16,12 +16,12 @@ pub mod journal;
 mod recovery;
 mod usage;
 
-use purser_core::{AccountHandle, CreditSum, Entry, ObjectId, Timestamp};
+use purser_core::{AccountHandle, CreditSum, Entry, KeyHash, ObjectId, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
     ChainHash, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness, chain_hash,
-    entry_sum, record_sum, seal, snapshot_sum,
+    entry_sum, key_hash, record_sum, record_sum_with_text, seal, snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
@@ -62,11 +62,24 @@ pub enum StoreError {
 /// A remembered answer to an idempotent request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    pub key: String,
+    /// The key's hash ([`KeyHash`]): the key's text is not stored.
+    pub key: KeyHash,
     pub fingerprint: [u8; 32],
     pub status: u16,
     pub body: Vec<u8>,
     pub expires_at: Timestamp,
+}
+
+/// An idempotency record's key, as [`Store::idempotency_keys`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The record's number: the order it was stored in.
+    pub id: u64,
+    pub key: KeyHash,
+    pub expires_at: Timestamp,
+    /// Whether the record matches its checksum. One that does not is never
+    /// answered from, nor taken for expired: its key is refused.
+    pub sound: bool,
 }
 
 /// What one group commit makes durable, all or nothing.
@@ -254,10 +267,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Usage grouped as asked, net of reversals, ordered by key.
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
 
-    /// Idempotency records still remembered at `now`.
-    fn idempotency_records(&self, now: Timestamp) -> Result<Vec<IdempotencyRecord>, StoreError>;
+    /// The newest idempotency record of a key (expired or not), checked
+    /// against its checksum ([`StoreError::Damaged`] if it fails).
+    fn idempotency_record(&self, key: &KeyHash) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Forgets idempotency records expired at `now`; returns how many.
+    /// Up to `limit` idempotency records after the one numbered `after` (0:
+    /// from the first), in the order they were stored, each checked against
+    /// its checksum. The engine learns the keys stored before it started
+    /// through this, in the background.
+    fn idempotency_keys(&self, after: u64, limit: usize) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Forgets idempotency records expired at `now`, oldest stored first,
+    /// stopping at the first one still remembered (a record stored later
+    /// with an earlier expiry, after the retention was shortened, waits for
+    /// those before it); returns how many.
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError>;
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;

@@ -237,10 +237,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
 
 /// The request's idempotency key, with the fingerprint of what it asks for.
 fn keyed(key: Option<String>, path: &str, body: &[u8]) -> Option<IdempotencyKey> {
-    key.map(|key| IdempotencyKey {
-        key,
-        fingerprint: purser_wire::fingerprint("POST", path, body),
-    })
+    key.map(|key| IdempotencyKey::new(&key, purser_wire::fingerprint("POST", path, body)))
 }
 
 /// Runs work that is not a ledger command (an API key, a portal session, a
@@ -256,19 +253,20 @@ async fn once(
 ) -> Response {
     let key = keyed(key, path, body);
     if let Some(key) = &key
-        && let Err(answered) = state.engine.claim(key)
+        && let Err(answered) = state.engine.claim(key).await
     {
         let (status, body) = purser_wire::outcome(state.engine.settle(answered).await);
         return json_response(status, body);
     }
+    // No await between the claim and its guard.
     let mut claim = Claim {
         engine: state.engine.clone(),
-        key: key.map(|key| key.key),
+        key,
     };
     let done = tokio::spawn(async move {
         let (status, body) = work.await;
         if let Some(key) = claim.key.take() {
-            claim.engine.finish(&key, status, &body);
+            claim.engine.finish(&key, status, &body).await;
         }
         (status, body)
     })
@@ -283,13 +281,13 @@ async fn once(
 /// panic), so it is never stuck.
 struct Claim {
     engine: Engine,
-    key: Option<String>,
+    key: Option<IdempotencyKey>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.engine.release(&key);
+            self.engine.release(&key.key);
         }
     }
 }

@@ -52,28 +52,37 @@ pub(super) async fn batch(
             "items must hold 1 to 1000 charges",
         ));
     }
-    // Every item is queued before any is awaited, so they share group commits.
-    let started: Vec<Result<Submitted>> =
-        items.iter().map(|item| batch_item(&state, item)).collect();
-    let mut results = objects::BatchResults::new(started.len());
-    for submitted in started {
-        let (status, answer) = match submitted {
-            Ok(submitted) => purser_wire::outcome(state.engine.settle(submitted).await),
-            Err(error) => (error.status, error.body()),
+    // Every item is queued before any is awaited, so they share group
+    // commits; their keys are claimed together (one store lookup for the
+    // keys that need one).
+    let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(items.len());
+    let mut valid = Vec::with_capacity(items.len());
+    for item in items {
+        match batch_command(item) {
+            Ok((command, key)) => {
+                valid.push((command, Some(key)));
+                refused.push(None);
+            }
+            Err(error) => refused.push(Some(error)),
+        }
+    }
+    let mut started = state.engine.start_all(valid).await.into_iter();
+    let mut results = objects::BatchResults::new(refused.len());
+    for item in refused {
+        let (status, answer) = match item {
+            None => {
+                let submitted: Submitted = started.next().expect("one a valid item");
+                purser_wire::outcome(state.engine.settle(submitted).await)
+            }
+            Some(error) => (error.status, error.body()),
         };
         results.push(status, &answer);
     }
     Ok(json_response(200, results.finish()))
 }
 
-/// Validates and queues one batch item, with its own idempotency key in the
-/// same key space as single charges (the path is that of a single charge).
-fn batch_item(state: &AppState, item: &Value) -> Result<Submitted> {
-    let (command, key) = batch_command(item)?;
-    Ok(state.engine.start(command, Some(key)))
-}
-
-/// An item's command and key, whose fingerprint is that of the single charge
+/// An item's command and key, in the same key space as single charges: its
+/// fingerprint is that of the single charge
 /// (`POST /v1/accounts/{account}/usage` with the item's other fields).
 fn batch_command(item: &Value) -> Result<(Command, IdempotencyKey)> {
     let map = item
@@ -94,5 +103,5 @@ fn batch_command(item: &Value) -> Result<(Command, IdempotencyKey)> {
     let single = fields.canonical_without(&["account", "idempotency_key"]);
     let path = format!("/v1/accounts/{account}/usage");
     let fingerprint = purser_wire::fingerprint_canonical("POST", &path, &single);
-    Ok((command, IdempotencyKey { key, fingerprint }))
+    Ok((command, IdempotencyKey::new(&key, fingerprint)))
 }
