@@ -26,8 +26,9 @@ use hashbrown::HashMap;
 
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
-/// A digest of a request, e.g. SHA-256 of its method, path and canonical body.
-pub type Fingerprint = [u8; 32];
+/// A digest of a request, e.g. the first 16 bytes of SHA-256 of its method,
+/// path and canonical body.
+pub type Fingerprint = [u8; 16];
 
 /// A digest of an idempotency key (the first 16 bytes of its SHA-256): the
 /// key as stored and looked up; the key's text is never kept.
@@ -308,27 +309,27 @@ mod tests {
     fn same_key_same_request_replays_and_other_request_mismatches() {
         let mut table = IdempotencyTable::new(86_400, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::New);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
-        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::Mismatch);
         table.finish(&k(1), "first", t0);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Replay(&"first"));
-        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::Mismatch);
         // Kept for the whole retention, forgotten after it.
         let almost = Timestamp::from_micros(86_400 * SECOND - 1);
-        assert_eq!(table.claim(&k(1), [1; 32], almost), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [1; 16], almost), Claim::Replay(&"first"));
         let after = Timestamp::from_micros(86_400 * SECOND);
-        assert_eq!(table.claim(&k(1), [2; 32], after), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 16], after), Claim::New);
     }
 
     #[test]
     fn refused_requests_are_not_remembered() {
         let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::New);
         table.abandon(&k(1));
         assert!(table.is_empty());
-        assert_eq!(table.claim(&k(1), [2; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::New);
     }
 
     #[test]
@@ -336,36 +337,36 @@ mod tests {
         let mut table: IdempotencyTable<u32> = IdempotencyTable::new(60, 2);
         let t0 = Timestamp::from_micros(0);
         for n in 1..=5 {
-            assert_eq!(table.claim(&k(n), [n; 32], t0), Claim::New);
+            assert_eq!(table.claim(&k(n), [n; 16], t0), Claim::New);
             table.finish(&k(n), u32::from(n), t0);
         }
         assert_eq!(table.hot_len(), 2);
         assert_eq!(table.len(), 5);
         // Hot: answered from memory; cold: the store is asked.
-        assert_eq!(table.claim(&k(5), [5; 32], t0), Claim::Replay(&5));
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(5), [5; 16], t0), Claim::Replay(&5));
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
         let expiry = table.expiry_from(t0);
         assert_eq!(
-            table.found(&k(1), Some(([1; 32], 1, expiry)), t0),
+            table.found(&k(1), Some(([1; 16], 1, expiry)), t0),
             Found::Replay(1)
         );
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Replay(&1));
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Replay(&1));
         // Another request under a cold key is refused after the lookup.
-        assert_eq!(table.claim(&k(2), [9; 32], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(2), [9; 16], t0), Claim::Lookup);
         assert_eq!(
-            table.found(&k(2), Some(([2; 32], 2, expiry)), t0),
+            table.found(&k(2), Some(([2; 16], 2, expiry)), t0),
             Found::Mismatch
         );
-        assert_eq!(table.claim(&k(2), [9; 32], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(2), [9; 16], t0), Claim::Mismatch);
         // Never seen: new at once, no lookup.
-        assert_eq!(table.claim(&k(9), [9; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(9), [9; 16], t0), Claim::New);
         table.abandon(&k(9));
         // After the retention, cold keys are gone too.
         let later = Timestamp::from_micros(61 * SECOND);
         table.purge(later);
         assert!(table.is_empty());
-        assert_eq!(table.claim(&k(3), [3; 32], later), Claim::New);
+        assert_eq!(table.claim(&k(3), [3; 16], later), Claim::New);
     }
 
     #[test]
@@ -373,16 +374,16 @@ mod tests {
         let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
         table.set_complete(false);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Lookup);
         assert_eq!(table.found(&k(1), None, t0), Found::New);
-        assert_eq!(table.claim(&k(1), [1; 32], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
         table.learn(&k(2), table.expiry_from(t0));
         table.set_complete(true);
-        assert_eq!(table.claim(&k(2), [2; 32], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(3), [3; 32], t0), Claim::New);
+        assert_eq!(table.claim(&k(2), [2; 16], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(3), [3; 16], t0), Claim::New);
         // An expired record in the store is no record.
         table.abandon(&k(2));
-        assert_eq!(table.claim(&k(2), [2; 32], t0), Claim::Lookup);
-        assert_eq!(table.found(&k(2), Some(([2; 32], 7, t0)), t0), Found::New);
+        assert_eq!(table.claim(&k(2), [2; 16], t0), Claim::Lookup);
+        assert_eq!(table.found(&k(2), Some(([2; 16], 7, t0)), t0), Found::New);
     }
 }

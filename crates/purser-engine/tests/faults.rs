@@ -273,7 +273,7 @@ fn charge(credits: &str) -> Command {
 }
 
 fn key(name: &str) -> Option<IdempotencyKey> {
-    Some(IdempotencyKey::new(name, [7; 32]))
+    Some(IdempotencyKey::new(name, [7; 16]))
 }
 
 async fn available(engine: &Engine) -> String {
@@ -444,7 +444,7 @@ async fn keys_beyond_the_cache_are_answered_from_the_store() {
     assert_eq!(available(&engine).await, "70", "each key charged once");
     // Another request under a cold key: refused after the lookup.
     let other = engine
-        .run(charge("0.2"), Some(IdempotencyKey::new("c0", [8; 32])))
+        .run(charge("0.2"), Some(IdempotencyKey::new("c0", [8; 16])))
         .await;
     assert!(matches!(other, Outcome::KeyReused), "{other:?}");
 }

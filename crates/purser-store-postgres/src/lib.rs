@@ -65,7 +65,7 @@ pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord 
     let fingerprint: Vec<u8> = row.get(first + 1);
     IdempotencyRecord {
         key: key.try_into().unwrap_or([0; 16]),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 16]),
         status: row.get::<_, i32>(first + 2) as u16,
         body: row.get(first + 3),
         expires_at: Timestamp::from_micros(row.get(first + 4)),
@@ -599,8 +599,11 @@ impl Store for PostgresStore {
         self.read(|client| {
             let row = client
                 .query_opt(
-                    &format!("{CHECKED_RECORD} WHERE key = $1 ORDER BY id DESC LIMIT 1"),
-                    &[&&key[..]],
+                    &format!(
+                        "{CHECKED_RECORD} WHERE substring(key from 1 for 8) = $2 AND key = $1
+                          ORDER BY id DESC LIMIT 1"
+                    ),
+                    &[&&key[..], &&key[..8]],
                 )
                 .map_err(backend)?;
             let Some(row) = row else {

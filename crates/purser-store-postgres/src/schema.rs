@@ -98,7 +98,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         pos         BIGINT NOT NULL,
         sum         BIGINT NOT NULL
     );
-    CREATE INDEX idempotency_record_by_key ON idempotency_record (key);
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (substring(key from 1 for 8));
 "#,
 ];
 
@@ -112,17 +112,20 @@ const HASHED_KEYS: usize = 5;
 /// A record of the old `idempotency` table (versions 1-4: the key's text)
 /// from the columns `key, fingerprint, status, body, expires_at`: the key's
 /// text, and the record as it is stored from version 5.
-fn legacy_record(row: &postgres::Row) -> (String, IdempotencyRecord) {
+fn legacy_record(row: &postgres::Row) -> (String, Vec<u8>, IdempotencyRecord) {
     let text: String = row.get(0);
     let fingerprint: Vec<u8> = row.get(1);
     let record = IdempotencyRecord {
         key: purser_store::key_hash(&text),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        fingerprint: fingerprint
+            .get(..16)
+            .and_then(|f| f.try_into().ok())
+            .unwrap_or([0; 16]),
         status: row.get::<_, i32>(2) as u16,
         body: row.get(3),
         expires_at: Timestamp::from_micros(row.get(4)),
     };
-    (text, record)
+    (text, fingerprint, record)
 }
 
 /// Migration 5: every record of the old table checked against its version
@@ -143,9 +146,9 @@ fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
             break;
         }
         for row in &rows {
-            let (text, record) = legacy_record(row);
+            let (text, fingerprint, record) = legacy_record(row);
             let (pos, sum): (i64, i64) = (row.get(5), row.get(6));
-            if purser_store::record_sum_with_text(&record, &text, pos as u64) != sum {
+            if purser_store::record_sum_with_text(&record, &text, &fingerprint, pos as u64) != sum {
                 return Err(StoreError::Damaged(format!(
                     "the idempotency record of key {text:?} does not match its checksum; restore a backup"
                 )));
@@ -238,9 +241,12 @@ fn seal_existing(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
         |transaction, records| {
             let (mut keys, mut sums) = (Vec::new(), Vec::new());
             for row in records {
-                let (text, record) = legacy_record(row);
+                let (text, fingerprint, record) = legacy_record(row);
                 sums.push(purser_store::record_sum_with_text(
-                    &record, &text, end as u64,
+                    &record,
+                    &text,
+                    &fingerprint,
+                    end as u64,
                 ));
                 keys.push(text);
             }

@@ -138,7 +138,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
 fn records_by_key_text_migrate_to_key_hashes() {
     let record = IdempotencyRecord {
         key: purser_store::key_hash("order-17"),
-        fingerprint: [5; 32],
+        fingerprint: [5; 16],
         status: 201,
         body: b"{}".to_vec(),
         expires_at: Timestamp::from_micros(9_000_000_000_000_000),
@@ -157,13 +157,14 @@ fn records_by_key_text_migrate_to_key_hashes() {
                 )
                 .unwrap();
         }
-        let sum = purser_store::record_sum_with_text(&record, "order-17", 0);
+        let old_fingerprint = [5u8; 32];
+        let sum = purser_store::record_sum_with_text(&record, "order-17", &old_fingerprint, 0);
         client
             .execute(
                 "INSERT INTO idempotency (key, fingerprint, status, body, expires_at, pos, sum)
                  VALUES ('order-17', $1, 201, $2, $3, 0, $4)",
                 &[
-                    &&record.fingerprint[..],
+                    &&old_fingerprint[..],
                     &record.body,
                     &record.expires_at.micros(),
                     &sum,

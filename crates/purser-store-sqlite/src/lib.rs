@@ -697,10 +697,12 @@ impl Store for SqliteStore {
         self.read(|connection| {
             let mut statement = connection
                 .prepare_cached(&format!(
-                    "{CHECKED_RECORD} WHERE key = ?1 ORDER BY id DESC LIMIT 1"
+                    "{CHECKED_RECORD} WHERE substr(key, 1, 8) = ?2 AND key = ?1 ORDER BY id DESC LIMIT 1"
                 ))
                 .map_err(backend)?;
-            let mut rows = statement.query([&key[..]]).map_err(backend)?;
+            let mut rows = statement
+                .query(params![&key[..], &key[..8]])
+                .map_err(backend)?;
             let Some(row) = rows.next().map_err(backend)? else {
                 return Ok(None);
             };

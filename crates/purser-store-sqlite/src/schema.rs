@@ -166,7 +166,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         pos         INTEGER NOT NULL,
         sum         INTEGER NOT NULL
     );
-    CREATE INDEX idempotency_record_by_key ON idempotency_record (key);
+    -- Indexed by the key hash's first 8 bytes (half the index; the row
+    -- holds all 16, which a lookup compares).
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (substr(key, 1, 8));
 "#,
 ];
 
@@ -181,17 +183,38 @@ const HASHED_KEYS: i64 = 7;
 /// An idempotency record of `idempotency_log` (versions 5 and 6: the key's
 /// text) from the columns `key, fingerprint, status, body, expires_at`:
 /// the key's text, and the record as it is stored from version 7.
-fn legacy_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, IdempotencyRecord)> {
+fn legacy_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Legacy> {
     let text: String = row.get(0)?;
     let fingerprint: Vec<u8> = row.get(1)?;
     let record = IdempotencyRecord {
         key: purser_store::key_hash(&text),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        fingerprint: fingerprint
+            .get(..16)
+            .and_then(|f| f.try_into().ok())
+            .unwrap_or([0; 16]),
         status: row.get(2)?,
         body: row.get(3)?,
         expires_at: Timestamp::from_micros(row.get(4)?),
     };
-    Ok((text, record))
+    Ok(Legacy {
+        text,
+        fingerprint,
+        record,
+    })
+}
+
+/// A record as versions 5 and 6 stored it, and as it is stored from 7.
+struct Legacy {
+    text: String,
+    fingerprint: Vec<u8>,
+    record: IdempotencyRecord,
+}
+
+impl Legacy {
+    /// Its checksum as version 6 computed it.
+    fn sum(&self, pos: i64) -> i64 {
+        purser_store::record_sum_with_text(&self.record, &self.text, &self.fingerprint, pos as u64)
+    }
 }
 
 /// Migration 7: every record of `idempotency_log` checked against its
@@ -209,13 +232,14 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
             .map_err(backend)?;
         let mut rows = read.query([]).map_err(backend)?;
         while let Some(row) = rows.next().map_err(backend)? {
-            let (text, record) = legacy_record(row).map_err(backend)?;
+            let legacy = legacy_record(row).map_err(backend)?;
+            let record = &legacy.record;
             let (pos, sum, id): (i64, i64, i64) = (
                 row.get(5).map_err(backend)?,
                 row.get(6).map_err(backend)?,
                 row.get(7).map_err(backend)?,
             );
-            if purser_store::record_sum_with_text(&record, &text, pos as u64) != sum {
+            if legacy.sum(pos) != sum {
                 return Err(StoreError::Damaged(format!(
                     "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
                 )));
@@ -228,7 +252,7 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
                     record.body,
                     record.expires_at.micros(),
                     pos,
-                    record_sum(&record, pos as u64),
+                    record_sum(record, pos as u64),
                 ])
                 .map_err(backend)?;
         }
@@ -292,13 +316,9 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
     let mut rows = read.query([]).map_err(backend)?;
     while let Some(row) = rows.next().map_err(backend)? {
         let id: i64 = row.get(5).map_err(backend)?;
-        let (text, record) = legacy_record(row).map_err(backend)?;
+        let legacy = legacy_record(row).map_err(backend)?;
         update
-            .execute(params![
-                id,
-                end,
-                purser_store::record_sum_with_text(&record, &text, end as u64)
-            ])
+            .execute(params![id, end, legacy.sum(end)])
             .map_err(backend)?;
     }
     Ok(())
@@ -329,7 +349,7 @@ pub(crate) fn record_of(
     let key: Vec<u8> = row.get(first)?;
     Ok(IdempotencyRecord {
         key: key.try_into().unwrap_or([0; 16]),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 16]),
         status: row.get(first + 2)?,
         body: row.get(first + 3)?,
         expires_at: Timestamp::from_micros(row.get(first + 4)?),

@@ -532,7 +532,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
 pub fn idempotency_records(store: &dyn Store) {
     let record = |key: u8, expires: &str| IdempotencyRecord {
         key: [key; 16],
-        fingerprint: [7; 32],
+        fingerprint: [7; 16],
         status: 201,
         body: br#"{"object":"debit"}"#.to_vec(),
         expires_at: at(expires),

@@ -69,6 +69,7 @@ pub fn chain_hash(
 
 /// The checksum of an idempotency record stored with a commit that ended
 /// the journal at `pos` (XXH3-64 over every field, lengths included).
+/// 31 bits: enough to find damage, and four bytes in SQLite's integers.
 pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
     hasher.update(&record.key);
@@ -78,17 +79,23 @@ pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     hasher.update(&record.body);
     hasher.update(&record.expires_at.micros().to_le_bytes());
     hasher.update(&pos.to_le_bytes());
-    hasher.digest() as i64
+    (hasher.digest() & 0x7fff_ffff) as i64
 }
 
 /// The checksum schema version 6 gave an idempotency record, when records
-/// kept their key's text: checked once more when migration 7 replaces the
-/// text by its [`key_hash`].
-pub fn record_sum_with_text(record: &IdempotencyRecord, key: &str, pos: u64) -> i64 {
+/// kept their key's text and a 32-byte fingerprint (`fingerprint`, as
+/// stored then): checked once more when migration 7 replaces them by the
+/// key's [`key_hash`] and the fingerprint's first 16 bytes.
+pub fn record_sum_with_text(
+    record: &IdempotencyRecord,
+    key: &str,
+    fingerprint: &[u8],
+    pos: u64,
+) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
     hasher.update(&(key.len() as u64).to_le_bytes());
     hasher.update(key.as_bytes());
-    hasher.update(&record.fingerprint);
+    hasher.update(fingerprint);
     hasher.update(&record.status.to_le_bytes());
     hasher.update(&(record.body.len() as u64).to_le_bytes());
     hasher.update(&record.body);

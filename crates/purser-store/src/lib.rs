@@ -16,7 +16,7 @@ pub mod journal;
 mod recovery;
 mod usage;
 
-use purser_core::{AccountHandle, CreditSum, Entry, KeyHash, ObjectId, Timestamp};
+use purser_core::{AccountHandle, CreditSum, Entry, Fingerprint, KeyHash, ObjectId, Timestamp};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
@@ -64,7 +64,7 @@ pub enum StoreError {
 pub struct IdempotencyRecord {
     /// The key's hash ([`KeyHash`]): the key's text is not stored.
     pub key: KeyHash,
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
     pub status: u16,
     pub body: Vec<u8>,
     pub expires_at: Timestamp,

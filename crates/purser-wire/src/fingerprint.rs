@@ -26,5 +26,8 @@ pub fn fingerprint_canonical(method: &str, path: &str, canonical: &[u8]) -> Fing
     hasher.update(path.as_bytes());
     hasher.update(b"\n");
     hasher.update(canonical);
-    hasher.finalize().into()
+    let digest = hasher.finalize();
+    let mut fingerprint = [0; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
+    fingerprint
 }
