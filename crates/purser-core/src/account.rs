@@ -4,7 +4,7 @@
 //! (in `decide.rs`) compute entries and go through it too, so the live path
 //! and the replay path cannot drift apart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::credits::{CreditSum, Credits};
@@ -54,12 +54,21 @@ pub struct Account {
     pub(crate) period_end: Timestamp,
     pub(crate) next_seq: u64,
     pub(crate) debt: Credits,
-    /// In burn order.
+    /// In burn order: every grant but the spent ones.
     pub(crate) grants: Vec<Grant>,
+    /// Spent package and promo grants (nothing left, nothing held), by
+    /// sequence number: out of every walk a charge makes, kept only so a
+    /// reversal can give credits back to them (which brings them back).
+    /// Boxed: most accounts have none.
+    #[allow(clippy::box_collection)]
+    pub(crate) spent: Option<Box<BTreeMap<u64, Grant>>>,
     /// Active holds, in the order placed. Thin vectors (one pointer, no
     /// allocation while empty): most accounts have neither.
     pub(crate) holds: thin_vec::ThinVec<Hold>,
+    /// In the order created (by sequence number).
     pub(crate) purchases: thin_vec::ThinVec<Purchase>,
+    /// How many of them are pending (derived: not in snapshots).
+    pub(crate) pending: u32,
     /// Credits each member consumed in the current period. Boxed: most
     /// accounts have none, and an empty `Option<Box<_>>` is one word.
     #[allow(clippy::box_collection)]
@@ -149,8 +158,10 @@ impl Account {
             next_seq: entry_seq + 1,
             debt: Credits::ZERO,
             grants: Vec::new(),
+            spent: None,
             holds: thin_vec::ThinVec::new(),
             purchases: thin_vec::ThinVec::new(),
+            pending: 0,
             member_usage: None,
             reversed: None,
             next_due: Timestamp::NEVER,
@@ -294,12 +305,24 @@ impl Account {
                 if purchase.seq != entry.seq {
                     return Err(ApplyError::Unbalanced);
                 }
+                if purchase.status == PurchaseStatus::Pending {
+                    self.pending += 1;
+                }
                 self.purchases.push((**purchase).clone());
             }
             Body::PurchaseUpdated { purchase, status } => {
                 let purchase = self.purchase_mut(*purchase)?;
+                let was = purchase.status;
                 purchase.status = *status;
                 purchase.updated_at = at;
+                match (
+                    was == PurchaseStatus::Pending,
+                    *status == PurchaseStatus::Pending,
+                ) {
+                    (true, false) => self.pending -= 1,
+                    (false, true) => self.pending += 1,
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -410,30 +433,57 @@ impl Account {
         Ok(self.holds.remove(at))
     }
 
+    /// A grant to change: a spent one comes back into burn order first.
     fn grant_mut(&mut self, seq: u64) -> Result<&mut Grant, ApplyError> {
-        self.grants
-            .iter_mut()
-            .find(|g| g.seq == seq)
-            .ok_or(ApplyError::UnknownGrant(seq))
+        if let Some(at) = self.grants.iter().position(|g| g.seq == seq) {
+            return Ok(&mut self.grants[at]);
+        }
+        let grant = self
+            .spent
+            .as_mut()
+            .and_then(|spent| spent.remove(&seq))
+            .ok_or(ApplyError::UnknownGrant(seq))?;
+        let key = grant.burn_key();
+        let at = self.grants.partition_point(|g| g.burn_key() < key);
+        self.grants.insert(at, grant);
+        Ok(&mut self.grants[at])
     }
 
     fn purchase_mut(&mut self, seq: u64) -> Result<&mut Purchase, ApplyError> {
-        self.purchases
-            .iter_mut()
-            .find(|p| p.seq == seq)
-            .ok_or(ApplyError::UnknownPurchase(seq))
+        let at = self
+            .purchases
+            .binary_search_by_key(&seq, |p| p.seq)
+            .map_err(|_| ApplyError::UnknownPurchase(seq))?;
+        Ok(&mut self.purchases[at])
     }
 
     /// Forgets grants that can never change again: nothing left, nothing held,
     /// and expired (or voided, except the current budget, which the balance
     /// shows until the period ends). Exhausted grants that are still live are
     /// kept, because a reversal can give credits back to them.
+    /// Spent package and promo grants leave burn order (see `spent`).
     fn prune_grants(&mut self, at: Timestamp) {
         self.grants.retain(|g| {
             let finished = g.expires_at <= at
                 || (g.state == crate::grant::GrantState::Voided && g.kind != GrantKind::Budget);
             !(finished && g.remaining.is_zero() && g.held.is_zero())
         });
+        self.set_aside_spent();
+    }
+
+    fn set_aside_spent(&mut self) {
+        let spent = |g: &mut Grant| {
+            matches!(g.kind, GrantKind::Package | GrantKind::Promo)
+                && g.remaining.is_zero()
+                && g.held.is_zero()
+        };
+        if !self.grants.iter_mut().any(spent) {
+            return;
+        }
+        let aside = self.spent.get_or_insert_with(Default::default);
+        for grant in self.grants.extract_if(.., spent) {
+            aside.insert(grant.seq, grant);
+        }
     }
 
     /// The earliest instant with time-driven work: a hold expiry, a grant
@@ -660,7 +710,10 @@ impl Account {
             period_index: self.period_index,
             next_seq: self.next_seq,
             debt: self.debt,
-            grants: self.grants.clone(),
+            grants: {
+                let spent = self.spent.iter().flat_map(|s| s.values());
+                self.grants.iter().chain(spent).cloned().collect()
+            },
             holds: self.holds.to_vec(),
             purchases: self.purchases.to_vec(),
             member_usage,
@@ -686,7 +739,13 @@ impl Account {
             period_end: period_start(snapshot.anchor, snapshot.period_index + 1),
             next_seq: snapshot.next_seq,
             debt: snapshot.debt,
+            pending: snapshot
+                .purchases
+                .iter()
+                .filter(|p| p.status == PurchaseStatus::Pending)
+                .count() as u32,
             grants: snapshot.grants,
+            spent: None,
             holds: snapshot.holds.into(),
             purchases: snapshot.purchases.into(),
             member_usage: (!snapshot.member_usage.is_empty())
@@ -695,6 +754,7 @@ impl Account {
                 .then(|| Box::new(snapshot.reversed.into_iter().collect())),
             next_due: Timestamp::NEVER,
         };
+        account.set_aside_spent();
         account.next_due = account.compute_next_due();
         account
     }
@@ -748,13 +808,22 @@ impl Account {
     pub fn debt(&self) -> Credits {
         self.debt
     }
-    /// Grants still in memory, in burn order: live ones, exhausted ones that
-    /// a reversal could refill, and expired or voided ones with held credits.
+    /// Grants in burn order: live ones, exhausted budget and rollover ones
+    /// that a reversal could refill, and expired or voided ones with held
+    /// credits. Spent package and promo grants are in [`Account::spent`].
     pub fn grants(&self) -> &[Grant] {
         &self.grants
     }
+    /// Spent package and promo grants (nothing left, nothing held), oldest
+    /// first.
+    pub fn spent(&self) -> impl DoubleEndedIterator<Item = &Grant> {
+        self.spent.iter().flat_map(|spent| spent.values())
+    }
     pub fn grant(&self, seq: u64) -> Option<&Grant> {
-        self.grants.iter().find(|g| g.seq == seq)
+        self.grants
+            .iter()
+            .find(|g| g.seq == seq)
+            .or_else(|| self.spent.as_ref()?.get(&seq))
     }
     pub fn holds(&self) -> &[Hold] {
         &self.holds
@@ -766,7 +835,8 @@ impl Account {
         &self.purchases
     }
     pub fn purchase(&self, seq: u64) -> Option<&Purchase> {
-        self.purchases.iter().find(|p| p.seq == seq)
+        let at = self.purchases.binary_search_by_key(&seq, |p| p.seq).ok()?;
+        Some(&self.purchases[at])
     }
     /// Credits `member` consumed in the current period (holds not included).
     pub fn member_usage(&self, member: &str) -> CreditSum {
@@ -789,10 +859,7 @@ impl Account {
         self.next_due
     }
     pub fn pending_purchases(&self) -> usize {
-        self.purchases
-            .iter()
-            .filter(|p| p.status == PurchaseStatus::Pending)
-            .count()
+        self.pending as usize
     }
 }
 

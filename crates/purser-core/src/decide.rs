@@ -349,7 +349,8 @@ impl Account {
     }
 
     /// Operator and purchase grants count toward the per-account bound, with
-    /// the purchases that will become grants.
+    /// the purchases that will become grants; spent ones do not (an account
+    /// buys packages any number of times).
     fn bounded_grants(&self) -> usize {
         let grants = self
             .grants

@@ -972,3 +972,44 @@ fn accounts_are_unique_and_closed_accounts_take_no_charges() {
     w.advance_to("2027-02-01T00:00:00Z");
     assert_eq!(w.totals("acme"), "0/0/0");
 }
+
+/// Rule 6 at scale (issue 14): packages are bought any number of times.
+/// Spent package grants leave burn order (no charge walks them) and do not
+/// count toward the per-account grant limit; a reversal still gives credits
+/// back to the grant they came from, which comes back into burn order; a
+/// snapshot keeps them.
+#[test]
+fn an_account_buys_packages_any_number_of_times() {
+    let mut w = World::new("2026-11-10T12:00:00Z");
+    w.open("acme", "starter");
+    w.charge("acme", "100").unwrap(); // the budget, gone
+    let mut first_debit = None;
+    for _ in 0..100_000 {
+        w.buy("acme");
+        let debit = w.charge("acme", "200").unwrap();
+        first_debit.get_or_insert(debit);
+    }
+    let account = w.account("acme");
+    assert_eq!(account.purchases().len(), 100_000);
+    assert_eq!(account.spent().count(), 100_000);
+    assert!(account.grants().len() <= 2, "{}", account.grants().len());
+    assert_eq!(w.totals("acme"), "0/0/0");
+    // Still room for more: the limit counts grants with credits left.
+    w.buy("acme");
+    assert_eq!(w.totals("acme"), "200/0/0");
+    // A snapshot holds the spent grants; the restored account is the same.
+    let snapshot = w.account("acme").snapshot();
+    let restored = purser_core::Account::restore(snapshot.clone());
+    assert_eq!(restored.snapshot(), snapshot);
+    assert_eq!(restored.spent().count(), 100_000);
+    // The first charge's credits go back to its (spent) grant.
+    let first = first_debit.unwrap();
+    let reversal = w.reverse(&first, None).unwrap();
+    assert_eq!(w.totals("acme"), "400/0/0");
+    let Body::Reversed(reversed) = &reversal.body else {
+        panic!("{reversal:?}");
+    };
+    let grant = reversed.returned[0].grant;
+    assert_eq!(w.account("acme").grant(grant).unwrap().remaining, c("200"));
+    assert_eq!(w.account("acme").spent().count(), 99_999);
+}

@@ -101,10 +101,12 @@ impl Render for JsonAnswers {
             Read::Account(_) | Read::AccountByHandle(_) => answer(200, account_body(account, now)),
             Read::Balance(_) => answer(200, to_json(&BalanceJson::new(account, now))),
             Read::Grants(_, page) => {
-                // Active first (burn order), then the rest.
+                // Active first (burn order), then the rest, then the spent
+                // ones, newest first.
                 let active = account.grants().iter().filter(|g| g.is_active(now));
                 let rest = account.grants().iter().filter(|g| !g.is_active(now));
-                let items = active.chain(rest).map(|g: &Grant| (g.seq, g));
+                let spent = account.spent().rev();
+                let items = active.chain(rest).chain(spent).map(|g: &Grant| (g.seq, g));
                 answer(200, list(page, items, |g| grant_json(account, g, now)))
             }
             Read::Purchases(_, page) => {
