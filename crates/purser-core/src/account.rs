@@ -62,6 +62,8 @@ pub struct Account {
     /// Boxed: most accounts have none.
     #[allow(clippy::box_collection)]
     pub(crate) spent: Option<Box<BTreeMap<u64, Grant>>>,
+    /// No spent grant expires before this (derived: not in snapshots).
+    pub(crate) spent_expiry: Timestamp,
     /// Active holds, in the order placed. Thin vectors (one pointer, no
     /// allocation while empty): most accounts have neither.
     pub(crate) holds: thin_vec::ThinVec<Hold>,
@@ -159,6 +161,7 @@ impl Account {
             debt: Credits::ZERO,
             grants: Vec::new(),
             spent: None,
+            spent_expiry: Timestamp::NEVER,
             holds: thin_vec::ThinVec::new(),
             purchases: thin_vec::ThinVec::new(),
             pending: 0,
@@ -461,14 +464,27 @@ impl Account {
     /// and expired (or voided, except the current budget, which the balance
     /// shows until the period ends). Exhausted grants that are still live are
     /// kept, because a reversal can give credits back to them.
-    /// Spent package and promo grants leave burn order (see `spent`).
+    /// Spent package and promo grants leave burn order (see `spent`); the
+    /// spent ones that can never change again leave too (checked when the
+    /// earliest spent expiry has come).
     fn prune_grants(&mut self, at: Timestamp) {
-        self.grants.retain(|g| {
-            let finished = g.expires_at <= at
-                || (g.state == crate::grant::GrantState::Voided && g.kind != GrantKind::Budget);
-            !(finished && g.remaining.is_zero() && g.held.is_zero())
-        });
+        let finished = |g: &Grant| {
+            g.expires_at <= at
+                || (g.state == crate::grant::GrantState::Voided && g.kind != GrantKind::Budget)
+        };
+        self.grants
+            .retain(|g| !(finished(g) && g.remaining.is_zero() && g.held.is_zero()));
         self.set_aside_spent();
+        if let Some(spent) = &mut self.spent
+            && self.spent_expiry <= at
+        {
+            spent.retain(|_, g| !finished(g));
+            self.spent_expiry = spent
+                .values()
+                .map(|g| g.expires_at)
+                .min()
+                .unwrap_or(Timestamp::NEVER);
+        }
     }
 
     fn set_aside_spent(&mut self) {
@@ -482,6 +498,7 @@ impl Account {
         }
         let aside = self.spent.get_or_insert_with(Default::default);
         for grant in self.grants.extract_if(.., spent) {
+            self.spent_expiry = self.spent_expiry.min(grant.expires_at);
             aside.insert(grant.seq, grant);
         }
     }
@@ -746,6 +763,7 @@ impl Account {
                 .count() as u32,
             grants: snapshot.grants,
             spent: None,
+            spent_expiry: Timestamp::NEVER,
             holds: snapshot.holds.into(),
             purchases: snapshot.purchases.into(),
             member_usage: (!snapshot.member_usage.is_empty())

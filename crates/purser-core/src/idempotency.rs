@@ -224,12 +224,12 @@ impl<T> IdempotencyTable<T> {
     }
 
     /// Learns a key the store holds (finished before this process
-    /// started): cold, until `expires_at`.
+    /// started): cold, until `expires_at`. Recorded even while the key is
+    /// hot (being looked up, say): if that claim lets it go, the key must
+    /// still be known.
     pub fn learn(&mut self, key: &KeyHash, expires_at: Timestamp) {
-        if !self.hot.contains_key(key) {
-            let known = self.cold.entry(short(key)).or_insert(expires_at);
-            *known = (*known).max(expires_at);
-        }
+        let known = self.cold.entry(short(key)).or_insert(expires_at);
+        *known = (*known).max(expires_at);
     }
 
     /// When a key finished at `now` is forgotten.
@@ -378,7 +378,13 @@ mod tests {
         assert_eq!(table.found(&k(1), None, t0), Found::New);
         assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
         table.learn(&k(2), table.expiry_from(t0));
+        // A stored key learnt while a claim looks it up, which then lets
+        // it go: still known, still looked up.
+        assert_eq!(table.claim(&k(4), [4; 16], t0), Claim::Lookup);
+        table.learn(&k(4), table.expiry_from(t0));
+        table.abandon(&k(4));
         table.set_complete(true);
+        assert_eq!(table.claim(&k(4), [4; 16], t0), Claim::Lookup);
         assert_eq!(table.claim(&k(2), [2; 16], t0), Claim::Lookup);
         assert_eq!(table.claim(&k(3), [3; 16], t0), Claim::New);
         // An expired record in the store is no record.

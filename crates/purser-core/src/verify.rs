@@ -182,7 +182,7 @@ pub fn compare(replayed: &Ledger, stored: &Ledger) -> Vec<Problem> {
 }
 
 fn differing_fields(a: &Account, b: &Account) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 18] = [
         ("handle", a.handle == b.handle),
         ("name", a.name == b.name),
         ("tier", a.tier == b.tier),
@@ -203,6 +203,7 @@ fn differing_fields(a: &Account, b: &Account) -> Vec<&'static str> {
         ("entry count", a.next_seq == b.next_seq),
         ("debt", a.debt == b.debt),
         ("grants", a.grants == b.grants),
+        ("spent grants", a.spent().eq(b.spent())),
         ("holds", a.holds == b.holds),
         ("purchases", a.purchases == b.purchases),
         ("member usage", a.member_usage == b.member_usage),

@@ -1013,3 +1013,25 @@ fn an_account_buys_packages_any_number_of_times() {
     assert_eq!(w.account("acme").grant(grant).unwrap().remaining, c("200"));
     assert_eq!(w.account("acme").spent().count(), 99_999);
 }
+
+/// A spent promo grant that expires leaves memory with the account's first
+/// entry after its expiry, as it did before spent grants were set aside.
+#[test]
+fn a_spent_grant_that_expires_is_forgotten() {
+    let mut w = World::new("2026-11-10T12:00:00Z");
+    w.open("acme", "starter");
+    w.charge("acme", "100").unwrap();
+    w.promo("acme", "50", Some("2026-11-20T00:00:00Z"));
+    w.buy("acme");
+    w.charge("acme", "250").unwrap(); // the promo (priority 5), then the package
+    assert_eq!(w.account("acme").spent().count(), 2);
+    w.advance_to("2026-11-21T00:00:00Z");
+    w.buy("acme"); // any entry after the expiry
+    assert_eq!(
+        w.account("acme")
+            .spent()
+            .map(|g| g.kind)
+            .collect::<Vec<_>>(),
+        [GrantKind::Package]
+    );
+}

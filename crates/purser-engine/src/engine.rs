@@ -345,7 +345,7 @@ impl Engine {
                 }
             });
         if let Err(error) = spawned {
-            tracing::warn!(%error, "no janitor thread: expired idempotency records leave the store at the next start");
+            tracing::warn!(%error, "no janitor thread: expired idempotency records stay in the store");
         }
     }
 
@@ -459,7 +459,7 @@ impl Engine {
     }
 
     /// Claims keys at once (a batch's): the ones that need the store are
-    /// looked up together, in one query off the async threads.
+    /// looked up together, one after another in one task off the async threads.
     async fn claim_all(&self, keys: &[Option<&IdempotencyKey>]) -> Vec<Result<(), Submitted>> {
         let now = self.0.clock.now();
         let mut claims: Vec<Result<(), Submitted>> = Vec::with_capacity(keys.len());
@@ -545,23 +545,29 @@ impl Engine {
             return;
         }
         let shard = usize::from(u16::from_le_bytes([key.key[0], key.key[1]])) % self.shard_count();
-        let work = Work::Remember {
-            key: key.clone(),
-            status,
-            body: body.to_vec(),
-        };
-        match self.ask(shard, work).await {
-            Ok(Answer::Remembered) => {
-                let stored = Stored {
-                    status,
-                    body: body.into(),
-                };
-                self.0.keys.finish(&key.key, stored, self.0.clock.now());
+        // Once queued, the key belongs to the committer (remembered once
+        // durable), whatever becomes of this wait. A full queue is waited
+        // out: the work is done, its answer must be kept.
+        let deadline = self.deadline();
+        let receiver = loop {
+            let work = Work::Remember {
+                key: key.clone(),
+                status,
+                body: body.to_vec(),
+            };
+            match self.submit(shard, work) {
+                Ok(receiver) => break receiver,
+                Err(Busy::QueueFull) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("an idempotency record could not be queued: its key is let go");
+                    self.0.keys.abandon(&key.key);
+                    return;
+                }
             }
-            // Not stored: the key is let go (a retry runs the work again,
-            // as after a crash before the record was written).
-            _ => self.0.keys.abandon(&key.key),
-        }
+        };
+        let _ = self.wait(receiver, deadline).await;
     }
 
     /// Releases a claimed key whose work never finished: a retry runs afresh.

@@ -34,8 +34,6 @@ pub(crate) enum Answer {
     Accounts(Vec<(Timestamp, AccountId, Vec<u8>)>),
     /// Time-driven work is applied (and durable).
     Ticked,
-    /// An idempotency record is durable.
-    Remembered,
     /// The engine cannot take work (it stopped before this job ran).
     Unavailable,
     /// The job ran but its batch's commit failed: whether it is stored is
@@ -245,6 +243,7 @@ impl Shard {
             Work::Command {
                 claim: Some(claim), ..
             } => Some(claim.key),
+            Work::Remember { key, .. } => Some(key.key),
             _ => None,
         };
         let answer = if self.poisoned.load(Ordering::Relaxed) {
@@ -270,10 +269,15 @@ impl Shard {
                         key: key.key,
                         fingerprint: key.fingerprint,
                         status,
-                        body,
+                        body: body.clone(),
                         expires_at: self.expiry(now),
                     });
-                    Answer::Remembered
+                    // The committer ends the key with it, as a command's.
+                    Answer::Rendered(Rendered {
+                        status,
+                        body: Vec::new(),
+                        remember: Some(body),
+                    })
                 }
             }
         };

@@ -98,7 +98,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         pos         BIGINT NOT NULL,
         sum         BIGINT NOT NULL
     );
-    CREATE INDEX idempotency_record_by_key ON idempotency_record (substring(key from 1 for 8));
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (substring(key from 1 for 8), id);
 "#,
 ];
 
@@ -130,13 +130,19 @@ fn legacy_record(row: &postgres::Row) -> (String, Vec<u8>, IdempotencyRecord) {
 
 /// Migration 5: every record of the old table checked against its version
 /// 4 checksum and copied by key hash, with its new checksum, in the order
-/// of expiry (the order they were stored in, as near as it is known).
+/// of their commits (then of expiry): the last copied has the highest
+/// position, as the journal's witness expects.
 fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    transaction
+        .batch_execute(
+            "SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL statement_timeout = 0",
+        )
+        .map_err(backend)?;
     // Read through a portal, a page at a time: the table is never held whole.
     let portal = transaction
         .bind(
             "SELECT key, fingerprint, status, body, expires_at, pos, sum FROM idempotency
-              ORDER BY expires_at, key",
+              ORDER BY pos, expires_at, key",
             &[],
         )
         .map_err(backend)?;

@@ -53,8 +53,8 @@ pub(super) async fn batch(
         ));
     }
     // Every item is queued before any is awaited, so they share group
-    // commits; their keys are claimed together (one store lookup for the
-    // keys that need one).
+    // commits; their keys are claimed together (the ones that need the
+    // store are looked up in one task).
     let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(items.len());
     let mut valid = Vec::with_capacity(items.len());
     for item in items {
