@@ -144,3 +144,66 @@ async fn a_charge_is_applied_once_whatever_became_of_its_first_request() {
         "SIGTERM drains and exits cleanly"
     );
 }
+
+/// Keys past the memory cache, after `kill -9`: the restarted server reads
+/// no key at start, yet every retry (sent at once, while it still learns
+/// the stored keys) gets its first answer, the same JSON; nothing is
+/// charged again, and another request under a remembered key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_keys_answer_from_the_store_after_kill_9() {
+    const KEYS: usize = 600;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("purser.toml");
+    std::fs::write(&config, "[idempotency]\ncache_keys = 64\n").expect("write the config");
+    let args = ["--config", config.to_str().expect("a UTF-8 path")];
+    let server = ServerProcess::start_with(&data_dir, "keys-first", &args);
+    let client = admin(&server, Duration::from_secs(10));
+    open_account(&client, ACCOUNT).await;
+    let one = Charge::new(Cost::credits("0.5"));
+    let mut first = Vec::new();
+    for n in 0..KEYS {
+        let reply = client
+            .charge(ACCOUNT, &one, Some(&format!("key-{n}")))
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status, 201, "{reply:?}");
+        first.push(reply.body);
+    }
+    let before = available(&client).await;
+    server.kill();
+
+    let server = ServerProcess::start_with(&data_dir, "keys-second", &args);
+    let client = admin(&server, Duration::from_secs(10));
+    let retries: Vec<_> = (0..KEYS)
+        .map(|n| {
+            let client = client.clone();
+            let one = one.clone();
+            tokio::spawn(async move {
+                client
+                    .charge(ACCOUNT, &one, Some(&format!("key-{n}")))
+                    .await
+                    .expect("an answer")
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for retry in retries {
+        replies.push(retry.await.expect("a retry"));
+    }
+    for (n, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, 201, "key-{n}: {reply:?}");
+        assert_eq!(reply.body, first[n], "key-{n} answered differently");
+    }
+    assert_eq!(available(&client).await, before, "nothing charged again");
+    let other = client
+        .charge(ACCOUNT, &ten(), Some("key-0"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (other.status, other.error_code()),
+        (409, Some("idempotency_key_reused")),
+        "{other:?}"
+    );
+    server.stop();
+}
