@@ -837,6 +837,19 @@ impl Account {
     pub fn spent(&self) -> impl DoubleEndedIterator<Item = &Grant> {
         self.spent.iter().flat_map(|spent| spent.values())
     }
+    /// Spent grants created before `seq`, oldest first (a list page after a
+    /// spent grant starts here without walking the rest).
+    pub fn spent_before(&self, seq: u64) -> impl DoubleEndedIterator<Item = &Grant> {
+        self.spent
+            .iter()
+            .flat_map(move |spent| spent.range(..seq).map(|(_, grant)| grant))
+    }
+    /// Whether grant `seq` is a spent one.
+    pub fn is_spent(&self, seq: u64) -> bool {
+        self.spent
+            .as_ref()
+            .is_some_and(|spent| spent.contains_key(&seq))
+    }
     pub fn grant(&self, seq: u64) -> Option<&Grant> {
         self.grants
             .iter()

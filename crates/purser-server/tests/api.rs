@@ -1574,3 +1574,91 @@ async fn connections_beyond_the_limit_wait_to_be_accepted() {
     let patient = server.admin();
     assert_eq!(patient.get("/healthz").await.unwrap().status, 200);
 }
+
+/// Spent package grants still list (after the live ones, newest first), and
+/// pages of grants and purchases follow their cursors to the end, each item
+/// once.
+#[tokio::test]
+async fn spent_grants_and_purchases_page_to_the_end() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let mut purchases = Vec::new();
+    for _ in 0..7 {
+        let purchase = api
+            .post("/v1/accounts/acme/purchases", &json!({"package": "small"}))
+            .await
+            .unwrap();
+        let id = purchase.str("id").to_owned();
+        let done = api
+            .post(&format!("/v1/purchases/{id}/complete"), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(done.status, 200, "{done:?}");
+        purchases.push(id);
+    }
+    // The budget and six of the seven packages, spent.
+    let balance = api.balance("acme").await.unwrap();
+    let package = "200";
+    let spend = format!(
+        "{}",
+        balance.body["available"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            - package.parse::<u64>().unwrap()
+    );
+    assert_eq!(
+        charge(&api, "acme", Cost::credits(&spend)).await.status,
+        201
+    );
+    let walk = |path: &'static str| {
+        let api = api.clone();
+        async move {
+            let mut seen: Vec<serde_json::Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let url = match &cursor {
+                    None => format!("{path}?limit=2"),
+                    Some(after) => format!("{path}?limit=2&starting_after={after}"),
+                };
+                let page = api.get(&url).await.unwrap();
+                assert_eq!(page.status, 200, "{page:?}");
+                let data = page.body["data"].as_array().unwrap().clone();
+                cursor = data
+                    .last()
+                    .map(|item| item["id"].as_str().unwrap().to_owned());
+                seen.extend(data);
+                if page.body["has_more"] != true {
+                    return seen;
+                }
+            }
+        }
+    };
+    let listed = walk("/v1/accounts/acme/purchases").await;
+    let ids: Vec<&str> = listed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let newest_first: Vec<&str> = purchases.iter().rev().map(String::as_str).collect();
+    assert_eq!(ids, newest_first);
+    let grants = walk("/v1/accounts/acme/grants").await;
+    let packages: Vec<(&str, &str)> = grants
+        .iter()
+        .filter(|g| g["kind"] == "package")
+        .map(|g| {
+            (
+                g["remaining"].as_str().unwrap(),
+                g["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(packages.len(), 7, "{grants:?}");
+    assert_eq!(packages[0].0, package, "the live package first");
+    assert!(
+        packages[1..].iter().all(|(remaining, _)| *remaining == "0"),
+        "{packages:?}"
+    );
+    let mut ids: Vec<&str> = grants.iter().map(|g| g["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), grants.len(), "each grant once");
+}

@@ -102,15 +102,49 @@ impl Render for JsonAnswers {
             Read::Balance(_) => answer(200, to_json(&BalanceJson::new(account, now))),
             Read::Grants(_, page) => {
                 // Active first (burn order), then the rest, then the spent
-                // ones, newest first.
-                let active = account.grants().iter().filter(|g| g.is_active(now));
-                let rest = account.grants().iter().filter(|g| !g.is_active(now));
-                let spent = account.spent().rev();
-                let items = active.chain(rest).chain(spent).map(|g: &Grant| (g.seq, g));
-                answer(200, list(page, items, |g| grant_json(account, g, now)))
+                // ones, newest first. A page after a spent grant starts at
+                // it, not by walking the list up to it.
+                let render = |g: &Grant| grant_json(account, g, now);
+                match page.starting_after.filter(|seq| account.is_spent(*seq)) {
+                    Some(cursor) => {
+                        let items = account.spent_before(cursor).rev().map(|g| (g.seq, g));
+                        answer(
+                            200,
+                            list(
+                                Page {
+                                    starting_after: None,
+                                    ..page
+                                },
+                                items,
+                                render,
+                            ),
+                        )
+                    }
+                    None => {
+                        let active = account.grants().iter().filter(|g| g.is_active(now));
+                        let rest = account.grants().iter().filter(|g| !g.is_active(now));
+                        let spent = account.spent().rev();
+                        let items = active.chain(rest).chain(spent).map(|g: &Grant| (g.seq, g));
+                        answer(200, list(page, items, render))
+                    }
+                }
             }
             Read::Purchases(_, page) => {
-                let items = account.purchases().iter().rev().map(|p| (p.seq, p));
+                // Newest first, in sequence order: a page after a cursor
+                // starts at it (binary search), whatever the list's length.
+                let purchases = account.purchases();
+                let before = match page.starting_after {
+                    None => purchases.len(),
+                    // An unknown cursor gives an empty page.
+                    Some(cursor) => purchases
+                        .binary_search_by_key(&cursor, |p| p.seq)
+                        .unwrap_or_default(),
+                };
+                let items = purchases[..before].iter().rev().map(|p| (p.seq, p));
+                let page = Page {
+                    starting_after: None,
+                    ..page
+                };
                 answer(200, list(page, items, |p| purchase_json(account, p)))
             }
             Read::Hold(hold) => match account.hold(hold.seq) {
