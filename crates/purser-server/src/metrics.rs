@@ -103,6 +103,8 @@ pub struct Metrics {
     commit_latency: Histogram,
     entries: AtomicU64,
     queue_depth: AtomicU64,
+    /// Idempotency keys remembered, and those whose answer is in memory.
+    keys: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -122,6 +124,7 @@ impl Metrics {
             commit_latency: Histogram::new(&LATENCY_BOUNDS_MICROS),
             entries: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
+            keys: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -139,6 +142,13 @@ impl Metrics {
 
     pub fn set_queue_depth(&self, depth: u64) {
         self.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Idempotency keys remembered, and those of them whose answer is in
+    /// memory (the rest are answered from the store).
+    pub fn set_idempotency_keys(&self, (known, cached): (usize, usize)) {
+        self.keys[0].store(known as u64, Ordering::Relaxed);
+        self.keys[1].store(cached as u64, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -202,6 +212,15 @@ impl Metrics {
             "purser_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP purser_idempotency_keys Idempotency keys remembered in memory: all (16 bytes each), and those whose answer is cached.\n");
+        out.push_str("# TYPE purser_idempotency_keys gauge\n");
+        for (held, count) in ["hash", "answer"].iter().zip(&self.keys) {
+            let _ = writeln!(
+                out,
+                "purser_idempotency_keys{{held=\"{held}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

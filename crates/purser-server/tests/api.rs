@@ -1054,6 +1054,11 @@ async fn operations_endpoints() {
         metrics.contains("route=\"/v1/test_clock/advance\""),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("purser_idempotency_keys{held=\"hash\"} ")
+            && metrics.contains("purser_idempotency_keys{held=\"answer\"} "),
+        "{metrics}"
+    );
 }
 
 async fn reqwest_text(base: &str, path: &str) -> String {

@@ -26,6 +26,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.set_queue_depth(state.engine.queue_depth());
+    state
+        .metrics
+        .set_idempotency_keys(state.engine.idempotency_keys());
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
