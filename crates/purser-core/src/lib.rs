@@ -23,6 +23,7 @@ mod ledger;
 pub mod limits;
 mod metadata;
 mod rejection;
+mod snapshot;
 pub mod time;
 pub mod verify;
 

@@ -463,10 +463,7 @@ impl Engine {
     async fn claim_all(&self, keys: &[Option<&IdempotencyKey>]) -> Vec<Result<(), Submitted>> {
         let now = self.0.clock.now();
         let mut claims: Vec<Result<(), Submitted>> = Vec::with_capacity(keys.len());
-        let mut lookups = Lookups {
-            keys: self.0.keys.clone(),
-            pending: Vec::new(),
-        };
+        let mut pending = Vec::new();
         for (index, key) in keys.iter().enumerate() {
             let Some(key) = key else {
                 claims.push(Ok(()));
@@ -478,14 +475,18 @@ impl Engine {
                 Claimed::Mismatch => Err(ended(Outcome::KeyReused)),
                 Claimed::InFlight => Err(ended(Outcome::KeyInUse)),
                 Claimed::Lookup => {
-                    lookups.pending.push((index, key.key));
+                    pending.push((index, key.key));
                     Ok(())
                 }
             });
         }
-        if lookups.pending.is_empty() {
+        if pending.is_empty() {
             return claims;
         }
+        let mut lookups = Lookups {
+            keys: self.0.keys.clone(),
+            pending,
+        };
         // Held in flight while the store is asked; let go if this future
         // is dropped (the client went away) or the store does not answer.
         let wanted: Vec<KeyHash> = lookups.pending.iter().map(|(_, key)| *key).collect();

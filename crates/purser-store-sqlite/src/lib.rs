@@ -366,24 +366,8 @@ impl Store for SqliteStore {
                     ])
                     .map_err(backend)?;
             }
-            let mut idempotency = transaction
-                .prepare_cached(
-                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(backend)?;
             for record in commit.idempotency {
-                idempotency
-                    .execute(params![
-                        &record.key[..],
-                        &record.fingerprint[..],
-                        record.status,
-                        record.body,
-                        record.expires_at.micros(),
-                        pos,
-                        record_sum(record, pos as u64)
-                    ])
-                    .map_err(backend)?;
+                schema::insert_record(&transaction, record, pos)?;
             }
             if !commit.entries.is_empty() {
                 sealed = Some(chain);

@@ -224,12 +224,6 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
         let mut read = connection
             .prepare("SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_log ORDER BY id")
             .map_err(backend)?;
-        let mut insert = connection
-            .prepare(
-                "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(backend)?;
         let mut rows = read.query([]).map_err(backend)?;
         while let Some(row) = rows.next().map_err(backend)? {
             let legacy = legacy_record(row).map_err(backend)?;
@@ -240,21 +234,9 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
                 row.get(7).map_err(backend)?,
             );
             if legacy.sum(pos) != sum {
-                return Err(StoreError::Damaged(format!(
-                    "idempotency record {id} (in purser.db) does not match its checksum; restore a backup (`purser restore`)"
-                )));
+                return Err(damaged_record(id));
             }
-            insert
-                .execute(params![
-                    &record.key[..],
-                    &record.fingerprint[..],
-                    record.status,
-                    record.body,
-                    record.expires_at.micros(),
-                    pos,
-                    record_sum(record, pos as u64),
-                ])
-                .map_err(backend)?;
+            insert_record(connection, record, pos)?;
         }
     }
     connection
@@ -321,6 +303,32 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
             .execute(params![id, end, legacy.sum(end)])
             .map_err(backend)?;
     }
+    Ok(())
+}
+
+/// Stores an idempotency record of a commit that ended the journal at
+/// `pos`, with its checksum.
+pub(crate) fn insert_record(
+    connection: &Connection,
+    record: &IdempotencyRecord,
+    pos: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            &record.key[..],
+            &record.fingerprint[..],
+            record.status,
+            record.body,
+            record.expires_at.micros(),
+            pos,
+            record_sum(record, pos as u64)
+        ])
+        .map_err(backend)?;
     Ok(())
 }
 
