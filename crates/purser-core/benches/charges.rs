@@ -22,6 +22,7 @@ fn catalog() -> Arc<Catalog> {
         price: credits("0"),
         member_monthly_cap: None,
         rollover_cap: credits("0"),
+        low_balance_thresholds: None,
     };
     let package = Package {
         id: PackageId::parse("small").unwrap(),

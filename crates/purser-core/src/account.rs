@@ -12,6 +12,7 @@ use crate::entry::{
     AccountUpdate, Allocation, BalanceAfter, Body, Entry, Hold, Opened, Purchase, PurchaseStatus,
     VoidReason, allocated,
 };
+use crate::events::Levels;
 use crate::grant::{Grant, GrantKind, GrantSource};
 use crate::ids::{AccountHandle, AccountId, MemberId, TierId};
 use crate::metadata::Metadata;
@@ -532,6 +533,25 @@ impl Account {
             .filter(|g| g.is_active(at))
             .map(Grant::free)
             .sum()
+    }
+
+    /// What balance events compare before and after a command, in one walk.
+    pub fn levels(&self, at: Timestamp) -> Levels {
+        let mut levels = Levels {
+            debt: self.debt,
+            ..Levels::default()
+        };
+        for grant in self.grants.iter().filter(|g| g.is_active(at)) {
+            let free = grant.free().to_sum();
+            levels.available = levels
+                .available
+                .checked_add(free)
+                .unwrap_or(levels.available);
+            if grant.period_index() == Some(self.period_index) {
+                levels.budget = levels.budget.checked_add(free).unwrap_or(levels.budget);
+            }
+        }
+        levels
     }
 
     pub fn balance_after(&self, at: Timestamp) -> BalanceAfter {

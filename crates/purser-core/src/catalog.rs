@@ -20,6 +20,31 @@ pub struct Tier {
     pub member_monthly_cap: Option<Credits>,
     /// How much unused budget moves into the next period.
     pub rollover_cap: Credits,
+    /// Low-balance thresholds of accounts on this tier that set none (at
+    /// most [`MAX_THRESHOLDS`]); `None`: 20 % of the monthly credits, filled
+    /// in by [`Catalog::new`].
+    pub low_balance_thresholds: Option<Vec<Credits>>,
+}
+
+/// The most low-balance thresholds an account or a tier has.
+pub const MAX_THRESHOLDS: usize = 5;
+
+impl Tier {
+    /// The tier's low-balance thresholds (see the field).
+    pub fn low_balance_thresholds(&self) -> &[Credits] {
+        self.low_balance_thresholds.as_deref().unwrap_or(&[])
+    }
+
+    /// The built-in threshold: 20 % of the monthly credits (none for a tier
+    /// without credits).
+    pub fn default_thresholds(monthly: Credits) -> Vec<Credits> {
+        let fifth = Credits::from_micros(monthly.micros() / 5).unwrap_or(Credits::ZERO);
+        if fifth.is_zero() {
+            Vec::new()
+        } else {
+            vec![fifth]
+        }
+    }
 }
 
 /// A credit package: bought any number of times, never expires.
@@ -66,6 +91,7 @@ pub enum CatalogError {
     NameLength { kind: &'static str, id: String },
     TooManyItems { kind: &'static str },
     EmptyCurrency,
+    TooManyThresholds,
 }
 
 impl fmt::Display for CatalogError {
@@ -80,6 +106,12 @@ impl fmt::Display for CatalogError {
                 write!(f, "at most {MAX_CATALOG_ITEMS} {kind}s")
             }
             CatalogError::EmptyCurrency => f.write_str("the currency must not be empty"),
+            CatalogError::TooManyThresholds => {
+                write!(
+                    f,
+                    "a tier has at most {MAX_THRESHOLDS} low-balance thresholds"
+                )
+            }
         }
     }
 }
@@ -121,9 +153,22 @@ impl Catalog {
             "task",
             tasks.iter().map(|t| (t.id.as_str(), t.name.as_str())),
         )?;
+        if tiers.iter().any(|t| {
+            t.low_balance_thresholds
+                .as_ref()
+                .is_some_and(|list| list.len() > MAX_THRESHOLDS)
+        }) {
+            return Err(CatalogError::TooManyThresholds);
+        }
+        let tiers = tiers.into_iter().map(|mut tier| {
+            if tier.low_balance_thresholds.is_none() {
+                tier.low_balance_thresholds = Some(Tier::default_thresholds(tier.monthly_credits));
+            }
+            Arc::new(tier)
+        });
         Ok(Catalog {
             currency,
-            tiers: tiers.into_iter().map(Arc::new).collect(),
+            tiers: tiers.collect(),
             packages: packages.into_iter().map(Arc::new).collect(),
             tasks: tasks.into_iter().map(Arc::new).collect(),
         })
@@ -168,6 +213,7 @@ impl Catalog {
             price: credits(price),
             member_monthly_cap: None,
             rollover_cap: credits(rollover),
+            low_balance_thresholds: None,
         };
         let package = |id: &str, name: &str, amount: &str, price: &str| Package {
             id: PackageId::parse(id).unwrap(),

@@ -9,6 +9,7 @@ use crate::command::{Command, Target};
 use crate::credits::Credits;
 use crate::decide::{Context, Decided};
 use crate::entry::{BalanceAfter, Body, Entry, Opened};
+use crate::events::{self, Event};
 use crate::ids::{AccountHandle, AccountId, TierId};
 use crate::limits::{Limit, MAX_NAME_LEN};
 use crate::metadata::Metadata;
@@ -143,6 +144,64 @@ impl Ledger {
     /// appended to `out`, already applied to memory. Invariants are checked
     /// after every command; a broken one is a bug and panics.
     pub fn execute(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        out: &mut Vec<Entry>,
+    ) -> Result<Receipt, Rejection> {
+        self.execute_observed(now, command, out, None)
+    }
+
+    /// [`Ledger::execute`], and the command's events ([`events::derive`])
+    /// appended to `events` when given (also for a refused command whose
+    /// time-driven work wrote entries).
+    pub fn execute_observed(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        out: &mut Vec<Entry>,
+        events: Option<&mut Vec<Event>>,
+    ) -> Result<Receipt, Rejection> {
+        let Some(events) = events else {
+            return self.execute_inner(now, command, out);
+        };
+        let first = out.len();
+        // As the account stood before any work that fell due since: what
+        // its last entry left (grants that ran out since still count).
+        let levels_before = |a: &Account| {
+            let due = a.next_due();
+            a.levels(if due <= now {
+                Timestamp::from_micros(due.micros() - 1)
+            } else {
+                now
+            })
+        };
+        let before = match command.target() {
+            Target::New(_) => None,
+            Target::Id(id) => self.account(id.as_str()).map(levels_before),
+            Target::Handle(handle) => self.account_by_handle(handle).map(levels_before),
+        };
+        let result = self.execute_inner(now, command, out);
+        if let Some(entry) = out.get(first) {
+            let account = self
+                .account_by_handle(entry.account)
+                .expect("entries name a known account");
+            let thresholds = self
+                .catalog
+                .tier(account.tier().as_str())
+                .map_or(&[][..], |t| t.low_balance_thresholds());
+            events::derive(
+                &out[first..],
+                before,
+                account.levels(now),
+                thresholds,
+                events,
+            );
+        }
+        result
+    }
+
+    fn execute_inner(
         &mut self,
         now: Timestamp,
         command: Command,

@@ -16,6 +16,7 @@ mod command;
 mod credits;
 mod decide;
 mod entry;
+pub mod events;
 mod grant;
 mod idempotency;
 mod ids;
@@ -31,7 +32,7 @@ pub use account::{
     Account, AccountSnapshot, AccountStatus, ApplyError, Balance, BudgetBalance, KindBalance,
     Violation,
 };
-pub use catalog::{Catalog, CatalogError, Package, Task, Tier, price_at};
+pub use catalog::{Catalog, CatalogError, MAX_THRESHOLDS, Package, Task, Tier, price_at};
 pub use command::{Amount, CaptureAmount, Command, DebitRecord, Target};
 pub use credits::{
     AmountError, CreditSum, Credits, MAX_MICROS, MAX_UNITS, MICROS_PER_UNIT, Notation, Quantity,
@@ -42,6 +43,7 @@ pub use entry::{
     HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason,
     Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
 };
+pub use events::{Event, EventId, EventType, Levels};
 pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
 pub use idempotency::{Claim, Fingerprint, Found, IdempotencyTable, KeyHash};
 pub use ids::{

@@ -115,6 +115,7 @@ fn catalog() -> Arc<Catalog> {
             price: credits(9 * UNIT),
             member_monthly_cap: t.member_cap.map(credits),
             rollover_cap: credits(t.rollover_cap),
+            low_balance_thresholds: None,
         })
         .collect();
     let packages = vec![Package {

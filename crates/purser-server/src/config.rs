@@ -80,6 +80,8 @@ struct RawTier {
     price: String,
     member_monthly_cap: Option<String>,
     rollover_cap: Option<String>,
+    /// Credits; default 20 % of the monthly credits.
+    low_balance_thresholds: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +325,14 @@ fn catalog_from(raw: RawCatalog) -> Result<Catalog, ConfigError> {
                     .rollover_cap
                     .as_deref()
                     .map_or(Ok(Credits::ZERO), |c| amount("rollover_cap", c))?,
+                low_balance_thresholds: t
+                    .low_balance_thresholds
+                    .map(|list| {
+                        list.iter()
+                            .map(|c| amount("low_balance_thresholds", c))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?,
                 name: t.name,
             })
         })
@@ -460,6 +470,12 @@ pub fn default_toml() -> String {
         if let Some(cap) = tier.member_monthly_cap {
             let _ = writeln!(out, "member_monthly_cap = \"{cap}\"");
         }
+        let thresholds: Vec<String> = tier
+            .low_balance_thresholds()
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        let _ = writeln!(out, "low_balance_thresholds = [{}]", thresholds.join(", "));
     }
     for package in catalog.packages() {
         let _ = writeln!(

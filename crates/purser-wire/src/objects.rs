@@ -203,6 +203,7 @@ pub fn catalog(catalog: &Catalog) -> Vec<u8> {
                 "currency": catalog.currency(),
                 "member_monthly_cap": t.member_monthly_cap.map(|c| c.to_string()),
                 "rollover_cap": t.rollover_cap.to_string(),
+                "low_balance_thresholds": t.low_balance_thresholds().iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         })
         .collect();

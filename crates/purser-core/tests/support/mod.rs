@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use purser_core::{
     AccountId, Amount, CaptureAmount, Catalog, ChargeMode, Command, CreditSum, Credits,
-    DebitRecord, Entry, GrantKind, Ledger, MemberId, Metadata, Notation, ObjectId, Package,
+    DebitRecord, Entry, Event, GrantKind, Ledger, MemberId, Metadata, Notation, ObjectId, Package,
     PackageId, Proration, Quantity, Rejection, TYPE_NAMES, Task, TaskId, Tier, TierId, Timestamp,
     verify,
 };
@@ -33,6 +33,7 @@ pub fn catalog() -> Catalog {
         price: c("10"),
         member_monthly_cap: cap.map(c),
         rollover_cap: c(rollover),
+        low_balance_thresholds: None,
     };
     let task = |id: &str, rate: &str, minimum: Option<&str>| Task {
         id: TaskId::parse(id).unwrap(),
@@ -48,6 +49,10 @@ pub fn catalog() -> Catalog {
             tier("starter", "100", "0", None),
             tier("pro", "400", "50", Some("30")),
             tier("team", "400", "0", None),
+            Tier {
+                low_balance_thresholds: Some(vec![c("10"), c("50")]),
+                ..tier("alerts", "100", "0", None)
+            },
         ],
         vec![Package {
             id: PackageId::parse("small").unwrap(),
@@ -68,6 +73,8 @@ pub struct World {
     pub ledger: Ledger,
     pub now: Timestamp,
     pub journal: Vec<Entry>,
+    /// Every event the commands made, in order.
+    pub events: Vec<Event>,
     catalog: Arc<Catalog>,
 }
 
@@ -78,6 +85,7 @@ impl World {
             ledger: Ledger::new(0, catalog.clone()),
             now: t(now),
             journal: Vec::new(),
+            events: Vec::new(),
             catalog,
         }
     }
@@ -85,7 +93,12 @@ impl World {
     /// Runs a command; on success, the entry that answers it (if any).
     pub fn exec(&mut self, command: Command) -> Result<Option<Entry>, Rejection> {
         let start = self.journal.len();
-        let result = self.ledger.execute(self.now, command, &mut self.journal);
+        let result = self.ledger.execute_observed(
+            self.now,
+            command,
+            &mut self.journal,
+            Some(&mut self.events),
+        );
         if let Err(rejection) = &result {
             // Only time-driven entries may accompany a refusal.
             for entry in &self.journal[start..] {
@@ -291,6 +304,18 @@ impl World {
     }
 
     /// Types of the entries written since `from` (an index into the journal).
+    /// The events made since the `from`-th, as `type` (`type:threshold`
+    /// for `credits.low`), each with its account's id checked.
+    pub fn events_since(&self, from: usize) -> Vec<String> {
+        self.events[from..]
+            .iter()
+            .map(|event| match event.threshold {
+                Some(threshold) => format!("{}:{threshold}", event.kind),
+                None => event.kind.to_string(),
+            })
+            .collect()
+    }
+
     pub fn types_since(&self, from: usize) -> Vec<&'static str> {
         self.journal[from..]
             .iter()
