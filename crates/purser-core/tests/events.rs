@@ -8,9 +8,7 @@ mod support;
 use std::collections::HashSet;
 
 use purser_core::events::{self, EventId, Levels};
-use purser_core::{
-    AccountId, Command, Credits, EventType, Metadata, ObjectId, PackageId, Proration,
-};
+use purser_core::{AccountId, Command, Credits, EventType, ObjectId, PackageId, Proration};
 use support::{World, c};
 
 fn id(text: &str) -> AccountId {
@@ -28,7 +26,8 @@ fn events_of(w: &mut World, step: impl FnOnce(&mut World)) -> Vec<String> {
 fn each_command_tells_what_it_changed() {
     let mut w = World::new("2026-11-01T00:00:00Z");
     // starter: 100 credits a month; its default threshold is 20 % of them.
-    let table: Vec<(&str, Box<dyn FnOnce(&mut World)>, Vec<&str>)> = vec![
+    type Step = Box<dyn FnOnce(&mut World)>;
+    let table: Vec<(&str, Step, Vec<&str>)> = vec![
         (
             "open",
             Box::new(|w| w.open("acme", "starter")),
@@ -319,5 +318,4 @@ fn events_are_a_function_of_entries_and_levels() {
     events::derive(&entries, Some(before), after, &thresholds, &mut second);
     assert_eq!(first, second);
     assert_eq!(first, w.events[w.events.len() - 2..]);
-    let _ = Metadata::EMPTY;
 }

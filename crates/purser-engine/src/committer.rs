@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use purser_core::Entry;
-use purser_store::{Commit, IdempotencyRecord, PartitionSnapshot, Store, StoreError};
+use purser_store::{Commit, EventRecord, IdempotencyRecord, PartitionSnapshot, Store, StoreError};
 
 use crate::keys::{KeyTable, Stored};
 use crate::shard::{Answer, Batch, Reply};
@@ -31,12 +31,16 @@ pub(crate) struct Committer {
     pub observer: Arc<dyn CommitObserver>,
     pub keys: Arc<KeyTable>,
     pub clock: crate::Clock,
+    /// Told after every commit that stored events (the webhook dispatcher
+    /// waits on it).
+    pub events_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Committer {
     pub fn run(self) {
         let mut entries: Vec<Entry> = Vec::new();
         let mut idempotency: Vec<IdempotencyRecord> = Vec::new();
+        let mut events: Vec<EventRecord> = Vec::new();
         let mut snapshots: Vec<PartitionSnapshot> = Vec::new();
         let mut answers: Vec<Reply> = Vec::new();
         while let Ok(first) = self.rx.recv() {
@@ -47,6 +51,7 @@ impl Committer {
             for batch in batches {
                 entries.extend(batch.entries);
                 idempotency.extend(batch.idempotency);
+                events.extend(batch.events);
                 snapshots.extend(batch.snapshots);
                 answers.extend(batch.answers);
             }
@@ -60,6 +65,7 @@ impl Committer {
                 self.store.commit(Commit {
                     entries: &entries,
                     idempotency: &idempotency,
+                    events: &events,
                     snapshots: &snapshots,
                 })
             };
@@ -67,6 +73,9 @@ impl Committer {
                 .observe_commit(entries.len(), answers.len(), started.elapsed());
             match outcome {
                 Ok(()) => {
+                    if !events.is_empty() {
+                        self.events_ready.notify_one();
+                    }
                     let now = self.clock.now();
                     for reply in answers.drain(..) {
                         self.end_key(&reply, now);
@@ -102,6 +111,7 @@ impl Committer {
             }
             entries.clear();
             idempotency.clear();
+            events.clear();
             snapshots.clear();
         }
     }

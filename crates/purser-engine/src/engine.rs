@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::committer::{CommitObserver, Committer};
 use crate::keys::{Claimed, IdempotencyKey, KeyTable, Stored};
 use crate::open::TEST_CLOCK_SETTING;
-use crate::protocol::{Read, Render, Rendered};
+use crate::protocol::{Actor, Read, Render, Rendered};
 use crate::shard::{Answer, Batch, Job, Listing, Shard, Work};
 
 /// Why work was not done.
@@ -157,6 +157,7 @@ struct Inner {
     keys: Arc<KeyTable>,
     render: Arc<dyn Render>,
     request_timeout: Duration,
+    events_ready: Arc<tokio::sync::Notify>,
 }
 
 /// What [`Engine::launch`] runs on.
@@ -178,6 +179,7 @@ impl Engine {
         assert_eq!(parts.ledgers.len(), usize::from(config.partitions));
         let poisoned = Arc::new(AtomicBool::new(false));
         let queue_depth = Arc::new(AtomicU64::new(0));
+        let events_ready = Arc::new(tokio::sync::Notify::new());
         let (commit_tx, commit_rx) = crossbeam_channel::bounded::<Batch>(config.shards * 2);
         let mut owned: Vec<Vec<Ledger>> = (0..config.shards).map(|_| Vec::new()).collect();
         for ledger in parts.ledgers {
@@ -204,6 +206,7 @@ impl Engine {
                 poisoned: poisoned.clone(),
                 queue_depth: queue_depth.clone(),
                 listing: Listing::default(),
+                events: Vec::new(),
             };
             let stopped = poisoned.clone();
             std::thread::Builder::new()
@@ -232,6 +235,7 @@ impl Engine {
             observer: parts.observer,
             keys: keys.clone(),
             clock: parts.clock.clone(),
+            events_ready: events_ready.clone(),
         };
         let stopped = poisoned.clone();
         std::thread::Builder::new()
@@ -258,6 +262,7 @@ impl Engine {
             keys,
             render: parts.render,
             request_timeout: config.request_timeout,
+            events_ready,
         }));
         engine.start_janitor(config.idempotency_purge_interval);
         engine.start_learning();
@@ -580,8 +585,13 @@ impl Engine {
     /// the command. From here the key belongs to the engine: it ends with
     /// the command's outcome (see the committer), whatever becomes of the
     /// request.
-    pub async fn start(&self, command: Command, key: Option<IdempotencyKey>) -> Submitted {
-        self.start_all(vec![(command, key)])
+    pub async fn start(
+        &self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        actor: Actor,
+    ) -> Submitted {
+        self.start_all(vec![(command, key)], actor)
             .await
             .pop()
             .expect("one answer a command")
@@ -592,6 +602,7 @@ impl Engine {
     pub async fn start_all(
         &self,
         commands: Vec<(Command, Option<IdempotencyKey>)>,
+        actor: Actor,
     ) -> Vec<Submitted> {
         if self.is_poisoned() {
             return commands
@@ -618,6 +629,7 @@ impl Engine {
                     Work::Command {
                         command,
                         claim: key,
+                        actor: actor.clone(),
                     },
                 ) {
                     Ok(receiver) => Submitted(Pending::Waiting { receiver }),
@@ -662,8 +674,13 @@ impl Engine {
     }
 
     /// Runs a command with an optional idempotency key.
-    pub async fn run(&self, command: Command, key: Option<IdempotencyKey>) -> Outcome {
-        let submitted = self.start(command, key).await;
+    pub async fn run(
+        &self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        actor: Actor,
+    ) -> Outcome {
+        let submitted = self.start(command, key, actor).await;
         self.settle(submitted).await
     }
 

@@ -26,4 +26,6 @@ pub use engine::{
 };
 pub use keys::IdempotencyKey;
 pub use open::{OpenError, Options, TEST_CLOCK_SETTING};
-pub use protocol::{Accepted, AccountRef, Page, Read, Render, Rendered, Shape, shape_of};
+pub use protocol::{
+    Accepted, AccountRef, Actor, EventContext, Page, Read, Render, Rendered, Shape, shape_of,
+};

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use purser_core::{
-    Account, AccountHandle, AccountId, Command, Entry, Hold, ObjectId, Receipt, Rejection,
+    Account, AccountHandle, AccountId, Command, Entry, Event, Hold, ObjectId, Receipt, Rejection,
     Timestamp,
 };
 use purser_store::Store;
@@ -124,11 +124,58 @@ pub struct Accepted<'a> {
     pub keyed: bool,
 }
 
+/// Who caused a change (API.md "Audit"): shown on its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// An API key, by id.
+    ApiKey(String),
+    /// A customer in the portal, by session.
+    Portal(String),
+    /// purser itself (renewals, expiries, the scheduler).
+    System,
+    /// A payment provider's event, by its id.
+    Provider(String),
+}
+
+impl Actor {
+    /// The actor's type, as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::ApiKey(_) => "api_key",
+            Actor::Portal(_) => "portal",
+            Actor::System => "system",
+            Actor::Provider(_) => "provider",
+        }
+    }
+
+    /// The actor's id (`None` for the system).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Actor::ApiKey(id) | Actor::Portal(id) | Actor::Provider(id) => Some(id),
+            Actor::System => None,
+        }
+    }
+}
+
+/// An event of a command, for its stored body to be rendered.
+#[derive(Debug)]
+pub struct EventContext<'a> {
+    pub event: &'a Event,
+    /// The account after the command.
+    pub account: &'a Account,
+    /// The command's entries; the event's `entry` indexes them.
+    pub entries: &'a [Entry],
+    pub actor: &'a Actor,
+    pub now: Timestamp,
+}
+
 /// Turns the engine's outcomes into the bytes a client gets. Called on the
 /// shard threads: it must be quick and must not block.
 pub trait Render: Send + Sync + fmt::Debug + 'static {
     fn accepted(&self, accepted: &Accepted<'_>) -> Rendered;
     fn refused(&self, rejection: &Rejection) -> Rendered;
+    /// An event as the API shows it (stored in the outbox).
+    fn event(&self, event: &EventContext<'_>) -> Vec<u8>;
     /// A read; `account` is `None` when the account does not exist.
     fn read(&self, read: Read, account: Option<&Account>, now: Timestamp) -> Rendered;
     /// An account, as a list of accounts shows it.

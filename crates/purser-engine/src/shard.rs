@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use purser_core::{
-    Account, AccountHandle, AccountId, Command, Entry, KeyHash, Ledger, Target, Timestamp,
+    Account, AccountHandle, AccountId, Command, Entry, Event, KeyHash, Ledger, Target, Timestamp,
     partition_of,
 };
-use purser_store::{IdempotencyRecord, PartitionSnapshot};
+use purser_store::{EventRecord, IdempotencyRecord, PartitionSnapshot};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::keys::IdempotencyKey;
-use crate::protocol::{Accepted, AccountRef, Read, Render, Rendered, Shape, shape_of};
+use crate::protocol::{
+    Accepted, AccountRef, Actor, EventContext, Read, Render, Rendered, Shape, shape_of,
+};
 
 /// What a shard answers.
 #[derive(Debug)]
@@ -46,6 +48,7 @@ pub(crate) enum Work {
     Command {
         command: Command,
         claim: Option<IdempotencyKey>,
+        actor: Actor,
     },
     Read(Read),
     /// The handle and creation time of an account id.
@@ -87,6 +90,7 @@ pub(crate) struct Reply {
 pub(crate) struct Batch {
     pub entries: Vec<Entry>,
     pub idempotency: Vec<IdempotencyRecord>,
+    pub events: Vec<EventRecord>,
     pub snapshots: Vec<PartitionSnapshot>,
     pub answers: Vec<Reply>,
 }
@@ -114,6 +118,8 @@ pub(crate) struct Shard {
     /// The shard's accounts ordered for `GET /v1/accounts`, built on the
     /// first list and kept up as accounts are created.
     pub listing: Listing,
+    /// The events of the command at hand (reused).
+    pub events: Vec<Event>,
 }
 
 /// Accounts by creation instant, for list pages that read only what they
@@ -162,6 +168,7 @@ impl Shard {
             let mut batch = Batch {
                 entries: Vec::new(),
                 idempotency: Vec::new(),
+                events: Vec::new(),
                 snapshots: Vec::new(),
                 answers: Vec::new(),
             };
@@ -174,7 +181,7 @@ impl Shard {
                     }
                 }
             }
-            self.advance_due(now, &mut batch.entries);
+            self.advance_due(now, &mut batch);
             if batch.answers.is_empty() && batch.entries.is_empty() {
                 continue;
             }
@@ -250,7 +257,11 @@ impl Shard {
             Answer::Unavailable
         } else {
             match job.work {
-                Work::Command { command, claim } => self.command(command, claim, now, batch),
+                Work::Command {
+                    command,
+                    claim,
+                    actor,
+                } => self.command(command, claim, actor, now, batch),
                 Work::Read(read) => {
                     let account = self.account(read.account());
                     Answer::Rendered(self.render.read(read, account, now))
@@ -261,7 +272,7 @@ impl Shard {
                 ),
                 Work::Accounts { before, limit } => self.accounts(before, limit, now),
                 Work::Tick => {
-                    self.advance_due(now, &mut batch.entries);
+                    self.advance_due(now, batch);
                     Answer::Ticked
                 }
                 Work::Remember { key, status, body } => {
@@ -292,6 +303,7 @@ impl Shard {
         &mut self,
         command: Command,
         claim: Option<IdempotencyKey>,
+        actor: Actor,
         now: Timestamp,
         batch: &mut Batch,
     ) -> Answer {
@@ -311,7 +323,19 @@ impl Shard {
             shape = Shape::Released(active.cloned().map(Box::new));
         }
         let before = batch.entries.len();
-        let result = ledger.execute(now, command, &mut batch.entries);
+        let mut events = std::mem::take(&mut self.events);
+        let result = ledger.execute_observed(now, command, &mut batch.entries, Some(&mut events));
+        render_events(
+            &*self.render,
+            ledger,
+            &batch.entries[before..],
+            &mut events,
+            &actor,
+            now,
+            &mut batch.events,
+        );
+        self.events = events;
+        let ledger = &self.ledgers[index];
         // The heap holds an entry for each account's current due instant: a
         // new one only when a command moved it (a refusal moved it only if
         // time-driven work ran before it).
@@ -419,7 +443,8 @@ impl Shard {
     }
 
     /// Time-driven work for the accounts whose due instant has come.
-    fn advance_due(&mut self, now: Timestamp, out: &mut Vec<Entry>) {
+    fn advance_due(&mut self, now: Timestamp, batch: &mut Batch) {
+        let mut events = std::mem::take(&mut self.events);
         while let Some(Reverse((due, raw))) = self.due.peek().copied() {
             if due > now {
                 break;
@@ -436,11 +461,58 @@ impl Shard {
             if account.next_due() != due {
                 continue; // stale: a newer heap entry stands for this account
             }
+            let first = batch.entries.len();
             ledger
-                .execute(now, Command::Advance { account: handle }, out)
+                .execute_observed(
+                    now,
+                    Command::Advance { account: handle },
+                    &mut batch.entries,
+                    Some(&mut events),
+                )
                 .expect("advancing a known account is always accepted");
+            render_events(
+                &*self.render,
+                ledger,
+                &batch.entries[first..],
+                &mut events,
+                &Actor::System,
+                now,
+                &mut batch.events,
+            );
             let next = ledger.account_by_handle(handle).expect("known").next_due();
             self.due.push(Reverse((next, raw)));
         }
+        self.events = events;
+    }
+}
+
+/// Renders a command's events (taken from `events`) into outbox records.
+fn render_events(
+    render: &dyn Render,
+    ledger: &Ledger,
+    entries: &[Entry],
+    events: &mut Vec<Event>,
+    actor: &Actor,
+    now: Timestamp,
+    out: &mut Vec<EventRecord>,
+) {
+    for event in events.drain(..) {
+        let account = ledger
+            .account_by_handle(event.id.account)
+            .expect("an event names a known account");
+        let body = render.event(&EventContext {
+            event: &event,
+            account,
+            entries,
+            actor,
+            now,
+        });
+        out.push(EventRecord {
+            id: event.id,
+            account: account.id().to_string(),
+            kind: event.kind,
+            at: event.at,
+            body,
+        });
     }
 }

@@ -16,8 +16,8 @@ use purser_core::{
     Metadata, Notation, Rejection, TierId, Timestamp,
 };
 use purser_engine::{
-    Accepted, Busy, CommitObserver, Engine, EngineConfig, IdempotencyKey, Options, Outcome, Read,
-    Render, Rendered,
+    Accepted, Actor, Busy, CommitObserver, Engine, EngineConfig, EventContext, IdempotencyKey,
+    Options, Outcome, Read, Render, Rendered,
 };
 use purser_store::{
     ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, Store, StoreError, StoredSnapshot,
@@ -115,6 +115,21 @@ impl Store for Faulty {
         }
         self.inner.idempotency_record(key)
     }
+    fn events(
+        &self,
+        query: &purser_store::EventQuery,
+    ) -> Result<Vec<purser_store::StoredEvent>, StoreError> {
+        self.inner.events(query)
+    }
+    fn event(
+        &self,
+        id: purser_core::EventId,
+    ) -> Result<Option<purser_store::StoredEvent>, StoreError> {
+        self.inner.event(id)
+    }
+    fn last_event(&self) -> Result<u64, StoreError> {
+        self.inner.last_event()
+    }
     fn idempotency_keys(
         &self,
         after: u64,
@@ -163,6 +178,10 @@ impl Render for Text {
             body,
         }
     }
+    fn event(&self, event: &EventContext<'_>) -> Vec<u8> {
+        event.event.kind.name().as_bytes().to_vec()
+    }
+
     fn refused(&self, rejection: &Rejection) -> Rendered {
         Rendered {
             status: 400,
@@ -254,6 +273,7 @@ async fn open_acme(engine: &Engine) {
                 metadata: Metadata::default(),
             },
             None,
+            Actor::System,
         )
         .await;
     assert!(
@@ -285,7 +305,7 @@ async fn available(engine: &Engine) -> String {
 async fn answered(engine: &Engine, command: fn() -> Command, name: &str) -> (u16, Vec<u8>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match engine.run(command(), key(name)).await {
+        match engine.run(command(), key(name), Actor::System).await {
             Outcome::Answered { status, body } => return (status, body),
             Outcome::KeyInUse | Outcome::Pending if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -301,10 +321,10 @@ async fn a_charge_that_times_out_is_applied_once_and_its_retry_answers_it() {
     let (engine, store) = open(&dir);
     open_acme(&engine).await;
     store.close();
-    let first = engine.run(charge("10"), key("k1")).await;
+    let first = engine.run(charge("10"), key("k1"), Actor::System).await;
     assert!(matches!(first, Outcome::Pending), "{first:?}");
     // Still running: the contract's 409, not a second charge.
-    let retry = engine.run(charge("10"), key("k1")).await;
+    let retry = engine.run(charge("10"), key("k1"), Actor::System).await;
     assert!(matches!(retry, Outcome::KeyInUse), "{retry:?}");
     store.open();
     let (status, body) = answered(&engine, || charge("10"), "k1").await;
@@ -325,7 +345,7 @@ async fn a_charge_whose_request_went_away_still_ends_its_key() {
     store.close();
     // The request is dropped while its command waits on the store (a
     // client that hung up): its key is not given up.
-    drop(engine.start(charge("10"), key("k2")).await);
+    drop(engine.start(charge("10"), key("k2"), Actor::System).await);
     store.open();
     let (status, _) = answered(&engine, || charge("10"), "k2").await;
     assert_eq!(status, 201, "the retry gets the charge's answer");
@@ -338,7 +358,7 @@ async fn a_refusal_releases_its_key_once_it_is_known() {
     let (engine, store) = open(&dir);
     open_acme(&engine).await;
     store.close();
-    let first = engine.run(charge("500"), key("k3")).await;
+    let first = engine.run(charge("500"), key("k3"), Actor::System).await;
     assert!(matches!(first, Outcome::Pending), "{first:?}");
     store.open();
     let (status, body) = answered(&engine, || charge("500"), "k3").await;
@@ -361,14 +381,14 @@ async fn a_committer_that_panics_stops_the_engine() {
     open_acme(&engine).await;
     store.panic_next.store(true, Ordering::SeqCst);
     // The panic may come after the commit: the outcome is not known.
-    let charged = engine.run(charge("10"), key("k4")).await;
+    let charged = engine.run(charge("10"), key("k4"), Actor::System).await;
     assert!(matches!(charged, Outcome::Pending), "{charged:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !engine.is_poisoned() {
         assert!(Instant::now() < deadline, "the engine did not stop");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let after = engine.run(charge("10"), key("k4")).await;
+    let after = engine.run(charge("10"), key("k4"), Actor::System).await;
     assert!(
         matches!(after, Outcome::Busy(Busy::Unavailable)),
         "{after:?}"
@@ -444,7 +464,11 @@ async fn keys_beyond_the_cache_are_answered_from_the_store() {
     assert_eq!(available(&engine).await, "70", "each key charged once");
     // Another request under a cold key: refused after the lookup.
     let other = engine
-        .run(charge("0.2"), Some(IdempotencyKey::new("c0", [8; 16])))
+        .run(
+            charge("0.2"),
+            Some(IdempotencyKey::new("c0", [8; 16])),
+            Actor::System,
+        )
         .await;
     assert!(matches!(other, Outcome::KeyReused), "{other:?}");
 }
@@ -464,7 +488,10 @@ async fn a_failed_lookup_lets_its_key_go() {
     store.lookups_fail.store(true, Ordering::SeqCst);
     let mut failed = 0;
     for (n, answer) in first.iter().enumerate() {
-        match engine.run(charge("0.1"), key(&format!("f{n}"))).await {
+        match engine
+            .run(charge("0.1"), key(&format!("f{n}")), Actor::System)
+            .await
+        {
             Outcome::Busy(Busy::Unavailable) => failed += 1,
             // A key still in the cache needs no lookup.
             Outcome::Answered { status, body } => assert_eq!(&(status, body), answer),

@@ -1,6 +1,7 @@
 //! The forms' actions: each an ordinary ledger command, with the form's
 //! nonce as its idempotency key, answered by a redirect to the billing page.
 
+use purser_engine::Actor;
 use std::collections::HashMap;
 
 use axum::body::Body;
@@ -41,7 +42,10 @@ async fn run(
                 purser_wire::fingerprint("POST", path, &body),
             )
         });
-    let (status, body) = purser_wire::outcome(state.engine.run(command, key).await);
+    // The session's public name: half its nonce (the CSRF token is a MAC
+    // of the whole nonce under the server's key, not the nonce).
+    let actor = Actor::Portal(format!("ps_{}", hex::encode(&session.nonce[..8])));
+    let (status, body) = purser_wire::outcome(state.engine.run(command, key, actor).await);
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 

@@ -1,6 +1,7 @@
 //! API keys: stored as SHA-256 hashes of high-entropy secrets, compared in
 //! constant time, with scopes `admin`, `usage` and `read`.
 
+use purser_engine::Actor;
 use std::sync::RwLock;
 
 use axum::http::HeaderMap;
@@ -91,7 +92,8 @@ impl Keys {
     }
 
     /// Checks the `Authorization: Bearer` header against the keys and scopes.
-    pub fn authorize(&self, headers: &HeaderMap, need: Need) -> Result<(), ApiError> {
+    /// The key's actor when it may do what `need` says.
+    pub fn authorize(&self, headers: &HeaderMap, need: Need) -> Result<Actor, ApiError> {
         let secret = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -120,7 +122,7 @@ impl Keys {
                 Need::Any => true,
             };
         if allowed {
-            Ok(())
+            Ok(Actor::ApiKey(key.id.clone()))
         } else {
             Err(ApiError::forbidden(match need {
                 Need::Admin => "admin",

@@ -106,6 +106,8 @@ pub const ROUTES: &[Route] = &[
     route!("post" "/v1/purchases/{id}/refund", "admin", 200 "Purchase", "Refund: void the unused credits"),
     route!("post" "/v1/accounts/{id}/portal_sessions", "admin", 201 "PortalSession", "A signed, expiring link to the account's credits dashboard and billing settings",
         "return_url": "string" => "where the portal's back link goes (absolute http or https URL)"),
+    route!("get" "/v1/events", "read", 200 "List", "Events, newest first (type, account, limit, starting_after)"),
+    route!("get" "/v1/events/{id}", "read", 200 "Event", "Retrieve an event"),
     route!("get" "/v1/test_clock", "read", 200 "TestClock", "The test clock (only with --test-clock)"),
     route!("post" "/v1/test_clock/advance", "admin", 200 "TestClock", "Move the test clock; answered once due work is applied",
         "seconds*": "integer" => "how far"),
@@ -192,6 +194,7 @@ pub fn document() -> Value {
         "Transaction",
         "TestClock",
         "PortalSession",
+        "Event",
     ] {
         schemas.insert(name.to_owned(), json!({"type": "object"}));
     }

@@ -26,11 +26,11 @@ use lease::LEASE_SECONDS;
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
-use purser_core::{AccountHandle, Entry, KeyHash, Timestamp};
+use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
-    ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, IdempotencyRecord, Store,
-    StoreError, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry,
-    entry_sum, record_sum,
+    ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, EventQuery, EventRecord,
+    IdempotencyRecord, Store, StoreError, StoredEvent, StoredKey, StoredRow, StoredSnapshot,
+    UsageQuery, UsageRow, Witness, decode_entry, entry_sum, record_sum,
 };
 
 pub struct PostgresStore {
@@ -70,6 +70,35 @@ pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord 
         body: row.get(first + 3),
         expires_at: Timestamp::from_micros(row.get(first + 4)),
     }
+}
+
+/// The columns [`checked_event`] reads, in its order.
+const CHECKED_EVENT: &str =
+    "SELECT pos, account, seq, rank, account_id, type, at, body, sum FROM event";
+
+/// A row of [`CHECKED_EVENT`], checked against its checksum.
+fn checked_event(row: &postgres::Row) -> Result<StoredEvent, StoreError> {
+    let position: i64 = row.get(0);
+    let damaged = || StoreError::Damaged(format!("the event at outbox position {position}"));
+    let kind: &str = row.get(5);
+    let event = EventRecord {
+        id: EventId {
+            account: AccountHandle::from_raw(row.get::<_, i64>(1) as u64),
+            seq: row.get::<_, i64>(2) as u64,
+            rank: u8::try_from(row.get::<_, i32>(3)).map_err(|_| damaged())?,
+        },
+        account: row.get(4),
+        kind: EventType::parse(kind).ok_or_else(damaged)?,
+        at: Timestamp::from_micros(row.get(6)),
+        body: row.get(7),
+    };
+    if row.get::<_, i64>(8) != purser_store::event_sum(&event) {
+        return Err(damaged());
+    }
+    Ok(StoredEvent {
+        position: position as u64,
+        event,
+    })
 }
 
 /// The columns [`checked_record`] reads, in its order.
@@ -417,7 +446,9 @@ impl Store for PostgresStore {
             // lost its lease never answers from its stale memory.
             return self.confirm_lease();
         }
-        if commit.snapshots.is_empty() {
+        // Events are rare beside charges: a commit with some takes the
+        // transaction below.
+        if commit.snapshots.is_empty() && commit.events.is_empty() {
             return self.commit_in_one_statement(commit);
         }
         let mut guard = lock(&self.writer);
@@ -488,6 +519,28 @@ impl Store for PostgresStore {
                             WITH ORDINALITY AS k(key, fingerprint, status, body, expires_at, sum, n)
                       ORDER BY k.n",
                     &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries, &keys.sums, &end],
+                )
+                .map_err(backend)?;
+        }
+        if !commit.events.is_empty() {
+            let events = commit.events;
+            let account: Vec<i64> = events.iter().map(|e| e.id.account.raw() as i64).collect();
+            let seq: Vec<i64> = events.iter().map(|e| e.id.seq as i64).collect();
+            let rank: Vec<i32> = events.iter().map(|e| i32::from(e.id.rank)).collect();
+            let account_id: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+            let kind: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+            let at: Vec<i64> = events.iter().map(|e| e.at.micros()).collect();
+            let body: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
+            let sum: Vec<i64> = events.iter().map(purser_store::event_sum).collect();
+            transaction
+                .execute(
+                    "INSERT INTO event (account, seq, rank, account_id, type, at, body, sum, journal_end)
+                     SELECT e.account, e.seq, e.rank, e.account_id, e.type, e.at, e.body, e.sum, $9
+                       FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[],
+                                   $6::bigint[], $7::bytea[], $8::bigint[]) WITH ORDINALITY
+                            AS e(account, seq, rank, account_id, type, at, body, sum, n)
+                      ORDER BY e.n",
+                    &[&account, &seq, &rank, &account_id, &kind, &at, &body, &sum, &end],
                 )
                 .map_err(backend)?;
         }
@@ -593,6 +646,62 @@ impl Store for PostgresStore {
 
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.read(|client| usage::usage(client, query))
+    }
+
+    fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let ascending = query.after.is_some();
+        let from = if ascending {
+            query.after.map(|p| p as i64)
+        } else {
+            query.before.map(|p| p as i64)
+        };
+        let sql = format!(
+            "{CHECKED_EVENT} WHERE ($1::text IS NULL OR account_id = $1)
+               AND ($2::text IS NULL OR type = $2)
+               AND ($3::bigint IS NULL OR pos {} $3)
+             ORDER BY pos {} LIMIT $4",
+            if ascending { ">" } else { "<" },
+            if ascending { "ASC" } else { "DESC" },
+        );
+        self.read(|client| {
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &query.account,
+                        &query.kind.map(|k| k.name()),
+                        &from,
+                        &(query.limit as i64),
+                    ],
+                )
+                .map_err(backend)?;
+            rows.iter().map(checked_event).collect()
+        })
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_opt(
+                    &format!("{CHECKED_EVENT} WHERE account = $1 AND seq = $2 AND rank = $3"),
+                    &[
+                        &(id.account.raw() as i64),
+                        &(id.seq as i64),
+                        &i32::from(id.rank),
+                    ],
+                )
+                .map_err(backend)?;
+            row.as_ref().map(checked_event).transpose()
+        })
+    }
+
+    fn last_event(&self) -> Result<u64, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_one("SELECT COALESCE(MAX(pos), 0) FROM event", &[])
+                .map_err(backend)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
     }
 
     fn idempotency_record(&self, key: &KeyHash) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -710,6 +819,7 @@ impl Store for PostgresStore {
         for statement in [
             "DELETE FROM entry WHERE pos > $1",
             "DELETE FROM snapshot WHERE position > $1",
+            "DELETE FROM event WHERE journal_end > $1",
             "DELETE FROM idempotency_record WHERE pos > $1",
         ] {
             transaction.execute(statement, &[&end]).map_err(backend)?;

@@ -100,6 +100,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_record_by_key ON idempotency_record (substring(key from 1 for 8), id);
 "#,
+    // The outbox: events, written in the same transaction as the entries
+    // they derive from; pos is the order they were committed in (one
+    // writer at a time). `account`, `seq` and `rank` are the event's id.
+    r#"
+    CREATE TABLE event (
+        pos         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account     BIGINT NOT NULL,
+        seq         BIGINT NOT NULL,
+        rank        INT    NOT NULL,
+        account_id  TEXT   NOT NULL,
+        type        TEXT   NOT NULL,
+        at          BIGINT NOT NULL,
+        body        BYTEA  NOT NULL,
+        sum         BIGINT NOT NULL,
+        journal_end BIGINT NOT NULL
+    );
+    CREATE UNIQUE INDEX event_by_id ON event (account, seq, rank);
+    CREATE INDEX event_by_account ON event (account_id, pos);
+    CREATE INDEX event_by_type ON event (type, pos);
+"#,
 ];
 
 /// The version whose migration adds checksums: entries stored before it are

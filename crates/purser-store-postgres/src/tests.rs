@@ -96,6 +96,7 @@ fn a_second_writer_waits_for_the_lease_and_the_first_is_fenced_after() {
     let commit = Commit {
         entries: &journal[..2],
         idempotency: &[],
+        events: &[],
         snapshots: &[],
     };
     assert!(
@@ -115,6 +116,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
         .commit(Commit {
             entries: &journal[..3],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -123,6 +125,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
             .commit(Commit {
                 entries: &journal[2..6],
                 idempotency: &[],
+                events: &[],
                 snapshots: &[]
             })
             .is_err()

@@ -43,6 +43,7 @@ impl Workload {
             .commit(Commit {
                 entries: &out,
                 idempotency: &[],
+                events: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -89,6 +90,7 @@ fn commits(c: &mut Criterion) {
                         .commit(Commit {
                             entries: &entries,
                             idempotency: &[],
+                            events: &[],
                             snapshots: &[],
                         })
                         .unwrap()

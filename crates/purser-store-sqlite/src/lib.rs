@@ -24,11 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use purser_core::{AccountHandle, Entry, KeyHash, Timestamp};
+use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
-    ApiKeyRecord, Commit, Damage, DamageReport, EntryQuery, GroupBy, IdempotencyRecord, KIND_KEYS,
-    Store, StoreError, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals,
-    Witness, day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
+    ApiKeyRecord, Commit, Damage, DamageReport, EntryQuery, EventQuery, EventRecord, GroupBy,
+    IdempotencyRecord, KIND_KEYS, Store, StoreError, StoredEvent, StoredKey, StoredRow,
+    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness, day_key, decode_entry,
+    encode_entry, entry_sum, record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
@@ -369,6 +370,16 @@ impl Store for SqliteStore {
             for record in commit.idempotency {
                 schema::insert_record(&transaction, record, pos)?;
             }
+            if !commit.events.is_empty() {
+                let last: i64 = transaction
+                    .prepare_cached("SELECT COALESCE(MAX(pos), 0) FROM event")
+                    .map_err(backend)?
+                    .query_row([], |row| row.get(0))
+                    .map_err(backend)?;
+                for (index, event) in commit.events.iter().enumerate() {
+                    schema::insert_event(&transaction, event, last + 1 + index as i64, pos)?;
+                }
+            }
             if !commit.entries.is_empty() {
                 sealed = Some(chain);
             }
@@ -505,6 +516,10 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             transaction
                 .execute("DELETE FROM idempotency_record WHERE pos > ?1", [end])
+                .map_err(backend)?;
+            // An event exists only with its entries.
+            transaction
+                .execute("DELETE FROM event WHERE journal_end > ?1", [end])
                 .map_err(backend)?;
             transaction
                 .execute(
@@ -695,6 +710,76 @@ impl Store for SqliteStore {
                 return Err(damaged_record(id));
             }
             Ok(Some(record))
+        })
+    }
+
+    fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = format!("{CHECKED_EVENT} WHERE 1 = 1");
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(account) = &query.account {
+            values.push(account.clone().into());
+            sql += &format!(" AND account_id = ?{}", values.len());
+        }
+        if let Some(kind) = query.kind {
+            values.push(kind.name().to_owned().into());
+            sql += &format!(" AND type = ?{}", values.len());
+        }
+        let ascending = query.after.is_some();
+        if let Some(after) = query.after {
+            values.push((after as i64).into());
+            sql += &format!(" AND pos > ?{}", values.len());
+        } else if let Some(before) = query.before {
+            values.push((before as i64).into());
+            sql += &format!(" AND pos < ?{}", values.len());
+        }
+        values.push((query.limit as i64).into());
+        sql += &format!(
+            " ORDER BY pos {} LIMIT ?{}",
+            if ascending { "ASC" } else { "DESC" },
+            values.len()
+        );
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached(&sql).map_err(backend)?;
+            let mut rows = statement
+                .query(params_from_iter(values.iter()))
+                .map_err(backend)?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                events.push(checked_event(row)?);
+            }
+            Ok(events)
+        })
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "{CHECKED_EVENT} WHERE account = ?1 AND seq = ?2 AND rank = ?3"
+                ))
+                .map_err(backend)?;
+            let mut rows = statement
+                .query(params![
+                    id.account.raw() as i64,
+                    id.seq as i64,
+                    i64::from(id.rank)
+                ])
+                .map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) => checked_event(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn last_event(&self) -> Result<u64, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached("SELECT COALESCE(MAX(pos), 0) FROM event")
+                .map_err(backend)?
+                .query_row([], |row| row.get::<_, i64>(0))
+                .map(|pos| pos as u64)
+                .map_err(backend)
         })
     }
 

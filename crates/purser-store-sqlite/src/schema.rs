@@ -170,6 +170,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     -- holds all 16, which a lookup compares).
     CREATE INDEX idempotency_record_by_key ON idempotency_record (substr(key, 1, 8));
 "#,
+    r#"
+    -- The outbox: events, written in the same transaction as the entries
+    -- they derive from; pos is the order they were committed in. `account`,
+    -- `seq` and `rank` are the event's id (the entry it follows).
+    CREATE TABLE event (
+        pos        INTEGER PRIMARY KEY,
+        account    INTEGER NOT NULL,
+        seq        INTEGER NOT NULL,
+        rank       INTEGER NOT NULL,
+        account_id TEXT    NOT NULL,
+        type       TEXT    NOT NULL,
+        at         INTEGER NOT NULL,
+        body       BLOB    NOT NULL,
+        sum        INTEGER NOT NULL,
+        -- The journal position of the end of the commit that wrote it.
+        journal_end INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX event_by_id ON event (account, seq, rank);
+    CREATE INDEX event_by_account ON event (account_id, pos);
+    CREATE INDEX event_by_type ON event (type, pos);
+"#,
 ];
 
 /// The version whose migration adds checksums: rows stored before it are
@@ -304,6 +325,65 @@ fn seal_existing(connection: &Connection) -> Result<(), StoreError> {
             .map_err(backend)?;
     }
     Ok(())
+}
+
+/// Stores an event at the next outbox position, with its checksum.
+pub(crate) fn insert_event(
+    connection: &Connection,
+    event: &EventRecord,
+    position: i64,
+    journal_end: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO event (pos, account, seq, rank, account_id, type, at, body, sum, journal_end)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            position,
+            event.id.account.raw() as i64,
+            event.id.seq as i64,
+            i64::from(event.id.rank),
+            event.account,
+            event.kind.name(),
+            event.at.micros(),
+            event.body,
+            purser_store::event_sum(event),
+            journal_end
+        ])
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// The columns [`checked_event`] reads, in its order.
+pub(crate) const CHECKED_EVENT: &str =
+    "SELECT pos, account, seq, rank, account_id, type, at, body, sum FROM event";
+
+/// A row of [`CHECKED_EVENT`], checked against its checksum.
+pub(crate) fn checked_event(row: &rusqlite::Row<'_>) -> Result<StoredEvent, StoreError> {
+    let position: i64 = row.get(0).map_err(backend)?;
+    let kind: String = row.get(5).map_err(backend)?;
+    let damaged = || StoreError::Damaged(format!("the event at outbox position {position}"));
+    let event = EventRecord {
+        id: EventId {
+            account: AccountHandle::from_raw(row.get::<_, i64>(1).map_err(backend)? as u64),
+            seq: row.get::<_, i64>(2).map_err(backend)? as u64,
+            rank: u8::try_from(row.get::<_, i64>(3).map_err(backend)?).map_err(|_| damaged())?,
+        },
+        account: row.get(4).map_err(backend)?,
+        kind: EventType::parse(&kind).ok_or_else(damaged)?,
+        at: Timestamp::from_micros(row.get(6).map_err(backend)?),
+        body: row.get(7).map_err(backend)?,
+    };
+    let sum: i64 = row.get(8).map_err(backend)?;
+    if sum != purser_store::event_sum(&event) {
+        return Err(damaged());
+    }
+    Ok(StoredEvent {
+        position: position as u64,
+        event,
+    })
 }
 
 /// Stores an idempotency record of a commit that ended the journal at

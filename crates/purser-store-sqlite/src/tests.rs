@@ -37,6 +37,7 @@ fn reopening_keeps_everything_and_does_not_migrate_twice() {
             .commit(Commit {
                 entries: &journal,
                 idempotency: &[],
+                events: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -60,6 +61,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
         .commit(Commit {
             entries: &journal[..3],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -75,6 +77,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
     let error = store.commit(Commit {
         entries: &journal[3..7],
         idempotency: &[],
+        events: &[],
         snapshots: &[],
     });
     assert!(error.is_err());
@@ -120,6 +123,7 @@ fn committed_sample() -> (tempfile::TempDir, Vec<Entry>, EntryQuery, Vec<Entry>)
             .commit(Commit {
                 entries: &journal,
                 idempotency: &[],
+                events: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -277,6 +281,7 @@ fn an_older_store_is_sealed_by_its_migration() {
         .commit(Commit {
             entries: &more,
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .unwrap();

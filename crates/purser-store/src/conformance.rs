@@ -272,6 +272,7 @@ fn commit_all(store: &dyn Store, entries: &[Entry]) {
         let commit = Commit {
             entries: &entries[window[0]..window[1]],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         };
         store.commit(commit).expect("commit");
@@ -322,6 +323,7 @@ pub fn commits_replay_in_order(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .expect("an empty commit is fine");
@@ -464,6 +466,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
         .commit(Commit {
             entries: &journal[..half],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -480,6 +483,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
         .commit(Commit {
             entries: &second[..1],
             idempotency: &[],
+            events: &[],
             snapshots: std::slice::from_ref(&snapshot),
         })
         .unwrap();
@@ -487,6 +491,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
         .commit(Commit {
             entries: &second[1..],
             idempotency: &[],
+            events: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -523,6 +528,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: &[],
+            events: &[],
             snapshots: std::slice::from_ref(&newer),
         })
         .unwrap();
@@ -545,6 +551,7 @@ pub fn idempotency_records(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: &records,
+            events: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -579,6 +586,7 @@ pub fn idempotency_records(store: &dyn Store) {
         .commit(Commit {
             entries: &[],
             idempotency: std::slice::from_ref(&renewed),
+            events: &[],
             snapshots: &[],
         })
         .unwrap();

@@ -70,6 +70,22 @@ pub fn chain_hash(
 /// The checksum of an idempotency record stored with a commit that ended
 /// the journal at `pos` (XXH3-64 over every field, lengths included).
 /// 31 bits: enough to find damage, and four bytes in SQLite's integers.
+/// The checksum of a stored event (its id is part of it: a body moved to
+/// another event's row fails).
+pub fn event_sum(event: &crate::EventRecord) -> i64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(EVENT_DOMAIN);
+    hasher.update(&event.id.account.raw().to_le_bytes());
+    hasher.update(&event.id.seq.to_le_bytes());
+    hasher.update(&[event.id.rank]);
+    hasher.update(&(event.account.len() as u64).to_le_bytes());
+    hasher.update(event.account.as_bytes());
+    hasher.update(event.kind.name().as_bytes());
+    hasher.update(&event.at.micros().to_le_bytes());
+    hasher.update(&(event.body.len() as u64).to_le_bytes());
+    hasher.update(&event.body);
+    (hasher.digest() & 0x7fff_ffff) as i64
+}
+
 pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
     hasher.update(&record.key);
@@ -116,6 +132,9 @@ pub fn key_hash(key: &str) -> purser_core::KeyHash {
 
 /// Keeps idempotency record checksums apart from entry checksums.
 const KEY_DOMAIN: u64 = 0x7075_7273_6572_0e02;
+
+/// Keeps event checksums apart from the others.
+const EVENT_DOMAIN: u64 = 0x7075_7273_6572_0e04;
 
 /// The checksum of a partition snapshot taken at journal position `position`.
 pub fn snapshot_sum(partition: u16, position: u64, body: &[u8]) -> i64 {

@@ -16,12 +16,14 @@ pub mod journal;
 mod recovery;
 mod usage;
 
-use purser_core::{AccountHandle, CreditSum, Entry, Fingerprint, KeyHash, ObjectId, Timestamp};
+use purser_core::{
+    AccountHandle, CreditSum, Entry, EventId, EventType, Fingerprint, KeyHash, ObjectId, Timestamp,
+};
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
     ChainHash, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness, chain_hash,
-    entry_sum, key_hash, record_sum, record_sum_with_text, seal, snapshot_sum,
+    entry_sum, event_sum, key_hash, record_sum, record_sum_with_text, seal, snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
@@ -82,12 +84,47 @@ pub struct StoredKey {
     pub sound: bool,
 }
 
+/// An event, as the outbox keeps it: written in the same commit as the
+/// entries it derives from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: EventId,
+    /// The account's id (what lists filter on).
+    pub account: String,
+    pub kind: EventType,
+    pub at: Timestamp,
+    /// The event as the API shows it (JSON).
+    pub body: Vec<u8>,
+}
+
+/// A stored event and its place in the outbox (commit order, from 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub position: u64,
+    pub event: EventRecord,
+}
+
+/// A page of the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventQuery {
+    pub account: Option<String>,
+    pub kind: Option<EventType>,
+    /// Newest first, from before this position; `None`: from the newest.
+    /// Ignored when `after` is set.
+    pub before: Option<u64>,
+    /// Oldest first, from after this position (what a dispatcher reads).
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
 /// What one group commit makes durable, all or nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct Commit<'a> {
     /// In the order they were applied; per account, gapless by `seq`.
     pub entries: &'a [Entry],
     pub idempotency: &'a [IdempotencyRecord],
+    /// The events of those entries, in order.
+    pub events: &'a [EventRecord],
     /// Partition snapshots ([`encode_snapshot`]) that reflect every entry
     /// committed before this commit and possibly some of its own; each
     /// replaces the partition's previous snapshot.
@@ -282,6 +319,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// with an earlier expiry, after the retention was shortened, waits for
     /// those before it); returns how many.
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// A page of the outbox, each event checked against its checksum
+    /// ([`StoreError::Damaged`] if one fails).
+    fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// One event, checked.
+    fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The outbox's last position (0: empty).
+    fn last_event(&self) -> Result<u64, StoreError>;
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;

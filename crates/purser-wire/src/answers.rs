@@ -4,7 +4,7 @@
 //! for a debit, the memo it is rendered from again).
 
 use purser_core::{Account, Body, Entry, Grant, ObjectKind, Rejection, Timestamp};
-use purser_engine::{Accepted, Page, Read, Render, Rendered, Shape};
+use purser_engine::{Accepted, EventContext, Page, Read, Render, Rendered, Shape};
 use purser_store::Store;
 use serde_json::{Value, json};
 
@@ -83,6 +83,10 @@ impl Render for JsonAnswers {
             rendered.remember = Some(rendered.body.clone());
         }
         rendered
+    }
+
+    fn event(&self, event: &EventContext<'_>) -> Vec<u8> {
+        crate::events::event_body(event)
     }
 
     fn refused(&self, rejection: &Rejection) -> Rendered {

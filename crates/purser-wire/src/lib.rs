@@ -13,6 +13,7 @@
 
 pub mod answers;
 pub mod error;
+pub mod events;
 pub mod fingerprint;
 pub mod memo;
 pub mod objects;

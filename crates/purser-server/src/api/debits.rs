@@ -42,7 +42,7 @@ pub(super) async fn reverse(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Admin)?;
+    let actor = state.keys.authorize(&headers, Need::Admin)?;
     let key = idempotency_key(&headers)?;
     let fields = Fields::parse(&body, &["credits", "reason"])?;
     let credits = fields.credits("credits")?;
@@ -58,6 +58,7 @@ pub(super) async fn reverse(
         key,
         &format!("/v1/debits/{id}/reverse"),
         &body,
+        actor,
     )
     .await)
 }

@@ -60,7 +60,7 @@ pub(super) async fn void_grant(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Admin)?;
+    let actor = state.keys.authorize(&headers, Need::Admin)?;
     let key = idempotency_key(&headers)?;
     let grant = object_id(ObjectKind::Grant, &id, "grant_not_found")?;
     Fields::parse(&body, &["reason"])?;
@@ -70,6 +70,7 @@ pub(super) async fn void_grant(
         key,
         &format!("/v1/grants/{id}/void"),
         &body,
+        actor,
     )
     .await;
     if response.status().as_u16() != 404 {

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use purser_core::limits::DEFAULT_HOLD_TTL_SECONDS;
 use purser_core::{Body, CaptureAmount, Command, MemberId, ObjectId, ObjectKind};
-use purser_engine::Read;
+use purser_engine::{Actor, Read};
 use purser_wire::{ApiError, Fields, json_response, objects};
 
 use super::{
@@ -62,6 +62,7 @@ async fn settle_hold(
     hold: ObjectId,
     body: &[u8],
     command: Command,
+    actor: Actor,
 ) -> Response {
     let response = submit(
         state,
@@ -69,6 +70,7 @@ async fn settle_hold(
         idempotency_key(headers).unwrap_or_default(),
         path,
         body,
+        actor,
     )
     .await;
     if response.status().as_u16() != 409 {
@@ -91,7 +93,7 @@ pub(super) async fn capture(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Usage)?;
+    let actor = state.keys.authorize(&headers, Need::Usage)?;
     idempotency_key(&headers)?;
     let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
     let fields = Fields::parse(&body, &["credits", "quantity", "mode"])?;
@@ -118,6 +120,7 @@ pub(super) async fn capture(
         hold,
         &body,
         command,
+        actor,
     )
     .await)
 }
@@ -128,7 +131,7 @@ pub(super) async fn release(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Usage)?;
+    let actor = state.keys.authorize(&headers, Need::Usage)?;
     idempotency_key(&headers)?;
     let hold = object_id(ObjectKind::Hold, &id, "hold_not_found")?;
     Fields::parse(&body, &[])?;
@@ -140,6 +143,7 @@ pub(super) async fn release(
         hold,
         &body,
         command,
+        actor,
     )
     .await)
 }

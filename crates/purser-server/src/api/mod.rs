@@ -7,6 +7,7 @@
 mod accounts;
 mod api_keys;
 mod debits;
+mod events;
 mod grants;
 mod history;
 mod holds;
@@ -29,7 +30,7 @@ use purser_core::limits::{
     DEFAULT_PAGE_LIMIT, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LEN, MAX_PAGE_LIMIT,
 };
 use purser_core::{AccountHandle, AccountId, Command, ObjectId, ObjectKind, Timestamp};
-use purser_engine::{Busy, Engine, IdempotencyKey, Page, Read, Rendered};
+use purser_engine::{Actor, Busy, Engine, IdempotencyKey, Page, Read, Rendered};
 use purser_portal::Portal;
 use purser_wire::{ApiError, json_response};
 
@@ -140,6 +141,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/accounts/{id}/portal_sessions",
             post(portal_sessions::create_session),
         )
+        .route("/v1/events", get(events::list_events))
+        .route("/v1/events/{id}", get(events::get_event))
         .route("/v1/test_clock", get(operations::get_test_clock))
         .route(
             "/v1/test_clock/advance",
@@ -300,8 +303,12 @@ async fn submit(
     key: Option<String>,
     path: &str,
     body: &[u8],
+    actor: Actor,
 ) -> Response {
-    let outcome = state.engine.run(command, keyed(key, path, body)).await;
+    let outcome = state
+        .engine
+        .run(command, keyed(key, path, body), actor)
+        .await;
     let (status, body) = purser_wire::outcome(outcome);
     json_response(status, body)
 }
@@ -318,10 +325,10 @@ async fn mutate(
     let prepared = state
         .keys
         .authorize(headers, need)
-        .and_then(|()| idempotency_key(headers))
-        .and_then(|key| build(body).map(|command| (command, key)));
+        .and_then(|actor| idempotency_key(headers).map(|key| (actor, key)))
+        .and_then(|(actor, key)| build(body).map(|command| (command, key, actor)));
     match prepared {
-        Ok((command, key)) => submit(state, command, key, path, body).await,
+        Ok((command, key, actor)) => submit(state, command, key, path, body, actor).await,
         Err(error) => error.into_response(),
     }
 }

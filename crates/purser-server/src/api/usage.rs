@@ -43,7 +43,7 @@ pub(super) async fn batch(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Usage)?;
+    let actor = state.keys.authorize(&headers, Need::Usage)?;
     let fields = Fields::parse(&body, &["items"])?;
     let items = required(fields.array("items")?, "items")?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
@@ -66,7 +66,7 @@ pub(super) async fn batch(
             Err(error) => refused.push(Some(error)),
         }
     }
-    let mut started = state.engine.start_all(valid).await.into_iter();
+    let mut started = state.engine.start_all(valid, actor).await.into_iter();
     let mut results = objects::BatchResults::new(refused.len());
     for item in refused {
         let (status, answer) = match item {
