@@ -31,9 +31,8 @@ pub(crate) struct Committer {
     pub observer: Arc<dyn CommitObserver>,
     pub keys: Arc<KeyTable>,
     pub clock: crate::Clock,
-    /// Told after every commit that stored events (the webhook dispatcher
-    /// waits on it).
-    pub events_ready: Arc<tokio::sync::Notify>,
+    /// Counts commits that stored events (webhook dispatchers wait on it).
+    pub events_ready: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Committer {
@@ -74,7 +73,7 @@ impl Committer {
             match outcome {
                 Ok(()) => {
                     if !events.is_empty() {
-                        self.events_ready.notify_one();
+                        self.events_ready.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     let now = self.clock.now();
                     for reply in answers.drain(..) {

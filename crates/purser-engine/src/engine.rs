@@ -157,7 +157,7 @@ struct Inner {
     keys: Arc<KeyTable>,
     render: Arc<dyn Render>,
     request_timeout: Duration,
-    events_ready: Arc<tokio::sync::Notify>,
+    events_ready: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What [`Engine::launch`] runs on.
@@ -179,7 +179,7 @@ impl Engine {
         assert_eq!(parts.ledgers.len(), usize::from(config.partitions));
         let poisoned = Arc::new(AtomicBool::new(false));
         let queue_depth = Arc::new(AtomicU64::new(0));
-        let events_ready = Arc::new(tokio::sync::Notify::new());
+        let events_ready = Arc::new(tokio::sync::watch::Sender::new(0));
         let (commit_tx, commit_rx) = crossbeam_channel::bounded::<Batch>(config.shards * 2);
         let mut owned: Vec<Vec<Ledger>> = (0..config.shards).map(|_| Vec::new()).collect();
         for ledger in parts.ledgers {
@@ -574,6 +574,12 @@ impl Engine {
             }
         };
         let _ = self.wait(receiver, deadline).await;
+    }
+
+    /// Changes after every commit that stored events: what a webhook
+    /// dispatcher waits on.
+    pub fn events_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.events_ready.subscribe()
     }
 
     /// Releases a claimed key whose work never finished: a retry runs afresh.

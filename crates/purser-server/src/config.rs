@@ -24,7 +24,19 @@ struct RawConfig {
     portal: RawPortal,
     #[serde(default)]
     payments: RawPayments,
+    #[serde(default)]
+    webhooks: RawWebhooks,
     catalog: Option<RawCatalog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    retry_schedule_seconds: Option<Vec<u64>>,
+    timeout_seconds: Option<u64>,
+    allow_private_networks: Option<bool>,
+    concurrency: Option<usize>,
+    disable_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +157,7 @@ pub struct Config {
     pub portal_session_ttl_seconds: i64,
     /// `manual` or `instant` (see `payments`).
     pub payment_provider: String,
+    pub webhooks: crate::webhooks::Settings,
 }
 
 /// How long a portal link works by default: one hour.
@@ -175,6 +188,7 @@ impl Default for Config {
             public_url: None,
             portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
             payment_provider: "manual".into(),
+            webhooks: crate::webhooks::Settings::default(),
         }
     }
 }
@@ -261,6 +275,31 @@ impl Config {
         }
         if let Some(keys) = raw.idempotency.cache_keys {
             config.idempotency_cache_keys = keys.clamp(64, 100_000_000);
+        }
+        let hooks = raw.webhooks;
+        if let Some(schedule) = hooks.retry_schedule_seconds {
+            if schedule.is_empty() || schedule.len() > 20 || schedule.iter().any(|s| *s > 604_800) {
+                return Err(ConfigError::Invalid(
+                    "webhooks.retry_schedule_seconds must hold 1-20 delays of at most 604800 s"
+                        .into(),
+                ));
+            }
+            config.webhooks.retry_schedule = schedule
+                .into_iter()
+                .map(std::time::Duration::from_secs)
+                .collect();
+        }
+        if let Some(timeout) = hooks.timeout_seconds {
+            config.webhooks.timeout = std::time::Duration::from_secs(timeout.clamp(1, 60));
+        }
+        if let Some(allow) = hooks.allow_private_networks {
+            config.webhooks.allow_private_networks = allow;
+        }
+        if let Some(concurrency) = hooks.concurrency {
+            config.webhooks.concurrency = concurrency.clamp(1, 256);
+        }
+        if let Some(after) = hooks.disable_after_seconds {
+            config.webhooks.disable_after = std::time::Duration::from_secs(after.max(1));
         }
         if let Some(url) = raw.portal.public_url {
             config.set_public_url(&url)?;

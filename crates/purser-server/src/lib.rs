@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod supervisor;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -234,11 +235,16 @@ pub(crate) fn prepare(
         payments,
         exports: purser_portal::export::Exports::default(),
     });
+    let webhooks = Arc::new(
+        webhooks::Webhooks::start(engine.clone(), config.webhooks.clone())
+            .map_err(StartError::Config)?,
+    );
     let shared = Shared {
         engine,
         keys,
         metrics,
         portal,
+        webhooks,
         body_timeout: std::time::Duration::from_secs(config.body_timeout_seconds),
     };
     Ok((AppState(Arc::new(shared)), generated, entries))

@@ -15,6 +15,7 @@ mod operations;
 mod portal_sessions;
 mod purchases;
 mod usage;
+mod webhook_endpoints;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,7 @@ pub struct Shared {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub portal: Arc<Portal>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// How long a client has to send a request's body.
     pub body_timeout: std::time::Duration,
 }
@@ -143,6 +145,25 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}", get(events::get_event))
+        .route("/v1/events/{id}/resend", post(webhook_endpoints::resend))
+        .route(
+            "/v1/webhook_endpoints",
+            post(webhook_endpoints::create).get(webhook_endpoints::list),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get(webhook_endpoints::get)
+                .post(webhook_endpoints::update)
+                .delete(webhook_endpoints::delete),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}/rotate_secret",
+            post(webhook_endpoints::rotate_secret),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}/deliveries",
+            get(webhook_endpoints::deliveries),
+        )
         .route("/v1/test_clock", get(operations::get_test_clock))
         .route(
             "/v1/test_clock/advance",
