@@ -8,6 +8,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Why a request got no answer.
+/// A reqwest client builder with rustls's ring provider installed (the
+/// workspace builds reqwest with rustls and no default provider).
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("HTTP: {0}")]
@@ -238,7 +245,7 @@ impl Client {
         Client {
             base: base_url.into().trim_end_matches('/').to_owned(),
             api_key: api_key.into(),
-            http: reqwest::Client::new(),
+            http: http_builder().build().expect("an HTTP client"),
         }
     }
 
@@ -338,7 +345,7 @@ impl Client {
 
     /// The same server and key; every request gives up after `timeout`.
     pub fn with_timeout(&self, timeout: std::time::Duration) -> Client {
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .timeout(timeout)
             .build()
             .unwrap_or_else(|_| self.http.clone());

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 /// A browser-like client: no redirects followed, forms posted as forms.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    purser_client::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
