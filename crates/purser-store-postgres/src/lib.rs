@@ -860,6 +860,22 @@ impl Store for PostgresStore {
                     }
                     Ok(())
                 },
+            )?;
+            paged(
+                client,
+                &format!("{CHECKED_EVENT} WHERE pos > $1 ORDER BY pos LIMIT 1000"),
+                0i64,
+                |_, rows| {
+                    for row in rows {
+                        if let Err(error) = checked_event(row) {
+                            found(Damage::Structure {
+                                what: "the outbox (events)".into(),
+                                detail: error.to_string(),
+                            });
+                        }
+                    }
+                    Ok(())
+                },
             )
         })
     }

@@ -115,6 +115,7 @@ impl SqliteStore {
                 integrity(connection, schema, file, found)?;
             }
             records(connection, found)?;
+            events(connection, found)?;
             if self.history {
                 history(connection, found, progress)?;
             }
@@ -179,6 +180,29 @@ fn records(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(),
                 format!("record {id} does not match its checksum"),
             )),
             Err(error) => found(structure(what, format!("a record: {error}"))),
+        }
+    }
+}
+
+/// Every event of the outbox against its checksum.
+fn events(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(), StoreError> {
+    let what = "the outbox (events)";
+    let mut statement = connection
+        .prepare(&format!("{CHECKED_EVENT} ORDER BY pos"))
+        .map_err(backend)?;
+    let mut rows = statement.query([]).map_err(backend)?;
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => {
+                if let Err(error) = checked_event(row) {
+                    found(structure(what, error.to_string()));
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                found(structure(what, format!("unreadable: {error}")));
+                return Ok(());
+            }
         }
     }
 }

@@ -11,8 +11,8 @@ use purser_core::{
 };
 
 use crate::{
-    ApiKeyRecord, Commit, EntryQuery, GroupBy, IdempotencyRecord, Store, UsageQuery, decode_entry,
-    encode_entry,
+    ApiKeyRecord, Commit, EntryQuery, EventQuery, EventRecord, GroupBy, IdempotencyRecord, Store,
+    UsageQuery, decode_entry, encode_entry,
 };
 
 /// Generates one `#[test]` per conformance check for a backend; `$make` is an
@@ -39,6 +39,10 @@ macro_rules! conformance_tests {
         #[test]
         fn conformance_snapshots_and_tails() {
             $crate::conformance::snapshots_and_tails(&*$make);
+        }
+        #[test]
+        fn conformance_outbox_events() {
+            $crate::conformance::outbox_events(&*$make);
         }
         #[test]
         fn conformance_api_keys_and_settings() {
@@ -302,6 +306,151 @@ pub fn codec_round_trips() {
             );
         }
     }
+}
+
+/// Events stored with the entries they derive from (the core's own
+/// events of a real journal), read back in commit order, newest first,
+/// by account, by type, a page at a time, and one by one.
+pub fn outbox_events(store: &dyn Store) {
+    use purser_core::{EventType, events::Event};
+    let catalog = Arc::new(Catalog::builtin());
+    let mut ledger = Ledger::new(0, catalog);
+    let now = at("2026-11-01T00:00:00Z");
+    let mut entries = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    for id in ["acme", "beta"] {
+        ledger
+            .execute_observed(
+                now,
+                Command::OpenAccount {
+                    id: AccountId::parse(id).unwrap(),
+                    name: None,
+                    tier: TierId::parse("starter").unwrap(),
+                    anchor: None,
+                    member_monthly_cap: None,
+                    metadata: Metadata::EMPTY,
+                },
+                &mut entries,
+                Some(&mut events),
+            )
+            .expect("open");
+    }
+    ledger
+        .execute_observed(
+            now,
+            Command::Charge {
+                account: AccountId::parse("acme").unwrap(),
+                amount: Amount::Credits(credits("100")),
+                member: None,
+                mode: ChargeMode::Strict,
+                metadata: Metadata::EMPTY,
+            },
+            &mut entries,
+            Some(&mut events),
+        )
+        .expect("charge");
+    let records: Vec<EventRecord> = events
+        .iter()
+        .map(|event| {
+            let account = ledger
+                .account_by_handle(event.id.account)
+                .expect("known")
+                .id()
+                .to_string();
+            EventRecord {
+                id: event.id,
+                body: format!(r#"{{"id":"{}","account":"{account}"}}"#, event.id.format())
+                    .into_bytes(),
+                account,
+                kind: event.kind,
+                at: event.at,
+            }
+        })
+        .collect();
+    assert_eq!(
+        records.iter().map(|r| r.kind).collect::<Vec<_>>(),
+        [
+            EventType::AccountCreated,
+            EventType::AccountCreated,
+            EventType::BudgetExhausted,
+            EventType::CreditsLow,
+            EventType::CreditsDepleted
+        ]
+    );
+    assert_eq!(store.last_event().expect("last"), 0);
+    // Two commits, as group commits would cut them.
+    let (first, second) = (entries.len() - 1, records.len() - 3);
+    store
+        .commit(Commit {
+            entries: &entries[..first],
+            idempotency: &[],
+            events: &records[..second],
+            snapshots: &[],
+        })
+        .expect("commit");
+    store
+        .commit(Commit {
+            entries: &entries[first..],
+            idempotency: &[],
+            events: &records[second..],
+            snapshots: &[],
+        })
+        .expect("commit");
+    let query = |account: Option<&str>, kind, before, after, limit| EventQuery {
+        account: account.map(str::to_owned),
+        kind,
+        before,
+        after,
+        limit,
+    };
+    let all = store
+        .events(&query(None, None, None, Some(0), 100))
+        .expect("events");
+    assert_eq!(
+        all.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        records.iter().collect::<Vec<_>>(),
+        "in commit order, unchanged"
+    );
+    assert!(all.windows(2).all(|p| p[0].position < p[1].position));
+    let last = all.last().expect("some").position;
+    assert_eq!(store.last_event().expect("last"), last);
+    let newest = store
+        .events(&query(None, None, None, None, 2))
+        .expect("newest");
+    assert_eq!(newest.len(), 2);
+    assert_eq!(newest[0], all[4]);
+    assert_eq!(newest[1], all[3]);
+    let older = store
+        .events(&query(None, None, Some(newest[1].position), None, 10))
+        .expect("older");
+    assert_eq!(older, [all[2].clone(), all[1].clone(), all[0].clone()]);
+    let after = store
+        .events(&query(None, None, None, Some(all[2].position), 10))
+        .expect("after");
+    assert_eq!(after, [all[3].clone(), all[4].clone()]);
+    let beta = store
+        .events(&query(Some("beta"), None, None, None, 10))
+        .expect("by account");
+    assert_eq!(beta, [all[1].clone()]);
+    let low = store
+        .events(&query(
+            Some("acme"),
+            Some(EventType::CreditsLow),
+            None,
+            None,
+            10,
+        ))
+        .expect("by type");
+    assert_eq!(low, [all[3].clone()]);
+    for stored in &all {
+        assert_eq!(
+            store.event(stored.event.id).expect("event").as_ref(),
+            Some(stored)
+        );
+    }
+    let mut unknown = all[0].event.id;
+    unknown.rank = 9;
+    assert_eq!(store.event(unknown).expect("event"), None);
 }
 
 pub fn commits_replay_in_order(store: &dyn Store) {

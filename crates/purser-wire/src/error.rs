@@ -173,6 +173,12 @@ impl From<QueryError> for ApiError {
     fn from(error: QueryError) -> ApiError {
         match error {
             QueryError::Panicked => ApiError::internal("a store query panicked"),
+            // Damage is named (what, where): stored data that fails its
+            // check is refused, never served, and the operator must see why.
+            QueryError::Store(error @ purser_store::StoreError::Damaged(_)) => {
+                tracing::error!(%error, "store query found damage");
+                ApiError::internal(error.to_string())
+            }
             QueryError::Store(error) => {
                 tracing::error!(%error, "store query failed");
                 ApiError::internal("the store could not answer")

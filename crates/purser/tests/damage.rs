@@ -631,3 +631,45 @@ async fn a_journal_from_another_store_is_refused() {
     );
     serve_refuses(&ours, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_event_is_found_and_never_served() {
+    let site = Site::new();
+    let (server, client) = populated(&site).await;
+    let events = client.get("/v1/events?limit=100").await.expect("events");
+    assert_eq!(events.status, 200);
+    let first = events.body["data"][0]["id"]
+        .as_str()
+        .expect("an event")
+        .to_owned();
+    server.stop();
+    let original: Vec<u8> = site
+        .db()
+        .query_row(
+            "SELECT body FROM event ORDER BY pos DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the newest event");
+    let changed = String::from_utf8(original)
+        .expect("JSON")
+        .replacen("account", "acc0unt", 1);
+    site.db()
+        .execute(
+            "UPDATE event SET body = ?1 WHERE pos = (SELECT MAX(pos) FROM event)",
+            [changed.as_bytes()],
+        )
+        .expect("change the event");
+    let report = verify_fails(&site);
+    assert!(report.contains("outbox"), "{report}");
+    // Events are not read at start: the server serves, and the changed
+    // event is refused when it is read, never served.
+    let server = site.start("damaged-event");
+    let client = admin(&server, TIMEOUT);
+    for path in ["/v1/events".to_owned(), format!("/v1/events/{first}")] {
+        let read = client.get(&path).await.expect("an answer");
+        assert_eq!(read.status, 500, "{path}: {:?}", read.body);
+        assert!(read.body.to_string().contains("damaged"), "{:?}", read.body);
+    }
+    server.stop();
+}
