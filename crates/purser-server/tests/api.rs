@@ -1667,3 +1667,233 @@ async fn spent_grants_and_purchases_page_to_the_end() {
     ids.dedup();
     assert_eq!(ids.len(), grants.len(), "each grant once");
 }
+
+/// The events of `GET /v1/events` (all pages), newest first, as `type`
+/// (`type:threshold` for `credits.low`).
+async fn event_types(api: &purser_client::Client, query: &str) -> Vec<String> {
+    let mut types = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after
+            .as_ref()
+            .map(|id| format!("&starting_after={id}"))
+            .unwrap_or_default();
+        let page = api
+            .get(&format!("/v1/events?limit=2{query}{cursor}"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200, "{page:?}");
+        let data = page.body["data"].as_array().unwrap().clone();
+        for event in &data {
+            assert_eq!(event["object"], "event");
+            let kind = event["type"].as_str().unwrap();
+            types.push(match event["data"]["threshold"].as_str() {
+                Some(threshold) => format!("{kind}:{threshold}"),
+                None => kind.to_owned(),
+            });
+        }
+        after = data.last().map(|e| e["id"].as_str().unwrap().to_owned());
+        if page.body["has_more"] != json!(true) {
+            return types;
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_tell_each_change_once_and_never_a_refusal_or_a_replay() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    server.open("beta", "starter").await;
+    let key = Some("evt-charge");
+    let first = api
+        .charge("acme", &Charge::new(Cost::credits("85")), key)
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201);
+    let replay = api
+        .charge("acme", &Charge::new(Cost::credits("85")), key)
+        .await
+        .unwrap();
+    assert_eq!(replay.body, first.body, "a replay");
+    let refused = charge(&api, "acme", Cost::credits("50")).await;
+    assert_eq!(refused.status, 402);
+    let purchase = api
+        .post("/v1/accounts/beta/purchases", &json!({"package": "small"}))
+        .await
+        .unwrap();
+    api.post(
+        &format!("/v1/purchases/{}/cancel", purchase.str("id")),
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    api.post("/v1/accounts/beta/tier", &json!({"tier": "pro"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_types(&api, "").await,
+        [
+            "tier.changed",
+            "purchase.canceled",
+            "purchase.created",
+            "credits.low:20",
+            "account.created",
+            "account.created"
+        ]
+    );
+    assert_eq!(
+        event_types(&api, "&account=acme").await,
+        ["credits.low:20", "account.created"]
+    );
+    assert_eq!(
+        event_types(&api, "&type=purchase.created").await,
+        ["purchase.created"]
+    );
+    // Every event names its account, sequence and actor, and reads back.
+    let listed = api.get("/v1/events?limit=100").await.unwrap();
+    for event in listed.body["data"].as_array().unwrap() {
+        let id = event["id"].as_str().unwrap();
+        assert!(id.starts_with("evt_"), "{id}");
+        assert!(event["sequence"].as_u64().unwrap() >= 1);
+        assert_eq!(event["actor"]["type"], "api_key", "{event}");
+        let got = api.get(&format!("/v1/events/{id}")).await.unwrap();
+        assert_eq!(&got.body, event);
+    }
+    let tier = &listed.body["data"][0];
+    assert_eq!(tier["data"]["source"], "api");
+    assert_eq!(tier["data"]["from"], "starter");
+    assert_eq!(tier["data"]["to"], "pro");
+    // A time-driven change is the system's.
+    server.advance(31 * 86_400).await;
+    let renewed = api
+        .get("/v1/events?type=budget.renewed&limit=100")
+        .await
+        .unwrap();
+    let renewed = renewed.body["data"].as_array().unwrap().clone();
+    assert_eq!(renewed.len(), 2, "{renewed:?}");
+    assert!(renewed.iter().all(|e| e["actor"]["type"] == "system"));
+    // Refusals.
+    for (path, code) in [
+        ("/v1/events?type=nope", 400),
+        ("/v1/events?starting_after=evt_zz", 400),
+        ("/v1/events?account=a%20b", 400),
+        ("/v1/events?limit=0", 400),
+        ("/v1/events/evt_zz", 404),
+        ("/v1/events/evt_100000000000009900", 404),
+    ] {
+        let got = api.get(path).await.unwrap();
+        assert_eq!(got.status, code, "{path}: {got:?}");
+        assert!(got.body["error"]["type"].is_string(), "{path}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_managed_and_checked() {
+    let server = Server::start().await;
+    let api = server.admin();
+    let created = api
+        .post(
+            "/v1/webhook_endpoints",
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["credits.low", "purchase.completed"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.str("id").to_owned();
+    assert!(id.starts_with("we_"));
+    assert!(created.str("secret").starts_with("whsec_"));
+    assert_eq!(created.str("status"), "enabled");
+    let listed = api.get("/v1/webhook_endpoints").await.unwrap();
+    assert_eq!(listed.body["data"][0]["id"], json!(id));
+    assert!(listed.body["data"][0].get("secret").is_none());
+    let updated = api
+        .post(
+            &format!("/v1/webhook_endpoints/{id}"),
+            &json!({"status": "disabled", "description": "later"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((updated.status, updated.str("status")), (200, "disabled"));
+    assert_eq!(updated.str("description"), "later");
+    let rotated = api
+        .post(
+            &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotated.status, 200);
+    assert_ne!(rotated.str("secret"), created.str("secret"));
+    // Kept across a restart (they are in the store).
+    let server = Server::start_in(server.stop().await, |_| {}).await;
+    let api = server.admin();
+    let got = api
+        .get(&format!("/v1/webhook_endpoints/{id}"))
+        .await
+        .unwrap();
+    assert_eq!((got.status, got.str("description")), (200, "later"));
+    let deliveries = api
+        .get(&format!("/v1/webhook_endpoints/{id}/deliveries"))
+        .await
+        .unwrap();
+    assert_eq!(deliveries.status, 200);
+    // Bad input.
+    for (body, param) in [
+        (json!({}), "url"),
+        (json!({"url": "ftp://example.com"}), "url"),
+        (json!({"url": "http://user:pw@example.com/"}), "url"),
+        (json!({"url": "example.com"}), "url"),
+        (
+            json!({"url": "http://example.com", "events": ["nope"]}),
+            "events",
+        ),
+        (json!({"url": "http://example.com", "events": []}), "events"),
+        (
+            json!({"url": "http://example.com", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let refused = api.post("/v1/webhook_endpoints", &body).await.unwrap();
+        assert_eq!(refused.status, 400, "{body}: {refused:?}");
+        assert_eq!(
+            refused.body["error"]["param"],
+            json!(param),
+            "{body}: {refused:?}"
+        );
+    }
+    let missing = api.get("/v1/webhook_endpoints/we_nope").await.unwrap();
+    assert_eq!(missing.status, 404);
+    let deleted = api
+        .send("DELETE", &format!("/v1/webhook_endpoints/{id}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (deleted.status, &deleted.body["deleted"]),
+        (200, &json!(true))
+    );
+    let gone = api
+        .get(&format!("/v1/webhook_endpoints/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status, 404);
+    // At most 16.
+    for n in 0..16 {
+        let made = api
+            .post(
+                "/v1/webhook_endpoints",
+                &json!({"url": format!("http://127.0.0.1:9/{n}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.status, 201);
+    }
+    let over = api
+        .post(
+            "/v1/webhook_endpoints",
+            &json!({"url": "http://127.0.0.1:9/x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(over.status, 400, "{over:?}");
+}
