@@ -48,6 +48,7 @@ fn open(ledger: &mut Ledger, now: Timestamp, id: &AccountId, out: &mut Vec<Entry
         anchor: None,
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
+        low_balance_thresholds: None,
     };
     ledger.execute(now, command, out).unwrap();
 }

@@ -78,6 +78,10 @@ pub struct Account {
     /// accounts have none, and an empty `Option<Box<_>>` is one word.
     #[allow(clippy::box_collection)]
     pub(crate) member_usage: Option<Box<HashMap<MemberId, CreditSum>>>,
+    /// The account's own low-balance thresholds (`None`: its tier's).
+    /// Boxed: most accounts have none.
+    #[allow(clippy::box_collection)]
+    pub(crate) low_balance_thresholds: Option<Box<Vec<Credits>>>,
     /// Credits reversed so far, by debit sequence number.
     #[allow(clippy::box_collection)]
     pub(crate) reversed: Option<Box<HashMap<u64, Credits>>>,
@@ -169,6 +173,7 @@ impl Account {
             purchases: thin_vec::ThinVec::new(),
             pending: 0,
             member_usage: None,
+            low_balance_thresholds: opened.low_balance_thresholds.clone().map(Box::new),
             reversed: None,
             next_due: Timestamp::NEVER,
         };
@@ -343,6 +348,9 @@ impl Account {
         }
         if let Some(cap) = update.member_monthly_cap {
             self.member_monthly_cap = cap;
+        }
+        if let Some(thresholds) = &update.low_balance_thresholds {
+            self.low_balance_thresholds = thresholds.clone().map(Box::new);
         }
     }
 
@@ -721,6 +729,11 @@ impl Account {
     pub fn member_monthly_cap(&self) -> Option<Credits> {
         self.member_monthly_cap
     }
+    /// The account's own low-balance thresholds; `None`: its tier's apply.
+    pub fn low_balance_thresholds(&self) -> Option<&[Credits]> {
+        self.low_balance_thresholds.as_deref().map(Vec::as_slice)
+    }
+
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }

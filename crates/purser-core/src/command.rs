@@ -75,6 +75,8 @@ pub enum Command {
         anchor: Option<Timestamp>,
         member_monthly_cap: Option<Credits>,
         metadata: Metadata,
+        /// `None`: the tier's (API.md "Alerts").
+        low_balance_thresholds: Option<Vec<Credits>>,
     },
     UpdateAccount {
         account: AccountId,

@@ -371,6 +371,9 @@ impl Account {
         {
             return Err(Rejection::LimitExceeded(Limit::NameLength));
         }
+        if let Some(Some(thresholds)) = &update.low_balance_thresholds {
+            check_thresholds(thresholds)?;
+        }
         Ok(Some(self.emit(
             cx.now,
             Body::Updated(Box::new(update)),
@@ -1001,4 +1004,14 @@ impl AsAllocation for Allocation {
     fn allocation(&self, credits: Credits) -> Allocation {
         Allocation { credits, ..*self }
     }
+}
+
+/// An account's low-balance thresholds: at most
+/// [`MAX_THRESHOLDS`](crate::catalog::MAX_THRESHOLDS) (callers parse each
+/// as a positive amount; a zero one would never be crossed).
+pub(crate) fn check_thresholds(thresholds: &[Credits]) -> Result<(), Rejection> {
+    if thresholds.len() > crate::catalog::MAX_THRESHOLDS {
+        return Err(Rejection::LimitExceeded(Limit::LowBalanceThresholds));
+    }
+    Ok(())
 }

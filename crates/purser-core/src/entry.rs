@@ -264,6 +264,8 @@ pub struct Opened {
     pub metadata: Metadata,
     /// The period that contains the creation.
     pub period_index: i64,
+    /// The account's own low-balance thresholds; `None`: its tier's.
+    pub low_balance_thresholds: Option<Vec<Credits>>,
 }
 
 /// Operator changes to an account (type `account_updated`); `None` keeps a field.
@@ -273,6 +275,8 @@ pub struct AccountUpdate {
     pub metadata: Option<Metadata>,
     /// `Some(None)` removes the account's own cap (the tier's applies).
     pub member_monthly_cap: Option<Option<Credits>>,
+    /// `Some(None)` goes back to the tier's thresholds.
+    pub low_balance_thresholds: Option<Option<Vec<Credits>>>,
 }
 
 /// What happened, with everything needed to apply it again.

@@ -186,10 +186,13 @@ impl Ledger {
             let account = self
                 .account_by_handle(entry.account)
                 .expect("entries name a known account");
-            let thresholds = self
-                .catalog
-                .tier(account.tier().as_str())
-                .map_or(&[][..], |t| t.low_balance_thresholds());
+            let thresholds = match account.low_balance_thresholds() {
+                Some(own) => own,
+                None => self
+                    .catalog
+                    .tier(account.tier().as_str())
+                    .map_or(&[][..], |t| t.low_balance_thresholds()),
+            };
             events::derive(
                 &out[first..],
                 before,
@@ -257,11 +260,17 @@ impl Ledger {
             anchor,
             member_monthly_cap,
             metadata,
+            low_balance_thresholds,
         } = command
         else {
             unreachable!("open is only called for OpenAccount");
         };
-        let opened = self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;
+        if let Some(thresholds) = &low_balance_thresholds {
+            crate::decide::check_thresholds(thresholds)?;
+        }
+        let mut opened =
+            self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;
+        opened.low_balance_thresholds = low_balance_thresholds;
         let handle = AccountHandle::new(self.partition, self.accounts.len() as u32);
         let entry = Entry {
             account: handle,
@@ -321,6 +330,7 @@ impl Ledger {
             member_monthly_cap,
             metadata,
             period_index: period_index_at(anchor, now),
+            low_balance_thresholds: None,
         })
     }
 

@@ -53,6 +53,7 @@ pub enum Limit {
     NameLength,
     ReasonLength,
     HoldTtl,
+    LowBalanceThresholds,
 }
 
 impl Limit {
@@ -68,6 +69,7 @@ impl Limit {
             Limit::NameLength => "name_length",
             Limit::ReasonLength => "reason_length",
             Limit::HoldTtl => "hold_ttl",
+            Limit::LowBalanceThresholds => "low_balance_thresholds",
         }
     }
 
@@ -84,6 +86,7 @@ impl Limit {
             Limit::NameLength => MAX_NAME_LEN,
             Limit::ReasonLength => MAX_REASON_LEN,
             Limit::HoldTtl => MAX_HOLD_TTL_SECONDS as usize,
+            Limit::LowBalanceThresholds => crate::catalog::MAX_THRESHOLDS,
         }) as i64
     }
 }

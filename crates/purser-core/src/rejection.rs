@@ -146,6 +146,7 @@ impl Rejection {
                 Limit::ReasonLength => Some("reason"),
                 Limit::HoldTtl => Some("ttl_seconds"),
                 Limit::MembersPerPeriod => Some("member"),
+                Limit::LowBalanceThresholds => Some("low_balance_thresholds"),
                 Limit::GrantsPerAccount
                 | Limit::ActiveHoldsPerAccount
                 | Limit::PendingPurchasesPerAccount => None,

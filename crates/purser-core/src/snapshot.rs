@@ -35,6 +35,8 @@ pub struct AccountSnapshot {
     pub member_usage: Vec<(MemberId, CreditSum)>,
     /// Sorted by debit.
     pub reversed: Vec<(u64, Credits)>,
+    /// The account's own low-balance thresholds (`None`: its tier's).
+    pub low_balance_thresholds: Option<Vec<Credits>>,
 }
 
 impl Account {
@@ -75,6 +77,7 @@ impl Account {
             purchases: self.purchases.to_vec(),
             member_usage,
             reversed,
+            low_balance_thresholds: self.low_balance_thresholds.as_deref().cloned(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Account {
                 .then(|| Box::new(snapshot.member_usage.into_iter().collect())),
             reversed: (!snapshot.reversed.is_empty())
                 .then(|| Box::new(snapshot.reversed.into_iter().collect())),
+            low_balance_thresholds: snapshot.low_balance_thresholds.map(Box::new),
             next_due: Timestamp::NEVER,
         };
         account.set_aside_spent();

@@ -319,3 +319,45 @@ fn events_are_a_function_of_entries_and_levels() {
     assert_eq!(first, second);
     assert_eq!(first, w.events[w.events.len() - 2..]);
 }
+
+#[test]
+fn an_accounts_own_thresholds_replace_its_tiers() {
+    let mut w = World::new("2026-11-01T00:00:00Z");
+    w.ok(Command::OpenAccount {
+        id: id("acme"),
+        name: None,
+        tier: purser_core::TierId::parse("starter").unwrap(),
+        anchor: None,
+        member_monthly_cap: None,
+        metadata: purser_core::Metadata::EMPTY,
+        low_balance_thresholds: Some(vec![c("50"), c("10")]),
+    });
+    let from = w.events.len();
+    w.charge("acme", "95").unwrap();
+    assert_eq!(w.events_since(from), ["credits.low:50", "credits.low:10"]);
+    // Back to the tier's (20 % of starter's 100): after a promo to 100.
+    w.ok(Command::UpdateAccount {
+        account: id("acme"),
+        update: purser_core::AccountUpdate {
+            low_balance_thresholds: Some(None),
+            ..Default::default()
+        },
+    });
+    assert_eq!(w.account("acme").low_balance_thresholds(), None);
+    w.promo("acme", "95", None);
+    let from = w.events.len();
+    w.charge("acme", "85").unwrap();
+    assert_eq!(w.events_since(from), ["budget.exhausted", "credits.low:20"]);
+    // Too many.
+    let refused = w.refused(Command::UpdateAccount {
+        account: id("acme"),
+        update: purser_core::AccountUpdate {
+            low_balance_thresholds: Some(Some(vec![c("1"); 6])),
+            ..Default::default()
+        },
+    });
+    assert_eq!(
+        refused,
+        purser_core::Rejection::LimitExceeded(purser_core::Limit::LowBalanceThresholds)
+    );
+}

@@ -1891,6 +1891,7 @@ impl Harness {
                 anchor: resolve_anchor(anchor, now),
                 member_monthly_cap: member_cap.map(credits),
                 metadata: Metadata::EMPTY,
+                low_balance_thresholds: None,
             }));
         }
         let slot = slot_of(op).expect("time operations are handled by the caller");

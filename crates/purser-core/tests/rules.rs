@@ -949,6 +949,7 @@ fn accounts_are_unique_and_closed_accounts_take_no_charges() {
         anchor: None,
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
+        low_balance_thresholds: None,
     };
     assert_eq!(w.refused(again), Rejection::AccountExists);
     let unknown_tier = Command::OpenAccount {
@@ -958,6 +959,7 @@ fn accounts_are_unique_and_closed_accounts_take_no_charges() {
         anchor: None,
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
+        low_balance_thresholds: None,
     };
     assert_eq!(w.refused(unknown_tier), Rejection::UnknownTier);
     assert_eq!(

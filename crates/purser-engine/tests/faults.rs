@@ -271,6 +271,7 @@ async fn open_acme(engine: &Engine) {
                 anchor: None,
                 member_monthly_cap: None,
                 metadata: Metadata::default(),
+                low_balance_thresholds: None,
             },
             None,
             Actor::System,

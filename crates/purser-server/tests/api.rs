@@ -1789,6 +1789,55 @@ async fn events_tell_each_change_once_and_never_a_refusal_or_a_replay() {
 }
 
 #[tokio::test]
+async fn accounts_take_their_own_low_balance_thresholds() {
+    let server = Server::start().await;
+    let api = server.admin();
+    let created = api
+        .post(
+            "/v1/accounts",
+            &json!({"id": "acme", "tier": "starter", "low_balance_thresholds": ["50", 10]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["low_balance_thresholds"], json!(["50", "10"]));
+    charge(&api, "acme", Cost::credits("95")).await;
+    assert_eq!(
+        event_types(&api, "&type=credits.low").await,
+        ["credits.low:10", "credits.low:50"]
+    );
+    let cleared = api
+        .post(
+            "/v1/accounts/acme",
+            &json!({"low_balance_thresholds": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.status, 200, "{cleared:?}");
+    assert_eq!(cleared.body["low_balance_thresholds"], json!(null));
+    for (body, what) in [
+        (
+            json!({"low_balance_thresholds": ["1", "2", "3", "4", "5", "6"]}),
+            "six",
+        ),
+        (json!({"low_balance_thresholds": ["0"]}), "zero"),
+        (
+            json!({"low_balance_thresholds": ["1.0000001"]}),
+            "seven digits",
+        ),
+        (json!({"low_balance_thresholds": [true]}), "not an amount"),
+        (json!({"low_balance_thresholds": "5"}), "not a list"),
+    ] {
+        let refused = api.post("/v1/accounts/acme", &body).await.unwrap();
+        assert_eq!(refused.status, 400, "{what}: {refused:?}");
+        assert_eq!(
+            refused.body["error"]["param"], "low_balance_thresholds",
+            "{what}: {refused:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn webhook_endpoints_are_managed_and_checked() {
     let server = Server::start().await;
     let api = server.admin();

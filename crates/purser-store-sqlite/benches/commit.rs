@@ -36,6 +36,7 @@ impl Workload {
                 anchor: None,
                 member_monthly_cap: None,
                 metadata: Metadata::EMPTY,
+                low_balance_thresholds: None,
             };
             ledger.execute(now, command, &mut out).unwrap();
         }

@@ -18,6 +18,11 @@ use purser_core::{
 /// The format version written first in every encoded entry.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// Snapshots of accounts that have their own low-balance thresholds are
+/// written in this version (each account then ends with them); others stay
+/// in [`FORMAT_VERSION`], byte for byte as before. Both are read.
+pub const SNAPSHOT_THRESHOLDS_VERSION: u8 = 2;
+
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -47,10 +52,22 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 /// Encodes the snapshot of a partition's accounts, appending to `out`.
 pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
     let mut w = Writer(out);
-    w.u8(FORMAT_VERSION);
+    let thresholds = accounts
+        .iter()
+        .any(|account| account.low_balance_thresholds.is_some());
+    w.u8(if thresholds {
+        SNAPSHOT_THRESHOLDS_VERSION
+    } else {
+        FORMAT_VERSION
+    });
     w.varint(accounts.len() as u64);
     for account in accounts {
         w.account(account);
+        if thresholds {
+            w.option(account.low_balance_thresholds.as_ref(), |w, list| {
+                w.thresholds(list);
+            });
+        }
     }
 }
 
@@ -58,13 +75,19 @@ pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != SNAPSHOT_THRESHOLDS_VERSION {
         return Err(CodecError::Version(version));
     }
     let count = r.count()?;
     let accounts = (0..count)
-        .map(|_| r.account())
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|_| {
+            let mut account = r.account()?;
+            if version == SNAPSHOT_THRESHOLDS_VERSION {
+                account.low_balance_thresholds = r.option(Reader::thresholds)?;
+            }
+            Ok(account)
+        })
+        .collect::<Result<Vec<_>, CodecError>>()?;
     match r.0.len() {
         0 => Ok(accounts),
         n => Err(CodecError::Trailing(n)),
@@ -233,6 +256,13 @@ impl Writer<'_> {
         self.metadata(&hold.metadata);
     }
 
+    fn thresholds(&mut self, list: &[Credits]) {
+        self.varint(list.len() as u64);
+        for threshold in list {
+            self.credits(*threshold);
+        }
+    }
+
     fn account(&mut self, account: &AccountSnapshot) {
         self.str(account.id.as_str());
         self.varint(account.handle.raw());
@@ -288,7 +318,13 @@ impl Writer<'_> {
     fn body(&mut self, body: &Body) {
         match body {
             Body::Opened(opened) => {
-                self.u8(0);
+                // Tag 17: with the account's own thresholds (tag 0 otherwise,
+                // as before they existed).
+                self.u8(if opened.low_balance_thresholds.is_some() {
+                    17
+                } else {
+                    0
+                });
                 self.str(opened.id.as_str());
                 self.str(&opened.name);
                 self.str(opened.tier.as_str());
@@ -296,14 +332,25 @@ impl Writer<'_> {
                 self.option(opened.member_monthly_cap.as_ref(), |w, c| w.credits(*c));
                 self.metadata(&opened.metadata);
                 self.signed(opened.period_index);
+                if let Some(list) = &opened.low_balance_thresholds {
+                    self.thresholds(list);
+                }
             }
             Body::Updated(update) => {
-                self.u8(1);
+                // Tag 18: changing the thresholds (tag 1 otherwise).
+                self.u8(if update.low_balance_thresholds.is_some() {
+                    18
+                } else {
+                    1
+                });
                 self.option(update.name.as_ref(), |w, n| w.str(n));
                 self.option(update.metadata.as_ref(), |w, m| w.metadata(m));
                 self.option(update.member_monthly_cap.as_ref(), |w, cap| {
                     w.option(cap.as_ref(), |w, c| w.credits(*c));
                 });
+                if let Some(change) = &update.low_balance_thresholds {
+                    self.option(change.as_ref(), |w, list| w.thresholds(list));
+                }
             }
             Body::Closed => self.u8(2),
             Body::Granted(grant) => {
@@ -651,6 +698,14 @@ impl Reader<'_> {
         Ok(count as usize)
     }
 
+    fn thresholds(&mut self) -> Result<Vec<Credits>, CodecError> {
+        let count = self.count()?;
+        if count > purser_core::MAX_THRESHOLDS {
+            return Err(CodecError::Invalid("low-balance thresholds"));
+        }
+        (0..count).map(|_| self.credits()).collect()
+    }
+
     fn account(&mut self) -> Result<AccountSnapshot, CodecError> {
         Ok(AccountSnapshot {
             id: AccountId::parse(self.str()?).map_err(|_| CodecError::Invalid("account id"))?,
@@ -689,6 +744,7 @@ impl Reader<'_> {
             reversed: (0..self.count()?)
                 .map(|_| Ok((self.varint()?, self.credits()?)))
                 .collect::<Result<_, CodecError>>()?,
+            low_balance_thresholds: None,
         })
     }
 
@@ -708,7 +764,7 @@ impl Reader<'_> {
 
     fn body(&mut self) -> Result<Body, CodecError> {
         Ok(match self.u8()? {
-            0 => Body::Opened(Box::new(Opened {
+            tag @ (0 | 17) => Body::Opened(Box::new(Opened {
                 id: AccountId::parse(self.str()?).map_err(|_| CodecError::Invalid("account id"))?,
                 name: self.str()?.into(),
                 tier: self.tier()?,
@@ -716,11 +772,21 @@ impl Reader<'_> {
                 member_monthly_cap: self.option(Self::credits)?,
                 metadata: self.metadata()?,
                 period_index: self.signed()?,
+                low_balance_thresholds: if tag == 17 {
+                    Some(self.thresholds()?)
+                } else {
+                    None
+                },
             })),
-            1 => Body::Updated(Box::new(AccountUpdate {
+            tag @ (1 | 18) => Body::Updated(Box::new(AccountUpdate {
                 name: self.option(|r| r.str().map(Into::into))?,
                 metadata: self.option(Self::metadata)?,
                 member_monthly_cap: self.option(|r| r.option(Self::credits))?,
+                low_balance_thresholds: if tag == 18 {
+                    Some(self.option(Self::thresholds)?)
+                } else {
+                    None
+                },
             })),
             2 => Body::Closed,
             3 => Body::Granted(Box::new(self.grant()?)),

@@ -85,6 +85,7 @@ pub fn sample_journal() -> Vec<Entry> {
                 anchor: None,
                 member_monthly_cap: None,
                 metadata: Metadata::new([("plan".to_string(), tier.to_string())]).unwrap(),
+                low_balance_thresholds: None,
             },
         );
     }
@@ -329,6 +330,7 @@ pub fn outbox_events(store: &dyn Store) {
                     anchor: None,
                     member_monthly_cap: None,
                     metadata: Metadata::EMPTY,
+                    low_balance_thresholds: None,
                 },
                 &mut entries,
                 Some(&mut events),

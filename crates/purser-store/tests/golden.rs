@@ -201,6 +201,7 @@ fn extra_journal() -> Vec<Entry> {
         anchor: Some(at("2026-11-01T00:00:00Z")),
         member_monthly_cap: Some(credits("50")),
         metadata: metadata(&[("region", "eu-west"), ("seats", "3")]),
+        low_balance_thresholds: None,
     });
     run(Command::UpdateAccount {
         account: gamma.clone(),
@@ -208,6 +209,7 @@ fn extra_journal() -> Vec<Entry> {
             name: None,
             metadata: Some(metadata(&[("region", "eu-central")])),
             member_monthly_cap: Some(None),
+            low_balance_thresholds: None,
         },
     });
     run(Command::UpdateAccount {
@@ -216,6 +218,7 @@ fn extra_journal() -> Vec<Entry> {
             name: Some("Gamma GmbH".into()),
             metadata: None,
             member_monthly_cap: Some(Some(credits("40"))),
+            low_balance_thresholds: None,
         },
     });
     let hold = run(Command::PlaceHold {
@@ -251,6 +254,44 @@ fn extra_journal() -> Vec<Entry> {
     out
 }
 
+/// An account with its own low-balance thresholds (entry tags 17 and 18,
+/// snapshot version 2): opened with them, changed, then back to its tier's.
+fn thresholds_journal() -> Vec<Entry> {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    let mut out = Vec::new();
+    let now = at("2026-11-03T08:00:00Z");
+    let delta = AccountId::parse("delta").unwrap();
+    let mut run = |command: Command| {
+        ledger
+            .execute(now, command, &mut out)
+            .expect("thresholds command accepted");
+    };
+    run(Command::OpenAccount {
+        id: delta.clone(),
+        name: None,
+        tier: TierId::parse("pro").unwrap(),
+        anchor: None,
+        member_monthly_cap: None,
+        metadata: Metadata::EMPTY,
+        low_balance_thresholds: Some(vec![credits("500"), credits("50.000001")]),
+    });
+    let update = |thresholds| AccountUpdate {
+        name: None,
+        metadata: None,
+        member_monthly_cap: None,
+        low_balance_thresholds: Some(thresholds),
+    };
+    run(Command::UpdateAccount {
+        account: delta.clone(),
+        update: update(Some(vec![credits("100")])),
+    });
+    run(Command::UpdateAccount {
+        account: delta,
+        update: update(None),
+    });
+    out
+}
+
 /// Every fixture, in a fixed order, made afresh from the core.
 fn expected() -> Vec<Fixture> {
     let sample = sample_journal();
@@ -265,6 +306,13 @@ fn expected() -> Vec<Fixture> {
             .iter()
             .enumerate()
             .map(|(index, entry)| Fixture::entry("extra", index, entry)),
+    );
+    let thresholds = thresholds_journal();
+    fixtures.extend(
+        thresholds
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| Fixture::entry("thresholds", index, entry)),
     );
     // The first point of the sample where a downgrade is pending: a hold, a
     // purchase, member usage and a reversal are in the snapshot too.
@@ -282,6 +330,10 @@ fn expected() -> Vec<Fixture> {
         Fixture::snapshot("pending-tier", &sample[..=pending]),
         Fixture::snapshot("full", &sample),
         Fixture::snapshot("extra", &extra),
+        // With the account's own thresholds (version 2), and after they
+        // went back to the tier's.
+        Fixture::snapshot("thresholds", &thresholds[..2]),
+        Fixture::snapshot("thresholds-cleared", &thresholds),
     ]);
     fixtures
 }

@@ -52,6 +52,10 @@ pub fn account_json(account: &Account, now: Timestamp) -> Value {
         "status": account.status().as_str(),
         "created_at": Text(account.created_at()),
         "member_monthly_cap": account.member_monthly_cap().map(|c| c.to_string()),
+        // The account's own; null when its tier's apply (the catalog's).
+        "low_balance_thresholds": account
+            .low_balance_thresholds()
+            .map(|list| list.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "metadata": metadata,
         "balance": BalanceJson::new(account, now),
     })

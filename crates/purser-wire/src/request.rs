@@ -222,6 +222,38 @@ impl Fields {
         })
     }
 
+    /// A list of at most `max` positive credit amounts (each a decimal
+    /// string or a JSON number, parsed exactly from its text).
+    pub fn credits_list(&self, name: &str, max: usize) -> Result<Option<Vec<Credits>>, ApiError> {
+        let Some(items) = self.array(name)? else {
+            return Ok(None);
+        };
+        if items.len() > max {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} holds at most {max} amounts"),
+            ));
+        }
+        items
+            .iter()
+            .map(|item| {
+                let (text, notation) = match item {
+                    Value::String(text) => (text.as_str(), Notation::String),
+                    Value::Number(number) => (number.as_str(), Notation::Number),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            name,
+                            format!("{name} must hold decimal strings or numbers"),
+                        ));
+                    }
+                };
+                Credits::parse_positive(text, notation)
+                    .map_err(|error| ApiError::invalid(name, format!("{name}: an amount {error}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     pub fn array(&self, name: &str) -> Result<Option<&Vec<Value>>, ApiError> {
         match self.get(name) {
             None => Ok(None),

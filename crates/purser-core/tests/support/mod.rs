@@ -154,6 +154,7 @@ impl World {
             anchor: anchor.map(t),
             member_monthly_cap: None,
             metadata: Metadata::EMPTY,
+            low_balance_thresholds: None,
         });
     }
 

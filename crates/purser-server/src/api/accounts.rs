@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use purser_core::{AccountId, AccountUpdate, Command, Proration, TierId};
+use purser_core::{AccountId, AccountUpdate, Command, MAX_THRESHOLDS, Proration, TierId};
 use purser_engine::Read;
 use purser_wire::{ApiError, Fields, json_response, objects, required};
 use serde_json::Value;
@@ -35,6 +35,7 @@ pub(super) async fn create_account(
                     "anchor",
                     "member_monthly_cap",
                     "metadata",
+                    "low_balance_thresholds",
                 ],
             )?;
             Ok(Command::OpenAccount {
@@ -44,6 +45,8 @@ pub(super) async fn create_account(
                 anchor: fields.time("anchor")?,
                 member_monthly_cap: fields.credits("member_monthly_cap")?,
                 metadata: fields.metadata("metadata")?.unwrap_or_default(),
+                low_balance_thresholds: fields
+                    .credits_list("low_balance_thresholds", MAX_THRESHOLDS)?,
             })
         },
     )
@@ -58,7 +61,24 @@ pub(super) async fn update_account(
 ) -> Response {
     let path = format!("/v1/accounts/{id}");
     mutate(&state, &headers, Need::Admin, &path, &body, |body| {
-        let fields = Fields::parse(body, &["name", "metadata", "member_monthly_cap"])?;
+        let fields = Fields::parse(
+            body,
+            &[
+                "name",
+                "metadata",
+                "member_monthly_cap",
+                "low_balance_thresholds",
+            ],
+        )?;
+        // A list sets the account's own thresholds; null goes back to its
+        // tier's.
+        let thresholds = if fields.has("low_balance_thresholds") {
+            Some(fields.credits_list("low_balance_thresholds", MAX_THRESHOLDS)?)
+        } else if body_has_null(body, "low_balance_thresholds") {
+            Some(None)
+        } else {
+            None
+        };
         let cap = if fields.has("member_monthly_cap") {
             Some(fields.credits("member_monthly_cap")?)
         } else if body_has_null(body, "member_monthly_cap") {
@@ -72,6 +92,7 @@ pub(super) async fn update_account(
                 name: fields.string("name")?.map(Into::into),
                 metadata: fields.metadata("metadata")?,
                 member_monthly_cap: cap,
+                low_balance_thresholds: thresholds,
             },
         })
     })
