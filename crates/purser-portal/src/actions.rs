@@ -42,9 +42,8 @@ async fn run(
                 purser_wire::fingerprint("POST", path, &body),
             )
         });
-    // The session's public name: half its nonce (the CSRF token is a MAC
-    // of the whole nonce under the server's key, not the nonce).
-    let actor = Actor::Portal(format!("ps_{}", hex::encode(&session.nonce[..8])));
+    // The session's id, as `POST …/portal_sessions` answered it.
+    let actor = Actor::Portal(format!("ps_{}", hex::encode(session.nonce)));
     let (status, body) = purser_wire::outcome(state.engine.run(command, key, actor).await);
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use purser_core::{AccountHandle, ObjectId, ObjectKind, Timestamp};
+use purser_core::{AccountHandle, EventType, ObjectId, ObjectKind, Timestamp};
 use purser_engine::{Page, Read};
-use purser_store::{EntryQuery, GroupBy, UsageQuery, UsageRow};
+use purser_store::{EntryQuery, EventQuery, GroupBy, UsageQuery, UsageRow};
 use serde_json::Value;
 
 use crate::session::Session;
@@ -20,6 +20,8 @@ use crate::{
 const TRANSACTIONS_PER_PAGE: usize = 20;
 /// Purchases shown on the billing page.
 const PURCHASES_SHOWN: usize = 50;
+/// Low-balance alerts of the period shown on the credits page.
+const ALERTS_SHOWN: usize = 10;
 
 fn account_missing() -> Response {
     problem(
@@ -113,6 +115,7 @@ pub(crate) async fn credits_page(
             .and_then(|id| ObjectId::parse(ObjectKind::Transaction, id))
             .filter(|cursor| cursor.account == handle)
             .map(|cursor| cursor.seq);
+        let account_id = session.account.to_string();
         let reports = state
             .engine
             .query(move |store| {
@@ -126,11 +129,28 @@ pub(crate) async fn credits_page(
                     before_seq,
                     limit: TRANSACTIONS_PER_PAGE + 1,
                 })?;
-                Ok((by_task, by_member, by_day, window, entries))
+                // Low-balance thresholds crossed this period (newest first).
+                let alerts: Vec<(Timestamp, String)> = store
+                    .events(&EventQuery {
+                        account: Some(account_id),
+                        kind: Some(EventType::CreditsLow),
+                        before: None,
+                        after: None,
+                        limit: ALERTS_SHOWN,
+                    })?
+                    .into_iter()
+                    .filter(|stored| stored.event.at >= period_start)
+                    .filter_map(|stored| {
+                        let event: Value = serde_json::from_slice(&stored.event.body).ok()?;
+                        let threshold = event["data"]["threshold"].as_str()?.to_owned();
+                        Some((stored.event.at, threshold))
+                    })
+                    .collect();
+                Ok((by_task, by_member, by_day, window, entries, alerts))
             })
             .await
             .map_err(|_| unavailable())?;
-        let (by_task, by_member, by_day, window, entries) = reports;
+        let (by_task, by_member, by_day, window, entries, alerts) = reports;
         let catalog = state.engine.catalog();
         let task_name = |key: Option<&str>| match key {
             Some(id) => catalog
@@ -206,6 +226,7 @@ pub(crate) async fn credits_page(
             days,
             present,
             forecast,
+            alerts,
             transactions,
             older: has_more
                 .then(|| {

@@ -583,3 +583,39 @@ async fn a_form_without_a_valid_link_is_refused_before_its_body_is_read() {
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
+
+#[tokio::test]
+async fn portal_changes_are_told_as_the_customers_and_alerts_show_on_the_credits_page() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let opened = session(&server, "acme").await;
+    let link = url(&opened);
+    let page = get(&link).await;
+    assert!(!page.body.contains(r#"data-testid="alerts""#));
+    // starter: 100 a month, alert at 20.
+    charge(&api, "acme", Cost::credits("85")).await;
+    let page = get(&link).await;
+    assert!(
+        page.body.contains(r#"data-testid="alerts""#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("fell below"), "{}", page.body);
+    // An upgrade in the portal: the operator can bill it from its event.
+    let csrf = get(&format!("{link}/billing")).await.hidden("csrf");
+    let upgraded = post_form(
+        &format!("{link}/tier"),
+        &[("csrf", &csrf), ("tier", "pro")],
+        None,
+    )
+    .await;
+    assert_eq!(upgraded.status, 303, "{}", upgraded.body);
+    let events = api.get("/v1/events?type=tier.changed").await.unwrap();
+    let event = &events.body["data"][0];
+    assert_eq!(event["data"]["source"], "portal", "{event}");
+    assert_eq!(event["data"]["from"], "starter");
+    assert_eq!(event["data"]["to"], "pro");
+    assert_eq!(event["actor"]["type"], "portal");
+    assert_eq!(event["actor"]["id"], opened["id"]);
+}

@@ -224,6 +224,8 @@ pub struct Credits<'a> {
     pub days: Vec<chart::Day>,
     pub present: [bool; 5],
     pub forecast: Forecast,
+    /// Low-balance thresholds crossed this period: when, and the threshold.
+    pub alerts: Vec<(Timestamp, String)>,
     pub transactions: Vec<Value>,
     /// The cursor of the next (older) page.
     pub older: Option<String>,
@@ -340,6 +342,22 @@ pub fn credits(view: &Credits<'_>) -> Markup {
         section.panel.forecast aria-labelledby="forecast-title" {
             h2 #forecast-title { "Forecast" }
             p data-testid="forecast" { (forecast_text(&view.forecast, period_end)) }
+        }
+        @if !view.alerts.is_empty() {
+            section.panel aria-labelledby="alerts-title" data-testid="alerts" {
+                h2 #alerts-title { "Low-balance alerts this period" }
+                ul {
+                    @for (at, threshold) in &view.alerts {
+                        li {
+                            "Available credits fell below "
+                            strong { (format::group(threshold)) }
+                            " on "
+                            time datetime=(at.to_string()) { (format::date(*at)) }
+                            "."
+                        }
+                    }
+                }
+            }
         }
         section aria-labelledby="usage-title" {
             h2 #usage-title .section { "Usage this period" }
