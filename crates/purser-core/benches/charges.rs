@@ -88,6 +88,19 @@ fn one_account(c: &mut Criterion) {
             black_box(receipt)
         })
     });
+    // As the server runs it: the command's events derived too (the
+    // outbox's cost on the charge path).
+    let mut events = Vec::with_capacity(64);
+    group.bench_function("one_account_credits_with_events", |b| {
+        b.iter(|| {
+            let receipt = ledger
+                .execute_observed(now, charge(&id, &credits), &mut out, Some(&mut events))
+                .unwrap();
+            drain(&mut out);
+            events.clear();
+            black_box(receipt)
+        })
+    });
     let task = Amount::Task {
         task: TaskId::parse("assistant_message").unwrap(),
         quantity: purser_core::Quantity::from_units(3).unwrap(),

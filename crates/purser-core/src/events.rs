@@ -165,6 +165,9 @@ pub struct Event {
     pub entry: usize,
     /// `credits.low`: the threshold crossed.
     pub threshold: Option<Credits>,
+    /// Caused by time (renewals, expiries: purser itself), not by the
+    /// command's caller.
+    pub time_driven: bool,
 }
 
 /// What a renewal did, read from its entries: `budget.renewed`'s data.
@@ -183,13 +186,15 @@ pub struct Renewal {
 /// account, in order; empty when it wrote none), `before` the account's
 /// levels before it (`None`: the command opened the account), `after` its
 /// levels after, `thresholds` its low-balance thresholds (after the
-/// command). Events go to `out` in entry order; balance events follow the
-/// command's last entry.
+/// command); `balance_events` is false for a closed account (its credits
+/// still expire, but nobody is told they are low). Events go to `out` in
+/// entry order; balance events follow the command's last entry.
 pub fn derive(
     entries: &[Entry],
     before: Option<Levels>,
     after: Levels,
     thresholds: &[Credits],
+    balance_events: bool,
     out: &mut Vec<Event>,
 ) {
     if entries.is_empty() {
@@ -216,6 +221,7 @@ pub fn derive(
             at: entry.at,
             entry: index,
             threshold,
+            time_driven: false,
         });
         rank = rank.saturating_add(1);
     };
@@ -276,6 +282,9 @@ pub fn derive(
         }
     }
     let end = entries.len() - 1;
+    if !balance_events {
+        return;
+    }
     let before = before.unwrap_or_default();
     if debt_incurred && after.debt > before.debt {
         push(out, end, EventType::DebtIncurred, None);

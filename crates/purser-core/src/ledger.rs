@@ -165,6 +165,56 @@ impl Ledger {
         let Some(events) = events else {
             return self.execute_inner(now, command, out);
         };
+        let handle = match command.target() {
+            Target::New(_) => None,
+            Target::Id(id) => self.account(id.as_str()).map(Account::handle),
+            Target::Handle(handle) => self.account_by_handle(handle).map(Account::handle),
+        };
+        let time_driven = matches!(command, Command::Advance { .. });
+        // Event `entry` indexes count from here, the command's first entry
+        // (time-driven work included).
+        let start = out.len();
+        // Work that fell due before the command (renewals, expiries) is a
+        // change of its own, purser's: the command's events then compare
+        // the account as that work left it (a charge just after a renewal
+        // is measured against the new period, not the old one).
+        let mut due_before = None;
+        if let Some(handle) = handle
+            && !time_driven
+        {
+            let due = self.account_by_handle(handle).expect("known").next_due();
+            due_before = Some(due);
+            if due <= now {
+                let from = events.len();
+                self.observe(now, Command::Advance { account: handle }, out, events)
+                    .expect("advancing a known account is always accepted");
+                for event in &mut events[from..] {
+                    event.time_driven = true;
+                }
+            }
+        }
+        let from = events.len();
+        let offset = out.len() - start;
+        let mut result = self.observe(now, command, out, events);
+        for event in &mut events[from..] {
+            event.entry += offset;
+            event.time_driven |= time_driven;
+        }
+        if let (Ok(receipt), Some(due_before)) = (&mut result, due_before) {
+            let account = self.account_by_handle(receipt.account).expect("known");
+            receipt.due_moved = account.next_due() != due_before;
+        }
+        result
+    }
+
+    /// Executes one command and derives its events.
+    fn observe(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        out: &mut Vec<Entry>,
+        events: &mut Vec<Event>,
+    ) -> Result<Receipt, Rejection> {
         let first = out.len();
         // As the account stood before any work that fell due since: what
         // its last entry left (grants that ran out since still count).
@@ -198,6 +248,7 @@ impl Ledger {
                 before,
                 account.levels(now),
                 thresholds,
+                account.status() == crate::account::AccountStatus::Active,
                 events,
             );
         }

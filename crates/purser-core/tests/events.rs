@@ -314,8 +314,15 @@ fn events_are_a_function_of_entries_and_levels() {
     let thresholds = [c("10"), c("50")];
     let mut first = Vec::new();
     let mut second = Vec::new();
-    events::derive(&entries, Some(before), after, &thresholds, &mut first);
-    events::derive(&entries, Some(before), after, &thresholds, &mut second);
+    events::derive(&entries, Some(before), after, &thresholds, true, &mut first);
+    events::derive(
+        &entries,
+        Some(before),
+        after,
+        &thresholds,
+        true,
+        &mut second,
+    );
     assert_eq!(first, second);
     assert_eq!(first, w.events[w.events.len() - 2..]);
 }
@@ -360,4 +367,34 @@ fn an_accounts_own_thresholds_replace_its_tiers() {
         refused,
         purser_core::Rejection::LimitExceeded(purser_core::Limit::LowBalanceThresholds)
     );
+}
+
+#[test]
+fn a_charge_just_after_a_renewal_is_measured_against_the_new_period() {
+    let mut w = World::new("2026-11-01T00:00:00Z");
+    w.open("acme", "starter"); // 100 a month, alert at 20
+    w.charge("acme", "95").unwrap();
+    // The period ends; nobody advanced the account. A charge arrives.
+    w.now = support::t("2026-12-01T00:00:01Z");
+    let from = w.events.len();
+    w.charge("acme", "90").unwrap();
+    let events = &w.events[from..];
+    assert_eq!(
+        events.iter().map(|e| (e.kind, e.time_driven)).collect::<Vec<_>>(),
+        [
+            (EventType::BudgetRenewed, true),
+            (EventType::CreditsLow, false),
+        ],
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_closed_account_is_told_closed_and_then_nothing_of_its_balance() {
+    let mut w = World::new("2026-11-01T00:00:00Z");
+    w.open("acme", "starter");
+    let from = w.events.len();
+    w.ok(Command::CloseAccount { account: id("acme") });
+    w.advance_to("2027-01-01T00:00:00Z");
+    assert_eq!(w.events_since(from), ["account.closed"]);
 }

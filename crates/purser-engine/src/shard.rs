@@ -500,6 +500,12 @@ fn render_events(
         let account = ledger
             .account_by_handle(event.id.account)
             .expect("an event names a known account");
+        // Renewals and expiries are purser's, whoever's command ran them.
+        let actor = if event.time_driven {
+            &Actor::System
+        } else {
+            actor
+        };
         let body = render.event(&EventContext {
             event: &event,
             account,

@@ -93,12 +93,22 @@ impl World {
     /// Runs a command; on success, the entry that answers it (if any).
     pub fn exec(&mut self, command: Command) -> Result<Option<Entry>, Rejection> {
         let start = self.journal.len();
+        let first_event = self.events.len();
         let result = self.ledger.execute_observed(
             self.now,
             command,
             &mut self.journal,
             Some(&mut self.events),
         );
+        // Each event names its entry, by index among the command's.
+        for event in &self.events[first_event..] {
+            let entry = &self.journal[start + event.entry];
+            assert_eq!(
+                (entry.account, entry.seq, entry.at),
+                (event.id.account, event.id.seq, event.at),
+                "{event:?}"
+            );
+        }
         if let Err(rejection) = &result {
             // Only time-driven entries may accompany a refusal.
             for entry in &self.journal[start..] {

@@ -32,7 +32,8 @@ pub(crate) fn client(settings: &Settings) -> Result<reqwest::Client, String> {
         .pool_max_idle_per_host(settings.concurrency)
         .user_agent(concat!("purser-webhooks/", env!("CARGO_PKG_VERSION")));
     if !settings.allow_private_networks {
-        builder = builder.dns_resolver(Arc::new(PublicOnly));
+        // No proxy either: a proxy would resolve the name itself.
+        builder = builder.dns_resolver(Arc::new(PublicOnly)).no_proxy();
     }
     builder.build().map_err(|e| format!("webhook client: {e}"))
 }
@@ -61,7 +62,7 @@ impl reqwest::dns::Resolve for PublicOnly {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -70,18 +71,40 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b == 18 || b == 19)))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let segments = v6.segments();
+            // Addresses that carry an IPv4 one: mapped, compatible, NAT64
+            // (64:ff9b::/96) and 6to4 (2002::/16).
+            let octets = v6.octets();
+            let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(std::net::Ipv4Addr::new(
+                    octets[12], octets[13], octets[14], octets[15],
+                ))
+            } else if segments[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::new(
+                    octets[2], octets[3], octets[4], octets[5],
+                ))
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x2001 && segments[1] == 0x0db8))
         }
     }
 }
@@ -125,7 +148,7 @@ struct Item {
     state: State,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
     Waiting,
     InFlight,
@@ -147,8 +170,11 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
     };
     let mut cursor = endpoint.cursor;
     let mut fetched = cursor;
+    // Events not yet done (delivered, given up or not subscribed to), in
+    // outbox order: at most `window` of them.
     let mut window: VecDeque<Item> = VecDeque::new();
     let mut flights: JoinSet<(u64, Outcome)> = JoinSet::new();
+    let mut flying: HashMap<tokio::task::Id, u64> = HashMap::new();
     let mut committed = inner.engine.events_committed();
     let mut stop = inner.stop.clone();
     let mut endpoint_changes = inner.changed.subscribe();
@@ -156,15 +182,22 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
     let mut last_store = Instant::now();
     let mut failing_since = endpoint.failing_since;
     let mut stored_failing = failing_since;
+    // Whether the outbox may hold more than was read (set by a commit with
+    // events, a full page, and now and then); cleared by a short page.
+    let mut more = true;
+    // After a failed read of the outbox, when to read again.
+    let mut read_again: Option<Instant> = None;
     loop {
         let Some(endpoint) = current(&inner, &id) else {
+            flights.abort_all();
             return;
         };
         if !endpoint.enabled() {
             break;
         }
         // Fill the window from the outbox.
-        if window.len() < settings.window {
+        let now = Instant::now();
+        if more && window.len() < settings.window && read_again.is_none_or(|at| at <= now) {
             let after = fetched;
             let limit = settings.window - window.len();
             let read = inner
@@ -181,38 +214,42 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
                 .await;
             match read {
                 Ok(events) => {
-                    let now = Instant::now();
+                    read_again = None;
+                    more = events.len() == limit;
                     for event in events {
                         fetched = event.position;
-                        let wanted = endpoint.wants(event.event.kind);
-                        window.push_back(Item {
-                            event,
-                            failures: 0,
-                            next_at: now,
-                            state: if wanted { State::Waiting } else { State::Done },
-                        });
+                        if endpoint.wants(event.event.kind) {
+                            window.push_back(Item {
+                                event,
+                                failures: 0,
+                                next_at: now,
+                                state: State::Waiting,
+                            });
+                        }
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(endpoint = %id, ?error, "reading the outbox failed");
+                    // A store that does not answer, or a damaged event
+                    // (refused, never sent): tried again in a while.
+                    if read_again.is_none() {
+                        tracing::warn!(endpoint = %id, ?error, "reading the outbox failed");
+                    }
+                    read_again = Some(now + Duration::from_secs(5));
                 }
             }
         }
-        // Start the first waiting event of each account, when due.
-        let now = Instant::now();
+        // Start the first waiting event of each account, when due; the
+        // earliest of those not yet due is what to wake for.
         let mut blocked: HashSet<&str> = HashSet::new();
         let mut starts = Vec::new();
+        let mut next_retry: Option<Instant> = None;
         for item in &window {
-            if item.state == State::Done {
+            if !blocked.insert(item.event.event.account.as_str()) || item.state != State::Waiting {
                 continue;
             }
-            if !blocked.insert(item.event.event.account.as_str()) {
-                continue;
-            }
-            if item.state == State::Waiting
-                && item.next_at <= now
-                && flights.len() + starts.len() < settings.concurrency
-            {
+            if item.next_at > now {
+                next_retry = Some(next_retry.map_or(item.next_at, |t| t.min(item.next_at)));
+            } else if flights.len() + starts.len() < settings.concurrency {
                 starts.push(item.event.position);
             }
         }
@@ -224,18 +261,18 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
             item.state = State::InFlight;
             let (inner, endpoint, event) = (inner.clone(), endpoint.clone(), item.event.clone());
             let failures = item.failures;
-            flights.spawn(async move {
+            let task = flights.spawn(async move {
                 let outcome = attempt(&inner, &endpoint, &event, failures).await;
                 (event.position, outcome)
             });
+            flying.insert(task.id(), position);
         }
-        // Move the cursor over what is done.
-        while window.front().is_some_and(|item| item.state == State::Done) {
-            cursor = window.pop_front().expect("a front").event.position;
-        }
-        if window.is_empty() {
-            cursor = cursor.max(fetched);
-        }
+        // Everything before the first event not done is done.
+        window.retain(|item| item.state != State::Done);
+        cursor = window
+            .front()
+            .map_or(fetched, |item| item.event.position - 1)
+            .max(cursor);
         if (cursor != stored_cursor || failing_since != stored_failing)
             && last_store.elapsed() >= Duration::from_secs(1)
         {
@@ -245,20 +282,24 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
             last_store = Instant::now();
         }
         // Wait for a delivery, a retry falling due, new events, or a change.
-        let next_retry = window
-            .iter()
-            .filter(|item| item.state == State::Waiting)
-            .map(|item| item.next_at)
-            .min();
         let room = window.len() < settings.window;
         let pending_store = cursor != stored_cursor || failing_since != stored_failing;
+        let wake = match (next_retry, read_again) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
-            Some(done) = flights.join_next(), if !flights.is_empty() => {
-                let Ok((position, outcome)) = done else { continue };
+            Some(done) = flights.join_next_with_id(), if !flights.is_empty() => {
+                let (task, result) = match done {
+                    Ok((task, result)) => (task, Some(result)),
+                    Err(error) => (error.id(), None),
+                };
+                let Some(position) = flying.remove(&task) else { continue };
                 let Some(item) = window.iter_mut().find(|item| item.event.position == position) else {
                     continue;
                 };
-                match outcome {
+                // A delivery that panicked counts as failed.
+                match result.map_or(Outcome::Failed, |(_, outcome)| outcome) {
                     Outcome::Delivered => {
                         item.state = State::Done;
                         failing_since = None;
@@ -287,13 +328,13 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
                     }
                 }
             }
-            () = sleep_until(next_retry) => {}
-            _ = committed.changed(), if room => {}
+            () = sleep_until(wake) => {}
+            _ = committed.changed(), if room => more = true,
             _ = endpoint_changes.changed() => {}
             () = tokio::time::sleep(Duration::from_secs(1)), if pending_store => {}
-            // New events are also looked for now and then (a commit made
+            // The outbox is also looked at now and then (a commit made
             // before this task subscribed).
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => more = true,
             _ = stop.changed() => {
                 flights.abort_all();
                 return;
@@ -434,4 +475,41 @@ async fn post(inner: &Inner, endpoint: &Endpoint, event: &StoredEvent) -> Result
             }
         })?;
     Ok(response.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "fec0::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "64:ff9b::101:101"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
 }

@@ -73,8 +73,8 @@ impl Default for Settings {
     }
 }
 
-/// An endpoint as stored.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// An endpoint as stored. Its `Debug` leaves the secrets out.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: String,
     pub url: String,
@@ -94,6 +94,18 @@ pub struct Endpoint {
     pub failing_since: Option<i64>,
     /// Why the endpoint was disabled by purser (`gone`, `failing`).
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("status", &self.status)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -238,7 +250,10 @@ impl Webhooks {
         let cursor = engine
             .query(|store| store.last_event())
             .await
-            .map_err(|e| EndpointError::Store(format!("{e:?}")))?;
+            .map_err(|error| {
+                tracing::error!(?error, "reading the outbox's end failed");
+                EndpointError::Store("the store could not answer".into())
+            })?;
         let endpoint = Endpoint {
             id: format!("we_{}", crate::auth::random_hex(12)),
             url,
@@ -332,13 +347,20 @@ impl Inner {
             .await;
         if let Err(error) = stored {
             *lock(&self.endpoints) = before;
-            return Err(EndpointError::Store(format!("{error:?}")));
+            tracing::error!(?error, "storing the webhook endpoints failed");
+            return Err(EndpointError::Store(
+                "the webhook endpoints could not be stored".into(),
+            ));
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
     pub(crate) fn record(&self, endpoint: &str, attempt: Attempt) {
+        // Not for an endpoint deleted while the attempt ran.
+        if !lock(&self.endpoints).iter().any(|e| e.id == endpoint) {
+            return;
+        }
         let mut attempts = lock(&self.attempts);
         let kept = attempts.entry(endpoint.to_owned()).or_default();
         if kept.len() >= KEPT_ATTEMPTS {
