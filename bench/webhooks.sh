@@ -8,14 +8,17 @@
 #   bench/webhooks.sh          # ~2 minutes; DURATION=20 CLIENTS=64 TIER=starter
 #
 # The uniform run's accounts are on TIER (default starter: 100 credits a
-# month, an alert at 20), so its charges cross thresholds and exhaust
-# budgets as the run goes: the endpoint has events to receive. The hot
+# month, an alert at 20) and its charges take CREDITS each, so they cross
+# the alert as the run goes: the endpoint has events to receive. The hot
 # account is on business (5,000), as in bench/compare.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-20}
 CLIENTS=${CLIENTS:-64}
 TIER=${TIER:-starter}
+# Per uniform charge: ~1M charges over 10,000 accounts in 20 s take ~90 of
+# each account's 100 credits, crossing its 20-credit alert.
+CREDITS=${CREDITS:-0.9}
 OUT=$ROOT/target/bench
 PORT=${PURSER_PORT:-18788}
 KEY=sk_webhooks_$$
@@ -49,6 +52,7 @@ for endpoint in none one; do
     "$PURSER" bench --url "http://127.0.0.1:$PORT" --api-key "$KEY" --scenario "$scenario" \
         --tier "$([ "$scenario" = hot ] && echo business || echo "$TIER")" --setup --accounts 10000 --duration 1 --warmup 0 --json > /dev/null
     "$PURSER" bench --url "http://127.0.0.1:$PORT" --api-key "$KEY" --scenario "$scenario" \
+        --credits "$([ "$scenario" = hot ] && echo 0.001 || echo "$CREDITS")" \
         --accounts 10000 --concurrency "$CLIENTS" --duration "$DURATION" --warmup 3 --json \
         | sed "s/^{/{\"endpoint\":\"$endpoint\",/" >> "$OUT/webhooks.jsonl"
     sleep 2

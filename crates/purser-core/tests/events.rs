@@ -380,7 +380,10 @@ fn a_charge_just_after_a_renewal_is_measured_against_the_new_period() {
     w.charge("acme", "90").unwrap();
     let events = &w.events[from..];
     assert_eq!(
-        events.iter().map(|e| (e.kind, e.time_driven)).collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|e| (e.kind, e.time_driven))
+            .collect::<Vec<_>>(),
         [
             (EventType::BudgetRenewed, true),
             (EventType::CreditsLow, false),
@@ -394,7 +397,9 @@ fn a_closed_account_is_told_closed_and_then_nothing_of_its_balance() {
     let mut w = World::new("2026-11-01T00:00:00Z");
     w.open("acme", "starter");
     let from = w.events.len();
-    w.ok(Command::CloseAccount { account: id("acme") });
+    w.ok(Command::CloseAccount {
+        account: id("acme"),
+    });
     w.advance_to("2027-01-01T00:00:00Z");
     assert_eq!(w.events_since(from), ["account.closed"]);
 }

@@ -69,6 +69,77 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: DebitsCommand,
     },
+    /// List, read and resend events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Manage webhook endpoints.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List events, newest first.
+    List {
+        /// Only this type (credits.low, purchase.completed, …).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show an event.
+    Get { id: String },
+    /// Deliver an event again now (to every subscribed endpoint, or one).
+    Resend {
+        id: String,
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register an endpoint; its secret is shown once.
+    Create {
+        /// Where deliveries go (absolute http or https URL).
+        #[arg(value_name = "URL")]
+        endpoint_url: String,
+        /// Comma-separated event types (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List endpoints (without secrets).
+    List,
+    /// Show an endpoint.
+    Get { id: String },
+    /// Change an endpoint.
+    Update {
+        id: String,
+        /// A new URL.
+        #[arg(long = "endpoint-url", value_name = "URL")]
+        endpoint_url: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        status: Option<String>,
+    },
+    /// A new secret; the old one keeps signing beside it for 24 hours.
+    RotateSecret { id: String },
+    /// Delete an endpoint.
+    Delete { id: String },
+    /// An endpoint's recent delivery attempts.
+    Deliveries { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +342,95 @@ async fn send(client: &Client, command: ClientCommand) -> Result<Reply, ClientEr
         ClientCommand::Debits {
             command: DebitsCommand::Reverse { debit_id, credits },
         } => client.reverse_debit(&debit_id, &Reversal { credits }).await,
+        ClientCommand::Events { command } => events(client, command).await,
+        ClientCommand::Webhooks { command } => webhooks(client, command).await,
+    }
+}
+
+async fn events(client: &Client, command: EventsCommand) -> Result<Reply, ClientError> {
+    match command {
+        EventsCommand::List {
+            kind,
+            account,
+            page,
+        } => {
+            let query = page.query().with("type", kind).with("account", account);
+            client
+                .get(&format!("/v1/events{}", query.to_query_string()))
+                .await
+        }
+        EventsCommand::Get { id } => client.get(&format!("/v1/events/{id}")).await,
+        EventsCommand::Resend { id, endpoint } => {
+            let mut body = serde_json::Map::new();
+            if let Some(endpoint) = endpoint {
+                body.insert("endpoint".into(), endpoint.into());
+            }
+            client.post(&format!("/v1/events/{id}/resend"), &body).await
+        }
+    }
+}
+
+async fn webhooks(client: &Client, command: WebhooksCommand) -> Result<Reply, ClientError> {
+    match command {
+        WebhooksCommand::Create {
+            endpoint_url,
+            events,
+            description,
+        } => {
+            let mut body = serde_json::Map::new();
+            body.insert("url".into(), endpoint_url.into());
+            if !events.is_empty() {
+                body.insert("events".into(), events.into());
+            }
+            if let Some(description) = description {
+                body.insert("description".into(), description.into());
+            }
+            client.post("/v1/webhook_endpoints", &body).await
+        }
+        WebhooksCommand::List => client.get("/v1/webhook_endpoints").await,
+        WebhooksCommand::Get { id } => client.get(&format!("/v1/webhook_endpoints/{id}")).await,
+        WebhooksCommand::Update {
+            id,
+            endpoint_url: url,
+            events,
+            description,
+            status,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (name, value) in [
+                ("url", url),
+                ("description", description),
+                ("status", status),
+            ] {
+                if let Some(value) = value {
+                    body.insert(name.into(), value.into());
+                }
+            }
+            if let Some(events) = events {
+                body.insert("events".into(), events.into());
+            }
+            client
+                .post(&format!("/v1/webhook_endpoints/{id}"), &body)
+                .await
+        }
+        WebhooksCommand::RotateSecret { id } => {
+            client
+                .post(
+                    &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+                    &serde_json::Map::new(),
+                )
+                .await
+        }
+        WebhooksCommand::Delete { id } => {
+            client
+                .send("DELETE", &format!("/v1/webhook_endpoints/{id}"), None, None)
+                .await
+        }
+        WebhooksCommand::Deliveries { id } => {
+            client
+                .get(&format!("/v1/webhook_endpoints/{id}/deliveries"))
+                .await
+        }
     }
 }
 

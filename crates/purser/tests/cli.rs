@@ -132,6 +132,57 @@ fn holds_purchases_keys_and_retries() {
     );
     assert_eq!(ok(&server, &["balance", "cli-beta"])["available"], "213");
 
+    // Events and webhook endpoints.
+    let events = ok(
+        &server,
+        &[
+            "events",
+            "list",
+            "--account",
+            "cli-beta",
+            "--type",
+            "purchase.completed",
+        ],
+    );
+    let event_id = events["data"][0]["id"].as_str().expect("an event id");
+    assert_eq!(
+        ok(&server, &["events", "get", event_id])["type"],
+        "purchase.completed"
+    );
+    let endpoint = ok(
+        &server,
+        &[
+            "webhooks",
+            "create",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "credits.low,purchase.completed",
+        ],
+    );
+    let endpoint_id = endpoint["id"].as_str().expect("an endpoint id");
+    assert!(
+        endpoint["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &["webhooks", "update", endpoint_id, "--status", "disabled"]
+        )["status"],
+        "disabled"
+    );
+    assert_eq!(
+        ok(&server, &["webhooks", "list"])["data"][0]["id"],
+        endpoint_id
+    );
+    assert!(ok(&server, &["webhooks", "rotate-secret", endpoint_id])["secret"].is_string());
+    ok(&server, &["webhooks", "deliveries", endpoint_id]);
+    assert_eq!(
+        ok(&server, &["webhooks", "delete", endpoint_id])["deleted"],
+        true
+    );
+
     let key = ok(&server, &["keys", "create", "--scopes", "read,usage"]);
     assert_eq!(key["scopes"], serde_json::json!(["read", "usage"]));
     let key_id = key["id"].as_str().expect("a key id");
