@@ -43,6 +43,7 @@ impl Account {
             at,
             body,
             balance_after: BalanceAfter::default(),
+            actor: None,
         };
         if let Err(error) = self.apply(&entry) {
             panic!("ledger bug: a decided entry does not apply ({error}): {entry:?}");

@@ -20,6 +20,41 @@ pub struct Entry {
     pub body: Body,
     /// The account's balances right after this entry.
     pub balance_after: BalanceAfter,
+    /// Who caused it (API.md "Audit"); `None` for entries written before
+    /// actors were recorded, and by callers that do not say. One allocation
+    /// shared by the entries of a command (8 bytes an entry).
+    pub actor: Option<std::sync::Arc<Actor>>,
+}
+
+/// Who caused a change: an API key, a customer in the portal, purser itself
+/// (renewals, expiries), or a payment provider's event. Ids are shared,
+/// not copied, between the entries of one command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    ApiKey(std::sync::Arc<str>),
+    Portal(std::sync::Arc<str>),
+    System,
+    Provider(std::sync::Arc<str>),
+}
+
+impl Actor {
+    /// The actor's type, as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::ApiKey(_) => "api_key",
+            Actor::Portal(_) => "portal",
+            Actor::System => "system",
+            Actor::Provider(_) => "provider",
+        }
+    }
+
+    /// The actor's id (`None` for the system).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Actor::ApiKey(id) | Actor::Portal(id) | Actor::Provider(id) => Some(id),
+            Actor::System => None,
+        }
+    }
 }
 
 impl Entry {

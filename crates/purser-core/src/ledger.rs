@@ -8,6 +8,7 @@ use crate::catalog::Catalog;
 use crate::command::{Command, Target};
 use crate::credits::Credits;
 use crate::decide::{Context, Decided};
+use crate::entry::Actor;
 use crate::entry::{BalanceAfter, Body, Entry, Opened};
 use crate::events::{self, Event};
 use crate::ids::{AccountHandle, AccountId, TierId};
@@ -162,8 +163,30 @@ impl Ledger {
         out: &mut Vec<Entry>,
         events: Option<&mut Vec<Event>>,
     ) -> Result<Receipt, Rejection> {
+        self.execute_as(now, command, None, out, events)
+    }
+
+    /// [`Ledger::execute_observed`], each entry recording who caused it:
+    /// `actor` for the command's own, [`Actor::System`] for the work that
+    /// fell due before it (when an actor is given at all).
+    pub fn execute_as(
+        &mut self,
+        now: Timestamp,
+        command: Command,
+        actor: Option<&Actor>,
+        out: &mut Vec<Entry>,
+        events: Option<&mut Vec<Event>>,
+    ) -> Result<Receipt, Rejection> {
+        let actor = actor.map(|actor| Arc::new(actor.clone()));
         let Some(events) = events else {
-            return self.execute_inner(now, command, out);
+            let first = out.len();
+            let result = self.execute_inner(now, command, out);
+            if let Some(actor) = &actor {
+                for entry in &mut out[first..] {
+                    entry.actor = Some(actor.clone());
+                }
+            }
+            return result;
         };
         let handle = match command.target() {
             Target::New(_) => None,
@@ -191,6 +214,12 @@ impl Ledger {
                 for event in &mut events[from..] {
                     event.time_driven = true;
                 }
+                if actor.is_some() {
+                    let system = Arc::new(Actor::System);
+                    for entry in &mut out[start..] {
+                        entry.actor = Some(system.clone());
+                    }
+                }
             }
         }
         let from = events.len();
@@ -199,6 +228,16 @@ impl Ledger {
         for event in &mut events[from..] {
             event.entry += offset;
             event.time_driven |= time_driven;
+        }
+        if let Some(actor) = actor {
+            let actor = if time_driven {
+                Arc::new(Actor::System)
+            } else {
+                actor
+            };
+            for entry in &mut out[start + offset..] {
+                entry.actor = Some(actor.clone());
+            }
         }
         if let (Ok(receipt), Some(due_before)) = (&mut result, due_before) {
             let account = self.account_by_handle(receipt.account).expect("known");
@@ -329,6 +368,7 @@ impl Ledger {
             at: now,
             body: Body::Opened(Box::new(opened)),
             balance_after: BalanceAfter::default(),
+            actor: None,
         };
         self.apply_opened(&entry)
             .expect("a checked opening applies");

@@ -39,7 +39,7 @@ pub use credits::{
     parse_decimal,
 };
 pub use entry::{
-    AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
+    AccountUpdate, Actor, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
     HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason,
     Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
 };

@@ -124,38 +124,7 @@ pub struct Accepted<'a> {
     pub keyed: bool,
 }
 
-/// Who caused a change (API.md "Audit"): shown on its events.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Actor {
-    /// An API key, by id.
-    ApiKey(String),
-    /// A customer in the portal, by session.
-    Portal(String),
-    /// purser itself (renewals, expiries, the scheduler).
-    System,
-    /// A payment provider's event, by its id.
-    Provider(String),
-}
-
-impl Actor {
-    /// The actor's type, as the API names it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Actor::ApiKey(_) => "api_key",
-            Actor::Portal(_) => "portal",
-            Actor::System => "system",
-            Actor::Provider(_) => "provider",
-        }
-    }
-
-    /// The actor's id (`None` for the system).
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            Actor::ApiKey(id) | Actor::Portal(id) | Actor::Provider(id) => Some(id),
-            Actor::System => None,
-        }
-    }
-}
+pub use purser_core::Actor;
 
 /// An event of a command, for its stored body to be rendered.
 #[derive(Debug)]

@@ -324,7 +324,13 @@ impl Shard {
         }
         let before = batch.entries.len();
         let mut events = std::mem::take(&mut self.events);
-        let result = ledger.execute_observed(now, command, &mut batch.entries, Some(&mut events));
+        let result = ledger.execute_as(
+            now,
+            command,
+            Some(&actor),
+            &mut batch.entries,
+            Some(&mut events),
+        );
         render_events(
             &*self.render,
             ledger,
@@ -463,9 +469,10 @@ impl Shard {
             }
             let first = batch.entries.len();
             ledger
-                .execute_observed(
+                .execute_as(
                     now,
                     Command::Advance { account: handle },
+                    Some(&Actor::System),
                     &mut batch.entries,
                     Some(&mut events),
                 )

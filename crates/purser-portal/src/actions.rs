@@ -43,7 +43,7 @@ async fn run(
             )
         });
     // The session's id, as `POST …/portal_sessions` answered it.
-    let actor = Actor::Portal(format!("ps_{}", hex::encode(session.nonce)));
+    let actor = Actor::Portal(format!("ps_{}", hex::encode(session.nonce)).into());
     let (status, body) = purser_wire::outcome(state.engine.run(command, key, actor).await);
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }

@@ -122,7 +122,7 @@ impl Keys {
                 Need::Any => true,
             };
         if allowed {
-            Ok(Actor::ApiKey(key.id.clone()))
+            Ok(Actor::ApiKey(key.id.as_str().into()))
         } else {
             Err(ApiError::forbidden(match need {
                 Need::Admin => "admin",

@@ -1760,6 +1760,17 @@ async fn events_tell_each_change_once_and_never_a_refusal_or_a_replay() {
         let got = api.get(&format!("/v1/events/{id}")).await.unwrap();
         assert_eq!(&got.body, event);
     }
+    // Transactions record their actor too.
+    let transactions = api.transactions("acme", "").await.unwrap();
+    for transaction in transactions.body["data"].as_array().unwrap() {
+        assert_eq!(transaction["actor"]["type"], "api_key", "{transaction}");
+        assert!(
+            transaction["actor"]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("key_")
+        );
+    }
     let tier = &listed.body["data"][0];
     assert_eq!(tier["data"]["source"], "api");
     assert_eq!(tier["data"]["from"], "starter");
@@ -1773,6 +1784,14 @@ async fn events_tell_each_change_once_and_never_a_refusal_or_a_replay() {
     let renewed = renewed.body["data"].as_array().unwrap().clone();
     assert_eq!(renewed.len(), 2, "{renewed:?}");
     assert!(renewed.iter().all(|e| e["actor"]["type"] == "system"));
+    let grants = api
+        .transactions("acme", "?type=grant&limit=1")
+        .await
+        .unwrap();
+    assert_eq!(
+        grants.body["data"][0]["actor"],
+        json!({"type": "system", "id": null})
+    );
     // Refusals.
     for (path, code) in [
         ("/v1/events?type=nope", 400),

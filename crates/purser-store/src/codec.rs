@@ -8,7 +8,7 @@
 //! never a value out of range.
 
 use purser_core::{
-    AccountHandle, AccountId, AccountSnapshot, AccountStatus, AccountUpdate, Allocation,
+    AccountHandle, AccountId, AccountSnapshot, AccountStatus, AccountUpdate, Actor, Allocation,
     BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits, Debit, Entry, Grant, GrantKind,
     GrantSource, GrantState, Hold, MemberId, Metadata, Opened, PackageId, Pricing, Proration,
     Purchase, PurchaseStatus, Quantity, Release, ReleaseReason, Reversal, TaskId, TierChange,
@@ -22,6 +22,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// written in this version (each account then ends with them); others stay
 /// in [`FORMAT_VERSION`], byte for byte as before. Both are read.
 pub const SNAPSHOT_THRESHOLDS_VERSION: u8 = 2;
+
+/// Entries that record their actor are written in this version (the actor
+/// ends them); entries without one stay in [`FORMAT_VERSION`], byte for
+/// byte as before. Both are read.
+pub const ENTRY_ACTOR_VERSION: u8 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +44,11 @@ pub enum CodecError {
 /// Encodes an entry, appending to `out`.
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     let mut w = Writer(out);
-    w.u8(FORMAT_VERSION);
+    w.u8(if entry.actor.is_some() {
+        ENTRY_ACTOR_VERSION
+    } else {
+        FORMAT_VERSION
+    });
     w.varint(entry.account.raw());
     w.varint(entry.seq);
     w.time(entry.at);
@@ -47,6 +56,9 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     w.sum(entry.balance_after.available);
     w.sum(entry.balance_after.held);
     w.credits(entry.balance_after.debt);
+    if let Some(actor) = &entry.actor {
+        w.actor(actor);
+    }
 }
 
 /// Encodes the snapshot of a partition's accounts, appending to `out`.
@@ -98,7 +110,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError>
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != ENTRY_ACTOR_VERSION {
         return Err(CodecError::Version(version));
     }
     let entry = Entry {
@@ -110,6 +122,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
             available: r.sum()?,
             held: r.sum()?,
             debt: r.credits()?,
+        },
+        actor: if version == ENTRY_ACTOR_VERSION {
+            Some(std::sync::Arc::new(r.actor()?))
+        } else {
+            None
         },
     };
     match r.0.len() {
@@ -254,6 +271,24 @@ impl Writer<'_> {
         self.time(hold.created_at);
         self.time(hold.expires_at);
         self.metadata(&hold.metadata);
+    }
+
+    fn actor(&mut self, actor: &Actor) {
+        match actor {
+            Actor::System => self.u8(0),
+            Actor::ApiKey(id) => {
+                self.u8(1);
+                self.str(id);
+            }
+            Actor::Portal(id) => {
+                self.u8(2);
+                self.str(id);
+            }
+            Actor::Provider(id) => {
+                self.u8(3);
+                self.str(id);
+            }
+        }
     }
 
     fn thresholds(&mut self, list: &[Credits]) {
@@ -696,6 +731,23 @@ impl Reader<'_> {
             return Err(CodecError::Truncated);
         }
         Ok(count as usize)
+    }
+
+    fn actor(&mut self) -> Result<Actor, CodecError> {
+        let kind = self.u8()?;
+        if kind == 0 {
+            return Ok(Actor::System);
+        }
+        let id = self.str()?;
+        if id.is_empty() || id.len() > 128 {
+            return Err(CodecError::Invalid("actor id"));
+        }
+        Ok(match kind {
+            1 => Actor::ApiKey(id.into()),
+            2 => Actor::Portal(id.into()),
+            3 => Actor::Provider(id.into()),
+            _ => return Err(CodecError::Invalid("actor")),
+        })
     }
 
     fn thresholds(&mut self) -> Result<Vec<Credits>, CodecError> {

@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use purser_core::{
-    AccountId, AccountSnapshot, AccountUpdate, Amount, Body, Catalog, ChargeMode, Command, Credits,
-    Entry, Ledger, MemberId, Metadata, Notation, PackageId, TierId, Timestamp,
+    AccountId, AccountSnapshot, AccountUpdate, Actor, Amount, Body, Catalog, ChargeMode, Command,
+    Credits, Entry, Ledger, MemberId, Metadata, Notation, PackageId, TierId, Timestamp,
 };
 use purser_store::conformance::sample_journal;
 use purser_store::{decode_entry, decode_snapshot, encode_entry, encode_snapshot};
@@ -59,7 +59,7 @@ fn fixture_dir() -> PathBuf {
 /// The value a fixture holds.
 #[derive(Debug)]
 enum Value {
-    Entry(Entry),
+    Entry(Box<Entry>),
     Snapshot(Vec<AccountSnapshot>),
 }
 
@@ -73,7 +73,7 @@ impl Fixture {
     fn entry(prefix: &str, index: usize, entry: &Entry) -> Fixture {
         Fixture {
             name: format!("{prefix}-{index:03}-{}.bin", entry.body.type_name()),
-            value: Value::Entry(entry.clone()),
+            value: Value::Entry(Box::new(entry.clone())),
         }
     }
 
@@ -104,7 +104,7 @@ impl Fixture {
         let reencoded = match &self.value {
             Value::Entry(expected) => {
                 let decoded = decode_entry(bytes).map_err(|e| format!("{name}: decode: {e}"))?;
-                if &decoded != expected {
+                if decoded != **expected {
                     return Err(format!(
                         "{name}: decodes to\n{decoded:?}\nexpected\n{expected:?}"
                     ));
@@ -255,15 +255,25 @@ fn extra_journal() -> Vec<Entry> {
 }
 
 /// An account with its own low-balance thresholds (entry tags 17 and 18,
-/// snapshot version 2): opened with them, changed, then back to its tier's.
+/// snapshot version 2): opened with them, changed, then back to its tier's;
+/// each entry with its actor (entry version 2).
 fn thresholds_journal() -> Vec<Entry> {
     let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
     let mut out = Vec::new();
     let now = at("2026-11-03T08:00:00Z");
     let delta = AccountId::parse("delta").unwrap();
+    // Each entry records its actor too (entry version 2).
+    let actors = [
+        Actor::ApiKey("key_0123456789ab".into()),
+        Actor::Portal("ps_00112233445566778899aabbccddeeff".into()),
+        Actor::System,
+    ];
+    let mut next = 0;
     let mut run = |command: Command| {
+        let actor = &actors[next % actors.len()];
+        next += 1;
         ledger
-            .execute(now, command, &mut out)
+            .execute_as(now, command, Some(actor), &mut out, None)
             .expect("thresholds command accepted");
     };
     run(Command::OpenAccount {

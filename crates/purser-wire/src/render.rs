@@ -420,6 +420,11 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
     if let (Value::Object(base), Value::Object(extra)) = (&mut value, extra) {
         base.extend(extra);
     }
+    // Who caused it (null for entries written before actors were kept).
+    value["actor"] = entry.actor.as_ref().map_or(
+        Value::Null,
+        |actor| json!({"type": actor.kind(), "id": actor.id()}),
+    );
     value
 }
 
