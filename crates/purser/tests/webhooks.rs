@@ -449,3 +449,133 @@ fn check_order(log: &[Value]) {
         last.insert(account, (sequence, id));
     }
 }
+
+/// A PostgreSQL database of this test's own, dropped with it.
+struct Database {
+    name: String,
+    url: String,
+}
+
+fn postgres_admin(sql: String) {
+    let url = std::env::var("PURSER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|error| {
+            panic!("PostgreSQL is required by this test and is not reachable at {url}: {error}")
+        });
+        client
+            .batch_execute(&sql)
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    })
+    .join()
+    .expect("the PostgreSQL admin thread");
+}
+
+impl Database {
+    fn create() -> Database {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos();
+        let name = format!("purser_webhooks_{:x}_{}", nanos, std::process::id());
+        postgres_admin(format!("CREATE DATABASE {name}"));
+        let base = std::env::var("PURSER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = format!(
+            "{}/{name}",
+            base.rsplit_once('/').expect("a database URL").0
+        );
+        Database { name, url }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        postgres_admin(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+async fn wait_ready(server: &ServerProcess) {
+    let probe = Client::new(&server.base, common::ADMIN_KEY).with_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    loop {
+        if probe
+            .get("/readyz")
+            .await
+            .is_ok_and(|reply| reply.status == 200)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "not ready within {DEADLINE:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_failover_moves_delivery_to_the_new_writer() {
+    let database = tokio::task::block_in_place(Database::create);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let receiver = Receiver::start(dir.path());
+    let a = tokio::task::block_in_place(|| {
+        ServerProcess::start_on_database(&database.url, dir.path(), "a")
+    });
+    wait_ready(&a).await;
+    let b = tokio::task::block_in_place(|| {
+        ServerProcess::start_on_database(&database.url, dir.path(), "b")
+    });
+    let a_client = admin(&a, Duration::from_secs(10));
+    let created = expect_status(
+        a_client
+            .post("/v1/webhook_endpoints", &json!({ "url": receiver.url }))
+            .await,
+        201,
+        "create an endpoint on the writer",
+    );
+    let secret = created.body["secret"]
+        .as_str()
+        .expect("a secret")
+        .to_owned();
+    receiver.secrets(&[&secret]).await;
+    for account in ["pg-1", "pg-2"] {
+        open(&a_client, account).await;
+    }
+    let before = all_event_ids(&a_client).await;
+    receiver
+        .wait_for("the writer's deliveries", |log| {
+            before.iter().all(|id| delivered(log).contains(id))
+        })
+        .await;
+    // Deliveries pending when the writer dies.
+    receiver.answer(503).await;
+    open(&a_client, "pg-3").await;
+    receiver
+        .wait_for("a failed attempt", |log| {
+            log.iter().any(|d| d["answered"] == json!(503))
+        })
+        .await;
+    let _killed = tokio::task::block_in_place(|| a.kill());
+    wait_ready(&b).await;
+    receiver.answer(200).await;
+    let b_client = admin(&b, Duration::from_secs(10));
+    open(&b_client, "pg-4").await;
+    let ids = all_event_ids(&b_client).await;
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let log = receiver
+        .wait_for("every event, from the new writer", |log| {
+            let got = delivered(log);
+            ids.iter().all(|id| got.contains(id))
+        })
+        .await;
+    assert!(log.iter().all(|d| d["verified"][&secret] == json!(true)));
+    check_order(&log);
+    drop(b);
+    drop(dir);
+    tokio::task::block_in_place(|| drop(database));
+}
