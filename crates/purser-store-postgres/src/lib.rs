@@ -72,6 +72,33 @@ pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord 
     }
 }
 
+/// A commit's events as the columns of an `unnest`.
+struct EventColumns<'a> {
+    account: Vec<i64>,
+    seq: Vec<i64>,
+    rank: Vec<i32>,
+    account_id: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    at: Vec<i64>,
+    body: Vec<&'a [u8]>,
+    sum: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: &'a [EventRecord]) -> EventColumns<'a> {
+        EventColumns {
+            account: events.iter().map(|e| e.id.account.raw() as i64).collect(),
+            seq: events.iter().map(|e| e.id.seq as i64).collect(),
+            rank: events.iter().map(|e| i32::from(e.id.rank)).collect(),
+            account_id: events.iter().map(|e| e.account.as_str()).collect(),
+            kind: events.iter().map(|e| e.kind.name()).collect(),
+            at: events.iter().map(|e| e.at.micros()).collect(),
+            body: events.iter().map(|e| &e.body[..]).collect(),
+            sum: events.iter().map(purser_store::event_sum).collect(),
+        }
+    }
+}
+
 /// The columns [`checked_event`] reads, in its order.
 const CHECKED_EVENT: &str =
     "SELECT pos, account, seq, rank, account_id, type, at, body, sum FROM event";
@@ -338,6 +365,7 @@ impl PostgresStore {
         let [budget, rollover, package, promo, debt] = &columns.parts;
         let end = last + commit.entries.len() as i64;
         let keys = KeyColumns::of(commit.idempotency, end);
+        let events = EventColumns::of(commit.events);
         // The positions were computed from the tail this writer knows: the
         // statement writes nothing unless the journal still ends there.
         let row = client
@@ -371,9 +399,19 @@ impl PostgresStore {
                             base, lease
                       ORDER BY k.n
                      RETURNING 1
+                 ), events AS (
+                     INSERT INTO event (account, seq, rank, account_id, type, at, body, sum, journal_end)
+                     SELECT e.account, e.seq, e.rank, e.account_id, e.type, e.at, e.body, e.sum, $26
+                       FROM unnest($28::bigint[], $29::bigint[], $30::int[], $31::text[], $32::text[],
+                                   $33::bigint[], $34::bytea[], $35::bigint[]) WITH ORDINALITY
+                            AS e(account, seq, rank, account_id, type, at, body, sum, n),
+                            base, lease
+                      ORDER BY e.n
+                     RETURNING 1
                  )
                  SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM base),
-                        (SELECT count(*) FROM entries), (SELECT count(*) FROM keys)",
+                        (SELECT count(*) FROM entries), (SELECT count(*) FROM keys),
+                        (SELECT count(*) FROM events)",
                 &[
                     &columns.account,
                     &columns.seq,
@@ -402,11 +440,19 @@ impl PostgresStore {
                     &last,
                     &end,
                     &keys.sums,
+                    &events.account,
+                    &events.seq,
+                    &events.rank,
+                    &events.account_id,
+                    &events.kind,
+                    &events.at,
+                    &events.body,
+                    &events.sum,
                 ],
             )
             .map_err(backend)?;
-        let (lease, base, entries, records): (i64, i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (lease, base, entries, records, stored_events): (i64, i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if lease == 0 {
             return Err(self.fence());
         }
@@ -415,11 +461,15 @@ impl PostgresStore {
                 "the journal no longer ends at position {last}: another writer committed"
             )));
         }
-        if entries != commit.entries.len() as i64 || records != commit.idempotency.len() as i64 {
+        if entries != commit.entries.len() as i64
+            || records != commit.idempotency.len() as i64
+            || stored_events != commit.events.len() as i64
+        {
             return Err(StoreError::Backend(format!(
-                "commit wrote {entries} entries and {records} keys of {} and {}",
+                "commit wrote {entries} entries, {records} keys and {stored_events} events of {}, {} and {}",
                 commit.entries.len(),
-                commit.idempotency.len()
+                commit.idempotency.len(),
+                commit.events.len()
             )));
         }
         *tail = Some(if commit.entries.is_empty() {
@@ -446,9 +496,7 @@ impl Store for PostgresStore {
             // lost its lease never answers from its stale memory.
             return self.confirm_lease();
         }
-        // Events are rare beside charges: a commit with some takes the
-        // transaction below.
-        if commit.snapshots.is_empty() && commit.events.is_empty() {
+        if commit.snapshots.is_empty() {
             return self.commit_in_one_statement(commit);
         }
         let mut guard = lock(&self.writer);
@@ -523,15 +571,7 @@ impl Store for PostgresStore {
                 .map_err(backend)?;
         }
         if !commit.events.is_empty() {
-            let events = commit.events;
-            let account: Vec<i64> = events.iter().map(|e| e.id.account.raw() as i64).collect();
-            let seq: Vec<i64> = events.iter().map(|e| e.id.seq as i64).collect();
-            let rank: Vec<i32> = events.iter().map(|e| i32::from(e.id.rank)).collect();
-            let account_id: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
-            let kind: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
-            let at: Vec<i64> = events.iter().map(|e| e.at.micros()).collect();
-            let body: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
-            let sum: Vec<i64> = events.iter().map(purser_store::event_sum).collect();
+            let events = EventColumns::of(commit.events);
             transaction
                 .execute(
                     "INSERT INTO event (account, seq, rank, account_id, type, at, body, sum, journal_end)
@@ -540,7 +580,17 @@ impl Store for PostgresStore {
                                    $6::bigint[], $7::bytea[], $8::bigint[]) WITH ORDINALITY
                             AS e(account, seq, rank, account_id, type, at, body, sum, n)
                       ORDER BY e.n",
-                    &[&account, &seq, &rank, &account_id, &kind, &at, &body, &sum, &end],
+                    &[
+                        &events.account,
+                        &events.seq,
+                        &events.rank,
+                        &events.account_id,
+                        &events.kind,
+                        &events.at,
+                        &events.body,
+                        &events.sum,
+                        &end,
+                    ],
                 )
                 .map_err(backend)?;
         }
