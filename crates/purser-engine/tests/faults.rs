@@ -130,6 +130,16 @@ impl Store for Faulty {
     fn last_event(&self) -> Result<u64, StoreError> {
         self.inner.last_event()
     }
+    fn record_delivery(&self, delivery: &purser_store::DeliveryRecord) -> Result<(), StoreError> {
+        self.inner.record_delivery(delivery)
+    }
+    fn deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Vec<purser_store::DeliveryRecord>, StoreError> {
+        self.inner.deliveries(endpoint, limit)
+    }
     fn idempotency_keys(
         &self,
         after: u64,

@@ -28,9 +28,9 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
-    ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, EntryQuery, EventQuery, EventRecord,
-    IdempotencyRecord, Store, StoreError, StoredEvent, StoredKey, StoredRow, StoredSnapshot,
-    UsageQuery, UsageRow, Witness, decode_entry, entry_sum, record_sum,
+    ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, DeliveryRecord, EntryQuery, EventQuery,
+    EventRecord, IdempotencyRecord, KEPT_DELIVERIES, Store, StoreError, StoredEvent, StoredKey,
+    StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry, entry_sum, record_sum,
 };
 
 pub struct PostgresStore {
@@ -751,6 +751,69 @@ impl Store for PostgresStore {
                 .query_one("SELECT COALESCE(MAX(pos), 0) FROM event", &[])
                 .map_err(backend)?;
             Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.read(|client| {
+            let row = client
+                .query_one(
+                    "INSERT INTO webhook_delivery
+                        (endpoint, event, at, status, error, duration_ms, next_attempt)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    &[
+                        &delivery.endpoint,
+                        &delivery.event,
+                        &delivery.at.micros(),
+                        &delivery.status.map(i32::from),
+                        &delivery.error,
+                        &(delivery.duration_ms as i64),
+                        &delivery.next_attempt.map(Timestamp::micros),
+                    ],
+                )
+                .map_err(backend)?;
+            let id: i64 = row.get(0);
+            // Now and then, what is past the endpoint's newest kept attempts.
+            if id % 256 == 0 {
+                client
+                    .execute(
+                        "DELETE FROM webhook_delivery WHERE endpoint = $1 AND id <=
+                            (SELECT id FROM webhook_delivery WHERE endpoint = $1
+                              ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                        &[&delivery.endpoint, &(KEPT_DELIVERIES as i64)],
+                    )
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt
+                       FROM webhook_delivery WHERE endpoint = $1 ORDER BY id DESC LIMIT $2",
+                    &[&endpoint, &(limit as i64)],
+                )
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| DeliveryRecord {
+                    endpoint: row.get(0),
+                    event: row.get(1),
+                    at: Timestamp::from_micros(row.get(2)),
+                    status: row
+                        .get::<_, Option<i32>>(3)
+                        .and_then(|s| u16::try_from(s).ok()),
+                    error: row.get(4),
+                    duration_ms: row.get::<_, i64>(5) as u64,
+                    next_attempt: row.get::<_, Option<i64>>(6).map(Timestamp::from_micros),
+                })
+                .collect())
         })
     }
 

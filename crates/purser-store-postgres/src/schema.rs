@@ -120,6 +120,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX event_by_account ON event (account_id, pos);
     CREATE INDEX event_by_type ON event (type, pos);
 "#,
+    // Webhook delivery attempts, newest kept per endpoint (bounded).
+    r#"
+    CREATE TABLE webhook_delivery (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        endpoint     TEXT   NOT NULL,
+        event        TEXT   NOT NULL,
+        at           BIGINT NOT NULL,
+        status       INT,
+        error        TEXT,
+        duration_ms  BIGINT NOT NULL,
+        next_attempt BIGINT
+    );
+    CREATE INDEX webhook_delivery_by_endpoint ON webhook_delivery (endpoint, id);
+"#,
 ];
 
 /// The version whose migration adds checksums: entries stored before it are

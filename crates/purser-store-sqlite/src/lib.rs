@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
-    ApiKeyRecord, Commit, Damage, DamageReport, EntryQuery, EventQuery, EventRecord, GroupBy,
-    IdempotencyRecord, KIND_KEYS, Store, StoreError, StoredEvent, StoredKey, StoredRow,
-    StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness, day_key, decode_entry,
-    encode_entry, entry_sum, record_sum, usage_of,
+    ApiKeyRecord, Commit, Damage, DamageReport, DeliveryRecord, EntryQuery, EventQuery,
+    EventRecord, GroupBy, IdempotencyRecord, KEPT_DELIVERIES, KIND_KEYS, Store, StoreError,
+    StoredEvent, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness,
+    day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
@@ -780,6 +780,71 @@ impl Store for SqliteStore {
                 .query_row([], |row| row.get::<_, i64>(0))
                 .map(|pos| pos as u64)
                 .map_err(backend)
+        })
+    }
+
+    fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let connection = lock(&self.writer);
+        let id: i64 = connection
+            .prepare_cached(
+                "INSERT INTO webhook_delivery
+                    (endpoint, event, at, status, error, duration_ms, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            )
+            .map_err(backend)?
+            .query_row(
+                params![
+                    delivery.endpoint,
+                    delivery.event,
+                    delivery.at.micros(),
+                    delivery.status,
+                    delivery.error,
+                    delivery.duration_ms as i64,
+                    delivery.next_attempt.map(Timestamp::micros),
+                ],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        // Now and then, what is past the endpoint's newest kept attempts.
+        if id % 256 == 0 {
+            connection
+                .prepare_cached(
+                    "DELETE FROM webhook_delivery WHERE endpoint = ?1 AND id <=
+                        (SELECT id FROM webhook_delivery WHERE endpoint = ?1
+                          ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )
+                .map_err(backend)?
+                .execute(params![delivery.endpoint, KEPT_DELIVERIES as i64])
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt
+                       FROM webhook_delivery WHERE endpoint = ?1 ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![endpoint, limit as i64], |row| {
+                    Ok(DeliveryRecord {
+                        endpoint: row.get(0)?,
+                        event: row.get(1)?,
+                        at: Timestamp::from_micros(row.get(2)?),
+                        status: row.get(3)?,
+                        error: row.get(4)?,
+                        duration_ms: row.get::<_, i64>(5)? as u64,
+                        next_attempt: row.get::<_, Option<i64>>(6)?.map(Timestamp::from_micros),
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
     }
 

@@ -191,6 +191,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX event_by_account ON event (account_id, pos);
     CREATE INDEX event_by_type ON event (type, pos);
 "#,
+    r#"
+    -- Webhook delivery attempts, newest kept per endpoint (bounded).
+    CREATE TABLE webhook_delivery (
+        id           INTEGER PRIMARY KEY,
+        endpoint     TEXT    NOT NULL,
+        event        TEXT    NOT NULL,
+        at           INTEGER NOT NULL,
+        status       INTEGER,
+        error        TEXT,
+        duration_ms  INTEGER NOT NULL,
+        next_attempt INTEGER
+    );
+    CREATE INDEX webhook_delivery_by_endpoint ON webhook_delivery (endpoint, id);
+"#,
 ];
 
 /// The version whose migration adds checksums: rows stored before it are

@@ -45,6 +45,10 @@ macro_rules! conformance_tests {
             $crate::conformance::outbox_events(&*$make);
         }
         #[test]
+        fn conformance_webhook_deliveries() {
+            $crate::conformance::webhook_deliveries(&*$make);
+        }
+        #[test]
         fn conformance_api_keys_and_settings() {
             $crate::conformance::api_keys_and_settings(&*$make);
         }
@@ -453,6 +457,47 @@ pub fn outbox_events(store: &dyn Store) {
     let mut unknown = all[0].event.id;
     unknown.rank = 9;
     assert_eq!(store.event(unknown).expect("event"), None);
+}
+
+/// Delivery attempts are kept per endpoint, newest first, and bounded.
+pub fn webhook_deliveries(store: &dyn Store) {
+    use crate::{DeliveryRecord, KEPT_DELIVERIES};
+    let attempt = |endpoint: &str, n: u64| DeliveryRecord {
+        endpoint: endpoint.into(),
+        event: format!("evt_{n:x}"),
+        at: Timestamp::from_micros(1_700_000_000_000_000 + n as i64),
+        status: n.is_multiple_of(2).then_some(500),
+        error: (!n.is_multiple_of(2)).then(|| "timeout".to_owned()),
+        duration_ms: n,
+        next_attempt: n.is_multiple_of(3).then(|| Timestamp::from_micros(1_800_000_000_000_000)),
+    };
+    assert_eq!(store.deliveries("we_a", 10).expect("deliveries"), []);
+    let total = KEPT_DELIVERIES + 300;
+    for n in 0..total {
+        store.record_delivery(&attempt("we_a", n)).expect("record");
+    }
+    store.record_delivery(&attempt("we_b", 7)).expect("record");
+    let newest = store.deliveries("we_a", 3).expect("deliveries");
+    assert_eq!(
+        newest,
+        [
+            attempt("we_a", total - 1),
+            attempt("we_a", total - 2),
+            attempt("we_a", total - 3)
+        ]
+    );
+    assert_eq!(
+        store.deliveries("we_b", 10).expect("deliveries"),
+        [attempt("we_b", 7)]
+    );
+    let kept = store
+        .deliveries("we_a", usize::MAX >> 1)
+        .expect("deliveries")
+        .len() as u64;
+    assert!(
+        kept <= KEPT_DELIVERIES + 256,
+        "{kept} attempts kept of {total}"
+    );
 }
 
 pub fn commits_replay_in_order(store: &dyn Store) {

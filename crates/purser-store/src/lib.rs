@@ -104,6 +104,27 @@ pub struct StoredEvent {
     pub event: EventRecord,
 }
 
+/// One webhook delivery attempt, as kept for `GET
+/// /v1/webhook_endpoints/{id}/deliveries`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub endpoint: String,
+    /// The event's id (`evt_…`).
+    pub event: String,
+    /// When it was made (wall clock).
+    pub at: Timestamp,
+    /// The receiver's status code, if it answered.
+    pub status: Option<u16>,
+    /// What went wrong short of an answer (timeout, connection failed).
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// When it is tried again, if it will be.
+    pub next_attempt: Option<Timestamp>,
+}
+
+/// The most delivery attempts a store keeps per endpoint (older ones go).
+pub const KEPT_DELIVERIES: u64 = 1_000;
+
 /// A page of the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventQuery {
@@ -329,6 +350,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The outbox's last position (0: empty).
     fn last_event(&self) -> Result<u64, StoreError>;
+
+    /// Keeps a delivery attempt; an endpoint's attempts beyond the newest
+    /// [`KEPT_DELIVERIES`] are forgotten (now and then, not on every call).
+    fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
+
+    /// An endpoint's newest delivery attempts, newest first.
+    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;

@@ -395,6 +395,11 @@ async fn deliveries_are_signed_ordered_retried_and_survive_kill_9() {
             .iter()
             .all(|a| a["event"].as_str().is_some_and(|e| e.starts_with("evt_")))
     );
+    // Kept in the store: the failed attempts made before the kill are there.
+    assert!(
+        attempts.iter().any(|a| a["status_code"] == json!(503)),
+        "{attempts:?}"
+    );
 
     // 410 Gone disables the endpoint.
     receiver.answer(410).await;

@@ -34,11 +34,11 @@ fn attempt_json(attempt: &Attempt) -> Value {
     json!({
         "object": "webhook_delivery",
         "event": attempt.event,
-        "created_at": timestamp(attempt.at).to_string(),
+        "created_at": attempt.at.to_string(),
         "status_code": attempt.status,
         "error": attempt.error,
         "duration_ms": attempt.duration_ms,
-        "next_attempt_at": attempt.next_attempt.map(|at| timestamp(at).to_string()),
+        "next_attempt_at": attempt.next_attempt.map(|at| at.to_string()),
     })
 }
 
@@ -246,8 +246,8 @@ pub(super) async fn deliveries(
     let items: Vec<Vec<u8>> = state
         .webhooks
         .attempts(&id)
+        .await?
         .iter()
-        .take(100)
         .map(|attempt| body(&attempt_json(attempt)))
         .collect();
     Ok(json_response(200, objects::rendered_list(&items, false)))

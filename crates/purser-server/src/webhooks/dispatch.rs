@@ -18,7 +18,7 @@ use purser_store::{EventQuery, StoredEvent};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Attempt, Endpoint, Inner, Settings, lock, sign, wall_micros};
+use super::{Attempt, Endpoint, Inner, Settings, lock, sign, timestamp, wall_micros};
 
 /// The HTTP client of deliveries: no redirects, the delivery timeout, and
 /// (unless private networks are allowed) a resolver that refuses them.
@@ -418,20 +418,20 @@ async fn attempt(
             .settings
             .retry_schedule
             .get(failures)
-            .map(|delay| wall_micros() + delay.as_micros() as i64),
+            .map(|delay| timestamp(wall_micros() + delay.as_micros() as i64)),
         _ => None,
     };
-    inner.record(
-        &endpoint.id,
-        Attempt {
+    inner
+        .record(Attempt {
+            endpoint: endpoint.id.clone(),
             event: event.event.id.format(),
-            at,
+            at: timestamp(at),
             status: result.as_ref().ok().copied(),
             error: result.err(),
             duration_ms: started.elapsed().as_millis() as u64,
             next_attempt,
-        },
-    );
+        })
+        .await;
     outcome
 }
 

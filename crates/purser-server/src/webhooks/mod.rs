@@ -11,7 +11,6 @@
 pub mod dispatch;
 pub mod sign;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +26,6 @@ pub const MAX_ENDPOINTS: usize = 16;
 
 /// How long a rotated secret keeps signing beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
-
-/// Delivery attempts kept per endpoint for `GET …/deliveries`.
-const KEPT_ATTEMPTS: usize = 1_000;
 
 /// `[webhooks]` of `purser.toml`.
 #[derive(Clone, Debug)]
@@ -130,19 +126,10 @@ impl Endpoint {
     }
 }
 
-/// One delivery attempt, as `GET /v1/webhook_endpoints/{id}/deliveries` shows it.
-#[derive(Clone, Debug)]
-pub struct Attempt {
-    pub event: String,
-    pub at: i64,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: u64,
-    /// When it is tried again (µs), if it will be.
-    pub next_attempt: Option<i64>,
-}
+/// One delivery attempt, as the store keeps it.
+pub use purser_store::DeliveryRecord as Attempt;
 
-/// The endpoints, their dispatchers and their recent attempts.
+/// The endpoints and their dispatchers.
 #[derive(Debug)]
 pub struct Webhooks {
     pub(crate) inner: Arc<Inner>,
@@ -157,7 +144,6 @@ pub(crate) struct Inner {
     pub endpoints: Mutex<Vec<Endpoint>>,
     /// Serializes writes of the endpoints setting.
     pub persist: tokio::sync::Mutex<()>,
-    pub attempts: Mutex<HashMap<String, VecDeque<Attempt>>>,
     /// Bumped whenever an endpoint changes.
     pub changed: tokio::sync::watch::Sender<u64>,
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -205,7 +191,6 @@ impl Webhooks {
             settings,
             endpoints: Mutex::new(endpoints),
             persist: tokio::sync::Mutex::new(()),
-            attempts: Mutex::new(HashMap::new()),
             changed: tokio::sync::watch::Sender::new(0),
             stop: stop_rx,
             client,
@@ -230,11 +215,17 @@ impl Webhooks {
             .cloned()
     }
 
-    pub fn attempts(&self, id: &str) -> Vec<Attempt> {
-        lock(&self.inner.attempts)
-            .get(id)
-            .map(|kept| kept.iter().rev().cloned().collect())
-            .unwrap_or_default()
+    /// An endpoint's newest delivery attempts (at most 100), newest first.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<Attempt>, EndpointError> {
+        let id = id.to_owned();
+        self.inner
+            .engine
+            .query(move |store| store.deliveries(&id, 100))
+            .await
+            .map_err(|error| {
+                tracing::error!(?error, "reading webhook deliveries failed");
+                EndpointError::Store("the store could not answer".into())
+            })
     }
 
     /// A new endpoint: it receives events committed from now on.
@@ -309,7 +300,6 @@ impl Webhooks {
             Ok(())
         })
         .await?;
-        lock(&self.inner.attempts).remove(id);
         removed.ok_or(EndpointError::NotFound)
     }
 
@@ -356,17 +346,22 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn record(&self, endpoint: &str, attempt: Attempt) {
-        // Not for an endpoint deleted while the attempt ran.
-        if !lock(&self.endpoints).iter().any(|e| e.id == endpoint) {
+    /// Keeps an attempt in the store (not for an endpoint deleted while it
+    /// ran); a failure to keep it is logged, never fatal to delivery.
+    pub(crate) async fn record(&self, attempt: Attempt) {
+        if !lock(&self.endpoints)
+            .iter()
+            .any(|e| e.id == attempt.endpoint)
+        {
             return;
         }
-        let mut attempts = lock(&self.attempts);
-        let kept = attempts.entry(endpoint.to_owned()).or_default();
-        if kept.len() >= KEPT_ATTEMPTS {
-            kept.pop_front();
+        let kept = self
+            .engine
+            .query(move |store| store.record_delivery(&attempt))
+            .await;
+        if let Err(error) = kept {
+            tracing::warn!(?error, "keeping a webhook delivery attempt failed");
         }
-        kept.push_back(attempt);
     }
 }
 
