@@ -758,6 +758,9 @@ impl Store for PostgresStore {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Fenced);
+        }
         self.read(|client| {
             let row = client
                 .query_one(
@@ -1107,6 +1110,11 @@ impl Store for PostgresStore {
     }
 
     fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        // A writer that lost its lease writes nothing more (its webhook
+        // dispatcher's last progress would undo the new writer's changes).
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Fenced);
+        }
         let mut guard = lock(&self.writer);
         writer(&mut guard)
             .execute(
