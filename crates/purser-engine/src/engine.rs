@@ -134,6 +134,8 @@ pub struct EngineConfig {
     /// How many finished idempotency keys keep their answer in memory;
     /// older ones cost 16 bytes each and are answered from the store.
     pub idempotency_cache_keys: usize,
+    /// Events older than this leave the outbox (at least 30 days).
+    pub event_retention_seconds: i64,
     /// A shard snapshots its partitions after writing this many entries.
     pub snapshot_every_entries: u64,
     /// How long a request waits for its answer before "unavailable" (the
@@ -264,7 +266,10 @@ impl Engine {
             request_timeout: config.request_timeout,
             events_ready,
         }));
-        engine.start_janitor(config.idempotency_purge_interval);
+        engine.start_janitor(
+            config.idempotency_purge_interval,
+            config.event_retention_seconds,
+        );
         engine.start_learning();
         engine
     }
@@ -325,7 +330,7 @@ impl Engine {
     /// from the store (in small chunks, so commits wait at most one chunk)
     /// and from the key table's memory. It holds the engine only weakly: a
     /// dropped engine (and its store) is never kept alive by it.
-    fn start_janitor(&self, interval: Duration) {
+    fn start_janitor(&self, interval: Duration, event_retention: i64) {
         let engine = Arc::downgrade(&self.0);
         let spawned = std::thread::Builder::new()
             .name("purser-janitor".into())
@@ -346,6 +351,14 @@ impl Engine {
                         Err(error) => {
                             tracing::warn!(%error, "purging expired idempotency records failed");
                         }
+                    }
+                    let before = now
+                        .checked_add_seconds(-event_retention)
+                        .unwrap_or(Timestamp::from_micros(0));
+                    match inner.store.purge_events(before) {
+                        Ok(0) => {}
+                        Ok(purged) => tracing::debug!(purged, "events past retention purged"),
+                        Err(error) => tracing::warn!(%error, "purging old events failed"),
                     }
                 }
             });

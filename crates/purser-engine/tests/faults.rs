@@ -130,6 +130,9 @@ impl Store for Faulty {
     fn last_event(&self) -> Result<u64, StoreError> {
         self.inner.last_event()
     }
+    fn purge_events(&self, before: purser_core::Timestamp) -> Result<u64, StoreError> {
+        self.inner.purge_events(before)
+    }
     fn record_delivery(&self, delivery: &purser_store::DeliveryRecord) -> Result<(), StoreError> {
         self.inner.record_delivery(delivery)
     }
@@ -255,6 +258,7 @@ fn open_with(
             idempotency_purge_interval: purge_interval,
             idempotency_cache_keys: cache_keys,
             snapshot_every_entries: 1_000_000,
+            event_retention_seconds: 30 * 86_400,
             request_timeout: TIMEOUT,
         },
         test_clock,

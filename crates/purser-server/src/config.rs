@@ -26,7 +26,15 @@ struct RawConfig {
     payments: RawPayments,
     #[serde(default)]
     webhooks: RawWebhooks,
+    #[serde(default)]
+    events: RawEvents,
     catalog: Option<RawCatalog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    retention_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +166,8 @@ pub struct Config {
     /// `manual` or `instant` (see `payments`).
     pub payment_provider: String,
     pub webhooks: crate::webhooks::Settings,
+    /// Events older than this leave the outbox (API.md: at least 30 days).
+    pub event_retention_days: i64,
 }
 
 /// How long a portal link works by default: one hour.
@@ -189,6 +199,7 @@ impl Default for Config {
             portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
             payment_provider: "manual".into(),
             webhooks: crate::webhooks::Settings::default(),
+            event_retention_days: 30,
         }
     }
 }
@@ -275,6 +286,14 @@ impl Config {
         }
         if let Some(keys) = raw.idempotency.cache_keys {
             config.idempotency_cache_keys = keys.clamp(64, 100_000_000);
+        }
+        if let Some(days) = raw.events.retention_days {
+            if !(30..=36_500).contains(&days) {
+                return Err(ConfigError::Invalid(
+                    "events.retention_days must be from 30 to 36500".into(),
+                ));
+            }
+            config.event_retention_days = days;
         }
         let hooks = raw.webhooks;
         if let Some(schedule) = hooks.retry_schedule_seconds {
@@ -491,6 +510,36 @@ pub fn default_toml() -> String {
         out,
         "provider = {:?}  # manual: the operator confirms each purchase through the API; instant: completes at once (demos, tests)",
         config.payment_provider
+    );
+    let hooks = &config.webhooks;
+    let schedule: Vec<String> = hooks
+        .retry_schedule
+        .iter()
+        .map(|delay| delay.as_secs().to_string())
+        .collect();
+    let _ = writeln!(out, "\n[webhooks]");
+    let _ = writeln!(
+        out,
+        "retry_schedule_seconds = [{}]  # the delay before each retry (±10 %); given up after the last",
+        schedule.join(", ")
+    );
+    let _ = writeln!(out, "timeout_seconds = {}", hooks.timeout.as_secs());
+    let _ = writeln!(
+        out,
+        "allow_private_networks = {}  # false: endpoints on loopback and private networks are refused",
+        hooks.allow_private_networks
+    );
+    let _ = writeln!(out, "concurrency = {}", hooks.concurrency);
+    let _ = writeln!(
+        out,
+        "disable_after_seconds = {}",
+        hooks.disable_after.as_secs()
+    );
+    let _ = writeln!(out, "\n[events]");
+    let _ = writeln!(
+        out,
+        "retention_days = {}  # at least 30",
+        config.event_retention_days
     );
     let catalog = &config.catalog;
     let _ = writeln!(out, "\n[catalog]\ncurrency = {:?}", catalog.currency());

@@ -217,6 +217,7 @@ pub(crate) fn prepare(
                 config.idempotency_purge_interval_seconds,
             ),
             snapshot_every_entries: config.snapshot_every_entries,
+            event_retention_seconds: config.event_retention_days * 86_400,
             request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
         },
         test_clock: config.test_clock,

@@ -754,6 +754,40 @@ impl Store for PostgresStore {
         })
     }
 
+    fn purge_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Fenced);
+        }
+        let mut purged = 0;
+        loop {
+            let (old, seen, last) = self.read(|client| {
+                let rows = client
+                    .query("SELECT pos, at FROM event ORDER BY pos LIMIT 1000", &[])
+                    .map_err(backend)?;
+                let old = rows
+                    .iter()
+                    .take_while(|row| row.get::<_, i64>(1) < before.micros())
+                    .count();
+                let last = old.checked_sub(1).map(|i| rows[i].get::<_, i64>(0));
+                Ok((old, rows.len(), last))
+            })?;
+            let Some(last) = last else {
+                return Ok(purged);
+            };
+            purged += self.read(|client| {
+                client
+                    .execute("DELETE FROM event WHERE pos <= $1", &[&last])
+                    .map_err(backend)
+            })?;
+            if old < seen || seen < 1000 {
+                return Ok(purged);
+            }
+        }
+    }
+
     fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly);

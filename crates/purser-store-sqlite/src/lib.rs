@@ -783,6 +783,40 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let mut purged = 0;
+        loop {
+            // A chunk per transaction: a commit waits for one chunk at most.
+            let connection = lock(&self.writer);
+            let oldest: Vec<(i64, i64)> = connection
+                .prepare_cached("SELECT pos, at FROM event ORDER BY pos LIMIT 1000")
+                .map_err(backend)?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            let old = oldest
+                .iter()
+                .take_while(|(_, at)| *at < before.micros())
+                .count();
+            if old == 0 {
+                return Ok(purged);
+            }
+            let last = oldest[old - 1].0;
+            purged += connection
+                .prepare_cached("DELETE FROM event WHERE pos <= ?1")
+                .map_err(backend)?
+                .execute([last])
+                .map_err(backend)? as u64;
+            if old < oldest.len() || oldest.len() < 1000 {
+                return Ok(purged);
+            }
+        }
+    }
+
     fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly);

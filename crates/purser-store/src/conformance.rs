@@ -457,6 +457,16 @@ pub fn outbox_events(store: &dyn Store) {
     let mut unknown = all[0].event.id;
     unknown.rank = 9;
     assert_eq!(store.event(unknown).expect("event"), None);
+    // Retention: events made before an instant go, oldest first.
+    assert_eq!(store.purge_events(now).expect("purge"), 0);
+    let later = Timestamp::from_micros(now.micros() + 1);
+    assert_eq!(store.purge_events(later).expect("purge"), 5);
+    assert_eq!(
+        store
+            .events(&query(None, None, None, Some(0), 100))
+            .expect("events"),
+        []
+    );
 }
 
 /// Delivery attempts are kept per endpoint, newest first, and bounded.
@@ -469,7 +479,9 @@ pub fn webhook_deliveries(store: &dyn Store) {
         status: n.is_multiple_of(2).then_some(500),
         error: (!n.is_multiple_of(2)).then(|| "timeout".to_owned()),
         duration_ms: n,
-        next_attempt: n.is_multiple_of(3).then(|| Timestamp::from_micros(1_800_000_000_000_000)),
+        next_attempt: n
+            .is_multiple_of(3)
+            .then(|| Timestamp::from_micros(1_800_000_000_000_000)),
     };
     assert_eq!(store.deliveries("we_a", 10).expect("deliveries"), []);
     let total = KEPT_DELIVERIES + 300;

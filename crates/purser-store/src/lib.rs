@@ -351,6 +351,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The outbox's last position (0: empty).
     fn last_event(&self) -> Result<u64, StoreError>;
 
+    /// Forgets events made before `before`, oldest stored first, stopping
+    /// at the first one that is not (a chunk at a time); returns how many.
+    fn purge_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
     /// Keeps a delivery attempt; an endpoint's attempts beyond the newest
     /// [`KEPT_DELIVERIES`] are forgotten (now and then, not on every call).
     fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
