@@ -139,9 +139,10 @@ impl Store for Faulty {
     fn deliveries(
         &self,
         endpoint: &str,
+        before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<purser_store::DeliveryRecord>, StoreError> {
-        self.inner.deliveries(endpoint, limit)
+        self.inner.deliveries(endpoint, before, limit)
     }
     fn idempotency_keys(
         &self,

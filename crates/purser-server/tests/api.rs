@@ -1771,6 +1771,12 @@ async fn events_tell_each_change_once_and_never_a_refusal_or_a_replay() {
                 .starts_with("key_")
         );
     }
+    // A balance event names the charge that caused it.
+    let low = api.get("/v1/events?type=credits.low").await.unwrap();
+    assert_eq!(
+        low.body["data"][0]["data"]["debit"], first.body["id"],
+        "{low:?}"
+    );
     let tier = &listed.body["data"][0];
     assert_eq!(tier["data"]["source"], "api");
     assert_eq!(tier["data"]["from"], "starter");
@@ -1884,6 +1890,20 @@ async fn webhook_endpoints_are_managed_and_checked() {
         .unwrap();
     assert_eq!((updated.status, updated.str("status")), (200, "disabled"));
     assert_eq!(updated.str("description"), "later");
+    let cleared = api
+        .post(
+            &format!("/v1/webhook_endpoints/{id}"),
+            &json!({"description": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.body["description"], json!(null), "{cleared:?}");
+    api.post(
+        &format!("/v1/webhook_endpoints/{id}"),
+        &json!({"description": "later"}),
+    )
+    .await
+    .unwrap();
     let rotated = api
         .post(
             &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
@@ -1912,6 +1932,8 @@ async fn webhook_endpoints_are_managed_and_checked() {
         (json!({"url": "ftp://example.com"}), "url"),
         (json!({"url": "http://user:pw@example.com/"}), "url"),
         (json!({"url": "example.com"}), "url"),
+        (json!({"url": "https://a.example/\n"}), "url"),
+        (json!({"url": "https://a.example:0/"}), "url"),
         (
             json!({"url": "http://example.com", "events": ["nope"]}),
             "events",
@@ -1964,4 +1986,36 @@ async fn webhook_endpoints_are_managed_and_checked() {
         .await
         .unwrap();
     assert_eq!(over.status, 400, "{over:?}");
+    // Listed a page at a time, newest first.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after
+            .as_ref()
+            .map(|id| format!("&starting_after={id}"))
+            .unwrap_or_default();
+        let page = api
+            .get(&format!("/v1/webhook_endpoints?limit=5{cursor}"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200, "{page:?}");
+        let data = page.body["data"].as_array().unwrap().clone();
+        assert!(data.len() <= 5);
+        seen.extend(data.iter().map(|e| e["url"].as_str().unwrap().to_owned()));
+        after = data.last().map(|e| e["id"].as_str().unwrap().to_owned());
+        if page.body["has_more"] != json!(true) {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..16)
+        .rev()
+        .map(|n| format!("http://127.0.0.1:9/{n}"))
+        .collect();
+    assert_eq!(seen, expected);
+    for path in [
+        "/v1/webhook_endpoints?limit=0",
+        "/v1/webhook_endpoints?starting_after=we_nope",
+    ] {
+        assert_eq!(api.get(path).await.unwrap().status, 400, "{path}");
+    }
 }

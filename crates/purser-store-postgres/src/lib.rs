@@ -828,18 +828,26 @@ impl Store for PostgresStore {
         })
     }
 
-    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+    fn deliveries(
+        &self,
+        endpoint: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let before = before.map_or(i64::MAX, |id| id.min(i64::MAX as u64) as i64);
         self.read(|client| {
             let rows = client
                 .query(
-                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt
-                       FROM webhook_delivery WHERE endpoint = $1 ORDER BY id DESC LIMIT $2",
-                    &[&endpoint, &(limit as i64)],
+                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt, id
+                       FROM webhook_delivery WHERE endpoint = $1 AND id < $2
+                      ORDER BY id DESC LIMIT $3",
+                    &[&endpoint, &before, &(limit as i64)],
                 )
                 .map_err(backend)?;
             Ok(rows
                 .iter()
                 .map(|row| DeliveryRecord {
+                    id: row.get::<_, i64>(7) as u64,
                     endpoint: row.get(0),
                     event: row.get(1),
                     at: Timestamp::from_micros(row.get(2)),

@@ -857,17 +857,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+    fn deliveries(
+        &self,
+        endpoint: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let before = before.map_or(i64::MAX, |id| id.min(i64::MAX as u64) as i64);
         self.read(|connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt
-                       FROM webhook_delivery WHERE endpoint = ?1 ORDER BY id DESC LIMIT ?2",
+                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt, id
+                       FROM webhook_delivery WHERE endpoint = ?1 AND id < ?2
+                      ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(backend)?;
             let rows = statement
-                .query_map(params![endpoint, limit as i64], |row| {
+                .query_map(params![endpoint, before, limit as i64], |row| {
                     Ok(DeliveryRecord {
+                        id: row.get::<_, i64>(7)? as u64,
                         endpoint: row.get(0)?,
                         event: row.get(1)?,
                         at: Timestamp::from_micros(row.get(2)?),

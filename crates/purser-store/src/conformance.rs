@@ -473,6 +473,7 @@ pub fn outbox_events(store: &dyn Store) {
 pub fn webhook_deliveries(store: &dyn Store) {
     use crate::{DeliveryRecord, KEPT_DELIVERIES};
     let attempt = |endpoint: &str, n: u64| DeliveryRecord {
+        id: 0,
         endpoint: endpoint.into(),
         event: format!("evt_{n:x}"),
         at: Timestamp::from_micros(1_700_000_000_000_000 + n as i64),
@@ -483,15 +484,27 @@ pub fn webhook_deliveries(store: &dyn Store) {
             .is_multiple_of(3)
             .then(|| Timestamp::from_micros(1_800_000_000_000_000)),
     };
-    assert_eq!(store.deliveries("we_a", 10).expect("deliveries"), []);
+    assert_eq!(store.deliveries("we_a", None, 10).expect("deliveries"), []);
+    // Read back without their numbers (given by the store).
+    let unnumbered = |records: Vec<DeliveryRecord>| -> Vec<DeliveryRecord> {
+        records
+            .into_iter()
+            .map(|record| DeliveryRecord { id: 0, ..record })
+            .collect()
+    };
     let total = KEPT_DELIVERIES + 300;
     for n in 0..total {
         store.record_delivery(&attempt("we_a", n)).expect("record");
     }
     store.record_delivery(&attempt("we_b", 7)).expect("record");
-    let newest = store.deliveries("we_a", 3).expect("deliveries");
+    let newest = store.deliveries("we_a", None, 3).expect("deliveries");
+    assert!(newest.windows(2).all(|p| p[0].id > p[1].id));
+    let next = store
+        .deliveries("we_a", Some(newest[2].id), 1)
+        .expect("deliveries");
+    assert_eq!(unnumbered(next), [attempt("we_a", total - 4)]);
     assert_eq!(
-        newest,
+        unnumbered(newest),
         [
             attempt("we_a", total - 1),
             attempt("we_a", total - 2),
@@ -499,11 +512,11 @@ pub fn webhook_deliveries(store: &dyn Store) {
         ]
     );
     assert_eq!(
-        store.deliveries("we_b", 10).expect("deliveries"),
+        unnumbered(store.deliveries("we_b", None, 10).expect("deliveries")),
         [attempt("we_b", 7)]
     );
     let kept = store
-        .deliveries("we_a", usize::MAX >> 1)
+        .deliveries("we_a", None, usize::MAX >> 1)
         .expect("deliveries")
         .len() as u64;
     assert!(

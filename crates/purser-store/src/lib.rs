@@ -108,6 +108,8 @@ pub struct StoredEvent {
 /// /v1/webhook_endpoints/{id}/deliveries`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryRecord {
+    /// The attempt's number (in the order kept; 0 until it is kept).
+    pub id: u64,
     pub endpoint: String,
     /// The event's id (`evt_…`).
     pub event: String,
@@ -359,8 +361,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`KEPT_DELIVERIES`] are forgotten (now and then, not on every call).
     fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
 
-    /// An endpoint's newest delivery attempts, newest first.
-    fn deliveries(&self, endpoint: &str, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// An endpoint's delivery attempts, newest first, from before the one
+    /// numbered `before` (`None`: from the newest).
+    fn deliveries(
+        &self,
+        endpoint: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;

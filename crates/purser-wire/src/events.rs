@@ -32,9 +32,11 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
             if let Some(threshold) = event.threshold {
                 data.insert("threshold".into(), json!(threshold.to_string()));
             }
+            insert_cause(&mut data, cx);
             data.insert("balance".into(), balance());
         }
         EventType::CreditsDepleted | EventType::CreditsRecovered | EventType::BudgetExhausted => {
+            insert_cause(&mut data, cx);
             data.insert("balance".into(), balance());
         }
         EventType::DebtIncurred => {
@@ -75,7 +77,10 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
             if let Some(purchase) = seq.and_then(|seq| account.purchase(seq)) {
                 data.insert("purchase".into(), purchase_json(account, purchase));
             }
-            if event.kind == EventType::PurchaseCompleted {
+            if matches!(
+                event.kind,
+                EventType::PurchaseCompleted | EventType::PurchaseRefunded
+            ) {
                 data.insert("balance".into(), balance());
             }
         }
@@ -128,6 +133,30 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
         "actor": actor_json(cx.actor),
         "data": Value::Object(data),
     }))
+}
+
+/// The command's own change behind a balance event, when it is a charge
+/// (`debit`: a debit or a capture), a hold (`hold`) or a transaction of
+/// another kind (`transaction`); none for time-driven ones (expiries).
+fn insert_cause(data: &mut Map<String, Value>, cx: &EventContext<'_>) {
+    if cx.event.time_driven {
+        return;
+    }
+    let Some(entry) = cx.entries.last() else {
+        return;
+    };
+    let handle = entry.account;
+    let (name, id) = match &entry.body {
+        Body::Debited(_) | Body::Captured(_) => {
+            ("debit", object_id(handle, entry.seq, ObjectKind::Debit))
+        }
+        Body::Held(_) => ("hold", object_id(handle, entry.seq, ObjectKind::Hold)),
+        _ => (
+            "transaction",
+            object_id(handle, entry.seq, ObjectKind::Transaction),
+        ),
+    };
+    data.insert(name.into(), json!(id));
 }
 
 /// Where a tier change came from: `portal` when a customer made it there,

@@ -380,7 +380,9 @@ async fn deliveries_are_signed_ordered_retried_and_survive_kill_9() {
     // The deliveries were recorded.
     let attempts = expect_status(
         client
-            .get(&format!("/v1/webhook_endpoints/{endpoint}/deliveries"))
+            .get(&format!(
+                "/v1/webhook_endpoints/{endpoint}/deliveries?limit=100"
+            ))
             .await,
         200,
         "deliveries",

@@ -2,14 +2,14 @@
 //! updated, rotated, deleted, their delivery attempts) and resending an
 //! event.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use purser_core::EventId;
 use purser_wire::{ApiError, Fields, json_response, objects};
 use serde_json::{Value, json};
 
-use super::{AppState, JsonBody, Result, idempotency_key, once};
+use super::{AppState, JsonBody, QueryMap, Result, idempotency_key, list_limit, once};
 use crate::auth::Need;
 use crate::webhooks::{self, Attempt, Endpoint, EndpointError, ROTATION_OVERLAP, sign, timestamp};
 
@@ -33,6 +33,7 @@ fn endpoint_json(endpoint: &Endpoint, secret: Option<&str>) -> Value {
 fn attempt_json(attempt: &Attempt) -> Value {
     json!({
         "object": "webhook_delivery",
+        "id": format!("whd_{}", attempt.id),
         "event": attempt.event,
         "created_at": attempt.at.to_string(),
         "status_code": attempt.status,
@@ -108,7 +109,7 @@ pub(super) async fn create(
     let key = idempotency_key(&headers)?;
     let fields = Fields::parse(&body, &["url", "events", "description"])?;
     let url = purser_wire::required(fields.string("url")?, "url")?.to_owned();
-    webhooks::check_url(&url)?;
+    state.webhooks.check_url(&url)?;
     let events = events_of(&fields)?.unwrap_or_else(|| vec!["*".into()]);
     let description = description_of(&fields)?;
     let hooks = state.webhooks.clone();
@@ -122,15 +123,40 @@ pub(super) async fn create(
     Ok(once(&state, key, "/v1/webhook_endpoints", &body, work).await)
 }
 
-pub(super) async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Admin)?;
+pub(super) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): QueryMap,
+) -> Result<Response> {
+    state.keys.authorize(&headers, Need::Read)?;
+    let limit = list_limit(&query)?;
     let mut endpoints = state.webhooks.list();
     endpoints.reverse();
-    let items: Vec<Vec<u8>> = endpoints
+    let start = match query.get("starting_after") {
+        None => 0,
+        Some(cursor) => {
+            endpoints
+                .iter()
+                .position(|endpoint| &endpoint.id == cursor)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "starting_after",
+                        "starting_after must be a webhook endpoint",
+                    )
+                })?
+                + 1
+        }
+    };
+    let rest = &endpoints[start..];
+    let items: Vec<Vec<u8>> = rest
         .iter()
+        .take(limit)
         .map(|endpoint| body(&endpoint_json(endpoint, None)))
         .collect();
-    Ok(json_response(200, objects::rendered_list(&items, false)))
+    Ok(json_response(
+        200,
+        objects::rendered_list(&items, rest.len() > limit),
+    ))
 }
 
 pub(super) async fn get(
@@ -138,7 +164,7 @@ pub(super) async fn get(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Admin)?;
+    state.keys.authorize(&headers, Need::Read)?;
     let endpoint = state.webhooks.get(&id).ok_or(EndpointError::NotFound)?;
     Ok(json_response(200, body(&endpoint_json(&endpoint, None))))
 }
@@ -154,11 +180,14 @@ pub(super) async fn update(
     let fields = Fields::parse(&body, &["url", "events", "description", "status"])?;
     let url = fields.string("url")?.map(str::to_owned);
     if let Some(url) = &url {
-        webhooks::check_url(url)?;
+        state.webhooks.check_url(url)?;
     }
     let events = events_of(&fields)?;
+    // null clears the description; absent keeps it.
     let description = if fields.has("description") {
         Some(description_of(&fields)?)
+    } else if body_has_null(&body, "description") {
+        Some(None)
     } else {
         None
     };
@@ -207,7 +236,7 @@ pub(super) async fn rotate_secret(
     let path = format!("/v1/webhook_endpoints/{id}/rotate_secret");
     let work = async move {
         let secret = sign::new_secret();
-        let until = webhooks::wall_micros() + ROTATION_OVERLAP.as_micros() as i64;
+        let until = hooks.now_micros() + ROTATION_OVERLAP.as_micros() as i64;
         let rotated = hooks
             .update(&id, |endpoint| {
                 let old = std::mem::replace(&mut endpoint.secret, secret.clone());
@@ -240,17 +269,32 @@ pub(super) async fn deliveries(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): QueryMap,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Admin)?;
+    state.keys.authorize(&headers, Need::Read)?;
+    let limit = list_limit(&query)?;
+    let before = match query.get("starting_after") {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .strip_prefix("whd_")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("starting_after", "starting_after must be a delivery id")
+                })?,
+        ),
+    };
     state.webhooks.get(&id).ok_or(EndpointError::NotFound)?;
-    let items: Vec<Vec<u8>> = state
-        .webhooks
-        .attempts(&id)
-        .await?
+    let attempts = state.webhooks.attempts(&id, before, limit + 1).await?;
+    let items: Vec<Vec<u8>> = attempts
         .iter()
+        .take(limit)
         .map(|attempt| body(&attempt_json(attempt)))
         .collect();
-    Ok(json_response(200, objects::rendered_list(&items, false)))
+    Ok(json_response(
+        200,
+        objects::rendered_list(&items, attempts.len() > limit),
+    ))
 }
 
 pub(super) async fn resend(
@@ -291,4 +335,9 @@ pub(super) async fn resend(
         (200, stored.event.body.clone())
     };
     Ok(once(&state, key, &path, &body, work).await)
+}
+
+fn body_has_null(body: &[u8], name: &str) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .is_ok_and(|value| value.get(name).is_some_and(Value::is_null))
 }

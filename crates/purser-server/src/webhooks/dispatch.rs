@@ -311,8 +311,10 @@ async fn run_endpoint(inner: Arc<Inner>, id: String) {
                     }
                     Outcome::Failed => {
                         item.failures += 1;
-                        let since = *failing_since.get_or_insert_with(wall_micros);
-                        let failed_for = Duration::from_micros((wall_micros() - since).max(0) as u64);
+                        // On the engine's clock (a test clock moves it).
+                        let now = inner.engine.clock().now().micros();
+                        let since = *failing_since.get_or_insert(now);
+                        let failed_for = Duration::from_micros((now - since).max(0) as u64);
                         match settings.retry_schedule.get(item.failures - 1) {
                             Some(delay) => {
                                 item.state = State::Waiting;
@@ -423,6 +425,7 @@ async fn attempt(
     };
     inner
         .record(Attempt {
+            id: 0,
             endpoint: endpoint.id.clone(),
             event: event.event.id.format(),
             at: timestamp(at),
@@ -454,7 +457,10 @@ async fn post(inner: &Inner, endpoint: &Endpoint, event: &StoredEvent) -> Result
         .ok_or_else(|| "the stored event is not an event object".to_owned())?;
     let id = event.event.id.format();
     let timestamp = wall_micros() / 1_000_000;
-    let signature = sign::header(&endpoint.secrets(wall_micros()), &id, timestamp, &body);
+    // The timestamp is the wall clock's (receivers check it against
+    // theirs); which secrets still sign follows the engine's clock.
+    let secrets = endpoint.secrets(inner.engine.clock().now().micros());
+    let signature = sign::header(&secrets, &id, timestamp, &body);
     let response = inner
         .client
         .post(url)

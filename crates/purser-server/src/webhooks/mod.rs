@@ -81,12 +81,13 @@ pub struct Endpoint {
     pub status: String,
     pub secret: String,
     /// The secret before the last rotation and until when it still signs
-    /// (µs since the epoch, real time).
+    /// (µs since the epoch, the engine's clock).
     pub previous_secret: Option<(String, i64)>,
     pub created_at: i64,
     /// Every event at or before this outbox position is delivered or given up.
     pub cursor: u64,
-    /// Since when (µs, real time) deliveries have failed without a success.
+    /// Since when (µs, the engine's clock) deliveries have failed without a
+    /// success.
     pub failing_since: Option<i64>,
     /// Why the endpoint was disabled by purser (`gone`, `failing`).
     pub disabled_reason: Option<String>,
@@ -204,6 +205,17 @@ impl Webhooks {
         })
     }
 
+    /// Now, on the engine's clock (rotations and failing endpoints follow
+    /// a test clock).
+    pub fn now_micros(&self) -> i64 {
+        self.inner.engine.clock().now().micros()
+    }
+
+    /// [`check_url`] under this server's settings.
+    pub fn check_url(&self, url: &str) -> Result<(), EndpointError> {
+        check_url(url, self.inner.settings.allow_private_networks)
+    }
+
     pub fn list(&self) -> Vec<Endpoint> {
         lock(&self.inner.endpoints).clone()
     }
@@ -215,12 +227,18 @@ impl Webhooks {
             .cloned()
     }
 
-    /// An endpoint's newest delivery attempts (at most 100), newest first.
-    pub async fn attempts(&self, id: &str) -> Result<Vec<Attempt>, EndpointError> {
+    /// An endpoint's delivery attempts, newest first, before the one
+    /// numbered `before`.
+    pub async fn attempts(
+        &self,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, EndpointError> {
         let id = id.to_owned();
         self.inner
             .engine
-            .query(move |store| store.deliveries(&id, 100))
+            .query(move |store| store.deliveries(&id, before, limit))
             .await
             .map_err(|error| {
                 tracing::error!(?error, "reading webhook deliveries failed");
@@ -235,7 +253,7 @@ impl Webhooks {
         events: Vec<String>,
         description: Option<String>,
     ) -> Result<Endpoint, EndpointError> {
-        check_url(&url)?;
+        self.check_url(&url)?;
         let events = check_events(events)?;
         let engine = self.inner.engine.clone();
         let cursor = engine
@@ -370,11 +388,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// An endpoint URL: absolute http(s), at most 2,048 characters, no
-/// credentials.
-pub fn check_url(url: &str) -> Result<(), EndpointError> {
+/// credentials, no spaces or control characters, a port other than 0; and,
+/// when private networks are refused, not an address on one (a name is
+/// checked when it is resolved, at each delivery).
+pub fn check_url(url: &str, allow_private_networks: bool) -> Result<(), EndpointError> {
     let invalid = |why: &str| EndpointError::Invalid("url", why.into());
     if url.len() > 2_048 {
         return Err(invalid("url must be at most 2048 characters"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("url must not hold spaces or control characters"));
     }
     let parsed = reqwest::Url::parse(url).map_err(|_| invalid("url must be an absolute URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -382,6 +405,21 @@ pub fn check_url(url: &str) -> Result<(), EndpointError> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("url must not carry credentials"));
+    }
+    if parsed.port() == Some(0) {
+        return Err(invalid("url must not use port 0"));
+    }
+    if !allow_private_networks {
+        let address = parsed.host_str().and_then(|host| {
+            host.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok()
+        });
+        if address.is_some_and(|ip| !dispatch::is_public(ip)) {
+            return Err(invalid(
+                "url is on a private network (webhooks.allow_private_networks is false)",
+            ));
+        }
     }
     Ok(())
 }
