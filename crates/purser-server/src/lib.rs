@@ -246,6 +246,10 @@ pub(crate) fn prepare(
         metrics,
         portal,
         webhooks,
+        stripe_webhook_secret: std::env::var("PURSER_STRIPE_WEBHOOK_SECRET")
+            .ok()
+            .filter(|secret| !secret.is_empty())
+            .map(api::Secret::new),
         body_timeout: std::time::Duration::from_secs(config.body_timeout_seconds),
     };
     Ok((AppState(Arc::new(shared)), generated, entries))

@@ -126,6 +126,7 @@ pub const ROUTES: &[Route] = &[
     route!("delete" "/v1/webhook_endpoints/{id}", "admin", 200 "Object", "Delete a webhook endpoint"),
     route!("post" "/v1/webhook_endpoints/{id}/rotate_secret", "admin", 200 "WebhookEndpoint", "A new secret; the old one keeps signing beside it for 24 hours"),
     route!("get" "/v1/webhook_endpoints/{id}/deliveries", "admin", 200 "List", "Recent delivery attempts, newest first"),
+    route!("post" "/v1/webhooks/stripe", "none", 200 "Object", "Stripe's events (signed with Stripe-Signature; PURSER_STRIPE_WEBHOOK_SECRET): checkout sessions complete or fail purchases, full refunds refund them; each event applied once"),
     route!("get" "/v1/test_clock", "read", 200 "TestClock", "The test clock (only with --test-clock)"),
     route!("post" "/v1/test_clock/advance", "admin", 200 "TestClock", "Move the test clock; answered once due work is applied",
         "seconds*": "integer" => "how far"),

@@ -14,6 +14,7 @@ mod holds;
 mod operations;
 mod portal_sessions;
 mod purchases;
+mod stripe;
 mod usage;
 mod webhook_endpoints;
 
@@ -49,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub portal: Arc<Portal>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// `PURSER_STRIPE_WEBHOOK_SECRET`: Stripe's events are taken only with it.
+    pub stripe_webhook_secret: Option<Secret>,
     /// How long a client has to send a request's body.
     pub body_timeout: std::time::Duration,
 }
@@ -170,6 +173,8 @@ pub fn router(state: AppState) -> Router {
             post(operations::advance_test_clock),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticated))
+        // Signed by Stripe, not authenticated by an API key.
+        .route("/v1/webhooks/stripe", post(stripe::webhook))
         .with_state(state.clone())
         .merge(purser_portal::routes(state.portal.clone()))
         .fallback(not_found)
@@ -453,5 +458,28 @@ async fn list_in_memory(
             .await
         }
         Err(error) => error.into_response(),
+    }
+}
+
+/// A secret kept out of `Debug` (and so out of logs).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
     }
 }

@@ -60,7 +60,20 @@ impl ServerProcess {
         let work_dir = data_dir.parent().expect("the data directory has a parent");
         let mut args = vec![std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
         args.extend(extra_args.iter().map(std::ffi::OsStr::new));
-        ServerProcess::spawn(work_dir, log_name, &args, "warn")
+        ServerProcess::spawn(work_dir, log_name, &args, "warn", &[])
+    }
+
+    /// [`ServerProcess::start_with`] with environment variables set for it.
+    pub fn start_with_env(
+        data_dir: &Path,
+        log_name: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let work_dir = data_dir.parent().expect("the data directory has a parent");
+        let mut args = vec![std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
+        ServerProcess::spawn(work_dir, log_name, &args, "warn", env)
     }
 
     /// Runs `purser serve --listen <a free port> <args>` in `work_dir`, logging
@@ -71,6 +84,7 @@ impl ServerProcess {
         log_name: &str,
         args: &[&std::ffi::OsStr],
         log_level: &str,
+        env: &[(&str, &str)],
     ) -> ServerProcess {
         let log = work_dir.join(format!("{log_name}.log"));
         let port = free_port();
@@ -81,6 +95,7 @@ impl ServerProcess {
             .args(args)
             .env("PURSER_ADMIN_KEY", ADMIN_KEY)
             .env("PURSER_LOG", log_level)
+            .envs(env.iter().copied())
             .current_dir(work_dir)
             .stdout(out)
             .stderr(err)
@@ -256,7 +271,7 @@ impl ServerProcess {
             std::ffi::OsStr::new("--database-url"),
             std::ffi::OsStr::new(database_url),
         ];
-        ServerProcess::spawn(work_dir, log_name, &args, "info")
+        ServerProcess::spawn(work_dir, log_name, &args, "info", &[])
     }
 
     /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the server.

@@ -1,0 +1,238 @@
+//! `POST /v1/webhooks/stripe` (API.md "Payments"): Stripe's events settle
+//! purchases. No API key: the `Stripe-Signature` header is verified on the
+//! raw body (HMAC-SHA256 of `t.body` under the endpoint's signing secret,
+//! every `v1` tried, 300 s tolerance). Each Stripe event id is applied once
+//! (it is the command's idempotency key), by the provider as actor; the
+//! amount and currency paid must match the purchase.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use purser_core::{Actor, Command, ObjectId, ObjectKind};
+use purser_engine::{IdempotencyKey, Read};
+use purser_wire::{ApiError, json_response};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::{AppState, JsonBody, Result};
+
+/// How old a signed timestamp may be (either way), in seconds.
+pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// Whether `header` (`t=…,v1=…[,v1=…]`) signs `body` under `secret` at
+/// `now` (Unix seconds).
+pub fn verify(header: &str, body: &[u8], secret: &str, now: i64) -> bool {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => signatures.push(value),
+            _ => {}
+        }
+    }
+    let Some(timestamp) = timestamp else {
+        return false;
+    };
+    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+        return false;
+    }
+    signatures.into_iter().any(|signature| {
+        let Ok(expected) = hex::decode(signature) else {
+            return false;
+        };
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok()
+    })
+}
+
+/// Currencies Stripe counts in whole units (no minor unit).
+const ZERO_DECIMAL: [&str; 16] = [
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+    "xaf", "xof", "xpf",
+];
+
+/// A catalog price (a decimal string) in the currency's minor units.
+fn minor_units(price: &str, currency: &str) -> Option<i128> {
+    let micros = purser_core::Credits::parse(price, purser_core::Notation::String)
+        .ok()?
+        .micros();
+    let per_unit: u64 = if ZERO_DECIMAL.contains(&currency) {
+        1
+    } else {
+        100
+    };
+    let scaled = u128::from(micros) * u128::from(per_unit);
+    scaled
+        .is_multiple_of(1_000_000)
+        .then_some((scaled / 1_000_000) as i128)
+}
+
+fn refused(code: &'static str, message: &str) -> Response {
+    ApiError::bad_request(code, message).into_response()
+}
+
+pub(super) async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
+    let Some(secret) = state.stripe_webhook_secret.as_deref() else {
+        return Err(ApiError::not_found(
+            "stripe_not_configured",
+            "Stripe is not configured (PURSER_STRIPE_WEBHOOK_SECRET)",
+        ));
+    };
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let now = crate::webhooks::wall_micros() / 1_000_000;
+    if !verify(signature, &body, secret, now) {
+        return Ok(refused(
+            "invalid_signature",
+            "the Stripe-Signature header does not sign this body",
+        ));
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(refused("invalid_event", "the body is not a Stripe event"));
+    };
+    let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
+        return Ok(refused("invalid_event", "the event has no id or type"));
+    };
+    let object = &event["data"]["object"];
+    let (action, purchase_ref) = match kind {
+        "checkout.session.completed" if object["payment_status"] == "paid" => {
+            ("complete", object["client_reference_id"].as_str())
+        }
+        "checkout.session.async_payment_succeeded" => {
+            ("complete", object["client_reference_id"].as_str())
+        }
+        "checkout.session.async_payment_failed" | "checkout.session.expired" => {
+            ("fail", object["client_reference_id"].as_str())
+        }
+        "charge.refunded" => ("refund", None),
+        // Not about a purchase, or nothing to do yet (an unpaid session).
+        _ => return Ok(received(id, "ignored")),
+    };
+    let purchase_ref = purchase_ref.or_else(|| object["metadata"]["purchase_id"].as_str());
+    let Some(purchase) = purchase_ref.and_then(|id| ObjectId::parse(ObjectKind::Purchase, id))
+    else {
+        return Ok(received(id, "ignored"));
+    };
+    let current = state
+        .engine
+        .read(Read::Purchase(purchase))
+        .await
+        .map_err(ApiError::from)?;
+    if current.status == 404 {
+        return Ok(received(id, "ignored"));
+    }
+    let current: Value = serde_json::from_slice(&current.body).unwrap_or(Value::Null);
+    let command = match action {
+        "complete" => {
+            let currency = state.engine.catalog().currency().to_lowercase();
+            let paid_currency = object["currency"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase();
+            let expected = current["price"]
+                .as_str()
+                .and_then(|price| minor_units(price, &currency));
+            let paid = object["amount_total"].as_i64().map(i128::from);
+            if paid_currency != currency || expected.is_none() || paid != expected {
+                return Ok(ApiError::bad_request(
+                    "amount_mismatch",
+                    format!(
+                        "the session paid {} {paid_currency}; the purchase costs {} {currency}",
+                        paid.map_or("?".into(), |p| p.to_string()),
+                        expected.map_or("?".into(), |e| e.to_string()),
+                    ),
+                )
+                .into_response());
+            }
+            Command::CompletePurchase { purchase }
+        }
+        "fail" => Command::FailPurchase { purchase },
+        _ => {
+            // Only a full refund refunds the purchase (a partial one is
+            // left to the operator).
+            if object["amount_refunded"].as_i64() != object["amount"].as_i64() {
+                return Ok(received(id, "ignored"));
+            }
+            Command::RefundPurchase { purchase }
+        }
+    };
+    // Settled already, the way this event would: nothing to apply.
+    let settled = current["status"].as_str().unwrap_or_default();
+    if matches!(
+        (action, settled),
+        ("complete", "completed") | ("fail", "failed") | ("refund", "refunded")
+    ) {
+        return Ok(received(id, "applied"));
+    }
+    if action == "fail" && settled != "pending" {
+        return Ok(received(id, "ignored"));
+    }
+    let key = IdempotencyKey::new(
+        &format!("stripe:{id}"),
+        purser_wire::fingerprint("POST", "/v1/webhooks/stripe", id.as_bytes()),
+    );
+    let outcome = state
+        .engine
+        .run(command, Some(key), Actor::Provider(id.into()))
+        .await;
+    let (status, answer) = purser_wire::outcome(outcome);
+    if (200..300).contains(&status) {
+        return Ok(received(id, "applied"));
+    }
+    Ok(json_response(status, answer))
+}
+
+/// What Stripe is answered when the event is taken (2xx: not sent again).
+fn received(id: &str, outcome: &str) -> Response {
+    json_response(
+        200,
+        serde_json::to_vec(&json!({"received": true, "event": id, "outcome": outcome}))
+            .expect("JSON"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signatures_are_checked_with_tolerance() {
+        let body = br#"{"id":"evt_1"}"#;
+        let header = sign("whsec_x", 1_000, body);
+        assert!(verify(&header, body, "whsec_x", 1_000));
+        assert!(verify(&header, body, "whsec_x", 1_300));
+        assert!(!verify(&header, body, "whsec_x", 1_301), "stale");
+        assert!(!verify(&header, body, "whsec_y", 1_000), "another secret");
+        assert!(!verify(&header, b"{}", "whsec_x", 1_000), "another body");
+        let two = format!("{},v1=00ff", header.replace("v1=", "v1=00,v1="));
+        assert!(verify(&two, body, "whsec_x", 1_000), "every v1 is tried");
+        assert!(!verify("v1=abc", body, "whsec_x", 1_000), "no timestamp");
+    }
+
+    #[test]
+    fn prices_are_counted_in_minor_units() {
+        assert_eq!(minor_units("9", "usd"), Some(900));
+        assert_eq!(minor_units("19.99", "eur"), Some(1999));
+        assert_eq!(minor_units("500", "jpy"), Some(500));
+        assert_eq!(minor_units("0.001", "usd"), None);
+    }
+}

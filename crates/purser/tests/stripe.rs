@@ -1,0 +1,233 @@
+//! Stripe's events from outside: the real `purser serve` takes
+//! `POST /v1/webhooks/stripe` with payloads signed by Stripe's own library
+//! (`stripe` from npm, `webhooks.generateTestHeaderString`, pinned in
+//! `e2e/package.json`): a purchase completed exactly once however often and
+//! in whatever order Stripe delivers its events, a wrong amount refused, an
+//! expired session, a refund, forged and stale signatures refused.
+//!
+//! Needs Node.js 20+ and `e2e/node_modules` (`.ci/test` installs them).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::ServerProcess;
+use common::ledger::{admin, expect_status};
+use purser_client::{Client, NewAccount};
+use serde_json::{Value, json};
+
+const SECRET: &str = "whsec_test_purser_0123456789abcdef";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// The `Stripe-Signature` header Stripe's library makes for `payload`.
+fn stripe_header(payload: &[u8], secret: &str, timestamp: Option<i64>) -> String {
+    let root = workspace_root();
+    assert!(
+        root.join("e2e/node_modules/stripe").exists(),
+        "\n\n*** e2e/node_modules is missing: run `npm ci --prefix e2e` (bash .ci/test does)\n\n"
+    );
+    let mut command = Command::new("node");
+    command
+        .arg("e2e/stripe-sign.mjs")
+        .arg(secret)
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if let Some(timestamp) = timestamp {
+        command.arg(timestamp.to_string());
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("\n\n*** cannot run `node` ({error})\n\n"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(payload)
+        .expect("write the payload");
+    let output = child.wait_with_output().expect("the signer");
+    assert!(output.status.success(), "the signer failed");
+    String::from_utf8(output.stdout).expect("a header")
+}
+
+async fn deliver(client: &Client, event: &Value, header: &str) -> purser_client::Reply {
+    let body = serde_json::to_vec(event).expect("JSON");
+    let http = purser_client::http_builder().build().expect("a client");
+    let response = http
+        .post(format!("{}/v1/webhooks/stripe", client.base_url()))
+        .header("content-type", "application/json")
+        .header("stripe-signature", header)
+        .body(body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    purser_client::Reply { status, body }
+}
+
+async fn signed(client: &Client, event: &Value) -> purser_client::Reply {
+    let header = stripe_header(&serde_json::to_vec(event).expect("JSON"), SECRET, None);
+    deliver(client, event, &header).await
+}
+
+fn session_event(id: &str, kind: &str, purchase: &str, amount: i64, paid: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "event",
+        "type": kind,
+        "data": {"object": {
+            "id": format!("cs_test_{id}"),
+            "object": "checkout.session",
+            "client_reference_id": purchase,
+            "amount_total": amount,
+            "currency": "usd",
+            "payment_status": paid,
+            "metadata": {"purchase_id": purchase},
+        }},
+    })
+}
+
+async fn buy(client: &Client, account: &str) -> String {
+    let purchase = expect_status(
+        client
+            .post(
+                &format!("/v1/accounts/{account}/purchases"),
+                &json!({"package": "small"}),
+            )
+            .await,
+        201,
+        "a purchase",
+    );
+    purchase.str("id").to_owned()
+}
+
+async fn purchase(client: &Client, id: &str) -> Value {
+    expect_status(
+        client.get(&format!("/v1/purchases/{id}")).await,
+        200,
+        "the purchase",
+    )
+    .body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_events_settle_purchases_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start_with_env(
+        &dir.path().join("data"),
+        "server",
+        &[],
+        &[("PURSER_STRIPE_WEBHOOK_SECRET", SECRET)],
+    );
+    let client = admin(&server, Duration::from_secs(10));
+    expect_status(
+        client
+            .create_account(&NewAccount {
+                id: "shop".into(),
+                tier: "starter".into(),
+                name: None,
+                anchor: None,
+            })
+            .await,
+        201,
+        "an account",
+    );
+    // small: 200 credits for 9 USD, 900 cents.
+    let first = buy(&client, "shop").await;
+    let completed = session_event("evt_1", "checkout.session.completed", &first, 900, "paid");
+    let succeeded = session_event(
+        "evt_2",
+        "checkout.session.async_payment_succeeded",
+        &first,
+        900,
+        "paid",
+    );
+    for event in [&completed, &succeeded, &completed, &completed, &succeeded] {
+        let reply = signed(&client, event).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(purchase(&client, &first).await["status"], "completed");
+    let balance = expect_status(client.balance("shop").await, 200, "the balance");
+    assert_eq!(
+        balance.body["available"], "300",
+        "granted once: {balance:?}"
+    );
+    let events = expect_status(
+        client.get("/v1/events?type=purchase.completed").await,
+        200,
+        "events",
+    );
+    let data = events.body["data"].as_array().expect("a list");
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["actor"], json!({"type": "provider", "id": "evt_1"}));
+
+    // A wrong amount is refused and changes nothing.
+    let second = buy(&client, "shop").await;
+    let short = session_event("evt_3", "checkout.session.completed", &second, 100, "paid");
+    let reply = signed(&client, &short).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.error_code(), Some("amount_mismatch"));
+    assert_eq!(purchase(&client, &second).await["status"], "pending");
+    // An unpaid (async) session waits; its expiry fails the purchase.
+    let unpaid = session_event(
+        "evt_4",
+        "checkout.session.completed",
+        &second,
+        900,
+        "unpaid",
+    );
+    assert_eq!(signed(&client, &unpaid).await.status, 200);
+    assert_eq!(purchase(&client, &second).await["status"], "pending");
+    let expired = session_event("evt_5", "checkout.session.expired", &second, 900, "unpaid");
+    assert_eq!(signed(&client, &expired).await.status, 200);
+    assert_eq!(purchase(&client, &second).await["status"], "failed");
+
+    // A full refund refunds the purchase (its unused credits voided).
+    let refund = json!({
+        "id": "evt_6",
+        "type": "charge.refunded",
+        "data": {"object": {
+            "object": "charge", "amount": 900, "amount_refunded": 900, "currency": "usd",
+            "metadata": {"purchase_id": first},
+        }},
+    });
+    assert_eq!(signed(&client, &refund).await.status, 200);
+    assert_eq!(purchase(&client, &first).await["status"], "refunded");
+
+    // Forged and stale signatures change nothing.
+    let third = buy(&client, "shop").await;
+    let event = session_event("evt_7", "checkout.session.completed", &third, 900, "paid");
+    let body = serde_json::to_vec(&event).expect("JSON");
+    let forged = stripe_header(&body, "whsec_someone_else", None);
+    let reply = deliver(&client, &event, &forged).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.error_code(), Some("invalid_signature"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    let stale = stripe_header(&body, SECRET, Some(now - 301));
+    assert_eq!(deliver(&client, &event, &stale).await.status, 400);
+    let tampered = json!({"id": "evt_7", "type": "checkout.session.completed", "data": {"object": {
+        "client_reference_id": third, "amount_total": 900, "currency": "usd", "payment_status": "paid"}}});
+    let header = stripe_header(&serde_json::to_vec(&tampered).expect("JSON"), SECRET, None);
+    let mut other = tampered.clone();
+    other["data"]["object"]["amount_total"] = json!(1);
+    assert_eq!(deliver(&client, &other, &header).await.status, 400);
+    assert_eq!(purchase(&client, &third).await["status"], "pending");
+    // Signed properly, it applies.
+    assert_eq!(signed(&client, &event).await.status, 200);
+    assert_eq!(purchase(&client, &third).await["status"], "completed");
+    drop(server);
+}
