@@ -37,7 +37,16 @@ pub enum Actor {
     Provider(std::sync::Arc<str>),
 }
 
+/// The system actor, shared (no allocation per use).
+static SYSTEM: std::sync::LazyLock<std::sync::Arc<Actor>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(Actor::System));
+
 impl Actor {
+    /// [`Actor::System`], shared.
+    pub fn system() -> std::sync::Arc<Actor> {
+        SYSTEM.clone()
+    }
+
     /// The actor's type, as the API names it.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -173,15 +173,14 @@ impl Ledger {
         &mut self,
         now: Timestamp,
         command: Command,
-        actor: Option<&Actor>,
+        actor: Option<&Arc<Actor>>,
         out: &mut Vec<Entry>,
         events: Option<&mut Vec<Event>>,
     ) -> Result<Receipt, Rejection> {
-        let actor = actor.map(|actor| Arc::new(actor.clone()));
         let Some(events) = events else {
             let first = out.len();
             let result = self.execute_inner(now, command, out);
-            if let Some(actor) = &actor {
+            if let Some(actor) = actor {
                 for entry in &mut out[first..] {
                     entry.actor = Some(actor.clone());
                 }
@@ -215,7 +214,7 @@ impl Ledger {
                     event.time_driven = true;
                 }
                 if actor.is_some() {
-                    let system = Arc::new(Actor::System);
+                    let system = Actor::system();
                     for entry in &mut out[start..] {
                         entry.actor = Some(system.clone());
                     }
@@ -231,9 +230,9 @@ impl Ledger {
         }
         if let Some(actor) = actor {
             let actor = if time_driven {
-                Arc::new(Actor::System)
+                Actor::system()
             } else {
-                actor
+                actor.clone()
             };
             for entry in &mut out[start + offset..] {
                 entry.actor = Some(actor.clone());

@@ -632,6 +632,7 @@ impl Engine {
         let keys: Vec<Option<&IdempotencyKey>> =
             commands.iter().map(|(_, key)| key.as_ref()).collect();
         let claims = self.claim_all(&keys).await;
+        let actor = Arc::new(actor);
         // No await from here: every claimed key is handed to a shard (or
         // let go) before this returns.
         let mut submitted = Vec::with_capacity(commands.len());

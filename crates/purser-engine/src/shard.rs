@@ -48,7 +48,8 @@ pub(crate) enum Work {
     Command {
         command: Command,
         claim: Option<IdempotencyKey>,
-        actor: Actor,
+        /// Shared by the commands of one request (a batch's).
+        actor: Arc<Actor>,
     },
     Read(Read),
     /// The handle and creation time of an account id.
@@ -303,7 +304,7 @@ impl Shard {
         &mut self,
         command: Command,
         claim: Option<IdempotencyKey>,
-        actor: Actor,
+        actor: Arc<Actor>,
         now: Timestamp,
         batch: &mut Batch,
     ) -> Answer {
@@ -472,7 +473,7 @@ impl Shard {
                 .execute_as(
                     now,
                     Command::Advance { account: handle },
-                    Some(&Actor::System),
+                    Some(&Actor::system()),
                     &mut batch.entries,
                     Some(&mut events),
                 )

@@ -1,9 +1,9 @@
 //! A group commit's rows as columns, for one `INSERT … SELECT FROM
 //! unnest(…)` each: entries (with their usage facts, checksums and the
-//! commit's chain hash) and idempotency records.
+//! commit's chain hash), idempotency records and events.
 
 use purser_core::Entry;
-use purser_store::{ChainHash, IdempotencyRecord, encode_entry, record_sum, usage_of};
+use purser_store::{ChainHash, EventRecord, IdempotencyRecord, encode_entry, record_sum, usage_of};
 
 /// The columns of a batch of entries, for one `unnest` insert.
 #[derive(Default)]
@@ -95,5 +95,32 @@ impl Columns {
             *slot = Some(chain.to_vec());
         }
         (columns, chain)
+    }
+}
+
+/// A commit's events as the columns of an `unnest`.
+pub(crate) struct EventColumns<'a> {
+    pub(crate) account: Vec<i64>,
+    pub(crate) seq: Vec<i64>,
+    pub(crate) rank: Vec<i32>,
+    pub(crate) account_id: Vec<&'a str>,
+    pub(crate) kind: Vec<&'a str>,
+    pub(crate) at: Vec<i64>,
+    pub(crate) body: Vec<&'a [u8]>,
+    pub(crate) sum: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(crate) fn of(events: &'a [EventRecord]) -> EventColumns<'a> {
+        EventColumns {
+            account: events.iter().map(|e| e.id.account.raw() as i64).collect(),
+            seq: events.iter().map(|e| e.id.seq as i64).collect(),
+            rank: events.iter().map(|e| i32::from(e.id.rank)).collect(),
+            account_id: events.iter().map(|e| e.account.as_str()).collect(),
+            kind: events.iter().map(|e| e.kind.name()).collect(),
+            at: events.iter().map(|e| e.at.micros()).collect(),
+            body: events.iter().map(|e| &e.body[..]).collect(),
+            sum: events.iter().map(purser_store::event_sum).collect(),
+        }
     }
 }

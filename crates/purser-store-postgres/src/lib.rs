@@ -15,14 +15,18 @@
 //! This crate holds no business rules.
 
 mod columns;
+mod idempotency;
 mod lease;
+mod outbox;
 mod schema;
+mod settings;
 mod usage;
 
 use std::sync::{Mutex, MutexGuard};
 
-use columns::{Columns, KeyColumns};
+use columns::{Columns, EventColumns, KeyColumns};
 use lease::LEASE_SECONDS;
+use outbox::{CHECKED_EVENT, checked_event};
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
@@ -70,62 +74,6 @@ pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord 
         body: row.get(first + 3),
         expires_at: Timestamp::from_micros(row.get(first + 4)),
     }
-}
-
-/// A commit's events as the columns of an `unnest`.
-struct EventColumns<'a> {
-    account: Vec<i64>,
-    seq: Vec<i64>,
-    rank: Vec<i32>,
-    account_id: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    at: Vec<i64>,
-    body: Vec<&'a [u8]>,
-    sum: Vec<i64>,
-}
-
-impl<'a> EventColumns<'a> {
-    fn of(events: &'a [EventRecord]) -> EventColumns<'a> {
-        EventColumns {
-            account: events.iter().map(|e| e.id.account.raw() as i64).collect(),
-            seq: events.iter().map(|e| e.id.seq as i64).collect(),
-            rank: events.iter().map(|e| i32::from(e.id.rank)).collect(),
-            account_id: events.iter().map(|e| e.account.as_str()).collect(),
-            kind: events.iter().map(|e| e.kind.name()).collect(),
-            at: events.iter().map(|e| e.at.micros()).collect(),
-            body: events.iter().map(|e| &e.body[..]).collect(),
-            sum: events.iter().map(purser_store::event_sum).collect(),
-        }
-    }
-}
-
-/// The columns [`checked_event`] reads, in its order.
-const CHECKED_EVENT: &str =
-    "SELECT pos, account, seq, rank, account_id, type, at, body, sum FROM event";
-
-/// A row of [`CHECKED_EVENT`], checked against its checksum.
-fn checked_event(row: &postgres::Row) -> Result<StoredEvent, StoreError> {
-    let position: i64 = row.get(0);
-    let damaged = || StoreError::Damaged(format!("the event at outbox position {position}"));
-    let kind: &str = row.get(5);
-    let event = EventRecord {
-        id: EventId {
-            account: AccountHandle::from_raw(row.get::<_, i64>(1) as u64),
-            seq: row.get::<_, i64>(2) as u64,
-            rank: u8::try_from(row.get::<_, i32>(3)).map_err(|_| damaged())?,
-        },
-        account: row.get(4),
-        kind: EventType::parse(kind).ok_or_else(damaged)?,
-        at: Timestamp::from_micros(row.get(6)),
-        body: row.get(7),
-    };
-    if row.get::<_, i64>(8) != purser_store::event_sum(&event) {
-        return Err(damaged());
-    }
-    Ok(StoredEvent {
-        position: position as u64,
-        event,
-    })
 }
 
 /// The columns [`checked_record`] reads, in its order.
@@ -699,133 +647,23 @@ impl Store for PostgresStore {
     }
 
     fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
-        let ascending = query.after.is_some();
-        let from = if ascending {
-            query.after.map(|p| p as i64)
-        } else {
-            query.before.map(|p| p as i64)
-        };
-        let sql = format!(
-            "{CHECKED_EVENT} WHERE ($1::text IS NULL OR account_id = $1)
-               AND ($2::text IS NULL OR type = $2)
-               AND ($3::bigint IS NULL OR pos {} $3)
-             ORDER BY pos {} LIMIT $4",
-            if ascending { ">" } else { "<" },
-            if ascending { "ASC" } else { "DESC" },
-        );
-        self.read(|client| {
-            let rows = client
-                .query(
-                    &sql,
-                    &[
-                        &query.account,
-                        &query.kind.map(|k| k.name()),
-                        &from,
-                        &(query.limit as i64),
-                    ],
-                )
-                .map_err(backend)?;
-            rows.iter().map(checked_event).collect()
-        })
+        self.events_in_outbox(query)
     }
 
     fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        self.read(|client| {
-            let row = client
-                .query_opt(
-                    &format!("{CHECKED_EVENT} WHERE account = $1 AND seq = $2 AND rank = $3"),
-                    &[
-                        &(id.account.raw() as i64),
-                        &(id.seq as i64),
-                        &i32::from(id.rank),
-                    ],
-                )
-                .map_err(backend)?;
-            row.as_ref().map(checked_event).transpose()
-        })
+        self.event_in_outbox(id)
     }
 
     fn last_event(&self) -> Result<u64, StoreError> {
-        self.read(|client| {
-            let row = client
-                .query_one("SELECT COALESCE(MAX(pos), 0) FROM event", &[])
-                .map_err(backend)?;
-            Ok(row.get::<_, i64>(0) as u64)
-        })
+        self.last_event_in_outbox()
     }
 
     fn purge_events(&self, before: Timestamp) -> Result<u64, StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Fenced);
-        }
-        let mut purged = 0;
-        loop {
-            let (old, seen, last) = self.read(|client| {
-                let rows = client
-                    .query("SELECT pos, at FROM event ORDER BY pos LIMIT 1000", &[])
-                    .map_err(backend)?;
-                let old = rows
-                    .iter()
-                    .take_while(|row| row.get::<_, i64>(1) < before.micros())
-                    .count();
-                let last = old.checked_sub(1).map(|i| rows[i].get::<_, i64>(0));
-                Ok((old, rows.len(), last))
-            })?;
-            let Some(last) = last else {
-                return Ok(purged);
-            };
-            purged += self.read(|client| {
-                client
-                    .execute("DELETE FROM event WHERE pos <= $1", &[&last])
-                    .map_err(backend)
-            })?;
-            if old < seen || seen < 1000 {
-                return Ok(purged);
-            }
-        }
+        self.purge_events_in_outbox(before)
     }
 
     fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Fenced);
-        }
-        self.read(|client| {
-            let row = client
-                .query_one(
-                    "INSERT INTO webhook_delivery
-                        (endpoint, event, at, status, error, duration_ms, next_attempt)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                    &[
-                        &delivery.endpoint,
-                        &delivery.event,
-                        &delivery.at.micros(),
-                        &delivery.status.map(i32::from),
-                        &delivery.error,
-                        &(delivery.duration_ms as i64),
-                        &delivery.next_attempt.map(Timestamp::micros),
-                    ],
-                )
-                .map_err(backend)?;
-            let id: i64 = row.get(0);
-            // Now and then, what is past the endpoint's newest kept attempts.
-            if id % 256 == 0 {
-                client
-                    .execute(
-                        "DELETE FROM webhook_delivery WHERE endpoint = $1 AND id <=
-                            (SELECT id FROM webhook_delivery WHERE endpoint = $1
-                              ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                        &[&delivery.endpoint, &(KEPT_DELIVERIES as i64)],
-                    )
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
+        self.record_delivery_in_outbox(delivery)
     }
 
     fn deliveries(
@@ -834,77 +672,15 @@ impl Store for PostgresStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let before = before.map_or(i64::MAX, |id| id.min(i64::MAX as u64) as i64);
-        self.read(|client| {
-            let rows = client
-                .query(
-                    "SELECT endpoint, event, at, status, error, duration_ms, next_attempt, id
-                       FROM webhook_delivery WHERE endpoint = $1 AND id < $2
-                      ORDER BY id DESC LIMIT $3",
-                    &[&endpoint, &before, &(limit as i64)],
-                )
-                .map_err(backend)?;
-            Ok(rows
-                .iter()
-                .map(|row| DeliveryRecord {
-                    id: row.get::<_, i64>(7) as u64,
-                    endpoint: row.get(0),
-                    event: row.get(1),
-                    at: Timestamp::from_micros(row.get(2)),
-                    status: row
-                        .get::<_, Option<i32>>(3)
-                        .and_then(|s| u16::try_from(s).ok()),
-                    error: row.get(4),
-                    duration_ms: row.get::<_, i64>(5) as u64,
-                    next_attempt: row.get::<_, Option<i64>>(6).map(Timestamp::from_micros),
-                })
-                .collect())
-        })
+        self.deliveries_in_outbox(endpoint, before, limit)
     }
 
     fn idempotency_record(&self, key: &KeyHash) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.read(|client| {
-            let row = client
-                .query_opt(
-                    &format!(
-                        "{CHECKED_RECORD} WHERE substring(key from 1 for 8) = $2 AND key = $1
-                          ORDER BY id DESC LIMIT 1"
-                    ),
-                    &[&&key[..], &&key[..8]],
-                )
-                .map_err(backend)?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let (record, sound) = checked_record(&row);
-            if !sound || record.key != *key {
-                return Err(damaged_record(row.get(0)));
-            }
-            Ok(Some(record))
-        })
+        self.idempotency_record_stored(key)
     }
 
     fn idempotency_keys(&self, after: u64, limit: usize) -> Result<Vec<StoredKey>, StoreError> {
-        self.read(|client| {
-            let rows = client
-                .query(
-                    &format!("{CHECKED_RECORD} WHERE id > $1 ORDER BY id LIMIT $2"),
-                    &[&(after as i64), &(limit as i64)],
-                )
-                .map_err(backend)?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    let (record, sound) = checked_record(row);
-                    StoredKey {
-                        id: row.get::<_, i64>(0) as u64,
-                        key: record.key,
-                        expires_at: record.expires_at,
-                        sound,
-                    }
-                })
-                .collect())
-        })
+        self.idempotency_keys_stored(after, limit)
     }
 
     fn scan(
@@ -1051,121 +827,27 @@ impl Store for PostgresStore {
     }
 
     fn purge_idempotency(&self, now: Timestamp) -> Result<u64, StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        // In chunks, oldest stored first: a commit waits for one chunk at
-        // most. Each record is checked before it goes: a damaged expiry
-        // must not get a record deleted unseen.
-        let mut purged = 0;
-        loop {
-            let mut guard = lock(&self.writer);
-            let client = writer(&mut guard);
-            let rows = client
-                .query(&format!("{CHECKED_RECORD} ORDER BY id LIMIT 1000"), &[])
-                .map_err(backend)?;
-            let mut last = None;
-            let mut chunk = 0;
-            for row in &rows {
-                let (record, sound) = checked_record(row);
-                if !sound {
-                    return Err(damaged_record(row.get(0)));
-                }
-                if record.expires_at > now {
-                    break;
-                }
-                last = Some(row.get::<_, i64>(0));
-                chunk += 1;
-            }
-            if let Some(last) = last {
-                client
-                    .execute("DELETE FROM idempotency_record WHERE id <= $1", &[&last])
-                    .map_err(backend)?;
-            }
-            purged += chunk;
-            if chunk < 1000 {
-                return Ok(purged);
-            }
-        }
+        self.purge_idempotency_stored(now)
     }
 
     fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let mut guard = lock(&self.writer);
-        writer(&mut guard)
-            .execute(
-                "INSERT INTO api_key (id, secret_hash, scopes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &key.id,
-                    &&key.secret_hash[..],
-                    &key.scopes.join(" "),
-                    &key.created_at.micros(),
-                    &key.revoked_at.map(|t| t.micros()),
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
+        self.insert_api_key_stored(key)
     }
 
     fn revoke_api_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
-        let mut guard = lock(&self.writer);
-        let changed = writer(&mut guard)
-            .execute(
-                "UPDATE api_key SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
-                &[&id, &at.micros()],
-            )
-            .map_err(backend)?;
-        Ok(changed > 0)
+        self.revoke_api_key_stored(id, at)
     }
 
     fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.read(|client| {
-            let rows = client
-                .query(
-                    "SELECT id, secret_hash, scopes, created_at, revoked_at FROM api_key ORDER BY created_at, id",
-                    &[],
-                )
-                .map_err(backend)?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    let hash: Vec<u8> = row.get(1);
-                    let scopes: String = row.get(2);
-                    ApiKeyRecord {
-                        id: row.get(0),
-                        secret_hash: hash.try_into().unwrap_or([0; 32]),
-                        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                        created_at: Timestamp::from_micros(row.get(3)),
-                        revoked_at: row.get::<_, Option<i64>>(4).map(Timestamp::from_micros),
-                    }
-                })
-                .collect())
-        })
+        self.api_keys_stored()
     }
 
     fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
-        self.read(|client| {
-            let row = client
-                .query_opt("SELECT value FROM setting WHERE name = $1", &[&name])
-                .map_err(backend)?;
-            Ok(row.map(|row| row.get(0)))
-        })
+        self.setting_stored(name)
     }
 
     fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
-        // A writer that lost its lease writes nothing more (its webhook
-        // dispatcher's last progress would undo the new writer's changes).
-        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Fenced);
-        }
-        let mut guard = lock(&self.writer);
-        writer(&mut guard)
-            .execute(
-                "INSERT INTO setting (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                &[&name, &value],
-            )
-            .map_err(backend)?;
-        Ok(())
+        self.set_setting_stored(name, value)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

@@ -264,9 +264,9 @@ fn thresholds_journal() -> Vec<Entry> {
     let delta = AccountId::parse("delta").unwrap();
     // Each entry records its actor too (entry version 2).
     let actors = [
-        Actor::ApiKey("key_0123456789ab".into()),
-        Actor::Portal("ps_00112233445566778899aabbccddeeff".into()),
-        Actor::System,
+        Arc::new(Actor::ApiKey("key_0123456789ab".into())),
+        Arc::new(Actor::Portal("ps_00112233445566778899aabbccddeeff".into())),
+        Actor::system(),
     ];
     let mut next = 0;
     let mut run = |command: Command| {

@@ -6,7 +6,6 @@ use axum::response::Response;
 use purser_core::{AccountId, AccountUpdate, Command, MAX_THRESHOLDS, Proration, TierId};
 use purser_engine::Read;
 use purser_wire::{ApiError, Fields, json_response, objects, required};
-use serde_json::Value;
 
 use super::{
     AppState, JsonBody, QueryMap, Result, account_handle, account_path, list_limit, mutate,
@@ -74,14 +73,14 @@ pub(super) async fn update_account(
         // tier's.
         let thresholds = if fields.has("low_balance_thresholds") {
             Some(fields.credits_list("low_balance_thresholds", MAX_THRESHOLDS)?)
-        } else if body_has_null(body, "low_balance_thresholds") {
+        } else if fields.is_null("low_balance_thresholds") {
             Some(None)
         } else {
             None
         };
         let cap = if fields.has("member_monthly_cap") {
             Some(fields.credits("member_monthly_cap")?)
-        } else if body_has_null(body, "member_monthly_cap") {
+        } else if fields.is_null("member_monthly_cap") {
             Some(None)
         } else {
             None
@@ -97,11 +96,6 @@ pub(super) async fn update_account(
         })
     })
     .await
-}
-
-fn body_has_null(body: &[u8], name: &str) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .is_ok_and(|value| value.get(name).is_some_and(Value::is_null))
 }
 
 pub(super) async fn close_account(

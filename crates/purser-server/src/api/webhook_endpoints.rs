@@ -43,6 +43,17 @@ fn attempt_json(attempt: &Attempt) -> Value {
     })
 }
 
+/// A list page of the first `limit` of `items` (one more was read, or the
+/// rest is given, to tell `has_more`).
+fn page<T>(items: &[T], limit: usize, render: impl Fn(&T) -> Value) -> Response {
+    let rendered: Vec<Vec<u8>> = items
+        .iter()
+        .take(limit)
+        .map(|item| body(&render(item)))
+        .collect();
+    json_response(200, objects::rendered_list(&rendered, items.len() > limit))
+}
+
 fn body(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON")
 }
@@ -147,16 +158,9 @@ pub(super) async fn list(
                 + 1
         }
     };
-    let rest = &endpoints[start..];
-    let items: Vec<Vec<u8>> = rest
-        .iter()
-        .take(limit)
-        .map(|endpoint| body(&endpoint_json(endpoint, None)))
-        .collect();
-    Ok(json_response(
-        200,
-        objects::rendered_list(&items, rest.len() > limit),
-    ))
+    Ok(page(&endpoints[start..], limit, |endpoint| {
+        endpoint_json(endpoint, None)
+    }))
 }
 
 pub(super) async fn get(
@@ -186,7 +190,7 @@ pub(super) async fn update(
     // null clears the description; absent keeps it.
     let description = if fields.has("description") {
         Some(description_of(&fields)?)
-    } else if body_has_null(&body, "description") {
+    } else if fields.is_null("description") {
         Some(None)
     } else {
         None
@@ -286,15 +290,7 @@ pub(super) async fn deliveries(
     };
     state.webhooks.get(&id).ok_or(EndpointError::NotFound)?;
     let attempts = state.webhooks.attempts(&id, before, limit + 1).await?;
-    let items: Vec<Vec<u8>> = attempts
-        .iter()
-        .take(limit)
-        .map(|attempt| body(&attempt_json(attempt)))
-        .collect();
-    Ok(json_response(
-        200,
-        objects::rendered_list(&items, attempts.len() > limit),
-    ))
+    Ok(page(&attempts, limit, attempt_json))
 }
 
 pub(super) async fn resend(
@@ -335,9 +331,4 @@ pub(super) async fn resend(
         (200, stored.event.body.clone())
     };
     Ok(once(&state, key, &path, &body, work).await)
-}
-
-fn body_has_null(body: &[u8], name: &str) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .is_ok_and(|value| value.get(name).is_some_and(Value::is_null))
 }
