@@ -171,7 +171,7 @@ async function run(page, pageErrors) {
   const small = catalog.packages.find((pack) => pack.id === 'small');
   await follow(page, page.locator('[data-testid=package-card][data-package=small] button[data-testid=buy-package]'), 'buy-package in the small card');
   await checkNotice(page, 'buy the small package');
-  const status = (await page.locator('table[data-testid=purchases] tbody tr').first().locator('[data-testid=purchase-status]').textContent()).trim();
+  const status = (await page.locator('table[data-testid=purchases] tbody tr').first().locator('[data-testid=purchase-status]').getAttribute('data-status'));
   check(status === 'completed', 'status of the first purchase row', 'completed', status);
   const bought = await balance();
   const gained = micros(bought.packages.available) - micros(upgraded.packages.available);

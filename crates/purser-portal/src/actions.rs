@@ -157,37 +157,114 @@ pub(crate) async fn buy(
     let Some(id) = purchase["id"].as_str() else {
         return unavailable();
     };
-    let billing = format!("{}/portal/{token}/billing", base_url(&state, &headers));
+    pay(&state, &token, &headers, &session, &form, &package, id).await
+}
+
+/// Sends the customer to pay for a pending purchase of `package`: to the
+/// provider's page, or back to billing with what happened.
+async fn pay(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+    session: &Session,
+    form: &HashMap<String, String>,
+    package: &purser_core::Package,
+    id: &str,
+) -> Response {
+    let billing = format!("{}/portal/{token}/billing", base_url(state, headers));
     let request = CheckoutRequest {
-        account: session.account.as_str(),
-        purchase: id,
-        package: package.id.as_str(),
-        package_name: &package.name,
+        account: session.account.as_str().to_owned(),
+        purchase: id.to_owned(),
+        package: package.id.as_str().to_owned(),
+        package_name: package.name.clone(),
         credits: package.credits,
         price: package.price,
-        currency: state.engine.catalog().currency(),
-        return_url: &billing,
+        currency: state.engine.catalog().currency().to_owned(),
+        success_url: format!("{billing}?notice=payment_received"),
+        cancel_url: format!("{billing}?notice=payment_canceled"),
     };
-    match state.payments.checkout(&request) {
-        Checkout::AwaitingConfirmation => back(&token, Ok("purchase_pending")),
-        Checkout::Redirect(url) => Response::builder()
+    match state.payments.checkout(&request).await {
+        Err(error) => {
+            tracing::warn!(purchase = id, code = error.code, message = %error.message, "checkout failed");
+            back(token, Err(&json!({"error": {"code": error.code}})))
+        }
+        Ok(Checkout::AwaitingConfirmation) => back(token, Ok("purchase_pending")),
+        Ok(Checkout::Redirect(url)) => Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(header::LOCATION, url)
             .body(Body::empty())
             .expect("a redirect"),
-        Checkout::Confirmed => {
+        Ok(Checkout::Confirmed) => {
             let Some(purchase) = ObjectId::parse(ObjectKind::Purchase, id) else {
                 return unavailable();
             };
             let command = Command::CompletePurchase { purchase };
-            let (status, answer) = run(&state, &session, &form, &path, command, "complete").await;
+            let path = format!("/portal/{token}/purchases");
+            let (status, answer) = run(state, session, form, &path, command, "complete").await;
             if status == 200 {
-                back(&token, Ok("purchase_completed"))
+                back(token, Ok("purchase_completed"))
             } else {
-                back(&token, Err(&answer))
+                back(token, Err(&answer))
             }
         }
     }
+}
+
+/// `POST /portal/{token}/purchases/{id}/pay`: back to the provider's page
+/// for a purchase still pending (the customer left it, or it failed to
+/// open). The provider answers the same session for the same purchase.
+pub(crate) async fn pay_purchase(
+    State(state): State<AppState>,
+    Path((token, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
+        Err(page) => return page,
+    };
+    let handle = match handle_of(&state, &session).await {
+        Ok(handle) => handle,
+        Err(page) => return page,
+    };
+    let Some(purchase) =
+        ObjectId::parse(ObjectKind::Purchase, &id).filter(|purchase| purchase.account == handle)
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Purchase not found",
+            "There is no such purchase on this account.",
+        );
+    };
+    let current = match state
+        .engine
+        .read(purser_engine::Read::Purchase(purchase))
+        .await
+    {
+        Ok(rendered) if rendered.status == 200 => {
+            serde_json::from_slice::<Value>(&rendered.body).unwrap_or(Value::Null)
+        }
+        Ok(_) => {
+            return back(
+                &token,
+                Err(&json!({"error": {"code": "purchase_not_found"}})),
+            );
+        }
+        Err(_) => return unavailable(),
+    };
+    if current["status"].as_str() != Some("pending") {
+        return back(
+            &token,
+            Err(&json!({"error": {"code": "purchase_status_conflict"}})),
+        );
+    }
+    let Some(package) = current["package"]
+        .as_str()
+        .and_then(|package| state.engine.catalog().package(package).cloned())
+    else {
+        return back(&token, Err(&json!({"error": {"code": "unknown_package"}})));
+    };
+    pay(&state, &token, &headers, &session, &form, &package, &id).await
 }
 
 pub(crate) async fn cancel_purchase(

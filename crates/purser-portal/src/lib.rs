@@ -67,13 +67,14 @@ const CSS: &str = include_str!("assets/portal.css");
 const JS: &str = include_str!("assets/portal.js");
 
 /// The portal's route templates (metrics are labelled with them).
-pub const ROUTE_PATHS: [&str; 8] = [
+pub const ROUTE_PATHS: [&str; 9] = [
     "/portal/{token}",
     "/portal/{token}/billing",
     "/portal/{token}/transactions.csv",
     "/portal/{token}/tier",
     "/portal/{token}/purchases",
     "/portal/{token}/purchases/{id}/cancel",
+    "/portal/{token}/purchases/{id}/pay",
     "/portal/assets/portal.css",
     "/portal/assets/portal.js",
 ];
@@ -90,6 +91,7 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         tier,
         purchases,
         cancel,
+        pay,
         style,
         script,
     ] = ROUTE_PATHS;
@@ -99,6 +101,7 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         .route(tier, post(actions::change_tier))
         .route(purchases, post(actions::buy))
         .route(cancel, post(actions::cancel_purchase))
+        .route(pay, post(actions::pay_purchase))
         .route_layer(middleware::from_fn_with_state(portal.clone(), token_first))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES));
     Router::new()
@@ -268,7 +271,7 @@ fn origin_of(url: &str) -> &str {
 
 /// Where links point: the configured public URL, else the Host the
 /// operator's request came to.
-fn base_url(state: &Portal, headers: &HeaderMap) -> String {
+pub fn base_url(state: &Portal, headers: &HeaderMap) -> String {
     if let Some(url) = &state.public_url {
         return url.clone();
     }

@@ -1,28 +1,35 @@
-//! Payment providers: what happens after a customer buys a package in the
-//! portal. The purchase itself is always a ledger command (`pending` first);
-//! a provider decides how it gets paid. `manual` leaves it to the operator's
-//! backend (`POST /v1/purchases/{id}/complete` once paid); `instant`
-//! confirms at once (demos and tests). A real provider (Stripe Checkout, …)
-//! answers [`Checkout::Redirect`] to its hosted page and completes the
-//! purchase from its webhook through the same API call.
+//! Payment providers: what happens after a customer buys a package. The
+//! purchase itself is always a ledger command (`pending` first); a provider
+//! decides how it gets paid. `manual` leaves it to the operator's backend
+//! (`POST /v1/purchases/{id}/complete` once paid); `instant` confirms at once
+//! (demos and tests); `stripe` (in `purser-server`, it needs the store and
+//! the network) answers [`Checkout::Redirect`] to a Stripe Checkout page and
+//! completes the purchase from Stripe's webhook through the same command.
+//!
+//! A provider may call the network, so [`PaymentProvider::checkout`] is
+//! asynchronous: it never blocks a runtime worker.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use purser_core::Credits;
 
 /// The purchase a checkout is for.
 #[derive(Clone, Debug)]
-pub struct CheckoutRequest<'a> {
-    pub account: &'a str,
+pub struct CheckoutRequest {
+    pub account: String,
     /// `pur_…`: the id the provider must hand back when payment succeeds.
-    pub purchase: &'a str,
-    pub package: &'a str,
-    pub package_name: &'a str,
+    pub purchase: String,
+    pub package: String,
+    pub package_name: String,
     pub credits: Credits,
     pub price: Credits,
-    pub currency: &'a str,
+    pub currency: String,
     /// Where the customer returns after paying (the billing page).
-    pub return_url: &'a str,
+    pub success_url: String,
+    /// Where the customer returns after giving up.
+    pub cancel_url: String,
 }
 
 /// How a purchase proceeds.
@@ -36,11 +43,35 @@ pub enum Checkout {
     Redirect(String),
 }
 
-/// A way to take payment for purchases made in the portal.
+/// The provider could not start a payment. The purchase stays `pending`;
+/// the same call again (the same purchase) is safe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentError {
+    /// `payment_provider_unavailable` (network, timeout, 5xx) or
+    /// `payment_provider_error` (the provider refused the request).
+    pub code: &'static str,
+    /// For logs and the operator; never shown to a customer verbatim.
+    pub message: String,
+}
+
+/// What a provider's asynchronous calls return.
+pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PaymentError>> + Send + 'a>>;
+
+/// A way to take payment for purchases.
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
-    /// The name in the configuration (`manual`, `instant`, …).
+    /// The name in the configuration (`manual`, `instant`, `stripe`).
     fn name(&self) -> &'static str;
-    fn checkout(&self, request: &CheckoutRequest<'_>) -> Checkout;
+
+    /// Starts paying for a pending purchase. Called again for the same
+    /// purchase (a retried request, a customer coming back to pay), it
+    /// must answer the same way, not start a second payment.
+    fn checkout<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout>;
+
+    /// Whether this provider takes payment itself (purchases made through
+    /// the API get a `checkout_url`).
+    fn redirects(&self) -> bool {
+        false
+    }
 }
 
 /// The operator's backend confirms each purchase (the default).
@@ -51,8 +82,8 @@ impl PaymentProvider for Manual {
     fn name(&self) -> &'static str {
         "manual"
     }
-    fn checkout(&self, _: &CheckoutRequest<'_>) -> Checkout {
-        Checkout::AwaitingConfirmation
+    fn checkout<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout> {
+        Box::pin(async { Ok(Checkout::AwaitingConfirmation) })
     }
 }
 
@@ -64,15 +95,16 @@ impl PaymentProvider for Instant {
     fn name(&self) -> &'static str {
         "instant"
     }
-    fn checkout(&self, _: &CheckoutRequest<'_>) -> Checkout {
-        Checkout::Confirmed
+    fn checkout<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout> {
+        Box::pin(async { Ok(Checkout::Confirmed) })
     }
 }
 
 /// The names `payments.provider` accepts.
-pub const PROVIDERS: [&str; 2] = ["manual", "instant"];
+pub const PROVIDERS: [&str; 3] = ["manual", "instant", "stripe"];
 
-/// The provider a configuration names, if it is one.
+/// The provider a configuration names, if it is one made here (`stripe`
+/// is made by the server, which has the store and the network).
 pub fn provider(name: &str) -> Option<Arc<dyn PaymentProvider>> {
     match name {
         "manual" => Some(Arc::new(Manual)),

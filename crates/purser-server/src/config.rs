@@ -58,6 +58,14 @@ struct RawPortal {
 #[serde(deny_unknown_fields)]
 struct RawPayments {
     provider: Option<String>,
+    #[serde(default)]
+    stripe: RawStripe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStripe {
+    api_base: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,8 +171,10 @@ pub struct Config {
     /// it, the `Host` the operator's request came to, over http.
     pub public_url: Option<String>,
     pub portal_session_ttl_seconds: i64,
-    /// `manual` or `instant` (see `payments`).
+    /// `manual`, `instant` or `stripe` (see `payments`).
     pub payment_provider: String,
+    /// `payments.stripe.api_base`: Stripe's API, or a stand-in for tests.
+    pub stripe_api_base: String,
     pub webhooks: crate::webhooks::Settings,
     /// Events older than this leave the outbox (API.md: at least 30 days).
     pub event_retention_days: i64,
@@ -198,6 +208,7 @@ impl Default for Config {
             public_url: None,
             portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
             payment_provider: "manual".into(),
+            stripe_api_base: crate::stripe::DEFAULT_API_BASE.into(),
             webhooks: crate::webhooks::Settings::default(),
             event_retention_days: 30,
         }
@@ -333,6 +344,14 @@ impl Config {
         }
         if let Some(provider) = raw.payments.provider {
             config.set_payment_provider(&provider)?;
+        }
+        if let Some(base) = raw.payments.stripe.api_base {
+            if !purser_portal::session::valid_return_url(&base) {
+                return Err(ConfigError::Invalid(format!(
+                    "payments.stripe.api_base {base:?} must be an absolute http or https URL"
+                )));
+            }
+            config.stripe_api_base = base.trim_end_matches('/').to_owned();
         }
         if let Some(catalog) = raw.catalog {
             config.catalog = catalog_from(catalog)?;
@@ -508,9 +527,11 @@ pub fn default_toml() -> String {
     let _ = writeln!(out, "\n[payments]");
     let _ = writeln!(
         out,
-        "provider = {:?}  # manual: the operator confirms each purchase through the API; instant: completes at once (demos, tests)",
+        "provider = {:?}  # manual: the operator confirms each purchase through the API; instant: completes at once (demos, tests); stripe: Stripe Checkout (PURSER_STRIPE_SECRET_KEY, PURSER_STRIPE_WEBHOOK_SECRET)",
         config.payment_provider
     );
+    let _ = writeln!(out, "\n[payments.stripe]");
+    let _ = writeln!(out, "api_base = {:?}", config.stripe_api_base);
     let hooks = &config.webhooks;
     let schedule: Vec<String> = hooks
         .retry_schedule

@@ -14,6 +14,7 @@ pub mod config;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
+pub mod stripe;
 pub mod supervisor;
 pub mod webhooks;
 
@@ -198,13 +199,6 @@ pub(crate) fn prepare(
     let mut routes = openapi::route_paths();
     routes.extend(purser_portal::ROUTE_PATHS);
     let metrics = Arc::new(Metrics::new(&routes));
-    let payments =
-        purser_portal::payments::provider(&config.payment_provider).ok_or_else(|| {
-            StartError::Config(format!(
-                "unknown payment provider {:?}",
-                config.payment_provider
-            ))
-        })?;
     let options = Options {
         config: EngineConfig {
             shards: config.shards,
@@ -228,6 +222,23 @@ pub(crate) fn prepare(
     };
     let (engine, entries) = Engine::open(store.clone(), options)?;
     let (keys, generated) = load_keys(&*store, admin_key, engine.clock().now())?;
+    let (payments, stripe) = if config.payment_provider == "stripe" {
+        let stripe =
+            stripe::provider(&engine, &config.stripe_api_base).map_err(StartError::Config)?;
+        (
+            stripe.clone() as Arc<dyn purser_portal::payments::PaymentProvider>,
+            Some(stripe),
+        )
+    } else {
+        let payments =
+            purser_portal::payments::provider(&config.payment_provider).ok_or_else(|| {
+                StartError::Config(format!(
+                    "unknown payment provider {:?}",
+                    config.payment_provider
+                ))
+            })?;
+        (payments, None)
+    };
     let portal = Arc::new(Portal {
         engine: engine.clone(),
         signer: portal_signer(&*store)?,
@@ -246,6 +257,7 @@ pub(crate) fn prepare(
         metrics,
         portal,
         webhooks,
+        stripe,
         stripe_webhook_secret: std::env::var("PURSER_STRIPE_WEBHOOK_SECRET")
             .ok()
             .filter(|secret| !secret.is_empty())

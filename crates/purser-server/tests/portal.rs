@@ -425,10 +425,9 @@ async fn a_manual_purchase_stays_pending_until_the_operator_confirms_it() {
         "0"
     );
     let page = get(&format!("{link}/billing")).await;
-    assert!(
-        page.body
-            .contains(r#"data-testid="purchase-status">pending<"#)
-    );
+    assert!(page.body.contains(
+        r#"data-testid="purchase-status" data-status="pending">Waiting for confirmation<"#
+    ));
     // The operator's backend confirms the payment through the API.
     let id = data[0]["id"].as_str().unwrap();
     let completed = server
@@ -440,7 +439,7 @@ async fn a_manual_purchase_stays_pending_until_the_operator_confirms_it() {
     let page = get(&format!("{link}/billing")).await;
     assert!(
         page.body
-            .contains(r#"data-testid="purchase-status">completed<"#)
+            .contains(r#"data-testid="purchase-status" data-status="completed">Paid<"#)
     );
     let credits = get(&link).await;
     assert_eq!(credits.value("packages-available"), "200");

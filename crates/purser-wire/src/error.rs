@@ -15,7 +15,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub fn new(
         status: u16,
         kind: &'static str,
         code: &'static str,

@@ -106,9 +106,10 @@ struct ServeArgs {
     /// Number of shard writer threads (default: the number of cores).
     #[arg(long)]
     shards: Option<usize>,
-    /// How portal purchases are paid: `manual` (the operator's backend
-    /// confirms each one through the API; the default) or `instant`
-    /// (completes at once: demos and tests).
+    /// How purchases are paid: `manual` (the operator's backend confirms
+    /// each one through the API; the default), `instant` (completes at
+    /// once: demos and tests) or `stripe` (Stripe Checkout; needs
+    /// PURSER_STRIPE_SECRET_KEY and PURSER_STRIPE_WEBHOOK_SECRET).
     #[arg(long, env = "PURSER_PAYMENT_PROVIDER")]
     payment_provider: Option<String>,
     /// The base of customer portal links, e.g. https://billing.example.com
@@ -222,8 +223,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "purser: generated the first admin API key (shown once, store it now):\n{secret}"
             );
         }
+        let address = app.local_addr()?;
+        // One stable line on stdout: with `--listen 127.0.0.1:0` it is how a
+        // supervisor (or a test) learns the port the system chose.
+        println!("purser: serving on http://{address}");
         tracing::info!(
-            address = %app.local_addr()?,
+            %address,
             data_dir = %data_dir.display(),
             journal_entries = app.journal_entries,
             test_clock,

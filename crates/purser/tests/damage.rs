@@ -124,14 +124,8 @@ fn serve_refuses(site: &Site, extra: &[&str]) -> String {
 }
 
 fn run_for_a_while(site: &Site, extra: &[&str]) -> Output {
-    let port = common::free_port();
     let mut child = purser()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&site.data)
         .args(extra)
         .current_dir(&site.work)
@@ -558,15 +552,8 @@ async fn postgres_damage_is_found_by_verify_and_refused_at_start() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("positions 7 to 7 are missing"), "{text}");
-    let port = common::free_port();
     let refused = purser()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &url,
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
         .current_dir(work.path())
         .env("PURSER_ADMIN_KEY", common::ADMIN_KEY)
         .output()

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::ServerProcess;
 use common::ledger::{admin, expect_status};
+use common::stripe_standin::StripeStandin;
 use purser_client::{Client, NewAccount};
 use serde_json::{Value, json};
 
@@ -229,5 +230,276 @@ async fn stripe_events_settle_purchases_exactly_once() {
     // Signed properly, it applies.
     assert_eq!(signed(&client, &event).await.status, 200);
     assert_eq!(purchase(&client, &third).await["status"], "completed");
+    drop(server);
+}
+
+const STRIPE_KEY: &str = "sk_test_standin_0123456789";
+
+/// A server with the `stripe` provider against the stand-in.
+fn stripe_server(dir: &Path, standin: &StripeStandin) -> ServerProcess {
+    let config = dir.join("purser.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[payments]\nprovider = \"stripe\"\n\n[payments.stripe]\napi_base = \"{}\"\n",
+            standin.base
+        ),
+    )
+    .expect("write the configuration");
+    ServerProcess::start_with_env(
+        &dir.join("data"),
+        "server",
+        &["--config", config.to_str().expect("a UTF-8 path")],
+        &[
+            ("PURSER_STRIPE_WEBHOOK_SECRET", SECRET),
+            ("PURSER_STRIPE_SECRET_KEY", STRIPE_KEY),
+        ],
+    )
+}
+
+/// A browser-like client that does not follow redirects.
+fn browser() -> reqwest::Client {
+    purser_client::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client")
+}
+
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The value of the first hidden input `name` on a page.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).expect("the hidden field") + marker.len();
+    page[start..start + page[start..].find('"').expect("its end")].to_owned()
+}
+
+/// Posts a portal form from the billing page; answers the redirect's target.
+async fn submit_form(link: &str, action: &str, extra: &[(&str, &str)]) -> String {
+    let http = browser();
+    let page = http
+        .get(format!("{link}/billing"))
+        .send()
+        .await
+        .expect("the billing page")
+        .text()
+        .await
+        .expect("its text");
+    let csrf = hidden(&page, "csrf");
+    let nonce = hidden(&page, "nonce");
+    let mut fields = vec![("csrf", csrf.as_str()), ("nonce", nonce.as_str())];
+    fields.extend_from_slice(extra);
+    let response = http
+        .post(format!("{link}/{action}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_encode(&fields))
+        .send()
+        .await
+        .expect("the form's answer");
+    assert_eq!(response.status().as_u16(), 303, "{action}: {response:?}");
+    response
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .expect("a Location")
+        .to_owned()
+}
+
+async fn page_text(url: &str) -> String {
+    browser()
+        .get(url)
+        .send()
+        .await
+        .expect("a page")
+        .text()
+        .await
+        .expect("its text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_purchase_is_paid_on_stripe_checkout() {
+    let standin = StripeStandin::start(STRIPE_KEY);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = stripe_server(dir.path(), &standin);
+    let client = admin(&server, Duration::from_secs(10));
+    expect_status(
+        client
+            .create_account(&NewAccount {
+                id: "shop".into(),
+                tier: "starter".into(),
+                name: None,
+                anchor: None,
+            })
+            .await,
+        201,
+        "an account",
+    );
+    let session = expect_status(
+        client
+            .post("/v1/accounts/shop/portal_sessions", &json!({}))
+            .await,
+        201,
+        "a portal session",
+    );
+    let link = session.str("url").to_owned();
+
+    // Buy: a Stripe customer for the account, a Checkout Session for the
+    // purchase, and the customer sent there.
+    let location = submit_form(&link, "purchases", &[("package", "small")]).await;
+    assert!(
+        location.starts_with(&format!("{}/c/pay/cs_test_", standin.base)),
+        "Buy leads to Stripe's checkout: {location}"
+    );
+    let customers = standin.requests_to("/v1/customers");
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    assert_eq!(customers[0].field("metadata[purser_account]"), Some("shop"));
+    assert_eq!(
+        customers[0].idempotency_key.as_deref(),
+        Some("purser-customer-shop")
+    );
+    let sessions = standin.requests_to("/v1/checkout/sessions");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let made = &sessions[0];
+    let purchase_id = made
+        .field("client_reference_id")
+        .expect("the purchase")
+        .to_owned();
+    assert!(purchase_id.starts_with("pur_"), "{purchase_id}");
+    for (field, value) in [
+        ("mode", "payment"),
+        ("customer", "cus_standin1"),
+        ("metadata[purchase_id]", purchase_id.as_str()),
+        (
+            "payment_intent_data[metadata][purchase_id]",
+            purchase_id.as_str(),
+        ),
+        ("payment_intent_data[setup_future_usage]", "off_session"),
+        ("line_items[0][quantity]", "1"),
+        ("line_items[0][price_data][currency]", "usd"),
+        ("line_items[0][price_data][unit_amount]", "900"),
+    ] {
+        assert_eq!(made.field(field), Some(value), "{field} in {made:?}");
+    }
+    assert_eq!(
+        made.idempotency_key.as_deref(),
+        Some(format!("purser-checkout-{purchase_id}").as_str())
+    );
+    let billing = format!("{link}/billing");
+    assert!(
+        made.field("success_url")
+            .is_some_and(|url| url.starts_with(&billing)),
+        "{made:?}"
+    );
+    assert!(page_text(&location).await.contains(&purchase_id));
+    let page = page_text(&billing).await;
+    assert!(
+        page.contains(r#"data-status="pending">Waiting for payment<"#),
+        "the billing page says the purchase waits for payment"
+    );
+
+    // Pay again (the customer left Stripe's page): the same session.
+    let again = submit_form(&link, &format!("purchases/{purchase_id}/pay"), &[]).await;
+    assert_eq!(again, location, "the same checkout page");
+    assert_eq!(standin.requests_to("/v1/customers").len(), 1);
+
+    // Stripe confirms, three times and out of order: granted once.
+    let completed = session_event(
+        "evt_c1",
+        "checkout.session.completed",
+        &purchase_id,
+        900,
+        "paid",
+    );
+    let succeeded = session_event(
+        "evt_c2",
+        "checkout.session.async_payment_succeeded",
+        &purchase_id,
+        900,
+        "paid",
+    );
+    for event in [&completed, &succeeded, &completed, &completed] {
+        let reply = signed(&client, event).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let balance = expect_status(client.balance("shop").await, 200, "the balance");
+    assert_eq!(balance.body["packages"]["available"], "200", "{balance:?}");
+    let page = page_text(&billing).await;
+    assert!(page.contains(r#"data-status="completed">Paid<"#));
+
+    // Through the API: the answer carries the checkout URL, the same on a
+    // retry with the same Idempotency-Key.
+    let key = "buy-large-1";
+    let bought = client
+        .post_idempotent(
+            "/v1/accounts/shop/purchases",
+            &json!({"package": "small", "success_url": "https://app.example.com/thanks"}),
+            key,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(bought.status, 201, "{bought:?}");
+    let url = bought.body["checkout_url"]
+        .as_str()
+        .expect("a checkout_url")
+        .to_owned();
+    assert!(url.starts_with(&format!("{}/c/pay/", standin.base)));
+    let retried = client
+        .post_idempotent(
+            "/v1/accounts/shop/purchases",
+            &json!({"package": "small", "success_url": "https://app.example.com/thanks"}),
+            key,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(retried.body["checkout_url"], url.as_str());
+    assert_eq!(retried.body["id"], bought.body["id"]);
+    let last = standin.requests_to("/v1/checkout/sessions");
+    assert_eq!(
+        last.last().and_then(|r| r.field("success_url")),
+        Some("https://app.example.com/thanks")
+    );
+
+    // Stripe down: the purchase waits, the answer says so (503), and the
+    // retry with the same key finishes it.
+    standin.set_outage(Some(500));
+    let key = "buy-during-outage";
+    let down = client
+        .post_idempotent(
+            "/v1/accounts/shop/purchases",
+            &json!({"package": "small"}),
+            key,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(down.status, 503, "{down:?}");
+    assert_eq!(down.error_code(), Some("payment_provider_unavailable"));
+    standin.set_outage(None);
+    let up = client
+        .post_idempotent(
+            "/v1/accounts/shop/purchases",
+            &json!({"package": "small"}),
+            key,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(up.status, 201, "{up:?}");
+    assert!(up.body["checkout_url"].is_string());
     drop(server);
 }

@@ -110,6 +110,8 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                     "A purchase stays pending until your payment is confirmed; the credits are added then."
                 } @else if view.provider == "instant" {
                     "Demo payments: purchases complete at once."
+                } @else if view.provider == "stripe" {
+                    "You pay on Stripe's secure checkout page; the credits are added as soon as Stripe confirms the payment."
                 }
             }
             div.plans {
@@ -162,11 +164,19 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                                     td { (catalog.package(package).map_or(package, |p| p.name.as_str())) }
                                     td.r.num { (format::group(amount_of(&purchase["credits"]))) }
                                     td.r.num { (format::price(amount_of(&purchase["price"]), currency)) }
-                                    td { span class=(format!("status {status}")) data-testid="purchase-status" { (status) } }
+                                    td {
+                                        span class=(format!("status {status}")) data-testid="purchase-status" data-status=(status) { (status_text(status, view.provider)) }
+                                    }
                                     td {
                                         @if status == "pending" && can_change {
                                             @if let Some(id) = purchase["id"].as_str() {
-                                                form method="post" action=(frame.href(&format!("purchases/{id}/cancel"))) {
+                                                @if view.provider == "stripe" {
+                                                    form.inline method="post" action=(frame.href(&format!("purchases/{id}/pay"))) {
+                                                        (frame.form_fields())
+                                                        button.link type="submit" data-testid="pay-purchase" { "Pay" }
+                                                    }
+                                                }
+                                                form.inline method="post" action=(frame.href(&format!("purchases/{id}/cancel"))) {
                                                     (frame.form_fields())
                                                     button.link type="submit" { "Cancel" }
                                                 }
@@ -182,4 +192,18 @@ pub fn billing(view: &Billing<'_>) -> Markup {
         }
     };
     page(frame, "Billing", content)
+}
+
+/// A purchase's status as the customer reads it: what is being waited for,
+/// and what a failure or refund means for the credits.
+fn status_text(status: &str, provider: &str) -> &'static str {
+    match (status, provider) {
+        ("pending", "manual") => "Waiting for confirmation",
+        ("pending", _) => "Waiting for payment",
+        ("completed", _) => "Paid",
+        ("failed", _) => "Payment failed (not charged; no credits added)",
+        ("canceled", _) => "Canceled",
+        ("refunded", _) => "Refunded (unused credits removed)",
+        _ => "Unknown",
+    }
 }

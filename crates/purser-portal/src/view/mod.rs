@@ -76,6 +76,12 @@ pub fn notice(code: &str) -> Option<&'static str> {
             "Your purchase is pending until the payment is confirmed. The credits are added as soon as it is."
         }
         "purchase_canceled" => "The purchase is canceled.",
+        "payment_received" => {
+            "Thank you: your payment is being confirmed. The credits appear here as soon as it is."
+        }
+        "payment_canceled" => {
+            "The payment was not completed. Your purchase waits below: pay for it or cancel it."
+        }
         _ => return None,
     })
 }
@@ -92,6 +98,9 @@ pub fn error_text(code: &str) -> &'static str {
             "That form was already sent. Reload the page to see the result."
         }
         "rate_limited" | "unavailable" => "We are busy right now. Please try again in a moment.",
+        "payment_provider_unavailable" | "payment_provider_error" => {
+            "We could not reach the payment page. Your purchase waits below: please try again in a moment."
+        }
         _ => "That did not work. Please try again.",
     }
 }

@@ -50,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub portal: Arc<Portal>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The `stripe` payment provider, when it is the one configured.
+    pub stripe: Option<Arc<crate::stripe::Stripe>>,
     /// `PURSER_STRIPE_WEBHOOK_SECRET`: Stripe's events are taken only with it.
     pub stripe_webhook_secret: Option<Secret>,
     /// How long a client has to send a request's body.

@@ -6,7 +6,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use purser_core::{Command, ObjectKind, PackageId};
 use purser_engine::Read;
-use purser_wire::{ApiError, Fields, required};
+use purser_portal::payments::{Checkout, CheckoutRequest};
+use purser_wire::{ApiError, Fields, json_response, required};
+use serde_json::Value;
 
 use super::{
     AppState, JsonBody, QueryMap, Result, account_path, list_in_memory, mutate, not_found,
@@ -14,6 +16,13 @@ use super::{
 };
 use crate::auth::Need;
 
+/// `POST /v1/accounts/{id}/purchases`. With a provider that takes payment
+/// itself (`stripe`), the answer carries the purchase's `checkout_url`: the
+/// provider is asked after the purchase is committed, with the purchase as
+/// its idempotency key, so a retried request (same `Idempotency-Key`) gets
+/// the same purchase and the same checkout page. If the provider cannot be
+/// reached the purchase stays `pending` and the answer is 503
+/// `payment_provider_unavailable`: retrying with the same key finishes it.
 pub(super) async fn create_purchase(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -21,14 +30,67 @@ pub(super) async fn create_purchase(
     JsonBody(body): JsonBody,
 ) -> Response {
     let path = format!("/v1/accounts/{id}/purchases");
-    mutate(&state, &headers, Need::Admin, &path, &body, |body| {
-        let fields = Fields::parse(body, &["package"])?;
+    let mut urls = (None, None);
+    let response = mutate(&state, &headers, Need::Admin, &path, &body, |body| {
+        let fields = Fields::parse(body, &["package", "success_url", "cancel_url"])?;
+        for (name, slot) in [("success_url", &mut urls.0), ("cancel_url", &mut urls.1)] {
+            if let Some(url) = fields.string(name)? {
+                if !purser_portal::session::valid_return_url(url) {
+                    return Err(ApiError::invalid(
+                        name,
+                        "must be an absolute http or https URL",
+                    ));
+                }
+                *slot = Some(url.to_owned());
+            }
+        }
         Ok(Command::CreatePurchase {
             account: account_path(&id)?,
             package: required(fields.id("package", PackageId::parse)?, "package")?,
         })
     })
-    .await
+    .await;
+    let payments = &state.portal.payments;
+    if !payments.redirects() || !response.status().is_success() {
+        return response;
+    }
+    let Ok(bytes) = axum::body::to_bytes(response.into_body(), 1 << 20).await else {
+        return ApiError::internal("the purchase could not be read back").into_response();
+    };
+    let mut purchase: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let package = purchase["package"]
+        .as_str()
+        .and_then(|package| state.engine.catalog().package(package).cloned());
+    let (Some(purchase_id), Some(package)) = (purchase["id"].as_str(), package) else {
+        return ApiError::internal("the purchase could not be read back").into_response();
+    };
+    let home = format!("{}/", purser_portal::base_url(&state.portal, &headers));
+    let request = CheckoutRequest {
+        account: id.clone(),
+        purchase: purchase_id.to_owned(),
+        package: package.id.as_str().to_owned(),
+        package_name: package.name.clone(),
+        credits: package.credits,
+        price: package.price,
+        currency: state.engine.catalog().currency().to_owned(),
+        success_url: urls.0.unwrap_or_else(|| home.clone()),
+        cancel_url: urls.1.unwrap_or(home),
+    };
+    match payments.checkout(&request).await {
+        Ok(Checkout::Redirect(url)) => purchase["checkout_url"] = Value::String(url),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(purchase = purchase_id, code = error.code, message = %error.message, "checkout failed");
+            return ApiError::new(
+                503,
+                "api_error",
+                "payment_provider_unavailable",
+                "the purchase is pending but the payment provider could not open its checkout; retry with the same Idempotency-Key",
+            )
+            .into_response();
+        }
+    }
+    json_response(201, serde_json::to_vec(&purchase).expect("JSON"))
 }
 
 /// `POST /v1/purchases/{id}/complete|fail|cancel|refund`.

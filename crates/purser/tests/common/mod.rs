@@ -4,12 +4,13 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ledger;
+pub mod stripe_standin;
 
 /// The first admin key of every test server.
 pub const ADMIN_KEY: &str = "sk_test_admin_crash_0123456789";
@@ -28,12 +29,6 @@ pub fn purser() -> Command {
         .env("PURSER_LOG", "warn")
         .stdin(Stdio::null());
     command
-}
-
-/// A port nobody listened on a moment ago.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
 }
 
 /// `purser serve` running as a child process.
@@ -76,9 +71,11 @@ impl ServerProcess {
         ServerProcess::spawn(work_dir, log_name, &args, "warn", env)
     }
 
-    /// Runs `purser serve --listen <a free port> <args>` in `work_dir`, logging
-    /// at `log_level` to `<work_dir>/<log_name>.log`, and waits until
-    /// `/healthz` answers.
+    /// Runs `purser serve --listen 127.0.0.1:0 <args>` in `work_dir`, logging
+    /// at `log_level` to `<work_dir>/<log_name>.log`, learns the port the
+    /// server bound from its `purser: serving on` line, and waits until
+    /// `/healthz` answers. (A port picked by the test and handed over would
+    /// race every other test and outgoing connection for it.)
     fn spawn(
         work_dir: &Path,
         log_name: &str,
@@ -87,11 +84,10 @@ impl ServerProcess {
         env: &[(&str, &str)],
     ) -> ServerProcess {
         let log = work_dir.join(format!("{log_name}.log"));
-        let port = free_port();
         let out = File::create(&log).expect("create the server log");
         let err = out.try_clone().expect("clone the log handle");
         let child = purser()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("PURSER_ADMIN_KEY", ADMIN_KEY)
             .env("PURSER_LOG", log_level)
@@ -103,15 +99,19 @@ impl ServerProcess {
             .expect("spawn purser serve");
         let mut server = ServerProcess {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             log,
         };
-        server.wait_healthy(port);
+        let port = server.wait_healthy();
+        server.base = format!("http://127.0.0.1:{port}");
         server
     }
 
-    fn wait_healthy(&mut self, port: u16) {
+    /// Waits for the `purser: serving on http://127.0.0.1:<port>` line, then
+    /// for `/healthz` on that port; returns the port.
+    fn wait_healthy(&mut self) -> u16 {
         let deadline = Instant::now() + START_DEADLINE;
+        let mut port = None;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the server") {
                 panic!(
@@ -119,8 +119,11 @@ impl ServerProcess {
                     self.log_text()
                 );
             }
-            if healthz(port) {
-                return;
+            if port.is_none() {
+                port = serving_port(&self.log_text());
+            }
+            if let Some(port) = port.filter(|&port| healthz(port)) {
+                return port;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -190,6 +193,17 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The port of the `purser: serving on http://127.0.0.1:<port>` line in a
+/// server's output, once it is there.
+pub fn serving_port(output: &str) -> Option<u16> {
+    output.lines().find_map(|line| {
+        line.strip_prefix("purser: serving on http://127.0.0.1:")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// `GET /healthz` answered 200, over a bare connection with short timeouts.

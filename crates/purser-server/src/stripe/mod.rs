@@ -1,0 +1,213 @@
+//! The `stripe` payment provider (API.md "Payments"): a purchase is paid on
+//! a Stripe Checkout page, and Stripe's webhook (`api/stripe.rs`) completes
+//! it through the same ledger command the operator's API uses.
+//!
+//! Each account has one Stripe customer, made at its first checkout and
+//! kept in the store (setting `stripe.customer.<account>`), so a card saved
+//! at checkout (`setup_future_usage=off_session`) serves later payments.
+//! Every call to Stripe carries an idempotency key derived from what it is
+//! for (`purser-customer-<account>`, `purser-checkout-<purchase>`): a
+//! retried request, a customer clicking Pay again, or two nodes racing get
+//! the same customer and the same session from Stripe.
+
+pub mod client;
+
+use std::sync::Arc;
+
+use purser_engine::Engine;
+use purser_portal::payments::{
+    Checkout, CheckoutRequest, PaymentError, PaymentProvider, ProviderFuture,
+};
+use serde::{Deserialize, Serialize};
+
+pub use client::{DEFAULT_API_BASE, Form, StripeClient, minor_units};
+
+/// What purser keeps about an account at Stripe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRecord {
+    /// `cus_…`.
+    pub customer: String,
+    /// The saved card (`pm_…`) off-session payments use, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_last4: Option<String>,
+}
+
+/// The store setting that holds an account's [`CustomerRecord`].
+fn setting_name(account: &str) -> String {
+    format!("stripe.customer.{account}")
+}
+
+fn store_error(error: impl std::fmt::Display) -> PaymentError {
+    PaymentError {
+        code: "unavailable",
+        message: format!("the store: {error}"),
+    }
+}
+
+/// The `stripe` provider.
+#[derive(Debug)]
+pub struct Stripe {
+    client: StripeClient,
+    engine: Engine,
+    /// Serializes making customers on this node (Stripe's idempotency key
+    /// covers two nodes).
+    making_customer: tokio::sync::Mutex<()>,
+}
+
+impl Stripe {
+    pub fn new(client: StripeClient, engine: Engine) -> Stripe {
+        Stripe {
+            client,
+            engine,
+            making_customer: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn client(&self) -> &StripeClient {
+        &self.client
+    }
+
+    /// The account's record, if it has a Stripe customer yet.
+    pub async fn record(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
+        let store = self.engine.store().clone();
+        let name = setting_name(account);
+        let text = tokio::task::spawn_blocking(move || store.setting(&name))
+            .await
+            .map_err(store_error)?
+            .map_err(store_error)?;
+        text.map(|text| serde_json::from_str(&text).map_err(store_error))
+            .transpose()
+    }
+
+    /// Keeps the account's record.
+    pub async fn save(&self, account: &str, record: &CustomerRecord) -> Result<(), PaymentError> {
+        let store = self.engine.store().clone();
+        let name = setting_name(account);
+        let text = serde_json::to_string(record).expect("JSON");
+        tokio::task::spawn_blocking(move || store.set_setting(&name, &text))
+            .await
+            .map_err(store_error)?
+            .map_err(store_error)
+    }
+
+    /// The account's Stripe customer: the kept one, or a new one.
+    pub async fn customer(&self, account: &str) -> Result<CustomerRecord, PaymentError> {
+        if let Some(record) = self.record(account).await? {
+            return Ok(record);
+        }
+        let _making = self.making_customer.lock().await;
+        if let Some(record) = self.record(account).await? {
+            return Ok(record);
+        }
+        let form = Form::new()
+            .field("description", format!("purser account {account}"))
+            .field("metadata[purser_account]", account);
+        let created = self
+            .client
+            .post(
+                "/v1/customers",
+                &form,
+                &format!("purser-customer-{account}"),
+            )
+            .await?;
+        let Some(customer) = created["id"].as_str() else {
+            return Err(PaymentError {
+                code: "payment_provider_error",
+                message: "Stripe made a customer without an id".into(),
+            });
+        };
+        let record = CustomerRecord {
+            customer: customer.to_owned(),
+            ..CustomerRecord::default()
+        };
+        self.save(account, &record).await?;
+        Ok(record)
+    }
+
+    async fn create_session(&self, request: &CheckoutRequest) -> Result<Checkout, PaymentError> {
+        let currency = request.currency.to_ascii_lowercase();
+        let Some(amount) = minor_units(request.price, &currency) else {
+            return Err(PaymentError {
+                code: "payment_provider_error",
+                message: format!(
+                    "the price {} {} is not a whole number of the currency's minor units",
+                    request.price, request.currency
+                ),
+            });
+        };
+        let customer = self.customer(&request.account).await?;
+        let form = Form::new()
+            .field("mode", "payment")
+            .field("customer", customer.customer)
+            .field("client_reference_id", &request.purchase)
+            .field("success_url", &request.success_url)
+            .field("cancel_url", &request.cancel_url)
+            .field("line_items[0][quantity]", "1")
+            .field("line_items[0][price_data][currency]", &currency)
+            .field("line_items[0][price_data][unit_amount]", amount.to_string())
+            .field(
+                "line_items[0][price_data][product_data][name]",
+                &request.package_name,
+            )
+            .field("metadata[purchase_id]", &request.purchase)
+            .field("metadata[account]", &request.account)
+            .field("metadata[package]", &request.package)
+            .field(
+                "payment_intent_data[metadata][purchase_id]",
+                &request.purchase,
+            )
+            .field("payment_intent_data[metadata][account]", &request.account)
+            .field("payment_intent_data[setup_future_usage]", "off_session");
+        let session = self
+            .client
+            .post(
+                "/v1/checkout/sessions",
+                &form,
+                &format!("purser-checkout-{}", request.purchase),
+            )
+            .await?;
+        match session["url"].as_str() {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Ok(Checkout::Redirect(url.to_owned()))
+            }
+            _ => Err(PaymentError {
+                code: "payment_provider_error",
+                message: "Stripe made a Checkout Session without a URL".into(),
+            }),
+        }
+    }
+}
+
+impl PaymentProvider for Stripe {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn checkout<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout> {
+        Box::pin(self.create_session(request))
+    }
+
+    fn redirects(&self) -> bool {
+        true
+    }
+}
+
+/// The `stripe` provider, from the environment's keys and `api_base`.
+pub fn provider(engine: &Engine, api_base: &str) -> Result<Arc<Stripe>, String> {
+    let key = std::env::var("PURSER_STRIPE_SECRET_KEY")
+        .ok()
+        .filter(|key| !key.is_empty())
+        .ok_or("payments.provider = \"stripe\" needs PURSER_STRIPE_SECRET_KEY (sk_test_… or sk_live_…)")?;
+    if std::env::var("PURSER_STRIPE_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) {
+        return Err(
+            "payments.provider = \"stripe\" needs PURSER_STRIPE_WEBHOOK_SECRET (the whsec_… of the webhook endpoint registered at Stripe): without it no payment would ever complete"
+                .into(),
+        );
+    }
+    let client = StripeClient::new(api_base, crate::api::Secret::new(key))?;
+    Ok(Arc::new(Stripe::new(client, engine.clone())))
+}

@@ -1,0 +1,306 @@
+//! A local HTTP server standing in for Stripe's API, for tests (nothing
+//! else on this network reaches Stripe). It answers the calls purser makes
+//! the way Stripe's API reference describes them (objects with `id` and
+//! `object`, errors as `{"error": {"type", "message"}}`, `Idempotency-Key`
+//! replays returning the first answer and refusing another request), and
+//! records every request, form fields decoded, for the test to check.
+//!
+//! Its Checkout page (`/c/pay/<session>`) shows the session as JSON, so a
+//! browser test can see where Buy led and what to pay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde_json::{Value, json};
+
+/// One request as the stand-in received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub form: Vec<(String, String)>,
+}
+
+impl Recorded {
+    /// The value of form field `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: Vec<Recorded>,
+    /// Idempotency key → (the request's fields, the answer).
+    replays: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    objects: HashMap<String, Value>,
+    next: u64,
+    /// Answer every API call with this status (a Stripe outage).
+    outage: Option<u16>,
+}
+
+#[derive(Clone)]
+struct Standin {
+    key: String,
+    base: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The running stand-in (stops with the test process).
+#[derive(Clone)]
+pub struct StripeStandin {
+    /// `http://127.0.0.1:<port>`: `payments.stripe.api_base`.
+    pub base: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for StripeStandin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeStandin")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl StripeStandin {
+    /// Starts on a port of its own, taking `secret_key` as the only key.
+    pub fn start(secret_key: &str) -> StripeStandin {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let base = format!("http://{}", listener.local_addr().expect("its address"));
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let standin = Standin {
+            key: secret_key.to_owned(),
+            base: base.clone(),
+            inner: inner.clone(),
+        };
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let app = Router::new()
+                    .route("/v1/customers", post(create_customer))
+                    .route("/v1/checkout/sessions", post(create_session))
+                    .route("/c/pay/{id}", get(checkout_page))
+                    .with_state(standin);
+                axum::serve(listener, app)
+                    .await
+                    .expect("the stand-in serves");
+            });
+        });
+        StripeStandin { base, inner }
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// The requests to `path`.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|request| request.path == path)
+            .collect()
+    }
+
+    /// An object the stand-in made (a customer, a session…).
+    pub fn object(&self, id: &str) -> Option<Value> {
+        self.inner.lock().unwrap().objects.get(id).cloned()
+    }
+
+    /// From now on every API call is answered `status` (`None`: normally).
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.inner.lock().unwrap().outage = status;
+    }
+}
+
+fn stripe_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"type": kind, "message": message}})),
+    )
+        .into_response()
+}
+
+/// Records the request, checks the key, replays an idempotent one; else
+/// makes the object with `make` and remembers the answer.
+fn handle(
+    standin: &Standin,
+    headers: &HeaderMap,
+    path: &str,
+    form: Vec<(String, String)>,
+    make: impl FnOnce(&mut Inner, &HashMap<String, String>) -> Result<Value, Response>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut inner = standin.inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: "POST".into(),
+        path: path.into(),
+        idempotency_key: key.clone(),
+        form: form.clone(),
+    });
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if bearer != format!("Bearer {}", standin.key) {
+        return stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided",
+        );
+    }
+    if let Some(status) = inner.outage {
+        return stripe_error(
+            StatusCode::from_u16(status).unwrap(),
+            "api_error",
+            "the stand-in is down",
+        );
+    }
+    if let Some(key) = &key {
+        if let Some((fields, status, answer)) = inner.replays.get(key) {
+            if *fields != form {
+                return stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                );
+            }
+            return (StatusCode::from_u16(*status).unwrap(), Json(answer.clone())).into_response();
+        }
+    }
+    let fields: HashMap<String, String> = form.iter().cloned().collect();
+    match make(&mut inner, &fields) {
+        Ok(object) => {
+            let id = object["id"].as_str().unwrap_or_default().to_owned();
+            inner.objects.insert(id, object.clone());
+            if let Some(key) = key {
+                inner.replays.insert(key, (form, 200, object.clone()));
+            }
+            Json(object).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+fn metadata(fields: &HashMap<String, String>, prefix: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, value) in fields {
+        if let Some(key) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('['))
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            out.insert(key.to_owned(), Value::String(value.clone()));
+        }
+    }
+    Value::Object(out)
+}
+
+async fn create_customer(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    handle(
+        &standin,
+        &headers,
+        "/v1/customers",
+        form,
+        |inner, fields| {
+            inner.next += 1;
+            Ok(json!({
+                "id": format!("cus_standin{}", inner.next),
+                "object": "customer",
+                "description": fields.get("description"),
+                "metadata": metadata(fields, "metadata"),
+            }))
+        },
+    )
+}
+
+async fn create_session(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let base = standin.base.clone();
+    handle(
+        &standin,
+        &headers,
+        "/v1/checkout/sessions",
+        form,
+        |inner, fields| {
+            let field = |name: &str| fields.get(name).cloned();
+            let (Some(mode), Some(success_url)) = (field("mode"), field("success_url")) else {
+                return Err(stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "Missing required param: mode or success_url.",
+                ));
+            };
+            let quantity: i64 = field("line_items[0][quantity]")
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(1);
+            let unit: Option<i64> =
+                field("line_items[0][price_data][unit_amount]").and_then(|a| a.parse().ok());
+            if let Some(customer) = field("customer") {
+                if !inner.objects.contains_key(&customer) {
+                    return Err(stripe_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        &format!("No such customer: '{customer}'"),
+                    ));
+                }
+            }
+            inner.next += 1;
+            let id = format!("cs_test_standin{}", inner.next);
+            Ok(json!({
+                "id": id,
+                "object": "checkout.session",
+                "mode": mode,
+                "status": "open",
+                "payment_status": "unpaid",
+                "customer": field("customer"),
+                "client_reference_id": field("client_reference_id"),
+                "currency": field("line_items[0][price_data][currency]"),
+                "amount_total": unit.map(|unit| unit * quantity),
+                "metadata": metadata(fields, "metadata"),
+                "success_url": success_url,
+                "cancel_url": field("cancel_url"),
+                "url": format!("{base}/c/pay/{id}"),
+            }))
+        },
+    )
+}
+
+async fn checkout_page(State(standin): State<Standin>, Path(id): Path<String>) -> Response {
+    let session = standin.inner.lock().unwrap().objects.get(&id).cloned();
+    match session {
+        Some(session) => Html(format!(
+            "<!doctype html><title>Stripe Checkout (stand-in)</title><h1>Pay</h1><pre id=\"session\">{}</pre>",
+            serde_json::to_string(&session)
+                .unwrap()
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+        ))
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such session").into_response(),
+    }
+}
