@@ -266,7 +266,10 @@ impl Account {
             Body::Expired(allocation) => self.remove_free(allocation)?,
             Body::Voided { allocation, reason } => {
                 self.remove_free(allocation)?;
-                if !matches!(reason, VoidReason::HoldEnded) {
+                if !matches!(
+                    reason,
+                    VoidReason::HoldEnded | VoidReason::PartialRefund { .. }
+                ) {
                     self.grant_mut(allocation.grant)?.state = crate::grant::GrantState::Voided;
                 }
             }
@@ -334,6 +337,14 @@ impl Account {
                     (false, true) => self.pending += 1,
                     _ => {}
                 }
+            }
+            Body::PurchasePartlyRefunded { purchase, share } => {
+                let purchase = self.purchase_mut(*purchase)?;
+                if purchase.status != PurchaseStatus::Completed {
+                    return Err(ApplyError::Unbalanced);
+                }
+                purchase.partly_refunded = Some(*share);
+                purchase.updated_at = at;
             }
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! parsed (ids checked, amounts exact); the ledger decides against state.
 
 use crate::credits::{Credits, Quantity};
-use crate::entry::{AccountUpdate, Allocation, Body, ChargeMode, Entry, Proration};
+use crate::entry::{AccountUpdate, Allocation, Body, ChargeMode, Entry, Proration, RefundedShare};
 use crate::grant::GrantKind;
 use crate::ids::{AccountHandle, AccountId, MemberId, ObjectId, PackageId, TaskId, TierId};
 use crate::metadata::Metadata;
@@ -136,8 +136,13 @@ pub enum Command {
     CancelPurchase {
         purchase: ObjectId,
     },
+    /// A full refund (`share` `None`, or a share of all of it), or a
+    /// partial one: `share` is the provider's cumulative refund, and the
+    /// part of it not refunded before voids the same part of what is left
+    /// of the package grant's free credits.
     RefundPurchase {
         purchase: ObjectId,
+        share: Option<RefundedShare>,
     },
     ChangeTier {
         account: AccountId,
@@ -185,7 +190,7 @@ impl Command {
             Command::CompletePurchase { purchase }
             | Command::FailPurchase { purchase }
             | Command::CancelPurchase { purchase }
-            | Command::RefundPurchase { purchase } => Target::Handle(purchase.account),
+            | Command::RefundPurchase { purchase, .. } => Target::Handle(purchase.account),
             Command::Advance { account } => Target::Handle(*account),
         }
     }

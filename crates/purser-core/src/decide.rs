@@ -9,8 +9,8 @@ use crate::command::{Amount, CaptureAmount, DebitRecord};
 use crate::credits::{CreditSum, Credits};
 use crate::entry::{
     AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
-    Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason, Reversal, TierChange,
-    VoidReason,
+    Pricing, Proration, Purchase, PurchaseStatus, RefundedShare, Release, ReleaseReason, Reversal,
+    TierChange, VoidReason,
 };
 use crate::grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
 use crate::ids::{MemberId, PackageId, TierId};
@@ -746,6 +746,7 @@ impl Account {
             grant: None,
             created_at: cx.now,
             updated_at: cx.now,
+            partly_refunded: None,
         };
         Ok(Some(self.emit(
             cx.now,
@@ -821,8 +822,21 @@ impl Account {
     }
 
     /// The package grant's unconsumed remainder is voided; held credits are
-    /// voided when their hold ends.
-    pub(crate) fn refund_purchase(&mut self, mut cx: Context<'_>, seq: u64) -> Decided {
+    /// voided when their hold ends. A partial refund (`share` below all of
+    /// the payment) voids the newly refunded part of what is left:
+    /// `free × (refunded − before) / (paid − before)`, rounded down, where
+    /// `before` is what earlier partial refunds covered. A share at or
+    /// below one already applied changes nothing (providers redeliver, and
+    /// out of order).
+    pub(crate) fn refund_purchase(
+        &mut self,
+        mut cx: Context<'_>,
+        seq: u64,
+        share: Option<RefundedShare>,
+    ) -> Decided {
+        if let Some(share) = share.filter(|share| share.refunded < share.paid) {
+            return self.refund_part(cx, seq, share);
+        }
         let moved = self.move_purchase(
             &mut cx,
             seq,
@@ -848,6 +862,57 @@ impl Account {
             self.emit(cx.now, body, cx.out);
         }
         Ok(moved)
+    }
+
+    fn refund_part(&mut self, cx: Context<'_>, seq: u64, share: RefundedShare) -> Decided {
+        let purchase = self.purchase(seq).ok_or(Rejection::PurchaseNotFound)?;
+        if purchase.status != PurchaseStatus::Completed {
+            return Err(Rejection::PurchaseNotAllowed {
+                status: purchase.status,
+            });
+        }
+        let before = purchase.partly_refunded.unwrap_or(RefundedShare {
+            refunded: 0,
+            paid: share.paid,
+        });
+        if before.paid != share.paid {
+            return Err(Rejection::RefundMismatch);
+        }
+        if share.refunded <= before.refunded {
+            return Ok(None);
+        }
+        let grant = purchase
+            .grant
+            .and_then(|g| self.grant(g))
+            .filter(|grant| grant.state == GrantState::Live)
+            .map(|grant| (grant.seq, grant.kind, grant.free()));
+        let primary = self.emit(
+            cx.now,
+            Body::PurchasePartlyRefunded {
+                purchase: seq,
+                share,
+            },
+            cx.out,
+        );
+        if let Some((grant, kind, free)) = grant {
+            let newly = u128::from(share.refunded - before.refunded);
+            let rest = u128::from(share.paid - before.refunded);
+            let voided = u128::from(free.micros()) * newly / rest;
+            let voided = Credits::from_micros(u64::try_from(voided).expect("at most free"))
+                .expect("at most free");
+            if voided > Credits::ZERO {
+                let body = Body::Voided {
+                    allocation: Allocation {
+                        grant,
+                        kind,
+                        credits: voided,
+                    },
+                    reason: VoidReason::PartialRefund { purchase: seq },
+                };
+                self.emit(cx.now, body, cx.out);
+            }
+        }
+        Ok(Some(primary))
     }
 
     /// Rule 5: an upgrade (or a move to a tier with as many monthly credits)

@@ -201,6 +201,9 @@ pub enum VoidReason {
     GrantVoided,
     /// The purchase (sequence number) that issued the grant was refunded.
     Refund { purchase: u64 },
+    /// Part of that purchase's payment was refunded: these credits go, the
+    /// grant stays live with the rest.
+    PartialRefund { purchase: u64 },
     /// Held credits of a voided grant, voided as their hold ended.
     HoldEnded,
 }
@@ -295,6 +298,17 @@ pub struct Purchase {
     pub grant: Option<u64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// How much of the payment the provider has refunded so far, while
+    /// the purchase stays completed (partial refunds); `None` before any.
+    pub partly_refunded: Option<RefundedShare>,
+}
+
+/// A payment partly refunded: `refunded` of `paid`, in the currency's minor
+/// units as the payment provider counts them (cumulative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundedShare {
+    pub refunded: u64,
+    pub paid: u64,
 }
 
 /// The account was opened (type `account_created`).
@@ -361,6 +375,13 @@ pub enum Body {
     PurchaseUpdated {
         purchase: u64,
         status: PurchaseStatus,
+    },
+    /// Part of a completed purchase's payment was refunded (type
+    /// `purchase_refunded`); the share of the grant's free credits it
+    /// stands for is voided by the entry that follows.
+    PurchasePartlyRefunded {
+        purchase: u64,
+        share: RefundedShare,
     },
 }
 
@@ -450,6 +471,7 @@ impl Body {
                 PurchaseStatus::Canceled => "purchase_canceled",
                 PurchaseStatus::Refunded => "purchase_refunded",
             },
+            Body::PurchasePartlyRefunded { .. } => "purchase_refunded",
         }
     }
 
@@ -481,7 +503,8 @@ impl Body {
             | Body::TierScheduled(_)
             | Body::RolledOver { .. }
             | Body::PurchaseCreated(_)
-            | Body::PurchaseUpdated { .. } => CreditSum::ZERO,
+            | Body::PurchaseUpdated { .. }
+            | Body::PurchasePartlyRefunded { .. } => CreditSum::ZERO,
         }
     }
 
@@ -517,7 +540,8 @@ impl Body {
             | Body::Released(_)
             | Body::TierScheduled(_)
             | Body::PurchaseCreated(_)
-            | Body::PurchaseUpdated { .. } => CreditSum::ZERO,
+            | Body::PurchaseUpdated { .. }
+            | Body::PurchasePartlyRefunded { .. } => CreditSum::ZERO,
         }
     }
 }

@@ -275,6 +275,7 @@ pub fn derive(
                 PurchaseStatus::Canceled => Some(EventType::PurchaseCanceled),
                 PurchaseStatus::Refunded => Some(EventType::PurchaseRefunded),
             },
+            Body::PurchasePartlyRefunded { .. } => Some(EventType::PurchaseRefunded),
             _ => None,
         };
         if let Some(kind) = kind {

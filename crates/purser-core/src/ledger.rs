@@ -552,7 +552,9 @@ fn dispatch(account: &mut Account, cx: Context<'_>, command: Command) -> Decided
         Command::CompletePurchase { purchase } => account.complete_purchase(cx, purchase.seq),
         Command::FailPurchase { purchase } => account.fail_purchase(cx, purchase.seq),
         Command::CancelPurchase { purchase } => account.cancel_purchase(cx, purchase.seq),
-        Command::RefundPurchase { purchase } => account.refund_purchase(cx, purchase.seq),
+        Command::RefundPurchase { purchase, share } => {
+            account.refund_purchase(cx, purchase.seq, share)
+        }
         Command::ChangeTier {
             tier, proration, ..
         } => account.change_tier(cx, tier, proration),

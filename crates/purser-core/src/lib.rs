@@ -40,8 +40,8 @@ pub use credits::{
 };
 pub use entry::{
     AccountUpdate, Actor, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
-    HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, Release, ReleaseReason,
-    Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
+    HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, RefundedShare, Release,
+    ReleaseReason, Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
 };
 pub use events::{Event, EventId, EventType, Levels};
 pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};

@@ -59,6 +59,9 @@ pub enum Rejection {
     PurchaseNotAllowed {
         status: PurchaseStatus,
     },
+    /// A partial refund of another amount paid than the purchase's
+    /// earlier ones.
+    RefundMismatch,
     DebitNotFound,
     NothingToReverse,
     ReversalTooLarge {
@@ -82,6 +85,7 @@ impl Rejection {
             | Rejection::HoldNotActive
             | Rejection::GrantNotLive
             | Rejection::PurchaseNotAllowed { .. }
+            | Rejection::RefundMismatch
             | Rejection::NothingToReverse => ErrorType::Conflict,
             Rejection::InsufficientCredits { .. } => ErrorType::InsufficientCredits,
             Rejection::MemberLimitExceeded { .. } => ErrorType::MemberLimitExceeded,
@@ -119,6 +123,7 @@ impl Rejection {
             Rejection::PriorityTooHigh => "priority_too_high",
             Rejection::PurchaseNotFound => "purchase_not_found",
             Rejection::PurchaseNotAllowed { .. } => "purchase_status_conflict",
+            Rejection::RefundMismatch => "refund_mismatch",
             Rejection::DebitNotFound => "debit_not_found",
             Rejection::NothingToReverse => "nothing_to_reverse",
             Rejection::ReversalTooLarge { .. } => "reversal_too_large",
@@ -201,6 +206,9 @@ impl fmt::Display for Rejection {
             Rejection::PurchaseNotAllowed { status } => {
                 write!(f, "the purchase is {} and cannot do that", status.as_str())
             }
+            Rejection::RefundMismatch => f.write_str(
+                "the refund is of another amount paid than the purchase's earlier refunds",
+            ),
             Rejection::DebitNotFound => f.write_str("no such debit"),
             Rejection::NothingToReverse => f.write_str("the debit has been fully reversed"),
             Rejection::ReversalTooLarge { reversible } => {

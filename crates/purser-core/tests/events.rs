@@ -151,7 +151,10 @@ fn purchases_tell_each_way_they_end() {
     // Again: nothing changes, nothing is told.
     w.ok(Command::FailPurchase { purchase: failed });
     let refunded = w.buy("acme");
-    w.ok(Command::RefundPurchase { purchase: refunded });
+    w.ok(Command::RefundPurchase {
+        purchase: refunded,
+        share: None,
+    });
     assert_eq!(
         w.events_since(from),
         [

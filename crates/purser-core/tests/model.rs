@@ -299,6 +299,8 @@ struct MPurchase {
     seq: u64,
     status: PurchaseStatus,
     grant: Option<u64>,
+    /// (refunded, paid) of the last partial refund.
+    partly: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -404,7 +406,7 @@ impl Model {
             Command::CompletePurchase { purchase }
             | Command::FailPurchase { purchase }
             | Command::CancelPurchase { purchase }
-            | Command::RefundPurchase { purchase } => by_handle(purchase.account),
+            | Command::RefundPurchase { purchase, .. } => by_handle(purchase.account),
             Command::Advance { account } => by_handle(*account),
         }
     }
@@ -776,7 +778,13 @@ impl MAccount {
             Command::CancelPurchase { purchase } => {
                 self.move_purchase(now, purchase.seq, PurchaseStatus::Canceled)
             }
-            Command::RefundPurchase { purchase } => self.refund_purchase(now, purchase.seq),
+            Command::RefundPurchase {
+                purchase,
+                share: Some(share),
+            } if share.refunded < share.paid => {
+                self.refund_part(now, purchase.seq, share.refunded, share.paid)
+            }
+            Command::RefundPurchase { purchase, .. } => self.refund_purchase(now, purchase.seq),
             Command::ChangeTier {
                 tier, proration, ..
             } => self.change_tier(now, tier, *proration),
@@ -1132,6 +1140,7 @@ impl MAccount {
             seq,
             status: PurchaseStatus::Pending,
             grant: None,
+            partly: None,
         });
         Ok(Some("purchase_created"))
     }
@@ -1211,6 +1220,44 @@ impl MAccount {
 
     /// Rule 6: the package grant's free credits are voided now; its held
     /// credits are voided as their holds end.
+    /// A partial refund voids the newly refunded part of the grant's free
+    /// credits, rounded down.
+    fn refund_part(
+        &mut self,
+        now: Timestamp,
+        seq: u64,
+        refunded: u64,
+        paid: u64,
+    ) -> Result<Option<&'static str>, &'static str> {
+        let index = self.purchase_index(seq)?;
+        if self.purchases[index].status != PurchaseStatus::Completed {
+            return Err("purchase_status_conflict");
+        }
+        let (before, before_paid) = self.purchases[index].partly.unwrap_or((0, paid));
+        if before_paid != paid {
+            return Err("refund_mismatch");
+        }
+        if refunded <= before {
+            return Ok(None);
+        }
+        self.purchases[index].partly = Some((refunded, paid));
+        self.emit(now, "purchase_refunded");
+        let grant = self.purchases[index]
+            .grant
+            .expect("completed purchases have a grant");
+        let grant = self.grant_mut(grant);
+        if !grant.voided {
+            let free = grant.remaining - grant.held;
+            let voided = (u128::from(free) * u128::from(refunded - before)
+                / u128::from(paid - before)) as u64;
+            if voided > 0 {
+                grant.remaining -= voided;
+                self.emit(now, "void");
+            }
+        }
+        Ok(Some("purchase_refunded"))
+    }
+
     fn refund_purchase(
         &mut self,
         now: Timestamp,
@@ -1363,6 +1410,12 @@ enum PurchaseAction {
     Fail,
     Cancel,
     Refund,
+    /// A partial refund: `refunded` of `paid` (sometimes a paid that does
+    /// not match the earlier ones, or at or below them).
+    RefundPart {
+        refunded: u64,
+        paid: u64,
+    },
 }
 
 /// `slot` names an account (`acct-<slot>`); `pick` chooses among the
@@ -1616,6 +1669,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(PurchaseAction::Fail),
         1 => Just(PurchaseAction::Cancel),
         2 => Just(PurchaseAction::Refund),
+        2 => (0..=10u64, prop_oneof![4 => Just(10u64), 1 => Just(7u64)])
+            .prop_map(|(refunded, paid)| PurchaseAction::RefundPart { refunded, paid }),
     ];
     let purchase = (slot(), any::<u8>(), action).prop_map(|(slot, pick, action)| Op::Purchase {
         slot,
@@ -2090,7 +2145,17 @@ impl Harness {
                     PurchaseAction::Complete => Command::CompletePurchase { purchase },
                     PurchaseAction::Fail => Command::FailPurchase { purchase },
                     PurchaseAction::Cancel => Command::CancelPurchase { purchase },
-                    PurchaseAction::Refund => Command::RefundPurchase { purchase },
+                    PurchaseAction::Refund => Command::RefundPurchase {
+                        purchase,
+                        share: None,
+                    },
+                    PurchaseAction::RefundPart { refunded, paid } => Command::RefundPurchase {
+                        purchase,
+                        share: Some(purser_core::RefundedShare {
+                            refunded: *refunded,
+                            paid: *paid,
+                        }),
+                    },
                 }
             }
             Op::ChangeTier {

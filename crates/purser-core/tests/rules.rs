@@ -496,7 +496,10 @@ fn a_purchase_grants_its_credits_exactly_once() {
     for command in [
         Command::CompletePurchase { purchase: failed },
         Command::CancelPurchase { purchase: failed },
-        Command::RefundPurchase { purchase: failed },
+        Command::RefundPurchase {
+            purchase: failed,
+            share: None,
+        },
     ] {
         assert_eq!(
             w.refused(command),
@@ -530,7 +533,10 @@ fn a_refund_voids_the_unused_credits_and_held_ones_when_their_hold_ends() {
     w.charge("acme", "120").unwrap(); // budget 100, package 20
     let hold = w.hold("acme", "30", 600).unwrap(); // package 30
     let from = w.journal.len();
-    w.ok(Command::RefundPurchase { purchase });
+    w.ok(Command::RefundPurchase {
+        purchase,
+        share: None,
+    });
     assert_eq!(w.types_since(from), ["purchase_refunded", "void"]);
     assert_eq!(
         w.journal.last().unwrap().body.signed_credits(),
@@ -541,7 +547,96 @@ fn a_refund_voids_the_unused_credits_and_held_ones_when_their_hold_ends() {
     w.ok(Command::ReleaseHold { hold });
     assert_eq!(w.types_since(from), ["release", "void"]);
     assert_eq!(w.totals("acme"), "0/0/0");
-    assert_eq!(w.ok(Command::RefundPurchase { purchase }), None);
+    assert_eq!(
+        w.ok(Command::RefundPurchase {
+            purchase,
+            share: None,
+        }),
+        None
+    );
+}
+
+#[test]
+fn a_partial_refund_voids_the_newly_refunded_share_of_what_is_left() {
+    let mut w = World::new("2026-11-10T12:00:00Z");
+    w.open("acme", "starter");
+    let purchase = w.buy("acme"); // 200 package credits for 900 cents
+    w.charge("acme", "120").unwrap(); // budget 100, package 20: 180 left
+    let share = |refunded, paid| Some(purser_core::RefundedShare { refunded, paid });
+    // A third of the payment: a third of the 180 left.
+    let from = w.journal.len();
+    w.ok(Command::RefundPurchase {
+        purchase,
+        share: share(300, 900),
+    });
+    assert_eq!(w.types_since(from), ["purchase_refunded", "void"]);
+    assert_eq!(w.totals("acme"), "120/0/0");
+    // Redelivered, or an older share arriving late: nothing.
+    for refunded in [300, 100, 0] {
+        assert_eq!(
+            w.ok(Command::RefundPurchase {
+                purchase,
+                share: share(refunded, 900),
+            }),
+            None
+        );
+    }
+    // Of another payment: refused.
+    assert_eq!(
+        w.refused(Command::RefundPurchase {
+            purchase,
+            share: share(500, 1000),
+        }),
+        Rejection::RefundMismatch
+    );
+    // 150 more of the 600 not yet refunded: a quarter of the 120 left
+    // (the grant stays live with the rest, and the purchase completed).
+    w.ok(Command::RefundPurchase {
+        purchase,
+        share: share(450, 900),
+    });
+    assert_eq!(w.totals("acme"), "90/0/0");
+    assert_eq!(
+        w.ledger
+            .account_by_handle(purchase.account)
+            .and_then(|a| a.purchase(purchase.seq))
+            .map(|p| p.status),
+        Some(PurchaseStatus::Completed)
+    );
+    // The rest of the payment: the rest of the credits, and refunded.
+    let from = w.journal.len();
+    w.ok(Command::RefundPurchase {
+        purchase,
+        share: share(900, 900),
+    });
+    assert_eq!(w.types_since(from), ["purchase_refunded", "void"]);
+    assert_eq!(w.totals("acme"), "0/0/0");
+    assert_eq!(
+        w.refused(Command::RefundPurchase {
+            purchase,
+            share: share(100, 900),
+        }),
+        Rejection::PurchaseNotAllowed {
+            status: PurchaseStatus::Refunded
+        }
+    );
+}
+
+#[test]
+fn rounding_keeps_the_customers_credits_never_voids_more_than_is_left() {
+    let mut w = World::new("2026-11-10T12:00:00Z");
+    w.open("acme", "starter");
+    let purchase = w.buy("acme");
+    w.charge("acme", "100.000001").unwrap(); // 199.999999 package left
+    w.ok(Command::RefundPurchase {
+        purchase,
+        share: Some(purser_core::RefundedShare {
+            refunded: 1,
+            paid: 3,
+        }),
+    });
+    // 199.999999 / 3 = 66.666666333…: 66.666666 voided.
+    assert_eq!(w.totals("acme"), "133.333333/0/0");
 }
 
 // ----- rule 7: holds -----

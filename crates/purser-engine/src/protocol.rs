@@ -91,7 +91,7 @@ pub fn shape_of(command: &Command) -> Shape {
         Command::CompletePurchase { purchase }
         | Command::FailPurchase { purchase }
         | Command::CancelPurchase { purchase }
-        | Command::RefundPurchase { purchase } => Shape::Purchase {
+        | Command::RefundPurchase { purchase, .. } => Shape::Purchase {
             seq: Some(purchase.seq),
         },
         Command::Reverse { .. } => Shape::Transaction,

@@ -11,8 +11,8 @@ use purser_core::{
     AccountHandle, AccountId, AccountSnapshot, AccountStatus, AccountUpdate, Actor, Allocation,
     BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits, Debit, Entry, Grant, GrantKind,
     GrantSource, GrantState, Hold, MemberId, Metadata, Opened, PackageId, Pricing, Proration,
-    Purchase, PurchaseStatus, Quantity, Release, ReleaseReason, Reversal, TaskId, TierChange,
-    TierId, Timestamp, VoidReason,
+    Purchase, PurchaseStatus, Quantity, RefundedShare, Release, ReleaseReason, Reversal, TaskId,
+    TierChange, TierId, Timestamp, VoidReason,
 };
 
 /// The format version written first in every encoded entry.
@@ -22,6 +22,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// written in this version (each account then ends with them); others stay
 /// in [`FORMAT_VERSION`], byte for byte as before. Both are read.
 pub const SNAPSHOT_THRESHOLDS_VERSION: u8 = 2;
+
+/// Snapshots with a partly refunded purchase are written in this version:
+/// each account ends with its thresholds (as in version 2) and then the
+/// partial refunds of its purchases. Others stay in version 1 or 2.
+pub const SNAPSHOT_REFUNDS_VERSION: u8 = 3;
 
 /// Entries that record their actor are written in this version (the actor
 /// ends them); entries without one stay in [`FORMAT_VERSION`], byte for
@@ -64,10 +69,19 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 /// Encodes the snapshot of a partition's accounts, appending to `out`.
 pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
     let mut w = Writer(out);
-    let thresholds = accounts
-        .iter()
-        .any(|account| account.low_balance_thresholds.is_some());
-    w.u8(if thresholds {
+    let refunds = accounts.iter().any(|account| {
+        account
+            .purchases
+            .iter()
+            .any(|p| p.partly_refunded.is_some())
+    });
+    let thresholds = refunds
+        || accounts
+            .iter()
+            .any(|account| account.low_balance_thresholds.is_some());
+    w.u8(if refunds {
+        SNAPSHOT_REFUNDS_VERSION
+    } else if thresholds {
         SNAPSHOT_THRESHOLDS_VERSION
     } else {
         FORMAT_VERSION
@@ -80,6 +94,19 @@ pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
                 w.thresholds(list);
             });
         }
+        if refunds {
+            let partly: Vec<_> = account
+                .purchases
+                .iter()
+                .filter_map(|p| p.partly_refunded.map(|share| (p.seq, share)))
+                .collect();
+            w.varint(partly.len() as u64);
+            for (seq, share) in partly {
+                w.varint(seq);
+                w.varint(share.refunded);
+                w.varint(share.paid);
+            }
+        }
     }
 }
 
@@ -87,15 +114,36 @@ pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != FORMAT_VERSION && version != SNAPSHOT_THRESHOLDS_VERSION {
+    if ![
+        FORMAT_VERSION,
+        SNAPSHOT_THRESHOLDS_VERSION,
+        SNAPSHOT_REFUNDS_VERSION,
+    ]
+    .contains(&version)
+    {
         return Err(CodecError::Version(version));
     }
     let count = r.count()?;
     let accounts = (0..count)
         .map(|_| {
             let mut account = r.account()?;
-            if version == SNAPSHOT_THRESHOLDS_VERSION {
+            if version >= SNAPSHOT_THRESHOLDS_VERSION {
                 account.low_balance_thresholds = r.option(Reader::thresholds)?;
+            }
+            if version >= SNAPSHOT_REFUNDS_VERSION {
+                for _ in 0..r.count()? {
+                    let seq = r.varint()?;
+                    let share = RefundedShare {
+                        refunded: r.varint()?,
+                        paid: r.varint()?,
+                    };
+                    let purchase = account
+                        .purchases
+                        .iter_mut()
+                        .find(|p| p.seq == seq)
+                        .ok_or(CodecError::Invalid("refunded purchase"))?;
+                    purchase.partly_refunded = Some(share);
+                }
             }
             Ok(account)
         })
@@ -441,6 +489,10 @@ impl Writer<'_> {
                         self.varint(*purchase);
                     }
                     VoidReason::HoldEnded => self.u8(2),
+                    VoidReason::PartialRefund { purchase } => {
+                        self.u8(3);
+                        self.varint(*purchase);
+                    }
                 }
             }
             Body::Reversed(reversal) => {
@@ -488,6 +540,12 @@ impl Writer<'_> {
                 self.u8(16);
                 self.varint(*purchase);
                 self.u8(purchase_tag(*status));
+            }
+            Body::PurchasePartlyRefunded { purchase, share } => {
+                self.u8(19);
+                self.varint(*purchase);
+                self.varint(share.refunded);
+                self.varint(share.paid);
             }
         }
     }
@@ -811,6 +869,7 @@ impl Reader<'_> {
             grant: self.option(Self::varint)?,
             created_at: self.time()?,
             updated_at: self.time()?,
+            partly_refunded: None,
         })
     }
 
@@ -881,6 +940,9 @@ impl Reader<'_> {
                         purchase: self.varint()?,
                     },
                     2 => VoidReason::HoldEnded,
+                    3 => VoidReason::PartialRefund {
+                        purchase: self.varint()?,
+                    },
                     _ => return Err(CodecError::Invalid("void reason")),
                 },
             },
@@ -917,6 +979,13 @@ impl Reader<'_> {
             16 => Body::PurchaseUpdated {
                 purchase: self.varint()?,
                 status: self.status()?,
+            },
+            19 => Body::PurchasePartlyRefunded {
+                purchase: self.varint()?,
+                share: RefundedShare {
+                    refunded: self.varint()?,
+                    paid: self.varint()?,
+                },
             },
             _ => return Err(CodecError::Invalid("entry type")),
         })

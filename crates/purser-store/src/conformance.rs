@@ -201,6 +201,7 @@ pub fn sample_journal() -> Vec<Entry> {
         now,
         Command::RefundPurchase {
             purchase: purchase.id(),
+            share: None,
         },
     );
     run(

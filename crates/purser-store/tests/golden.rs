@@ -302,6 +302,54 @@ fn thresholds_journal() -> Vec<Entry> {
     out
 }
 
+/// A package partly refunded twice, then fully (entry tag 19, void reason
+/// 3, snapshot version 3).
+fn refunds_journal() -> Vec<Entry> {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    let mut out = Vec::new();
+    let now = at("2026-11-20T09:00:00Z");
+    let echo = AccountId::parse("echo").unwrap();
+    let mut run = |command: Command, out: &mut Vec<Entry>| {
+        ledger
+            .execute(now, command, out)
+            .expect("refunds command accepted")
+    };
+    run(
+        Command::OpenAccount {
+            id: echo.clone(),
+            name: None,
+            tier: TierId::parse("starter").unwrap(),
+            anchor: None,
+            member_monthly_cap: None,
+            metadata: Metadata::EMPTY,
+            low_balance_thresholds: None,
+        },
+        &mut out,
+    );
+    run(
+        Command::CreatePurchase {
+            account: echo.clone(),
+            package: purser_core::PackageId::parse("small").unwrap(),
+        },
+        &mut out,
+    );
+    let purchase = out.last().expect("the purchase").id();
+    run(Command::CompletePurchase { purchase }, &mut out);
+    for refunded in [300, 450] {
+        run(
+            Command::RefundPurchase {
+                purchase,
+                share: Some(purser_core::RefundedShare {
+                    refunded,
+                    paid: 900,
+                }),
+            },
+            &mut out,
+        );
+    }
+    out
+}
+
 /// Every fixture, in a fixed order, made afresh from the core.
 fn expected() -> Vec<Fixture> {
     let sample = sample_journal();
@@ -324,6 +372,13 @@ fn expected() -> Vec<Fixture> {
             .enumerate()
             .map(|(index, entry)| Fixture::entry("thresholds", index, entry)),
     );
+    let refunds = refunds_journal();
+    fixtures.extend(
+        refunds
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| Fixture::entry("refunds", index, entry)),
+    );
     // The first point of the sample where a downgrade is pending: a hold, a
     // purchase, member usage and a reversal are in the snapshot too.
     let pending = sample
@@ -344,6 +399,8 @@ fn expected() -> Vec<Fixture> {
         // went back to the tier's.
         Fixture::snapshot("thresholds", &thresholds[..2]),
         Fixture::snapshot("thresholds-cleared", &thresholds),
+        // A purchase partly refunded (version 3).
+        Fixture::snapshot("refunds", &refunds),
     ]);
     fixtures
 }

@@ -71,7 +71,8 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
         | EventType::PurchaseRefunded => {
             let seq = match &entry.body {
                 Body::PurchaseCreated(purchase) => Some(purchase.seq),
-                Body::PurchaseUpdated { purchase, .. } => Some(*purchase),
+                Body::PurchaseUpdated { purchase, .. }
+                | Body::PurchasePartlyRefunded { purchase, .. } => Some(*purchase),
                 _ => None,
             };
             if let Some(purchase) = seq.and_then(|seq| account.purchase(seq)) {

@@ -322,7 +322,7 @@ pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
 
 pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
     let handle = account.handle();
-    json!({
+    let mut value = json!({
         "object": "purchase",
         "id": object_id(handle, purchase.seq, ObjectKind::Purchase),
         "account": account.id().as_str(),
@@ -334,7 +334,13 @@ pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
         "created_at": Text(purchase.created_at),
         "updated_at": Text(purchase.updated_at),
         "checkout_url": Value::Null,
-    })
+    });
+    // Partial refunds (minor units of the payment, as the provider counts).
+    if let Some(share) = purchase.partly_refunded {
+        value["amount_refunded"] = json!(share.refunded);
+        value["amount_paid"] = json!(share.paid);
+    }
+    value
 }
 
 fn balance_after_json(balance: &BalanceAfter) -> Value {
@@ -414,6 +420,9 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
         }
         Body::PurchaseUpdated { purchase, status } => {
             json!({"purchase": object_id(handle, *purchase, ObjectKind::Purchase), "status": status.as_str()})
+        }
+        Body::PurchasePartlyRefunded { purchase, share } => {
+            json!({"purchase": object_id(handle, *purchase, ObjectKind::Purchase), "status": "completed", "amount_refunded": share.refunded, "amount_paid": share.paid})
         }
         _ => json!({}),
     };

@@ -194,6 +194,27 @@ async fn stripe_events_settle_purchases_exactly_once() {
     assert_eq!(signed(&client, &expired).await.status, 200);
     assert_eq!(purchase(&client, &second).await["status"], "failed");
 
+    // A partial refund (a third) voids a third of what is left of the
+    // package, and the purchase stays completed; redelivered, nothing more.
+    let partial = json!({
+        "id": "evt_6p",
+        "type": "charge.refunded",
+        "data": {"object": {
+            "object": "charge", "amount": 900, "amount_refunded": 300, "currency": "usd",
+            "metadata": {"purchase_id": first},
+        }},
+    });
+    for _ in 0..2 {
+        assert_eq!(signed(&client, &partial).await.status, 200);
+    }
+    let partly = purchase(&client, &first).await;
+    assert_eq!(partly["status"], "completed", "{partly}");
+    assert_eq!(partly["amount_refunded"], 300, "{partly}");
+    let balance = expect_status(client.balance("shop").await, 200, "the balance");
+    assert_eq!(
+        balance.body["packages"]["available"], "133.333334",
+        "{balance:?}"
+    );
     // A full refund refunds the purchase (its unused credits voided).
     let refund = json!({
         "id": "evt_6",

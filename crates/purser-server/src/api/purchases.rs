@@ -111,7 +111,10 @@ pub(super) async fn purchase_action(
             "complete" => Command::CompletePurchase { purchase },
             "fail" => Command::FailPurchase { purchase },
             "cancel" => Command::CancelPurchase { purchase },
-            _ => Command::RefundPurchase { purchase },
+            _ => Command::RefundPurchase {
+                purchase,
+                share: None,
+            },
         })
     })
     .await

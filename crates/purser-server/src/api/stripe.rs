@@ -141,12 +141,41 @@ pub(super) async fn webhook(
         }
         "fail" => Command::FailPurchase { purchase },
         _ => {
-            // Only a full refund refunds the purchase (a partial one is
-            // left to the operator).
-            if object["amount_refunded"].as_i64() != object["amount"].as_i64() {
-                return Ok(received(id, "ignored"));
+            // Stripe's amounts are cumulative: the ledger voids the part
+            // refunded since the last refund it applied (a full refund
+            // refunds the purchase).
+            let (Some(refunded), Some(paid)) = (
+                object["amount_refunded"].as_u64(),
+                object["amount"].as_u64(),
+            ) else {
+                return Ok(refused(
+                    "invalid_event",
+                    "the charge has no amount or amount_refunded",
+                ));
+            };
+            let currency = state.engine.catalog().currency().to_lowercase();
+            if object["currency"]
+                .as_str()
+                .map(str::to_lowercase)
+                .as_deref()
+                != Some(currency.as_str())
+            {
+                return Ok(ApiError::bad_request(
+                    "amount_mismatch",
+                    format!("the charge is not in {currency}, the catalog's currency"),
+                )
+                .into_response());
             }
-            Command::RefundPurchase { purchase }
+            if refunded == 0 || refunded > paid {
+                return Ok(refused(
+                    "invalid_event",
+                    "the charge's amount_refunded is out of range",
+                ));
+            }
+            Command::RefundPurchase {
+                purchase,
+                share: Some(purser_core::RefundedShare { refunded, paid }),
+            }
         }
     };
     // Settled already, the way this event would: nothing to apply.

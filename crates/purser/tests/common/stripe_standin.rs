@@ -37,11 +37,14 @@ impl Recorded {
     }
 }
 
+/// A remembered idempotent request: its fields, and the answer's status and body.
+type Replay = (Vec<(String, String)>, u16, Value);
+
 #[derive(Default)]
 struct Inner {
     requests: Vec<Recorded>,
     /// Idempotency key → (the request's fields, the answer).
-    replays: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    replays: HashMap<String, Replay>,
     objects: HashMap<String, Value>,
     next: u64,
     /// Answer every API call with this status (a Stripe outage).
@@ -142,7 +145,7 @@ fn handle(
     headers: &HeaderMap,
     path: &str,
     form: Vec<(String, String)>,
-    make: impl FnOnce(&mut Inner, &HashMap<String, String>) -> Result<Value, Response>,
+    make: impl FnOnce(&mut Inner, &HashMap<String, String>) -> Result<Value, Box<Response>>,
 ) -> Response {
     let key = headers
         .get("idempotency-key")
@@ -173,17 +176,15 @@ fn handle(
             "the stand-in is down",
         );
     }
-    if let Some(key) = &key {
-        if let Some((fields, status, answer)) = inner.replays.get(key) {
-            if *fields != form {
-                return stripe_error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                );
-            }
-            return (StatusCode::from_u16(*status).unwrap(), Json(answer.clone())).into_response();
+    if let Some((fields, status, answer)) = key.as_ref().and_then(|key| inner.replays.get(key)) {
+        if *fields != form {
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+            );
         }
+        return (StatusCode::from_u16(*status).unwrap(), Json(answer.clone())).into_response();
     }
     let fields: HashMap<String, String> = form.iter().cloned().collect();
     match make(&mut inner, &fields) {
@@ -195,7 +196,7 @@ fn handle(
             }
             Json(object).into_response()
         }
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
@@ -249,25 +250,23 @@ async fn create_session(
         |inner, fields| {
             let field = |name: &str| fields.get(name).cloned();
             let (Some(mode), Some(success_url)) = (field("mode"), field("success_url")) else {
-                return Err(stripe_error(
+                return Err(Box::new(stripe_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
                     "Missing required param: mode or success_url.",
-                ));
+                )));
             };
             let quantity: i64 = field("line_items[0][quantity]")
                 .and_then(|q| q.parse().ok())
                 .unwrap_or(1);
             let unit: Option<i64> =
                 field("line_items[0][price_data][unit_amount]").and_then(|a| a.parse().ok());
-            if let Some(customer) = field("customer") {
-                if !inner.objects.contains_key(&customer) {
-                    return Err(stripe_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        &format!("No such customer: '{customer}'"),
-                    ));
-                }
+            if let Some(customer) = field("customer").filter(|c| !inner.objects.contains_key(c)) {
+                return Err(Box::new(stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("No such customer: '{customer}'"),
+                )));
             }
             inner.next += 1;
             let id = format!("cs_test_standin{}", inner.next);
