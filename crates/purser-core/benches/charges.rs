@@ -49,6 +49,7 @@ fn open(ledger: &mut Ledger, now: Timestamp, id: &AccountId, out: &mut Vec<Entry
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
         low_balance_thresholds: None,
+        auto_recharge: None,
     };
     ledger.execute(now, command, out).unwrap();
 }

@@ -9,8 +9,8 @@ use std::fmt;
 
 use crate::credits::{CreditSum, Credits};
 use crate::entry::{
-    AccountUpdate, Allocation, BalanceAfter, Body, Entry, Hold, Opened, Purchase, PurchaseStatus,
-    VoidReason, allocated,
+    AccountUpdate, Allocation, AutoRechargeConfig, BalanceAfter, Body, Entry, Hold, Opened,
+    Purchase, PurchaseStatus, RechargeOutcome, VoidReason, allocated,
 };
 use crate::events::Levels;
 use crate::grant::{Grant, GrantKind, GrantSource};
@@ -85,8 +85,44 @@ pub struct Account {
     /// Credits reversed so far, by debit sequence number.
     #[allow(clippy::box_collection)]
     pub(crate) reversed: Option<Box<HashMap<u64, Credits>>>,
+    /// Auto-recharge: the setting and where it stands. Boxed: most
+    /// accounts have none.
+    pub(crate) auto_recharge: Option<Box<AutoRecharge>>,
     /// The earliest instant at which time-driven work is due.
     pub(crate) next_due: Timestamp,
+}
+
+/// An account's auto-recharge: its setting and where it stands, all of it
+/// rebuilt from entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoRecharge {
+    pub config: AutoRechargeConfig,
+    /// The purchase it made that is still pending (at most one).
+    pub in_flight: Option<u64>,
+    /// The period `made` counts recharges in.
+    pub period: i64,
+    /// Recharges made in `period`.
+    pub made: u32,
+    /// Failed payments in a row; three switch it off.
+    pub failures: u8,
+    /// The period in which the monthly limit was last told.
+    pub limit_told: Option<i64>,
+}
+
+/// Failed payments in a row that switch auto-recharge off.
+pub const RECHARGE_FAILURES_TO_DISABLE: u8 = 3;
+
+impl AutoRecharge {
+    pub fn new(config: AutoRechargeConfig) -> AutoRecharge {
+        AutoRecharge {
+            config,
+            in_flight: None,
+            period: 0,
+            made: 0,
+            failures: 0,
+            limit_told: None,
+        }
+    }
 }
 
 /// Why an entry could not be applied: the journal is inconsistent.
@@ -175,6 +211,10 @@ impl Account {
             member_usage: None,
             low_balance_thresholds: opened.low_balance_thresholds.clone().map(Box::new),
             reversed: None,
+            auto_recharge: opened
+                .auto_recharge
+                .clone()
+                .map(|config| Box::new(AutoRecharge::new(config))),
             next_due: Timestamp::NEVER,
         };
         account.next_due = account.compute_next_due();
@@ -322,9 +362,31 @@ impl Account {
                 if purchase.status == PurchaseStatus::Pending {
                     self.pending += 1;
                 }
+                if purchase.auto_recharge {
+                    let period = self.period_index;
+                    let auto = self
+                        .auto_recharge
+                        .as_deref_mut()
+                        .ok_or(ApplyError::Unbalanced)?;
+                    if auto.in_flight.is_some() {
+                        return Err(ApplyError::Unbalanced);
+                    }
+                    auto.in_flight = Some(purchase.seq);
+                    if auto.period != period {
+                        auto.period = period;
+                        auto.made = 0;
+                    }
+                    auto.made += 1;
+                }
                 self.purchases.push((**purchase).clone());
             }
             Body::PurchaseUpdated { purchase, status } => {
+                if let Some(auto) = self.auto_recharge.as_deref_mut()
+                    && auto.in_flight == Some(*purchase)
+                    && *status != PurchaseStatus::Pending
+                {
+                    auto.in_flight = None;
+                }
                 let purchase = self.purchase_mut(*purchase)?;
                 let was = purchase.status;
                 purchase.status = *status;
@@ -346,6 +408,23 @@ impl Account {
                 purchase.partly_refunded = Some(*share);
                 purchase.updated_at = at;
             }
+            Body::AutoRecharge { outcome, .. } => {
+                let period = self.period_index;
+                // The setting may have been removed since its purchase was
+                // made: then there is nothing to count.
+                if let Some(auto) = self.auto_recharge.as_deref_mut() {
+                    match outcome {
+                        RechargeOutcome::Succeeded => auto.failures = 0,
+                        RechargeOutcome::Failed(reason) if reason.counts() => {
+                            auto.failures = auto.failures.saturating_add(1);
+                            if auto.failures >= RECHARGE_FAILURES_TO_DISABLE {
+                                auto.config.enabled = false;
+                            }
+                        }
+                        RechargeOutcome::Failed(_) => auto.limit_told = Some(period),
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -362,6 +441,20 @@ impl Account {
         }
         if let Some(thresholds) = &update.low_balance_thresholds {
             self.low_balance_thresholds = thresholds.clone().map(Box::new);
+        }
+        match (&update.auto_recharge, self.auto_recharge.as_deref_mut()) {
+            (None, _) => {}
+            (Some(None), _) => self.auto_recharge = None,
+            (Some(Some(config)), None) => {
+                self.auto_recharge = Some(Box::new(AutoRecharge::new(config.clone())));
+            }
+            (Some(Some(config)), Some(auto)) => {
+                // Switched (back) on: its failures start again.
+                if config.enabled && !auto.config.enabled {
+                    auto.failures = 0;
+                }
+                auto.config = config.clone();
+            }
         }
     }
 
@@ -741,6 +834,11 @@ impl Account {
         self.member_monthly_cap
     }
     /// The account's own low-balance thresholds; `None`: its tier's apply.
+    /// The account's auto-recharge, if it has one.
+    pub fn auto_recharge(&self) -> Option<&AutoRecharge> {
+        self.auto_recharge.as_deref()
+    }
+
     pub fn low_balance_thresholds(&self) -> Option<&[Credits]> {
         self.low_balance_thresholds.as_deref().map(Vec::as_slice)
     }

@@ -2,7 +2,10 @@
 //! parsed (ids checked, amounts exact); the ledger decides against state.
 
 use crate::credits::{Credits, Quantity};
-use crate::entry::{AccountUpdate, Allocation, Body, ChargeMode, Entry, Proration, RefundedShare};
+use crate::entry::{
+    AccountUpdate, Allocation, AutoRechargeConfig, Body, ChargeMode, Entry, Proration,
+    RechargeFailure, RefundedShare,
+};
 use crate::grant::GrantKind;
 use crate::ids::{AccountHandle, AccountId, MemberId, ObjectId, PackageId, TaskId, TierId};
 use crate::metadata::Metadata;
@@ -77,6 +80,7 @@ pub enum Command {
         metadata: Metadata,
         /// `None`: the tier's (API.md "Alerts").
         low_balance_thresholds: Option<Vec<Credits>>,
+        auto_recharge: Option<AutoRechargeConfig>,
     },
     UpdateAccount {
         account: AccountId,
@@ -130,8 +134,11 @@ pub enum Command {
     CompletePurchase {
         purchase: ObjectId,
     },
+    /// `reason` is told for an auto-recharge's purchase (default
+    /// `payment_failed`).
     FailPurchase {
         purchase: ObjectId,
+        reason: Option<RechargeFailure>,
     },
     CancelPurchase {
         purchase: ObjectId,
@@ -188,7 +195,7 @@ impl Command {
             Command::Reverse { debit, .. } => Target::Handle(debit.id.account),
             Command::VoidGrant { grant } => Target::Handle(grant.account),
             Command::CompletePurchase { purchase }
-            | Command::FailPurchase { purchase }
+            | Command::FailPurchase { purchase, .. }
             | Command::CancelPurchase { purchase }
             | Command::RefundPurchase { purchase, .. } => Target::Handle(purchase.account),
             Command::Advance { account } => Target::Handle(*account),

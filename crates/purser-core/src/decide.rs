@@ -8,9 +8,9 @@ use crate::catalog::{Catalog, price_at};
 use crate::command::{Amount, CaptureAmount, DebitRecord};
 use crate::credits::{CreditSum, Credits};
 use crate::entry::{
-    AccountUpdate, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
-    Pricing, Proration, Purchase, PurchaseStatus, RefundedShare, Release, ReleaseReason, Reversal,
-    TierChange, VoidReason,
+    AccountUpdate, Allocation, AutoRechargeConfig, BalanceAfter, Body, Capture, ChargeMode, Debit,
+    Entry, Hold, Pricing, Proration, Purchase, PurchaseStatus, RechargeFailure, RechargeOutcome,
+    RefundedShare, Release, ReleaseReason, Reversal, TierChange, VoidReason,
 };
 use crate::grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};
 use crate::ids::{MemberId, PackageId, TierId};
@@ -374,6 +374,9 @@ impl Account {
         }
         if let Some(Some(thresholds)) = &update.low_balance_thresholds {
             check_thresholds(thresholds)?;
+        }
+        if let Some(Some(config)) = &update.auto_recharge {
+            check_auto_recharge(cx.catalog, config)?;
         }
         Ok(Some(self.emit(
             cx.now,
@@ -747,6 +750,7 @@ impl Account {
             created_at: cx.now,
             updated_at: cx.now,
             partly_refunded: None,
+            auto_recharge: false,
         };
         Ok(Some(self.emit(
             cx.now,
@@ -799,17 +803,97 @@ impl Account {
                 GrantSource::Purchase { purchase: seq },
             );
             self.emit(cx.now, Body::Granted(Box::new(grant)), cx.out);
+            self.recharge_outcome(&mut cx, seq, RechargeOutcome::Succeeded);
         }
         Ok(moved)
     }
 
-    pub(crate) fn fail_purchase(&mut self, mut cx: Context<'_>, seq: u64) -> Decided {
-        self.move_purchase(
+    pub(crate) fn fail_purchase(
+        &mut self,
+        mut cx: Context<'_>,
+        seq: u64,
+        reason: Option<RechargeFailure>,
+    ) -> Decided {
+        let moved = self.move_purchase(
             &mut cx,
             seq,
             PurchaseStatus::Pending,
             PurchaseStatus::Failed,
-        )
+        )?;
+        if moved.is_some() {
+            let reason = reason
+                .filter(|reason| reason.counts())
+                .unwrap_or(RechargeFailure::PaymentFailed);
+            self.recharge_outcome(&mut cx, seq, RechargeOutcome::Failed(reason));
+        }
+        Ok(moved)
+    }
+
+    /// Tells how an auto-recharge's purchase `seq` went (nothing for
+    /// another purchase).
+    fn recharge_outcome(&mut self, cx: &mut Context<'_>, seq: u64, outcome: RechargeOutcome) {
+        if self.purchase(seq).is_some_and(|p| p.auto_recharge) {
+            let body = Body::AutoRecharge {
+                purchase: Some(seq),
+                outcome,
+            };
+            self.emit(cx.now, body, cx.out);
+        }
+    }
+
+    /// Auto-recharge (API.md "Alerts and auto-recharge"), after a command:
+    /// if it is on, none of its purchases is pending and available is below
+    /// its threshold, one purchase of its package is made for the payment
+    /// provider to charge; past `max_per_month` this period, that is told
+    /// once instead. A package no longer in the catalog, or the account at
+    /// its pending-purchase or grant limit, makes nothing.
+    pub(crate) fn recharge(&mut self, catalog: &Catalog, now: Timestamp, out: &mut Vec<Entry>) {
+        let Some(auto) = self.auto_recharge.as_deref() else {
+            return;
+        };
+        if !auto.config.enabled
+            || auto.in_flight.is_some()
+            || self.status != AccountStatus::Active
+            || self.levels(now).available >= auto.config.threshold.to_sum()
+        {
+            return;
+        }
+        let made = if auto.period == self.period_index {
+            auto.made
+        } else {
+            0
+        };
+        if auto.config.max_per_month.is_some_and(|max| made >= max) {
+            if auto.limit_told != Some(self.period_index) {
+                let body = Body::AutoRecharge {
+                    purchase: None,
+                    outcome: RechargeOutcome::Failed(RechargeFailure::MonthlyLimitReached),
+                };
+                self.emit(now, body, out);
+            }
+            return;
+        }
+        let Some(package) = catalog.package(auto.config.package.as_str()) else {
+            return;
+        };
+        if self.pending_purchases() >= MAX_PENDING_PURCHASES_PER_ACCOUNT
+            || self.bounded_grants() >= MAX_GRANTS_PER_ACCOUNT
+        {
+            return;
+        }
+        let purchase = Purchase {
+            seq: self.next_seq,
+            package: package.id.clone(),
+            credits: package.credits,
+            price: package.price,
+            status: PurchaseStatus::Pending,
+            grant: None,
+            created_at: now,
+            updated_at: now,
+            partly_refunded: None,
+            auto_recharge: true,
+        };
+        self.emit(now, Body::PurchaseCreated(Box::new(purchase)), out);
     }
 
     pub(crate) fn cancel_purchase(&mut self, mut cx: Context<'_>, seq: u64) -> Decided {
@@ -1075,6 +1159,17 @@ impl AsAllocation for Allocation {
 /// An account's low-balance thresholds: at most
 /// [`MAX_THRESHOLDS`](crate::catalog::MAX_THRESHOLDS) (callers parse each
 /// as a positive amount; a zero one would never be crossed).
+/// An auto-recharge setting the catalog can honour.
+pub(crate) fn check_auto_recharge(
+    catalog: &Catalog,
+    config: &AutoRechargeConfig,
+) -> Result<(), Rejection> {
+    if catalog.package(config.package.as_str()).is_none() {
+        return Err(Rejection::UnknownPackage);
+    }
+    Ok(())
+}
+
 pub(crate) fn check_thresholds(thresholds: &[Credits]) -> Result<(), Rejection> {
     if thresholds.len() > crate::catalog::MAX_THRESHOLDS {
         return Err(Rejection::LimitExceeded(Limit::LowBalanceThresholds));

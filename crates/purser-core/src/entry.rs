@@ -301,6 +301,8 @@ pub struct Purchase {
     /// How much of the payment the provider has refunded so far, while
     /// the purchase stays completed (partial refunds); `None` before any.
     pub partly_refunded: Option<RefundedShare>,
+    /// Made by auto-recharge, not by a customer or the operator.
+    pub auto_recharge: bool,
 }
 
 /// A payment partly refunded: `refunded` of `paid`, in the currency's minor
@@ -324,6 +326,7 @@ pub struct Opened {
     pub period_index: i64,
     /// The account's own low-balance thresholds; `None`: its tier's.
     pub low_balance_thresholds: Option<Vec<Credits>>,
+    pub auto_recharge: Option<AutoRechargeConfig>,
 }
 
 /// Operator changes to an account (type `account_updated`); `None` keeps a field.
@@ -335,6 +338,8 @@ pub struct AccountUpdate {
     pub member_monthly_cap: Option<Option<Credits>>,
     /// `Some(None)` goes back to the tier's thresholds.
     pub low_balance_thresholds: Option<Option<Vec<Credits>>>,
+    /// `Some(None)` removes auto-recharge.
+    pub auto_recharge: Option<Option<AutoRechargeConfig>>,
 }
 
 /// What happened, with everything needed to apply it again.
@@ -383,10 +388,16 @@ pub enum Body {
         purchase: u64,
         share: RefundedShare,
     },
+    /// How an auto-recharge went: its purchase completed or failed (with
+    /// the reason), or none was made (`purchase` `None`: the monthly limit).
+    AutoRecharge {
+        purchase: Option<u64>,
+        outcome: RechargeOutcome,
+    },
 }
 
 /// Every entry type, as the API names it (what [`Body::type_name`] gives).
-pub const TYPE_NAMES: [&str; 21] = [
+pub const TYPE_NAMES: [&str; 23] = [
     "account_created",
     "account_updated",
     "account_closed",
@@ -408,6 +419,8 @@ pub const TYPE_NAMES: [&str; 21] = [
     "purchase_failed",
     "purchase_canceled",
     "purchase_refunded",
+    "auto_recharge_succeeded",
+    "auto_recharge_failed",
 ];
 
 /// How a hold ended.
@@ -472,6 +485,10 @@ impl Body {
                 PurchaseStatus::Refunded => "purchase_refunded",
             },
             Body::PurchasePartlyRefunded { .. } => "purchase_refunded",
+            Body::AutoRecharge { outcome, .. } => match outcome {
+                RechargeOutcome::Succeeded => "auto_recharge_succeeded",
+                RechargeOutcome::Failed(_) => "auto_recharge_failed",
+            },
         }
     }
 
@@ -504,7 +521,8 @@ impl Body {
             | Body::RolledOver { .. }
             | Body::PurchaseCreated(_)
             | Body::PurchaseUpdated { .. }
-            | Body::PurchasePartlyRefunded { .. } => CreditSum::ZERO,
+            | Body::PurchasePartlyRefunded { .. }
+            | Body::AutoRecharge { .. } => CreditSum::ZERO,
         }
     }
 
@@ -541,7 +559,71 @@ impl Body {
             | Body::TierScheduled(_)
             | Body::PurchaseCreated(_)
             | Body::PurchaseUpdated { .. }
-            | Body::PurchasePartlyRefunded { .. } => CreditSum::ZERO,
+            | Body::PurchasePartlyRefunded { .. }
+            | Body::AutoRecharge { .. } => CreditSum::ZERO,
         }
     }
+}
+
+/// An account's auto-recharge setting (API.md "Alerts and auto-recharge"):
+/// when a command leaves available below `threshold`, one purchase of
+/// `package` is made for the payment provider to charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoRechargeConfig {
+    pub enabled: bool,
+    pub threshold: Credits,
+    pub package: PackageId,
+    /// At most this many recharges per period (`None`: no limit).
+    pub max_per_month: Option<u32>,
+}
+
+/// Why an auto-recharge did not add credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RechargeFailure {
+    /// The provider refused the payment (declined, insufficient funds…).
+    PaymentFailed,
+    /// The bank asked for the customer's authentication (off-session).
+    ActionRequired,
+    /// No saved payment method to charge.
+    NoPaymentMethod,
+    /// `max_per_month` recharges were made this period already.
+    MonthlyLimitReached,
+}
+
+impl RechargeFailure {
+    pub const ALL: [RechargeFailure; 4] = [
+        RechargeFailure::PaymentFailed,
+        RechargeFailure::ActionRequired,
+        RechargeFailure::NoPaymentMethod,
+        RechargeFailure::MonthlyLimitReached,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RechargeFailure::PaymentFailed => "payment_failed",
+            RechargeFailure::ActionRequired => "action_required",
+            RechargeFailure::NoPaymentMethod => "no_payment_method",
+            RechargeFailure::MonthlyLimitReached => "monthly_limit_reached",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RechargeFailure> {
+        RechargeFailure::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
+
+    /// Whether it counts toward the failures that switch auto-recharge off
+    /// (a payment that did not go through; not the monthly limit).
+    pub const fn counts(self) -> bool {
+        !matches!(self, RechargeFailure::MonthlyLimitReached)
+    }
+}
+
+/// How an auto-recharge went (entry types `auto_recharge_succeeded`,
+/// `auto_recharge_failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RechargeOutcome {
+    Succeeded,
+    Failed(RechargeFailure),
 }

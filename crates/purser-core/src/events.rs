@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::credits::{CreditSum, Credits};
-use crate::entry::{Body, Entry, PurchaseStatus, ReleaseReason};
+use crate::entry::{Body, Entry, PurchaseStatus, RechargeOutcome, ReleaseReason};
 use crate::grant::GrantKind;
 use crate::ids::AccountHandle;
 use crate::time::Timestamp;
@@ -276,6 +276,10 @@ pub fn derive(
                 PurchaseStatus::Refunded => Some(EventType::PurchaseRefunded),
             },
             Body::PurchasePartlyRefunded { .. } => Some(EventType::PurchaseRefunded),
+            Body::AutoRecharge { outcome, .. } => Some(match outcome {
+                RechargeOutcome::Succeeded => EventType::AutoRechargeSucceeded,
+                RechargeOutcome::Failed(_) => EventType::AutoRechargeFailed,
+            }),
             _ => None,
         };
         if let Some(kind) = kind {

@@ -310,8 +310,20 @@ impl Ledger {
         let account = &mut self.accounts[index as usize];
         let due_before = account.next_due();
         account.advance(catalog, now, out);
+        // Settling a purchase never starts a recharge: a failed one would
+        // start the next at once (the next command below the threshold does).
+        let recharges = !matches!(
+            command,
+            Command::CompletePurchase { .. }
+                | Command::FailPurchase { .. }
+                | Command::CancelPurchase { .. }
+                | Command::RefundPurchase { .. }
+        );
         let decided = dispatch(account, Context { catalog, now, out }, command);
         account.settle_debt(now, out);
+        if recharges && decided.is_ok() {
+            account.recharge(catalog, now, out);
+        }
         if let Err(violation) = account.check_invariants(now) {
             panic!("ledger invariant broken: {violation}");
         }
@@ -350,6 +362,7 @@ impl Ledger {
             member_monthly_cap,
             metadata,
             low_balance_thresholds,
+            auto_recharge,
         } = command
         else {
             unreachable!("open is only called for OpenAccount");
@@ -357,9 +370,13 @@ impl Ledger {
         if let Some(thresholds) = &low_balance_thresholds {
             crate::decide::check_thresholds(thresholds)?;
         }
+        if let Some(config) = &auto_recharge {
+            crate::decide::check_auto_recharge(&self.catalog, config)?;
+        }
         let mut opened =
             self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;
         opened.low_balance_thresholds = low_balance_thresholds;
+        opened.auto_recharge = auto_recharge;
         let handle = AccountHandle::new(self.partition, self.accounts.len() as u32);
         let entry = Entry {
             account: handle,
@@ -380,6 +397,7 @@ impl Ledger {
             .map_or(Credits::ZERO, |t| t.monthly_credits);
         let grant = account.budget_grant(monthly, account.period_index(), account.period_start());
         account.emit(now, Body::Granted(Box::new(grant)), out);
+        account.recharge(catalog, now, out);
         if let Err(violation) = account.check_invariants(now) {
             panic!("ledger invariant broken: {violation}");
         }
@@ -421,6 +439,7 @@ impl Ledger {
             metadata,
             period_index: period_index_at(anchor, now),
             low_balance_thresholds: None,
+            auto_recharge: None,
         })
     }
 
@@ -550,7 +569,9 @@ fn dispatch(account: &mut Account, cx: Context<'_>, command: Command) -> Decided
         Command::VoidGrant { grant } => account.void_grant(cx, grant.seq),
         Command::CreatePurchase { package, .. } => account.create_purchase(cx, package),
         Command::CompletePurchase { purchase } => account.complete_purchase(cx, purchase.seq),
-        Command::FailPurchase { purchase } => account.fail_purchase(cx, purchase.seq),
+        Command::FailPurchase { purchase, reason } => {
+            account.fail_purchase(cx, purchase.seq, reason)
+        }
         Command::CancelPurchase { purchase } => account.cancel_purchase(cx, purchase.seq),
         Command::RefundPurchase { purchase, share } => {
             account.refund_purchase(cx, purchase.seq, share)

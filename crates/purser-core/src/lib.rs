@@ -32,6 +32,7 @@ pub use account::{
     Account, AccountSnapshot, AccountStatus, ApplyError, Balance, BudgetBalance, KindBalance,
     Violation,
 };
+pub use account::{AutoRecharge, RECHARGE_FAILURES_TO_DISABLE};
 pub use catalog::{Catalog, CatalogError, MAX_THRESHOLDS, Package, Task, Tier, price_at};
 pub use command::{Amount, CaptureAmount, Command, DebitRecord, Target};
 pub use credits::{
@@ -39,9 +40,10 @@ pub use credits::{
     parse_decimal,
 };
 pub use entry::{
-    AccountUpdate, Actor, Allocation, BalanceAfter, Body, Capture, ChargeMode, Debit, Entry, Hold,
-    HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus, RefundedShare, Release,
-    ReleaseReason, Reversal, TYPE_NAMES, TierChange, VoidReason, allocated,
+    AccountUpdate, Actor, Allocation, AutoRechargeConfig, BalanceAfter, Body, Capture, ChargeMode,
+    Debit, Entry, Hold, HoldEnd, Opened, Pricing, Proration, Purchase, PurchaseStatus,
+    RechargeFailure, RechargeOutcome, RefundedShare, Release, ReleaseReason, Reversal, TYPE_NAMES,
+    TierChange, VoidReason, allocated,
 };
 pub use events::{Event, EventId, EventType, Levels};
 pub use grant::{Grant, GrantKind, GrantSource, GrantState, MAX_PRIORITY};

@@ -37,6 +37,7 @@ pub struct AccountSnapshot {
     pub reversed: Vec<(u64, Credits)>,
     /// The account's own low-balance thresholds (`None`: its tier's).
     pub low_balance_thresholds: Option<Vec<Credits>>,
+    pub auto_recharge: Option<crate::account::AutoRecharge>,
 }
 
 impl Account {
@@ -78,6 +79,7 @@ impl Account {
             member_usage,
             reversed,
             low_balance_thresholds: self.low_balance_thresholds.as_deref().cloned(),
+            auto_recharge: self.auto_recharge.as_deref().cloned(),
         }
     }
 
@@ -114,6 +116,7 @@ impl Account {
             reversed: (!snapshot.reversed.is_empty())
                 .then(|| Box::new(snapshot.reversed.into_iter().collect())),
             low_balance_thresholds: snapshot.low_balance_thresholds.map(Box::new),
+            auto_recharge: snapshot.auto_recharge.map(Box::new),
             next_due: Timestamp::NEVER,
         };
         account.set_aside_spent();

@@ -146,10 +146,16 @@ fn purchases_tell_each_way_they_end() {
     let failed = create(&mut w);
     let canceled = create(&mut w);
     let from = w.events.len();
-    w.ok(Command::FailPurchase { purchase: failed });
+    w.ok(Command::FailPurchase {
+        purchase: failed,
+        reason: None,
+    });
     w.ok(Command::CancelPurchase { purchase: canceled });
     // Again: nothing changes, nothing is told.
-    w.ok(Command::FailPurchase { purchase: failed });
+    w.ok(Command::FailPurchase {
+        purchase: failed,
+        reason: None,
+    });
     let refunded = w.buy("acme");
     w.ok(Command::RefundPurchase {
         purchase: refunded,
@@ -341,6 +347,7 @@ fn an_accounts_own_thresholds_replace_its_tiers() {
         member_monthly_cap: None,
         metadata: purser_core::Metadata::EMPTY,
         low_balance_thresholds: Some(vec![c("50"), c("10")]),
+        auto_recharge: None,
     });
     let from = w.events.len();
     w.charge("acme", "95").unwrap();

@@ -404,7 +404,7 @@ impl Model {
             Command::Reverse { debit, .. } => by_handle(debit.id.account),
             Command::VoidGrant { grant } => by_handle(grant.account),
             Command::CompletePurchase { purchase }
-            | Command::FailPurchase { purchase }
+            | Command::FailPurchase { purchase, .. }
             | Command::CancelPurchase { purchase }
             | Command::RefundPurchase { purchase, .. } => by_handle(purchase.account),
             Command::Advance { account } => by_handle(*account),
@@ -772,7 +772,7 @@ impl MAccount {
             Command::VoidGrant { grant } => self.void_grant(now, grant.seq),
             Command::CreatePurchase { package, .. } => self.create_purchase(now, package),
             Command::CompletePurchase { purchase } => self.complete_purchase(now, purchase.seq),
-            Command::FailPurchase { purchase } => {
+            Command::FailPurchase { purchase, .. } => {
                 self.move_purchase(now, purchase.seq, PurchaseStatus::Failed)
             }
             Command::CancelPurchase { purchase } => {
@@ -1947,6 +1947,7 @@ impl Harness {
                 member_monthly_cap: member_cap.map(credits),
                 metadata: Metadata::EMPTY,
                 low_balance_thresholds: None,
+                auto_recharge: None,
             }));
         }
         let slot = slot_of(op).expect("time operations are handled by the caller");
@@ -2143,7 +2144,10 @@ impl Harness {
                 };
                 match action {
                     PurchaseAction::Complete => Command::CompletePurchase { purchase },
-                    PurchaseAction::Fail => Command::FailPurchase { purchase },
+                    PurchaseAction::Fail => Command::FailPurchase {
+                        purchase,
+                        reason: None,
+                    },
                     PurchaseAction::Cancel => Command::CancelPurchase { purchase },
                     PurchaseAction::Refund => Command::RefundPurchase {
                         purchase,

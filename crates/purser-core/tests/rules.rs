@@ -482,7 +482,10 @@ fn a_purchase_grants_its_credits_exactly_once() {
     );
     assert_eq!(w.journal.len(), entries);
     assert_eq!(w.totals("acme"), "300/0/0");
-    let refusal = w.refused(Command::FailPurchase { purchase });
+    let refusal = w.refused(Command::FailPurchase {
+        purchase,
+        reason: None,
+    });
     assert_eq!(
         refusal,
         Rejection::PurchaseNotAllowed {
@@ -491,8 +494,17 @@ fn a_purchase_grants_its_credits_exactly_once() {
     );
 
     let failed = w.ok(create.clone()).unwrap().id();
-    w.ok(Command::FailPurchase { purchase: failed });
-    assert_eq!(w.ok(Command::FailPurchase { purchase: failed }), None);
+    w.ok(Command::FailPurchase {
+        purchase: failed,
+        reason: None,
+    });
+    assert_eq!(
+        w.ok(Command::FailPurchase {
+            purchase: failed,
+            reason: None
+        }),
+        None
+    );
     for command in [
         Command::CompletePurchase { purchase: failed },
         Command::CancelPurchase { purchase: failed },
@@ -1045,6 +1057,7 @@ fn accounts_are_unique_and_closed_accounts_take_no_charges() {
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
         low_balance_thresholds: None,
+        auto_recharge: None,
     };
     assert_eq!(w.refused(again), Rejection::AccountExists);
     let unknown_tier = Command::OpenAccount {
@@ -1055,6 +1068,7 @@ fn accounts_are_unique_and_closed_accounts_take_no_charges() {
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
         low_balance_thresholds: None,
+        auto_recharge: None,
     };
     assert_eq!(w.refused(unknown_tier), Rejection::UnknownTier);
     assert_eq!(

@@ -89,7 +89,7 @@ pub fn shape_of(command: &Command) -> Shape {
         Command::VoidGrant { .. } => Shape::Grant { created: false },
         Command::CreatePurchase { .. } => Shape::Purchase { seq: None },
         Command::CompletePurchase { purchase }
-        | Command::FailPurchase { purchase }
+        | Command::FailPurchase { purchase, .. }
         | Command::CancelPurchase { purchase }
         | Command::RefundPurchase { purchase, .. } => Shape::Purchase {
             seq: Some(purchase.seq),

@@ -287,6 +287,7 @@ async fn open_acme(engine: &Engine) {
                 member_monthly_cap: None,
                 metadata: Metadata::default(),
                 low_balance_thresholds: None,
+                auto_recharge: None,
             },
             None,
             Actor::System,

@@ -37,6 +37,7 @@ impl Workload {
                 member_monthly_cap: None,
                 metadata: Metadata::EMPTY,
                 low_balance_thresholds: None,
+                auto_recharge: None,
             };
             ledger.execute(now, command, &mut out).unwrap();
         }

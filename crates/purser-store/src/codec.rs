@@ -9,10 +9,11 @@
 
 use purser_core::{
     AccountHandle, AccountId, AccountSnapshot, AccountStatus, AccountUpdate, Actor, Allocation,
-    BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits, Debit, Entry, Grant, GrantKind,
-    GrantSource, GrantState, Hold, MemberId, Metadata, Opened, PackageId, Pricing, Proration,
-    Purchase, PurchaseStatus, Quantity, RefundedShare, Release, ReleaseReason, Reversal, TaskId,
-    TierChange, TierId, Timestamp, VoidReason,
+    AutoRecharge, AutoRechargeConfig, BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits,
+    Debit, Entry, Grant, GrantKind, GrantSource, GrantState, Hold, MemberId, Metadata, Opened,
+    PackageId, Pricing, Proration, Purchase, PurchaseStatus, Quantity, RechargeFailure,
+    RechargeOutcome, RefundedShare, Release, ReleaseReason, Reversal, TaskId, TierChange, TierId,
+    Timestamp, VoidReason,
 };
 
 /// The format version written first in every encoded entry.
@@ -27,6 +28,11 @@ pub const SNAPSHOT_THRESHOLDS_VERSION: u8 = 2;
 /// each account ends with its thresholds (as in version 2) and then the
 /// partial refunds of its purchases. Others stay in version 1 or 2.
 pub const SNAPSHOT_REFUNDS_VERSION: u8 = 3;
+
+/// Snapshots with an account that has auto-recharge are written in this
+/// version: each account ends as in version 3, then with its auto-recharge
+/// (an option) and the sequence numbers of the purchases it made.
+pub const SNAPSHOT_RECHARGE_VERSION: u8 = 4;
 
 /// Entries that record their actor are written in this version (the actor
 /// ends them); entries without one stay in [`FORMAT_VERSION`], byte for
@@ -69,17 +75,23 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 /// Encodes the snapshot of a partition's accounts, appending to `out`.
 pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
     let mut w = Writer(out);
-    let refunds = accounts.iter().any(|account| {
-        account
-            .purchases
-            .iter()
-            .any(|p| p.partly_refunded.is_some())
+    let recharge = accounts.iter().any(|account| {
+        account.auto_recharge.is_some() || account.purchases.iter().any(|p| p.auto_recharge)
     });
+    let refunds = recharge
+        || accounts.iter().any(|account| {
+            account
+                .purchases
+                .iter()
+                .any(|p| p.partly_refunded.is_some())
+        });
     let thresholds = refunds
         || accounts
             .iter()
             .any(|account| account.low_balance_thresholds.is_some());
-    w.u8(if refunds {
+    w.u8(if recharge {
+        SNAPSHOT_RECHARGE_VERSION
+    } else if refunds {
         SNAPSHOT_REFUNDS_VERSION
     } else if thresholds {
         SNAPSHOT_THRESHOLDS_VERSION
@@ -107,6 +119,19 @@ pub fn encode_snapshot(accounts: &[AccountSnapshot], out: &mut Vec<u8>) {
                 w.varint(share.paid);
             }
         }
+        if recharge {
+            w.option(account.auto_recharge.as_ref(), |w, auto| w.auto_state(auto));
+            let made: Vec<u64> = account
+                .purchases
+                .iter()
+                .filter(|p| p.auto_recharge)
+                .map(|p| p.seq)
+                .collect();
+            w.varint(made.len() as u64);
+            for seq in made {
+                w.varint(seq);
+            }
+        }
     }
 }
 
@@ -118,6 +143,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError>
         FORMAT_VERSION,
         SNAPSHOT_THRESHOLDS_VERSION,
         SNAPSHOT_REFUNDS_VERSION,
+        SNAPSHOT_RECHARGE_VERSION,
     ]
     .contains(&version)
     {
@@ -143,6 +169,18 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<AccountSnapshot>, CodecError>
                         .find(|p| p.seq == seq)
                         .ok_or(CodecError::Invalid("refunded purchase"))?;
                     purchase.partly_refunded = Some(share);
+                }
+            }
+            if version >= SNAPSHOT_RECHARGE_VERSION {
+                account.auto_recharge = r.option(Reader::auto_state)?;
+                for _ in 0..r.count()? {
+                    let seq = r.varint()?;
+                    account
+                        .purchases
+                        .iter_mut()
+                        .find(|p| p.seq == seq)
+                        .ok_or(CodecError::Invalid("recharge purchase"))?
+                        .auto_recharge = true;
                 }
             }
             Ok(account)
@@ -339,6 +377,24 @@ impl Writer<'_> {
         }
     }
 
+    fn auto_config(&mut self, config: &AutoRechargeConfig) {
+        self.bool(config.enabled);
+        self.credits(config.threshold);
+        self.str(config.package.as_str());
+        self.option(config.max_per_month.as_ref(), |w, max| {
+            w.varint(u64::from(*max));
+        });
+    }
+
+    fn auto_state(&mut self, auto: &AutoRecharge) {
+        self.auto_config(&auto.config);
+        self.option(auto.in_flight.as_ref(), |w, p| w.varint(*p));
+        self.signed(auto.period);
+        self.varint(u64::from(auto.made));
+        self.u8(auto.failures);
+        self.option(auto.limit_told.as_ref(), |w, p| w.signed(*p));
+    }
+
     fn thresholds(&mut self, list: &[Credits]) {
         self.varint(list.len() as u64);
         for threshold in list {
@@ -401,9 +457,12 @@ impl Writer<'_> {
     fn body(&mut self, body: &Body) {
         match body {
             Body::Opened(opened) => {
-                // Tag 17: with the account's own thresholds (tag 0 otherwise,
-                // as before they existed).
-                self.u8(if opened.low_balance_thresholds.is_some() {
+                // Tag 20: with auto-recharge (its thresholds as an option);
+                // tag 17: with the account's own thresholds; tag 0 otherwise,
+                // as before either existed.
+                self.u8(if opened.auto_recharge.is_some() {
+                    20
+                } else if opened.low_balance_thresholds.is_some() {
                     17
                 } else {
                     0
@@ -415,13 +474,21 @@ impl Writer<'_> {
                 self.option(opened.member_monthly_cap.as_ref(), |w, c| w.credits(*c));
                 self.metadata(&opened.metadata);
                 self.signed(opened.period_index);
-                if let Some(list) = &opened.low_balance_thresholds {
+                if let Some(config) = &opened.auto_recharge {
+                    self.option(opened.low_balance_thresholds.as_ref(), |w, list| {
+                        w.thresholds(list);
+                    });
+                    self.auto_config(config);
+                } else if let Some(list) = &opened.low_balance_thresholds {
                     self.thresholds(list);
                 }
             }
             Body::Updated(update) => {
-                // Tag 18: changing the thresholds (tag 1 otherwise).
-                self.u8(if update.low_balance_thresholds.is_some() {
+                // Tag 21: changing auto-recharge (the thresholds' change as
+                // an option); tag 18: changing the thresholds; tag 1 otherwise.
+                self.u8(if update.auto_recharge.is_some() {
+                    21
+                } else if update.low_balance_thresholds.is_some() {
                     18
                 } else {
                     1
@@ -431,7 +498,12 @@ impl Writer<'_> {
                 self.option(update.member_monthly_cap.as_ref(), |w, cap| {
                     w.option(cap.as_ref(), |w, c| w.credits(*c));
                 });
-                if let Some(change) = &update.low_balance_thresholds {
+                if let Some(change) = &update.auto_recharge {
+                    self.option(update.low_balance_thresholds.as_ref(), |w, change| {
+                        w.option(change.as_ref(), |w, list| w.thresholds(list));
+                    });
+                    self.option(change.as_ref(), |w, config| w.auto_config(config));
+                } else if let Some(change) = &update.low_balance_thresholds {
                     self.option(change.as_ref(), |w, list| w.thresholds(list));
                 }
             }
@@ -533,7 +605,8 @@ impl Writer<'_> {
                 self.grant(grant);
             }
             Body::PurchaseCreated(purchase) => {
-                self.u8(15);
+                // Tag 22: made by auto-recharge.
+                self.u8(if purchase.auto_recharge { 22 } else { 15 });
                 self.purchase(purchase);
             }
             Body::PurchaseUpdated { purchase, status } => {
@@ -546,6 +619,11 @@ impl Writer<'_> {
                 self.varint(*purchase);
                 self.varint(share.refunded);
                 self.varint(share.paid);
+            }
+            Body::AutoRecharge { purchase, outcome } => {
+                self.u8(23);
+                self.option(purchase.as_ref(), |w, p| w.varint(*p));
+                self.u8(outcome_tag(*outcome));
             }
         }
     }
@@ -564,6 +642,16 @@ fn mode_tag(mode: ChargeMode) -> u8 {
     match mode {
         ChargeMode::Strict => 0,
         ChargeMode::Record => 1,
+    }
+}
+
+fn outcome_tag(outcome: RechargeOutcome) -> u8 {
+    match outcome {
+        RechargeOutcome::Succeeded => 0,
+        RechargeOutcome::Failed(RechargeFailure::PaymentFailed) => 1,
+        RechargeOutcome::Failed(RechargeFailure::ActionRequired) => 2,
+        RechargeOutcome::Failed(RechargeFailure::NoPaymentMethod) => 3,
+        RechargeOutcome::Failed(RechargeFailure::MonthlyLimitReached) => 4,
     }
 }
 
@@ -855,6 +943,7 @@ impl Reader<'_> {
                 .map(|_| Ok((self.varint()?, self.credits()?)))
                 .collect::<Result<_, CodecError>>()?,
             low_balance_thresholds: None,
+            auto_recharge: None,
         })
     }
 
@@ -870,35 +959,72 @@ impl Reader<'_> {
             created_at: self.time()?,
             updated_at: self.time()?,
             partly_refunded: None,
+            auto_recharge: false,
+        })
+    }
+
+    fn auto_config(&mut self) -> Result<AutoRechargeConfig, CodecError> {
+        Ok(AutoRechargeConfig {
+            enabled: self.bool()?,
+            threshold: self.credits()?,
+            package: PackageId::parse(self.str()?)
+                .map_err(|_| CodecError::Invalid("package id"))?,
+            max_per_month: self.option(|r| {
+                u32::try_from(r.varint()?).map_err(|_| CodecError::Invalid("max_per_month"))
+            })?,
+        })
+    }
+
+    fn auto_state(&mut self) -> Result<AutoRecharge, CodecError> {
+        Ok(AutoRecharge {
+            config: self.auto_config()?,
+            in_flight: self.option(Self::varint)?,
+            period: self.signed()?,
+            made: u32::try_from(self.varint()?).map_err(|_| CodecError::Invalid("made"))?,
+            failures: self.u8()?,
+            limit_told: self.option(Self::signed)?,
         })
     }
 
     fn body(&mut self) -> Result<Body, CodecError> {
         Ok(match self.u8()? {
-            tag @ (0 | 17) => Body::Opened(Box::new(Opened {
-                id: AccountId::parse(self.str()?).map_err(|_| CodecError::Invalid("account id"))?,
-                name: self.str()?.into(),
-                tier: self.tier()?,
-                anchor: self.time()?,
-                member_monthly_cap: self.option(Self::credits)?,
-                metadata: self.metadata()?,
-                period_index: self.signed()?,
-                low_balance_thresholds: if tag == 17 {
-                    Some(self.thresholds()?)
-                } else {
-                    None
-                },
-            })),
-            tag @ (1 | 18) => Body::Updated(Box::new(AccountUpdate {
-                name: self.option(|r| r.str().map(Into::into))?,
-                metadata: self.option(Self::metadata)?,
-                member_monthly_cap: self.option(|r| r.option(Self::credits))?,
-                low_balance_thresholds: if tag == 18 {
-                    Some(self.option(Self::thresholds)?)
-                } else {
-                    None
-                },
-            })),
+            tag @ (0 | 17 | 20) => {
+                let mut opened = Opened {
+                    id: AccountId::parse(self.str()?)
+                        .map_err(|_| CodecError::Invalid("account id"))?,
+                    name: self.str()?.into(),
+                    tier: self.tier()?,
+                    anchor: self.time()?,
+                    member_monthly_cap: self.option(Self::credits)?,
+                    metadata: self.metadata()?,
+                    period_index: self.signed()?,
+                    low_balance_thresholds: None,
+                    auto_recharge: None,
+                };
+                if tag == 17 {
+                    opened.low_balance_thresholds = Some(self.thresholds()?);
+                } else if tag == 20 {
+                    opened.low_balance_thresholds = self.option(Self::thresholds)?;
+                    opened.auto_recharge = Some(self.auto_config()?);
+                }
+                Body::Opened(Box::new(opened))
+            }
+            tag @ (1 | 18 | 21) => {
+                let mut update = AccountUpdate {
+                    name: self.option(|r| r.str().map(Into::into))?,
+                    metadata: self.option(Self::metadata)?,
+                    member_monthly_cap: self.option(|r| r.option(Self::credits))?,
+                    low_balance_thresholds: None,
+                    auto_recharge: None,
+                };
+                if tag == 18 {
+                    update.low_balance_thresholds = Some(self.option(Self::thresholds)?);
+                } else if tag == 21 {
+                    update.low_balance_thresholds = self.option(|r| r.option(Self::thresholds))?;
+                    update.auto_recharge = Some(self.option(Self::auto_config)?);
+                }
+                Body::Updated(Box::new(update))
+            }
             2 => Body::Closed,
             3 => Body::Granted(Box::new(self.grant()?)),
             4 => Body::Debited(Debit {
@@ -975,10 +1101,25 @@ impl Reader<'_> {
                 from: self.allocations()?,
                 grant: Box::new(self.grant()?),
             },
-            15 => Body::PurchaseCreated(Box::new(self.purchase()?)),
+            tag @ (15 | 22) => {
+                let mut purchase = self.purchase()?;
+                purchase.auto_recharge = tag == 22;
+                Body::PurchaseCreated(Box::new(purchase))
+            }
             16 => Body::PurchaseUpdated {
                 purchase: self.varint()?,
                 status: self.status()?,
+            },
+            23 => Body::AutoRecharge {
+                purchase: self.option(Self::varint)?,
+                outcome: match self.u8()? {
+                    0 => RechargeOutcome::Succeeded,
+                    1 => RechargeOutcome::Failed(RechargeFailure::PaymentFailed),
+                    2 => RechargeOutcome::Failed(RechargeFailure::ActionRequired),
+                    3 => RechargeOutcome::Failed(RechargeFailure::NoPaymentMethod),
+                    4 => RechargeOutcome::Failed(RechargeFailure::MonthlyLimitReached),
+                    _ => return Err(CodecError::Invalid("recharge outcome")),
+                },
             },
             19 => Body::PurchasePartlyRefunded {
                 purchase: self.varint()?,

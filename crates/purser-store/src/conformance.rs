@@ -90,6 +90,7 @@ pub fn sample_journal() -> Vec<Entry> {
                 member_monthly_cap: None,
                 metadata: Metadata::new([("plan".to_string(), tier.to_string())]).unwrap(),
                 low_balance_thresholds: None,
+                auto_recharge: None,
             },
         );
     }
@@ -336,6 +337,7 @@ pub fn outbox_events(store: &dyn Store) {
                     member_monthly_cap: None,
                     metadata: Metadata::EMPTY,
                     low_balance_thresholds: None,
+                    auto_recharge: None,
                 },
                 &mut entries,
                 Some(&mut events),

@@ -202,6 +202,7 @@ fn extra_journal() -> Vec<Entry> {
         member_monthly_cap: Some(credits("50")),
         metadata: metadata(&[("region", "eu-west"), ("seats", "3")]),
         low_balance_thresholds: None,
+        auto_recharge: None,
     });
     run(Command::UpdateAccount {
         account: gamma.clone(),
@@ -210,6 +211,7 @@ fn extra_journal() -> Vec<Entry> {
             metadata: Some(metadata(&[("region", "eu-central")])),
             member_monthly_cap: Some(None),
             low_balance_thresholds: None,
+            auto_recharge: None,
         },
     });
     run(Command::UpdateAccount {
@@ -219,6 +221,7 @@ fn extra_journal() -> Vec<Entry> {
             metadata: None,
             member_monthly_cap: Some(Some(credits("40"))),
             low_balance_thresholds: None,
+            auto_recharge: None,
         },
     });
     let hold = run(Command::PlaceHold {
@@ -235,6 +238,7 @@ fn extra_journal() -> Vec<Entry> {
     });
     run(Command::FailPurchase {
         purchase: failed.id(),
+        reason: None,
     });
     let canceled = run(Command::CreatePurchase {
         account: gamma.clone(),
@@ -284,12 +288,14 @@ fn thresholds_journal() -> Vec<Entry> {
         member_monthly_cap: None,
         metadata: Metadata::EMPTY,
         low_balance_thresholds: Some(vec![credits("500"), credits("50.000001")]),
+        auto_recharge: None,
     });
     let update = |thresholds| AccountUpdate {
         name: None,
         metadata: None,
         member_monthly_cap: None,
         low_balance_thresholds: Some(thresholds),
+        auto_recharge: None,
     };
     run(Command::UpdateAccount {
         account: delta.clone(),
@@ -323,6 +329,7 @@ fn refunds_journal() -> Vec<Entry> {
             member_monthly_cap: None,
             metadata: Metadata::EMPTY,
             low_balance_thresholds: None,
+            auto_recharge: None,
         },
         &mut out,
     );
@@ -347,6 +354,82 @@ fn refunds_journal() -> Vec<Entry> {
             &mut out,
         );
     }
+    out
+}
+
+/// Auto-recharge (entry tags 20 to 23, snapshot version 4): opened with
+/// it, a charge below its threshold makes a purchase, its payment fails
+/// (action required), the next one completes, the monthly limit is told,
+/// then the setting changes.
+fn recharge_journal() -> Vec<Entry> {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    let mut out = Vec::new();
+    let now = at("2026-11-25T09:00:00Z");
+    let foxtrot = AccountId::parse("foxtrot").unwrap();
+    let config = |enabled| purser_core::AutoRechargeConfig {
+        enabled,
+        threshold: credits("50"),
+        package: purser_core::PackageId::parse("small").unwrap(),
+        max_per_month: Some(2),
+    };
+    let mut run = |command: Command, out: &mut Vec<Entry>| {
+        ledger
+            .execute(now, command, out)
+            .expect("recharge command accepted")
+    };
+    let charge = |credits_text: &str| Command::Charge {
+        account: AccountId::parse("foxtrot").unwrap(),
+        amount: Amount::Credits(credits(credits_text)),
+        member: None,
+        mode: ChargeMode::Strict,
+        metadata: Metadata::EMPTY,
+    };
+    run(
+        Command::OpenAccount {
+            id: foxtrot.clone(),
+            name: None,
+            tier: TierId::parse("starter").unwrap(),
+            anchor: None,
+            member_monthly_cap: None,
+            metadata: Metadata::EMPTY,
+            low_balance_thresholds: Some(vec![credits("20")]),
+            auto_recharge: Some(config(true)),
+        },
+        &mut out,
+    );
+    let made = |out: &[Entry]| {
+        out.iter()
+            .rev()
+            .find(|e| matches!(&e.body, Body::PurchaseCreated(p) if p.auto_recharge))
+            .expect("a recharge")
+            .id()
+    };
+    run(charge("60"), &mut out);
+    let first = made(&out);
+    run(
+        Command::FailPurchase {
+            purchase: first,
+            reason: Some(purser_core::RechargeFailure::ActionRequired),
+        },
+        &mut out,
+    );
+    run(charge("1"), &mut out);
+    let second = made(&out);
+    run(Command::CompletePurchase { purchase: second }, &mut out);
+    run(charge("200"), &mut out);
+    run(
+        Command::UpdateAccount {
+            account: foxtrot,
+            update: AccountUpdate {
+                name: None,
+                metadata: None,
+                member_monthly_cap: None,
+                low_balance_thresholds: Some(None),
+                auto_recharge: Some(Some(config(false))),
+            },
+        },
+        &mut out,
+    );
     out
 }
 
@@ -379,6 +462,13 @@ fn expected() -> Vec<Fixture> {
             .enumerate()
             .map(|(index, entry)| Fixture::entry("refunds", index, entry)),
     );
+    let recharge = recharge_journal();
+    fixtures.extend(
+        recharge
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| Fixture::entry("recharge", index, entry)),
+    );
     // The first point of the sample where a downgrade is pending: a hold, a
     // purchase, member usage and a reversal are in the snapshot too.
     let pending = sample
@@ -401,6 +491,9 @@ fn expected() -> Vec<Fixture> {
         Fixture::snapshot("thresholds-cleared", &thresholds),
         // A purchase partly refunded (version 3).
         Fixture::snapshot("refunds", &refunds),
+        // Auto-recharge (version 4), with a recharge in flight.
+        Fixture::snapshot("recharge-in-flight", &recharge[..3]),
+        Fixture::snapshot("recharge", &recharge),
     ]);
     fixtures
 }

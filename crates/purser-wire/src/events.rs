@@ -107,6 +107,24 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
             data.insert("source".into(), json!(source(cx.actor)));
             data.insert("account".into(), account_json(account, cx.now));
         }
+        EventType::AutoRechargeSucceeded | EventType::AutoRechargeFailed => {
+            if let Body::AutoRecharge { purchase, outcome } = &entry.body {
+                if let Some(purchase) = purchase.and_then(|seq| account.purchase(seq)) {
+                    data.insert("purchase".into(), purchase_json(account, purchase));
+                }
+                if let purser_core::RechargeOutcome::Failed(reason) = outcome {
+                    data.insert("reason".into(), json!(reason.as_str()));
+                }
+            }
+            // As it stands after: `enabled: false` once three payments failed.
+            data.insert(
+                "auto_recharge".into(),
+                account
+                    .auto_recharge()
+                    .map_or(Value::Null, crate::render::auto_recharge_json),
+            );
+            data.insert("balance".into(), balance());
+        }
         EventType::HoldExpired => {
             if let Body::Released(release) = &entry.body {
                 data.insert(
@@ -118,9 +136,6 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
                 "transaction".into(),
                 transaction_json(account.id().as_str(), entry),
             );
-            data.insert("balance".into(), balance());
-        }
-        EventType::AutoRechargeSucceeded | EventType::AutoRechargeFailed => {
             data.insert("balance".into(), balance());
         }
     }

@@ -56,8 +56,21 @@ pub fn account_json(account: &Account, now: Timestamp) -> Value {
         "low_balance_thresholds": account
             .low_balance_thresholds()
             .map(|list| list.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        "auto_recharge": account.auto_recharge().map(auto_recharge_json),
         "metadata": metadata,
         "balance": BalanceJson::new(account, now),
+    })
+}
+
+/// An account's auto-recharge: its setting, and the failed payments in a
+/// row (three switch it off).
+pub fn auto_recharge_json(auto: &purser_core::AutoRecharge) -> Value {
+    json!({
+        "enabled": auto.config.enabled,
+        "threshold": auto.config.threshold.to_string(),
+        "package": auto.config.package.as_str(),
+        "max_per_month": auto.config.max_per_month,
+        "failures": auto.failures,
     })
 }
 
@@ -334,6 +347,7 @@ pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
         "created_at": Text(purchase.created_at),
         "updated_at": Text(purchase.updated_at),
         "checkout_url": Value::Null,
+        "auto_recharge": purchase.auto_recharge,
     });
     // Partial refunds (minor units of the payment, as the provider counts).
     if let Some(share) = purchase.partly_refunded {
@@ -421,6 +435,13 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
         Body::PurchaseUpdated { purchase, status } => {
             json!({"purchase": object_id(handle, *purchase, ObjectKind::Purchase), "status": status.as_str()})
         }
+        Body::AutoRecharge { purchase, outcome } => json!({
+            "purchase": purchase.map(|p| object_id(handle, p, ObjectKind::Purchase)),
+            "reason": match outcome {
+                purser_core::RechargeOutcome::Succeeded => None,
+                purser_core::RechargeOutcome::Failed(reason) => Some(reason.as_str()),
+            },
+        }),
         Body::PurchasePartlyRefunded { purchase, share } => {
             json!({"purchase": object_id(handle, *purchase, ObjectKind::Purchase), "status": "completed", "amount_refunded": share.refunded, "amount_paid": share.paid})
         }

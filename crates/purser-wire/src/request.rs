@@ -2,7 +2,8 @@
 //! that each refusal names its `param`. Unknown fields are refused.
 
 use purser_core::{
-    Amount, ChargeMode, Credits, IdError, Metadata, Notation, Quantity, TaskId, Timestamp,
+    Amount, AutoRechargeConfig, ChargeMode, Credits, IdError, Metadata, Notation, PackageId,
+    Quantity, TaskId, Timestamp,
 };
 use serde_json::{Map, Value};
 
@@ -257,6 +258,64 @@ impl Fields {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+
+    /// An auto-recharge setting (API.md "Alerts and auto-recharge"):
+    /// `{"enabled"?: true, "threshold", "package", "max_per_month"?}`.
+    /// Errors name the inner field (`auto_recharge.threshold`).
+    pub fn auto_recharge(&self, name: &str) -> Result<Option<AutoRechargeConfig>, ApiError> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        let Value::Object(map) = value else {
+            return Err(ApiError::invalid(name, format!("{name} must be an object")));
+        };
+        let inner = |mut error: ApiError| {
+            error.param = Some(match error.param.take() {
+                Some(param) => format!("{name}.{param}"),
+                None => name.to_owned(),
+            });
+            error
+        };
+        let fields = Fields::from_map(
+            map.clone(),
+            &["enabled", "threshold", "package", "max_per_month"],
+        )
+        .map_err(inner)?;
+        let enabled = match fields.get("enabled") {
+            None => true,
+            Some(Value::Bool(enabled)) => *enabled,
+            Some(_) => {
+                return Err(inner(ApiError::invalid(
+                    "enabled",
+                    "enabled must be true or false",
+                )));
+            }
+        };
+        let threshold = fields
+            .credits("threshold")
+            .map_err(inner)?
+            .ok_or_else(|| inner(ApiError::missing("threshold")))?;
+        let package = fields
+            .id("package", PackageId::parse)
+            .map_err(inner)?
+            .ok_or_else(|| inner(ApiError::missing("package")))?;
+        let max_per_month = match fields.integer("max_per_month").map_err(inner)? {
+            None => None,
+            Some(max @ 1..=1_000) => Some(max as u32),
+            Some(_) => {
+                return Err(inner(ApiError::invalid(
+                    "max_per_month",
+                    "max_per_month must be from 1 to 1000",
+                )));
+            }
+        };
+        Ok(Some(AutoRechargeConfig {
+            enabled,
+            threshold,
+            package,
+            max_per_month,
+        }))
     }
 
     pub fn array(&self, name: &str) -> Result<Option<&Vec<Value>>, ApiError> {

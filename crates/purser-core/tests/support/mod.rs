@@ -165,6 +165,7 @@ impl World {
             member_monthly_cap: None,
             metadata: Metadata::EMPTY,
             low_balance_thresholds: None,
+            auto_recharge: None,
         });
     }
 

@@ -35,6 +35,7 @@ pub(super) async fn create_account(
                     "member_monthly_cap",
                     "metadata",
                     "low_balance_thresholds",
+                    "auto_recharge",
                 ],
             )?;
             Ok(Command::OpenAccount {
@@ -46,6 +47,7 @@ pub(super) async fn create_account(
                 metadata: fields.metadata("metadata")?.unwrap_or_default(),
                 low_balance_thresholds: fields
                     .credits_list("low_balance_thresholds", MAX_THRESHOLDS)?,
+                auto_recharge: fields.auto_recharge("auto_recharge")?,
             })
         },
     )
@@ -67,8 +69,17 @@ pub(super) async fn update_account(
                 "metadata",
                 "member_monthly_cap",
                 "low_balance_thresholds",
+                "auto_recharge",
             ],
         )?;
+        // An object sets auto-recharge (all of it); null removes it.
+        let auto_recharge = if fields.has("auto_recharge") {
+            Some(fields.auto_recharge("auto_recharge")?)
+        } else if fields.is_null("auto_recharge") {
+            Some(None)
+        } else {
+            None
+        };
         // A list sets the account's own thresholds; null goes back to its
         // tier's.
         let thresholds = if fields.has("low_balance_thresholds") {
@@ -92,6 +103,7 @@ pub(super) async fn update_account(
                 metadata: fields.metadata("metadata")?,
                 member_monthly_cap: cap,
                 low_balance_thresholds: thresholds,
+                auto_recharge,
             },
         })
     })

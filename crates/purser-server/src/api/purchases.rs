@@ -105,11 +105,28 @@ pub(super) async fn purchase_action(
     }
     let path = format!("/v1/purchases/{id}/{action}");
     mutate(&state, &headers, Need::Admin, &path, &body, |body| {
-        Fields::parse(body, &[])?;
+        // A failed auto-recharge says why (`payment_failed` by default).
+        let allowed: &[&str] = if action == "fail" { &["reason"] } else { &[] };
+        let fields = Fields::parse(body, allowed)?;
         let purchase = object_id(ObjectKind::Purchase, &id, "purchase_not_found")?;
         Ok(match action.as_str() {
             "complete" => Command::CompletePurchase { purchase },
-            "fail" => Command::FailPurchase { purchase },
+            "fail" => Command::FailPurchase {
+                purchase,
+                reason: match fields.string("reason")? {
+                    None => None,
+                    Some(reason) => Some(
+                        purser_core::RechargeFailure::parse(reason)
+                            .filter(|reason| reason.counts())
+                            .ok_or_else(|| {
+                                ApiError::invalid(
+                                    "reason",
+                                    "reason must be payment_failed, action_required or no_payment_method",
+                                )
+                            })?,
+                    ),
+                },
+            },
             "cancel" => Command::CancelPurchase { purchase },
             _ => Command::RefundPurchase {
                 purchase,

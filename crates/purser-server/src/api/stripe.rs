@@ -139,7 +139,10 @@ pub(super) async fn webhook(
             }
             Command::CompletePurchase { purchase }
         }
-        "fail" => Command::FailPurchase { purchase },
+        "fail" => Command::FailPurchase {
+            purchase,
+            reason: None,
+        },
         _ => {
             // Stripe's amounts are cumulative: the ledger voids the part
             // refunded since the last refund it applied (a full refund
