@@ -310,11 +310,13 @@ impl Ledger {
         let account = &mut self.accounts[index as usize];
         let due_before = account.next_due();
         account.advance(catalog, now, out);
-        // Settling a purchase never starts a recharge: a failed one would
-        // start the next at once (the next command below the threshold does).
+        // Buying or settling a purchase never starts a recharge: a failed
+        // one would start the next at once, and a customer buying now is
+        // paying already (the next command below the threshold does).
         let recharges = !matches!(
             command,
-            Command::CompletePurchase { .. }
+            Command::CreatePurchase { .. }
+                | Command::CompletePurchase { .. }
                 | Command::FailPurchase { .. }
                 | Command::CancelPurchase { .. }
                 | Command::RefundPurchase { .. }

@@ -54,6 +54,26 @@ pub struct PaymentError {
     pub message: String,
 }
 
+/// How charging a saved payment method went (auto-recharge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Charge {
+    /// Paid: complete the purchase now.
+    Confirmed,
+    /// Under way; the provider's webhook settles it.
+    Processing,
+    /// The operator settles it through the API (`manual`).
+    AwaitingConfirmation,
+    /// Not paid, for this reason: fail the purchase.
+    Failed(purser_core::RechargeFailure),
+}
+
+/// A saved card, as the portal shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCard {
+    pub brand: String,
+    pub last4: String,
+}
+
 /// What a provider's asynchronous calls return.
 pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PaymentError>> + Send + 'a>>;
 
@@ -72,6 +92,16 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     fn redirects(&self) -> bool {
         false
     }
+
+    /// Charges the customer's saved payment method for an auto-recharge's
+    /// purchase, off-session. Called again for the same purchase (after a
+    /// restart), it must not charge twice.
+    fn charge_saved<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Charge>;
+
+    /// The card auto-recharge would charge, if the provider keeps one.
+    fn saved_card<'a>(&'a self, _account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The operator's backend confirms each purchase (the default).
@@ -85,6 +115,9 @@ impl PaymentProvider for Manual {
     fn checkout<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout> {
         Box::pin(async { Ok(Checkout::AwaitingConfirmation) })
     }
+    fn charge_saved<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Charge> {
+        Box::pin(async { Ok(Charge::AwaitingConfirmation) })
+    }
 }
 
 /// Every purchase is paid at once: for demos and tests, never production.
@@ -97,6 +130,9 @@ impl PaymentProvider for Instant {
     }
     fn checkout<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Checkout> {
         Box::pin(async { Ok(Checkout::Confirmed) })
+    }
+    fn charge_saved<'a>(&'a self, _: &'a CheckoutRequest) -> ProviderFuture<'a, Charge> {
+        Box::pin(async { Ok(Charge::Confirmed) })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod openapi;
+pub mod recharge;
 pub mod serve;
 pub mod stripe;
 pub mod supervisor;
@@ -251,7 +252,12 @@ pub(crate) fn prepare(
         webhooks::Webhooks::start(engine.clone(), config.webhooks.clone())
             .map_err(StartError::Config)?,
     );
+    let recharger = Arc::new(recharge::Recharger::start(
+        engine.clone(),
+        portal.payments.clone(),
+    ));
     let shared = Shared {
+        recharger,
         engine,
         keys,
         metrics,

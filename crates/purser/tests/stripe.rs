@@ -524,3 +524,134 @@ async fn a_portal_purchase_is_paid_on_stripe_checkout() {
     assert!(up.body["checkout_url"].is_string());
     drop(server);
 }
+
+/// Waits (up to 10 s) for an event of `kind` on `account` beyond the
+/// `seen` first ones; answers all of them, newest first.
+async fn wait_events(client: &Client, kind: &str, account: &str, seen: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let events = expect_status(
+            client
+                .get(&format!(
+                    "/v1/events?type={kind}&account={account}&limit=100"
+                ))
+                .await,
+            200,
+            "events",
+        );
+        let data = events.body["data"].as_array().cloned().unwrap_or_default();
+        if data.len() > seen {
+            return data;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no new {kind} event for {account} within 10 s");
+}
+
+async fn spend(client: &Client, account: &str, credits: &str) {
+    expect_status(
+        client
+            .post(
+                &format!("/v1/accounts/{account}/usage"),
+                &json!({"credits": credits}),
+            )
+            .await,
+        201,
+        "a charge",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_recharge_charges_the_saved_card_off_session() {
+    use common::stripe_standin::CardBehavior;
+    let standin = StripeStandin::start(STRIPE_KEY);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = stripe_server(dir.path(), &standin);
+    let client = admin(&server, Duration::from_secs(10));
+    // starter: 100 budget credits; below 50, buy small (200 credits, 9 USD).
+    expect_status(
+        client
+            .post(
+                "/v1/accounts",
+                &json!({"id": "robo", "tier": "starter",
+                        "auto_recharge": {"threshold": "50", "package": "small"}}),
+            )
+            .await,
+        201,
+        "an account with auto-recharge",
+    );
+    // No Stripe customer yet, so no card: told, nothing charged.
+    spend(&client, "robo", "60").await;
+    let failed = wait_events(&client, "auto_recharge.failed", "robo", 0).await;
+    assert_eq!(
+        failed[0]["data"]["reason"], "no_payment_method",
+        "{failed:?}"
+    );
+    assert_eq!(failed[0]["data"]["purchase"]["status"], "failed");
+    assert!(standin.requests_to("/v1/payment_intents").is_empty());
+
+    // A checkout made the customer and saved a card: the next charge below
+    // the threshold is paid off-session.
+    let bought = client
+        .post("/v1/accounts/robo/purchases", &json!({"package": "small"}))
+        .await
+        .expect("an answer");
+    assert_eq!(bought.status, 201, "{bought:?}");
+    standin.save_card("cus_standin1", "4242", CardBehavior::Succeeds);
+    spend(&client, "robo", "1").await;
+    let succeeded = wait_events(&client, "auto_recharge.succeeded", "robo", 0).await;
+    assert_eq!(succeeded[0]["data"]["purchase"]["status"], "completed");
+    let intents = standin.requests_to("/v1/payment_intents");
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    let intent = &intents[0];
+    let purchase = succeeded[0]["data"]["purchase"]["id"].as_str().unwrap();
+    for (field, value) in [
+        ("amount", "900"),
+        ("currency", "usd"),
+        ("customer", "cus_standin1"),
+        ("off_session", "true"),
+        ("confirm", "true"),
+        ("metadata[purchase_id]", purchase),
+        ("metadata[auto_recharge]", "true"),
+    ] {
+        assert_eq!(intent.field(field), Some(value), "{field} in {intent:?}");
+    }
+    assert!(
+        intent
+            .field("payment_method")
+            .is_some_and(|pm| pm.starts_with("pm_"))
+    );
+    assert_eq!(
+        intent.idempotency_key.as_deref(),
+        Some(format!("purser-recharge-{purchase}").as_str())
+    );
+    let balance = expect_status(client.balance("robo").await, 200, "the balance");
+    assert_eq!(balance.body["available"], "239", "{balance:?}");
+
+    // The bank asks for authentication, then the card is declined twice:
+    // three failed payments in a row switch auto-recharge off.
+    standin.card_behaves("cus_standin1", CardBehavior::NeedsAuthentication);
+    spend(&client, "robo", "190").await; // 49 left
+    let failed = wait_events(&client, "auto_recharge.failed", "robo", 1).await;
+    assert_eq!(failed[0]["data"]["reason"], "action_required", "{failed:?}");
+    standin.card_behaves("cus_standin1", CardBehavior::Declined);
+    for seen in [2, 3] {
+        spend(&client, "robo", "1").await;
+        let failed = wait_events(&client, "auto_recharge.failed", "robo", seen).await;
+        assert_eq!(failed[0]["data"]["reason"], "payment_failed", "{failed:?}");
+    }
+    let account = expect_status(client.account("robo").await, 200, "the account");
+    assert_eq!(
+        account.body["auto_recharge"]["enabled"], false,
+        "three failures switch it off: {account:?}"
+    );
+    assert_eq!(account.body["auto_recharge"]["failures"], 3);
+    let before = standin.requests_to("/v1/payment_intents").len();
+    spend(&client, "robo", "1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        standin.requests_to("/v1/payment_intents").len(),
+        before,
+        "off: no charge"
+    );
+    drop(server);
+}

@@ -50,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub portal: Arc<Portal>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Charges auto-recharges (stops when dropped).
+    pub recharger: Arc<crate::recharge::Recharger>,
     /// The `stripe` payment provider, when it is the one configured.
     pub stripe: Option<Arc<crate::stripe::Stripe>>,
     /// `PURSER_STRIPE_WEBHOOK_SECRET`: Stripe's events are taken only with it.

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
-use purser_core::{Actor, Command, ObjectId, ObjectKind};
+use purser_core::{Actor, Command, ObjectId, ObjectKind, RechargeFailure};
 use purser_engine::{IdempotencyKey, Read};
 use purser_wire::{ApiError, json_response};
 use serde_json::{Value, json};
@@ -95,6 +95,14 @@ pub(super) async fn webhook(
             ("fail", object["client_reference_id"].as_str())
         }
         "charge.refunded" => ("refund", None),
+        // An auto-recharge's off-session payment (a Checkout's own payment
+        // intents are settled by the session's events).
+        "payment_intent.succeeded" if object["metadata"]["auto_recharge"] == "true" => {
+            ("complete", None)
+        }
+        "payment_intent.payment_failed" if object["metadata"]["auto_recharge"] == "true" => {
+            ("fail", None)
+        }
         // Not about a purchase, or nothing to do yet (an unpaid session).
         _ => return Ok(received(id, "ignored")),
     };
@@ -125,7 +133,9 @@ pub(super) async fn webhook(
                     purser_core::Credits::parse(price, purser_core::Notation::String).ok()
                 })
                 .and_then(|price| crate::stripe::minor_units(price, &currency));
-            let paid = object["amount_total"].as_u64();
+            let paid = object["amount_total"]
+                .as_u64()
+                .or_else(|| object["amount_received"].as_u64());
             if paid_currency != currency || expected.is_none() || paid != expected {
                 return Ok(ApiError::bad_request(
                     "amount_mismatch",
@@ -141,7 +151,13 @@ pub(super) async fn webhook(
         }
         "fail" => Command::FailPurchase {
             purchase,
-            reason: None,
+            // Said for an auto-recharge (nothing for a Checkout's purchase).
+            reason: (kind == "payment_intent.payment_failed").then(|| {
+                match object["last_payment_error"]["code"].as_str() {
+                    Some("authentication_required") => RechargeFailure::ActionRequired,
+                    _ => RechargeFailure::PaymentFailed,
+                }
+            }),
         },
         _ => {
             // Stripe's amounts are cumulative: the ledger voids the part

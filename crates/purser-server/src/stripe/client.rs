@@ -125,9 +125,12 @@ async fn answer(
     if status.is_success() {
         return Ok(body);
     }
+    // The code first (`card_declined`, `authentication_required`…): what
+    // callers tell apart.
     let message = format!(
-        "Stripe {path} answered {status}: {}",
-        body["error"]["message"].as_str().unwrap_or("(no message)")
+        "Stripe {path} answered {status}: {} ({})",
+        body["error"]["code"].as_str().unwrap_or("no_code"),
+        body["error"]["message"].as_str().unwrap_or("no message")
     );
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(unavailable(message));
@@ -138,6 +141,14 @@ async fn answer(
     })
 }
 
+/// `text` percent-encoded for a query string.
+pub fn encode(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+/// Currencies Stripe counts in thousandths (three-decimal currencies).
+const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+
 /// Currencies Stripe counts in whole units (no minor unit).
 const ZERO_DECIMAL: [&str; 16] = [
     "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
@@ -147,8 +158,11 @@ const ZERO_DECIMAL: [&str; 16] = [
 /// A catalog price (exact micro-units) in the currency's minor units, as
 /// Stripe counts amounts; `None` if it is not a whole number of them.
 pub fn minor_units(price: purser_core::Credits, currency: &str) -> Option<u64> {
-    let per_unit: u128 = if ZERO_DECIMAL.contains(&currency.to_ascii_lowercase().as_str()) {
+    let currency = currency.to_ascii_lowercase();
+    let per_unit: u128 = if ZERO_DECIMAL.contains(&currency.as_str()) {
         1
+    } else if THREE_DECIMAL.contains(&currency.as_str()) {
+        1_000
     } else {
         100
     };
@@ -156,7 +170,12 @@ pub fn minor_units(price: purser_core::Credits, currency: &str) -> Option<u64> {
     if !scaled.is_multiple_of(1_000_000) {
         return None;
     }
-    u64::try_from(scaled / 1_000_000).ok()
+    let minor = u64::try_from(scaled / 1_000_000).ok()?;
+    // Stripe takes three-decimal amounts only in whole hundredths.
+    if per_unit == 1_000 && !minor.is_multiple_of(10) {
+        return None;
+    }
+    Some(minor)
 }
 
 #[cfg(test)]
@@ -187,5 +206,7 @@ mod tests {
         assert_eq!(minor_units(credits("500"), "jpy"), Some(500));
         assert_eq!(minor_units(credits("0.001"), "usd"), None);
         assert_eq!(minor_units(credits("0.5"), "jpy"), None);
+        assert_eq!(minor_units(credits("5"), "KWD"), Some(5_000));
+        assert_eq!(minor_units(credits("5.005"), "kwd"), None);
     }
 }

@@ -14,9 +14,10 @@ pub mod client;
 
 use std::sync::Arc;
 
+use purser_core::RechargeFailure;
 use purser_engine::Engine;
 use purser_portal::payments::{
-    Checkout, CheckoutRequest, PaymentError, PaymentProvider, ProviderFuture,
+    Charge, Checkout, CheckoutRequest, PaymentError, PaymentProvider, ProviderFuture, SavedCard,
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,93 @@ impl Stripe {
     }
 }
 
+impl Stripe {
+    /// The card to charge off-session: the kept one, else the customer's
+    /// first card at Stripe (kept from then on); `None` without either.
+    async fn card(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
+        let Some(mut record) = self.record(account).await? else {
+            return Ok(None);
+        };
+        if record.payment_method.is_some() {
+            return Ok(Some(record));
+        }
+        let listed = self
+            .client
+            .get(&format!(
+                "/v1/payment_methods?customer={}&type=card&limit=1",
+                client::encode(&record.customer)
+            ))
+            .await?;
+        let Some(card) = listed["data"].get(0) else {
+            return Ok(None);
+        };
+        record.payment_method = card["id"].as_str().map(str::to_owned);
+        record.card_brand = card["card"]["brand"].as_str().map(str::to_owned);
+        record.card_last4 = card["card"]["last4"].as_str().map(str::to_owned);
+        if record.payment_method.is_none() {
+            return Ok(None);
+        }
+        self.save(account, &record).await?;
+        Ok(Some(record))
+    }
+
+    /// An off-session payment intent on the saved card, confirmed at once
+    /// (its idempotency key is the purchase: a restart does not charge
+    /// twice).
+    async fn charge_card(&self, request: &CheckoutRequest) -> Result<Charge, PaymentError> {
+        let currency = request.currency.to_ascii_lowercase();
+        let Some(amount) = minor_units(request.price, &currency) else {
+            return Ok(Charge::Failed(RechargeFailure::PaymentFailed));
+        };
+        let Some(card) = self.card(&request.account).await? else {
+            return Ok(Charge::Failed(RechargeFailure::NoPaymentMethod));
+        };
+        let form = Form::new()
+            .field("amount", amount.to_string())
+            .field("currency", &currency)
+            .field("customer", &card.customer)
+            .field("payment_method", card.payment_method.unwrap_or_default())
+            .field("off_session", "true")
+            .field("confirm", "true")
+            .field(
+                "description",
+                format!("Auto-recharge: {}", request.package_name),
+            )
+            .field("metadata[purchase_id]", &request.purchase)
+            .field("metadata[account]", &request.account)
+            .field("metadata[auto_recharge]", "true");
+        let answer = self
+            .client
+            .post(
+                "/v1/payment_intents",
+                &form,
+                &format!("purser-recharge-{}", request.purchase),
+            )
+            .await;
+        match answer {
+            Ok(intent) => Ok(match intent["status"].as_str() {
+                Some("succeeded") => Charge::Confirmed,
+                Some("requires_action" | "requires_confirmation") => {
+                    Charge::Failed(RechargeFailure::ActionRequired)
+                }
+                Some("requires_payment_method" | "canceled") => {
+                    Charge::Failed(RechargeFailure::PaymentFailed)
+                }
+                _ => Charge::Processing,
+            }),
+            // A declined card is a 402 card_error: said, not retried.
+            Err(error) if error.code == "payment_provider_error" => Ok(Charge::Failed(
+                if error.message.contains("authentication_required") {
+                    RechargeFailure::ActionRequired
+                } else {
+                    RechargeFailure::PaymentFailed
+                },
+            )),
+            Err(error) => Err(error),
+        }
+    }
+}
+
 impl PaymentProvider for Stripe {
     fn name(&self) -> &'static str {
         "stripe"
@@ -193,6 +281,21 @@ impl PaymentProvider for Stripe {
 
     fn redirects(&self) -> bool {
         true
+    }
+
+    fn charge_saved<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Charge> {
+        Box::pin(self.charge_card(request))
+    }
+
+    fn saved_card<'a>(&'a self, account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {
+        Box::pin(async move {
+            Ok(self.record(account).await?.and_then(|record| {
+                Some(SavedCard {
+                    brand: record.card_brand?,
+                    last4: record.card_last4?,
+                })
+            }))
+        })
     }
 }
 

@@ -49,6 +49,19 @@ struct Inner {
     next: u64,
     /// Answer every API call with this status (a Stripe outage).
     outage: Option<u16>,
+    /// Saved cards by customer: (pm id, last4, how charging it goes).
+    cards: HashMap<String, (String, String, CardBehavior)>,
+}
+
+/// How charging a saved card goes, as Stripe's test cards behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardBehavior {
+    /// `pm_card_visa`: succeeds.
+    Succeeds,
+    /// `pm_card_authenticationRequired`: 402 `authentication_required`.
+    NeedsAuthentication,
+    /// `pm_card_chargeDeclined`: 402 `card_declined`.
+    Declined,
 }
 
 #[derive(Clone)]
@@ -96,6 +109,8 @@ impl StripeStandin {
                 let app = Router::new()
                     .route("/v1/customers", post(create_customer))
                     .route("/v1/checkout/sessions", post(create_session))
+                    .route("/v1/payment_methods", get(list_payment_methods))
+                    .route("/v1/payment_intents", post(create_payment_intent))
                     .route("/c/pay/{id}", get(checkout_page))
                     .with_state(standin);
                 axum::serve(listener, app)
@@ -122,6 +137,24 @@ impl StripeStandin {
     /// An object the stand-in made (a customer, a session…).
     pub fn object(&self, id: &str) -> Option<Value> {
         self.inner.lock().unwrap().objects.get(id).cloned()
+    }
+
+    /// Saves a card (`last4`) on `customer`, as a Checkout with
+    /// `setup_future_usage` does, charged the way `behavior` says.
+    pub fn save_card(&self, customer: &str, last4: &str, behavior: CardBehavior) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.next += 1;
+        let id = format!("pm_standin{}", inner.next);
+        inner
+            .cards
+            .insert(customer.to_owned(), (id, last4.to_owned(), behavior));
+    }
+
+    /// Changes how the customer's saved card is charged.
+    pub fn card_behaves(&self, customer: &str, behavior: CardBehavior) {
+        if let Some(card) = self.inner.lock().unwrap().cards.get_mut(customer) {
+            card.2 = behavior;
+        }
     }
 
     /// From now on every API call is answered `status` (`None`: normally).
@@ -302,4 +335,104 @@ async fn checkout_page(State(standin): State<Standin>, Path(id): Path<String>) -
         .into_response(),
         None => (StatusCode::NOT_FOUND, "no such session").into_response(),
     }
+}
+
+async fn list_payment_methods(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let mut inner = standin.inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: "GET".into(),
+        path: "/v1/payment_methods".into(),
+        idempotency_key: None,
+        form: query.clone(),
+    });
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if bearer != format!("Bearer {}", standin.key) {
+        return stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided",
+        );
+    }
+    let customer = query
+        .iter()
+        .find(|(name, _)| name == "customer")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    let data: Vec<Value> = inner
+        .cards
+        .get(&customer)
+        .map(|(id, last4, _)| {
+            json!({"id": id, "object": "payment_method", "type": "card", "customer": customer,
+                   "card": {"brand": "visa", "last4": last4}})
+        })
+        .into_iter()
+        .collect();
+    Json(json!({"object": "list", "url": "/v1/payment_methods", "has_more": false, "data": data}))
+        .into_response()
+}
+
+async fn create_payment_intent(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    handle(
+        &standin,
+        &headers,
+        "/v1/payment_intents",
+        form,
+        |inner, fields| {
+            let field = |name: &str| fields.get(name).cloned();
+            let customer = field("customer").unwrap_or_default();
+            let Some((card, _, behavior)) = inner.cards.get(&customer).cloned() else {
+                return Err(Box::new(stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "No such PaymentMethod",
+                )));
+            };
+            if field("payment_method").as_deref() != Some(card.as_str()) {
+                return Err(Box::new(stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "The payment method is not attached to this customer",
+                )));
+            }
+            let code = match behavior {
+                CardBehavior::Succeeds => None,
+                CardBehavior::NeedsAuthentication => Some("authentication_required"),
+                CardBehavior::Declined => Some("card_declined"),
+            };
+            if let Some(code) = code {
+                return Err(Box::new(
+                    (
+                        StatusCode::PAYMENT_REQUIRED,
+                        Json(json!({"error": {"type": "card_error", "code": code,
+                        "message": "Your card was declined."}})),
+                    )
+                        .into_response(),
+                ));
+            }
+            inner.next += 1;
+            let amount: i64 = field("amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+            Ok(json!({
+                "id": format!("pi_standin{}", inner.next),
+                "object": "payment_intent",
+                "status": "succeeded",
+                "amount": amount,
+                "amount_received": amount,
+                "currency": field("currency"),
+                "customer": customer,
+                "payment_method": card,
+                "metadata": metadata(fields, "metadata"),
+            }))
+        },
+    )
 }
