@@ -154,35 +154,29 @@ pub(crate) async fn buy(
     if status != 201 && status != 200 {
         return back(&token, Err(&purchase));
     }
-    let Some(id) = purchase["id"].as_str() else {
-        return unavailable();
-    };
-    pay(&state, &token, &headers, &session, &form, &package, id).await
+    pay(&state, &token, &headers, &session, &form, &purchase).await
 }
 
-/// Sends the customer to pay for a pending purchase of `package`: to the
-/// provider's page, or back to billing with what happened.
+/// Sends the customer to pay for a pending purchase (as the API renders
+/// it): to the provider's page, or back to billing with what happened.
 async fn pay(
     state: &AppState,
     token: &str,
     headers: &HeaderMap,
     session: &Session,
     form: &HashMap<String, String>,
-    package: &purser_core::Package,
-    id: &str,
+    purchase: &Value,
 ) -> Response {
     let billing = format!("{}/portal/{token}/billing", base_url(state, headers));
-    let request = CheckoutRequest {
-        account: session.account.as_str().to_owned(),
-        purchase: id.to_owned(),
-        package: package.id.as_str().to_owned(),
-        package_name: package.name.clone(),
-        credits: package.credits,
-        price: package.price,
-        currency: state.engine.catalog().currency().to_owned(),
-        success_url: format!("{billing}?notice=payment_received"),
-        cancel_url: format!("{billing}?notice=payment_canceled"),
+    let Some(request) = CheckoutRequest::for_purchase(
+        purchase,
+        state.engine.catalog(),
+        format!("{billing}?notice=payment_received"),
+        format!("{billing}?notice=payment_canceled"),
+    ) else {
+        return unavailable();
     };
+    let id = request.purchase.as_str();
     match state.payments.checkout(&request).await {
         Err(error) => {
             tracing::warn!(purchase = id, code = error.code, message = %error.message, "checkout failed");
@@ -258,13 +252,7 @@ pub(crate) async fn pay_purchase(
             Err(&json!({"error": {"code": "purchase_status_conflict"}})),
         );
     }
-    let Some(package) = current["package"]
-        .as_str()
-        .and_then(|package| state.engine.catalog().package(package).cloned())
-    else {
-        return back(&token, Err(&json!({"error": {"code": "unknown_package"}})));
-    };
-    pay(&state, &token, &headers, &session, &form, &package, &id).await
+    pay(&state, &token, &headers, &session, &form, &current).await
 }
 
 pub(crate) async fn cancel_purchase(
@@ -291,6 +279,11 @@ pub(crate) async fn cancel_purchase(
             "There is no such purchase on this account.",
         );
     };
+    // Its checkout page closed first: it cannot be paid after.
+    if let Err(error) = state.payments.cancel(&id).await {
+        tracing::warn!(purchase = %id, code = error.code, message = %error.message, "closing the checkout failed");
+        return back(&token, Err(&json!({"error": {"code": error.code}})));
+    }
     let path = format!("/portal/{token}/purchases/{id}/cancel");
     let command = Command::CancelPurchase { purchase };
     let (status, answer) = run(&state, &session, &form, &path, command, "cancel").await;

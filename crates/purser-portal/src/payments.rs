@@ -32,6 +32,38 @@ pub struct CheckoutRequest {
     pub cancel_url: String,
 }
 
+impl CheckoutRequest {
+    /// The checkout of a purchase as the API renders it: its own price and
+    /// credits (a catalog changed since does not change what it costs), the
+    /// package's name from the catalog (its id if it left the catalog).
+    pub fn for_purchase(
+        purchase: &serde_json::Value,
+        catalog: &purser_core::Catalog,
+        success_url: String,
+        cancel_url: String,
+    ) -> Option<CheckoutRequest> {
+        let amount = |field: &str| {
+            purchase[field]
+                .as_str()
+                .and_then(|text| Credits::parse(text, purser_core::Notation::String).ok())
+        };
+        let package = purchase["package"].as_str()?;
+        Some(CheckoutRequest {
+            account: purchase["account"].as_str()?.to_owned(),
+            purchase: purchase["id"].as_str()?.to_owned(),
+            package: package.to_owned(),
+            package_name: catalog
+                .package(package)
+                .map_or_else(|| package.to_owned(), |p| p.name.clone()),
+            credits: amount("credits")?,
+            price: amount("price")?,
+            currency: catalog.currency().to_owned(),
+            success_url,
+            cancel_url,
+        })
+    }
+}
+
 /// How a purchase proceeds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Checkout {
@@ -97,6 +129,13 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// purchase, off-session. Called again for the same purchase (after a
     /// restart), it must not charge twice.
     fn charge_saved<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Charge>;
+
+    /// Before a pending purchase is canceled: closes what the provider
+    /// opened for it (a checkout page), so it cannot be paid after. An
+    /// error refuses the cancellation (the payment may be under way).
+    fn cancel<'a>(&'a self, _purchase: &'a str) -> ProviderFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// The card auto-recharge would charge, if the provider keeps one.
     fn saved_card<'a>(&'a self, _account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {

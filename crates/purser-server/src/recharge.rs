@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use purser_core::{Actor, Command, Credits, EventType, Notation, ObjectId, ObjectKind};
+use purser_core::{Actor, Command, EventType, ObjectId, ObjectKind};
 use purser_engine::{Engine, IdempotencyKey};
 use purser_portal::payments::{Charge, CheckoutRequest, PaymentProvider};
 use purser_store::EventQuery;
@@ -141,26 +141,7 @@ fn recharge_request(engine: &Engine, body: &[u8]) -> Option<CheckoutRequest> {
     if purchase["auto_recharge"] != Value::Bool(true) {
         return None;
     }
-    let amount = |field: &str| {
-        purchase[field]
-            .as_str()
-            .and_then(|text| Credits::parse(text, Notation::String).ok())
-    };
-    let package = purchase["package"].as_str()?;
-    let catalog = engine.catalog();
-    Some(CheckoutRequest {
-        account: event["account"].as_str()?.to_owned(),
-        purchase: purchase["id"].as_str()?.to_owned(),
-        package: package.to_owned(),
-        package_name: catalog
-            .package(package)
-            .map_or_else(|| package.to_owned(), |p| p.name.clone()),
-        credits: amount("credits")?,
-        price: amount("price")?,
-        currency: catalog.currency().to_owned(),
-        success_url: String::new(),
-        cancel_url: String::new(),
-    })
+    CheckoutRequest::for_purchase(purchase, engine.catalog(), String::new(), String::new())
 }
 
 /// Charges one recharge and settles its purchase; a provider that does not

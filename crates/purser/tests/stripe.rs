@@ -522,6 +522,67 @@ async fn a_portal_purchase_is_paid_on_stripe_checkout() {
         .expect("an answer");
     assert_eq!(up.status, 201, "{up:?}");
     assert!(up.body["checkout_url"].is_string());
+
+    // Canceling closes the checkout page first (it cannot be paid after).
+    let pending = up.str("id").to_owned();
+    let canceled = client
+        .post(&format!("/v1/purchases/{pending}/cancel"), &json!({}))
+        .await
+        .expect("an answer");
+    assert_eq!(canceled.status, 200, "{canceled:?}");
+    assert_eq!(canceled.body["status"], "canceled");
+    let session = up.body["checkout_url"]
+        .as_str()
+        .and_then(|url| url.rsplit('/').next())
+        .expect("the session id")
+        .to_owned();
+    assert_eq!(
+        standin
+            .requests_to(&format!("/v1/checkout/sessions/{session}/expire"))
+            .len(),
+        1
+    );
+    // A page being paid cannot be closed: the purchase is not canceled.
+    let paying = client
+        .post("/v1/accounts/shop/purchases", &json!({"package": "small"}))
+        .await
+        .expect("an answer");
+    let paying_session = paying.body["checkout_url"]
+        .as_str()
+        .and_then(|url| url.rsplit('/').next())
+        .expect("the session id")
+        .to_owned();
+    standin.complete_session(&paying_session);
+    let refused = client
+        .post(
+            &format!("/v1/purchases/{}/cancel", paying.str("id")),
+            &json!({}),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(refused.error_code(), Some("payment_in_progress"));
+    assert_eq!(
+        purchase(&client, paying.str("id")).await["status"],
+        "pending"
+    );
+
+    // Pay from another portal link: the same page (kept, not made again
+    // with other return URLs under the same idempotency key).
+    let other = expect_status(
+        client
+            .post("/v1/accounts/shop/portal_sessions", &json!({}))
+            .await,
+        201,
+        "another portal session",
+    );
+    let again = submit_form(
+        other.str("url"),
+        &format!("purchases/{}/pay", paying.str("id")),
+        &[],
+    )
+    .await;
+    assert_eq!(Some(again.as_str()), paying.body["checkout_url"].as_str());
     drop(server);
 }
 

@@ -98,6 +98,9 @@ pub fn error_text(code: &str) -> &'static str {
             "That form was already sent. Reload the page to see the result."
         }
         "rate_limited" | "unavailable" => "We are busy right now. Please try again in a moment.",
+        "payment_in_progress" => {
+            "That purchase is being paid, so it can no longer be canceled. Reload the page in a moment."
+        }
         "payment_provider_unavailable" | "payment_provider_error" => {
             "We could not reach the payment page. Your purchase waits below: please try again in a moment."
         }

@@ -4,7 +4,7 @@ use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use purser_core::{Command, ObjectKind, PackageId};
+use purser_core::{Command, ObjectId, ObjectKind, PackageId};
 use purser_engine::Read;
 use purser_portal::payments::{Checkout, CheckoutRequest};
 use purser_wire::{ApiError, Fields, json_response, required};
@@ -57,37 +57,51 @@ pub(super) async fn create_purchase(
     let Ok(bytes) = axum::body::to_bytes(response.into_body(), 1 << 20).await else {
         return ApiError::internal("the purchase could not be read back").into_response();
     };
-    let mut purchase: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let package = purchase["package"]
+    let answered: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    // A replay answers the purchase as it was made; a checkout is opened
+    // only while it is still pending now.
+    let current = match answered["id"]
         .as_str()
-        .and_then(|package| state.engine.catalog().package(package).cloned());
-    let (Some(purchase_id), Some(package)) = (purchase["id"].as_str(), package) else {
+        .and_then(|id| ObjectId::parse(ObjectKind::Purchase, id))
+    {
+        Some(purchase) => match state.engine.read(Read::Purchase(purchase)).await {
+            Ok(rendered) if rendered.status == 200 => {
+                serde_json::from_slice::<Value>(&rendered.body).unwrap_or(Value::Null)
+            }
+            Ok(_) => Value::Null,
+            Err(busy) => return ApiError::from(busy).into_response(),
+        },
+        None => Value::Null,
+    };
+    let mut purchase = answered;
+    if current["status"] != "pending" {
+        return json_response(201, serde_json::to_vec(&purchase).expect("JSON"));
+    }
+    let home = format!("{}/", purser_portal::base_url(&state.portal, &headers));
+    let Some(request) = CheckoutRequest::for_purchase(
+        &current,
+        state.engine.catalog(),
+        urls.0.unwrap_or_else(|| home.clone()),
+        urls.1.unwrap_or(home),
+    ) else {
         return ApiError::internal("the purchase could not be read back").into_response();
     };
-    let home = format!("{}/", purser_portal::base_url(&state.portal, &headers));
-    let request = CheckoutRequest {
-        account: id.clone(),
-        purchase: purchase_id.to_owned(),
-        package: package.id.as_str().to_owned(),
-        package_name: package.name.clone(),
-        credits: package.credits,
-        price: package.price,
-        currency: state.engine.catalog().currency().to_owned(),
-        success_url: urls.0.unwrap_or_else(|| home.clone()),
-        cancel_url: urls.1.unwrap_or(home),
-    };
+    let purchase_id = request.purchase.clone();
     match payments.checkout(&request).await {
         Ok(Checkout::Redirect(url)) => purchase["checkout_url"] = Value::String(url),
         Ok(_) => {}
         Err(error) => {
-            tracing::warn!(purchase = purchase_id, code = error.code, message = %error.message, "checkout failed");
-            return ApiError::new(
+            tracing::warn!(purchase = %purchase_id, code = error.code, message = %error.message, "checkout failed");
+            let mut refusal = ApiError::new(
                 503,
                 "api_error",
                 "payment_provider_unavailable",
-                "the purchase is pending but the payment provider could not open its checkout; retry with the same Idempotency-Key",
-            )
-            .into_response();
+                "the purchase is pending but the payment provider could not open its checkout; retry with the same Idempotency-Key, or cancel the purchase",
+            );
+            refusal
+                .extra
+                .insert("purchase".into(), Value::String(purchase_id));
+            return refusal.into_response();
         }
     }
     json_response(201, serde_json::to_vec(&purchase).expect("JSON"))
@@ -104,6 +118,30 @@ pub(super) async fn purchase_action(
         return not_found().await.into_response();
     }
     let path = format!("/v1/purchases/{id}/{action}");
+    // A cancellation first closes the provider's checkout, so the purchase
+    // cannot be paid after it (refused if it is being paid).
+    if action == "cancel" {
+        if let Err(error) = state.keys.authorize(&headers, Need::Admin) {
+            return error.into_response();
+        }
+        if let Err(error) = state.portal.payments.cancel(&id).await {
+            tracing::warn!(purchase = %id, code = error.code, message = %error.message, "closing the checkout failed");
+            return if error.code == "payment_in_progress" {
+                ApiError::conflict(
+                    "payment_in_progress",
+                    "the purchase's checkout is being paid or was paid: it can no longer be canceled",
+                )
+            } else {
+                ApiError::new(
+                    503,
+                    "api_error",
+                    "payment_provider_unavailable",
+                    "the payment provider could not close the purchase's checkout; retry",
+                )
+            }
+            .into_response();
+        }
+    }
     mutate(&state, &headers, Need::Admin, &path, &body, |body| {
         // A failed auto-recharge says why (`payment_failed` by default).
         let allowed: &[&str] = if action == "fail" { &["reason"] } else { &[] };

@@ -140,6 +140,11 @@ impl Stripe {
                 ),
             });
         };
+        // The purchase's session, once made: the same page every time, and
+        // the one a cancellation expires.
+        if let Some(session) = self.session(&request.purchase).await? {
+            return Ok(Checkout::Redirect(session.url));
+        }
         let customer = self.customer(&request.account).await?;
         let form = Form::new()
             .field("mode", "payment")
@@ -171,9 +176,20 @@ impl Stripe {
                 &format!("purser-checkout-{}", request.purchase),
             )
             .await?;
-        match session["url"].as_str() {
-            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                Ok(Checkout::Redirect(url.to_owned()))
+        match (session["id"].as_str(), session["url"].as_str()) {
+            (Some(id), Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+                let kept = Session {
+                    id: id.to_owned(),
+                    url: url.to_owned(),
+                };
+                let store = self.engine.store().clone();
+                let name = session_setting(&request.purchase);
+                let text = serde_json::to_string(&kept).expect("JSON");
+                tokio::task::spawn_blocking(move || store.set_setting(&name, &text))
+                    .await
+                    .map_err(store_error)?
+                    .map_err(store_error)?;
+                Ok(Checkout::Redirect(kept.url))
             }
             _ => Err(PaymentError {
                 code: "payment_provider_error",
@@ -183,7 +199,60 @@ impl Stripe {
     }
 }
 
+/// A purchase's Checkout Session, kept in the store (setting
+/// `stripe.checkout.<purchase>`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Session {
+    id: String,
+    url: String,
+}
+
+fn session_setting(purchase: &str) -> String {
+    format!("stripe.checkout.{purchase}")
+}
+
 impl Stripe {
+    async fn session(&self, purchase: &str) -> Result<Option<Session>, PaymentError> {
+        let store = self.engine.store().clone();
+        let name = session_setting(purchase);
+        let text = tokio::task::spawn_blocking(move || store.setting(&name))
+            .await
+            .map_err(store_error)?
+            .map_err(store_error)?;
+        text.map(|text| serde_json::from_str(&text).map_err(store_error))
+            .transpose()
+    }
+
+    /// Expires the purchase's open Checkout Session, if it has one; refused
+    /// when Stripe says it can no longer be (paid, or being paid).
+    async fn expire(&self, purchase: &str) -> Result<(), PaymentError> {
+        let Some(session) = self.session(purchase).await? else {
+            return Ok(());
+        };
+        match self
+            .client
+            .post(
+                &format!(
+                    "/v1/checkout/sessions/{}/expire",
+                    client::encode(&session.id)
+                ),
+                &Form::new(),
+                &format!("purser-expire-{purchase}"),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.code == "payment_provider_error" => Err(PaymentError {
+                code: "payment_in_progress",
+                message: format!(
+                    "the checkout of {purchase} cannot be closed: {}",
+                    error.message
+                ),
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The card to charge off-session: the kept one, else the customer's
     /// first card at Stripe (kept from then on); `None` without either.
     async fn card(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
@@ -285,6 +354,10 @@ impl PaymentProvider for Stripe {
 
     fn charge_saved<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Charge> {
         Box::pin(self.charge_card(request))
+    }
+
+    fn cancel<'a>(&'a self, purchase: &'a str) -> ProviderFuture<'a, ()> {
+        Box::pin(self.expire(purchase))
     }
 
     fn saved_card<'a>(&'a self, account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {

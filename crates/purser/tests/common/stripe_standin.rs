@@ -109,6 +109,7 @@ impl StripeStandin {
                 let app = Router::new()
                     .route("/v1/customers", post(create_customer))
                     .route("/v1/checkout/sessions", post(create_session))
+                    .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
                     .route("/v1/payment_methods", get(list_payment_methods))
                     .route("/v1/payment_intents", post(create_payment_intent))
                     .route("/c/pay/{id}", get(checkout_page))
@@ -148,6 +149,14 @@ impl StripeStandin {
         inner
             .cards
             .insert(customer.to_owned(), (id, last4.to_owned(), behavior));
+    }
+
+    /// Marks a session paid (its customer went through the page).
+    pub fn complete_session(&self, id: &str) {
+        if let Some(session) = self.inner.lock().unwrap().objects.get_mut(id) {
+            session["status"] = json!("complete");
+            session["payment_status"] = json!("paid");
+        }
     }
 
     /// Changes how the customer's saved card is charged.
@@ -435,4 +444,31 @@ async fn create_payment_intent(
             }))
         },
     )
+}
+
+async fn expire_session(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let path = format!("/v1/checkout/sessions/{id}/expire");
+    handle(&standin, &headers, &path, form, |inner, _| {
+        let Some(session) = inner.objects.get_mut(&id) else {
+            return Err(Box::new(stripe_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                &format!("No such checkout.session: '{id}'"),
+            )));
+        };
+        if session["status"] != "open" {
+            return Err(Box::new(stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Only Checkout Sessions with a status of `open` can be expired.",
+            )));
+        }
+        session["status"] = json!("expired");
+        Ok(session.clone())
+    })
 }
