@@ -8,7 +8,10 @@ use axum::body::Body;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use purser_core::{Command, ObjectId, ObjectKind, PackageId, Proration, TierId};
+use purser_core::{
+    AccountUpdate, AutoRechargeConfig, Command, Credits, Notation, ObjectId, ObjectKind, PackageId,
+    Proration, TierId,
+};
 use purser_engine::IdempotencyKey;
 use serde_json::{Value, json};
 
@@ -292,4 +295,91 @@ pub(crate) async fn cancel_purchase(
     } else {
         back(&token, Err(&answer))
     }
+}
+
+/// `POST /portal/{token}/auto_recharge`: the customer switches
+/// auto-recharge on (choosing the balance below which, and the package) or
+/// off. The operator's `max_per_month`, if any, is kept.
+pub(crate) async fn set_auto_recharge(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let (session, form) = match accept_form(&state, &token, &headers, form) {
+        Ok(accepted) => accepted,
+        Err(page) => return page,
+    };
+    let account = match crate::pages::account_json(&state, &session).await {
+        Ok(account) => account,
+        Err(page) => return page,
+    };
+    let current = &account["auto_recharge"];
+    let max_per_month = current["max_per_month"]
+        .as_u64()
+        .and_then(|max| u32::try_from(max).ok());
+    let config = if form.get("enabled").map(String::as_str) == Some("true") {
+        let Some(threshold) = form
+            .get("threshold")
+            .and_then(|text| Credits::parse_positive(text.trim(), Notation::String).ok())
+        else {
+            return back(
+                &token,
+                Err(&json!({"error": {"code": "invalid_threshold"}})),
+            );
+        };
+        let Some(package) = form
+            .get("package")
+            .and_then(|id| PackageId::parse(id).ok())
+            .filter(|id| state.engine.catalog().package(id.as_str()).is_some())
+        else {
+            return back(&token, Err(&json!({"error": {"code": "unknown_package"}})));
+        };
+        AutoRechargeConfig {
+            enabled: true,
+            threshold,
+            package,
+            max_per_month,
+        }
+    } else {
+        // Off: the same setting, switched off (nothing to switch off
+        // without one).
+        let (Some(threshold), Some(package)) = (
+            current["threshold"]
+                .as_str()
+                .and_then(|text| Credits::parse(text, Notation::String).ok()),
+            current["package"]
+                .as_str()
+                .and_then(|id| PackageId::parse(id).ok()),
+        ) else {
+            return back(&token, Ok("recharge_off"));
+        };
+        AutoRechargeConfig {
+            enabled: false,
+            threshold,
+            package,
+            max_per_month,
+        }
+    };
+    let enabled = config.enabled;
+    let command = Command::UpdateAccount {
+        account: session.account.clone(),
+        update: AccountUpdate {
+            auto_recharge: Some(Some(config)),
+            ..AccountUpdate::default()
+        },
+    };
+    let path = format!("/portal/{token}/auto_recharge");
+    let (status, answer) = run(&state, &session, &form, &path, command, "recharge").await;
+    if status != 200 {
+        return back(&token, Err(&answer));
+    }
+    back(
+        &token,
+        Ok(if enabled {
+            "recharge_on"
+        } else {
+            "recharge_off"
+        }),
+    )
 }

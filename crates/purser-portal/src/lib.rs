@@ -67,7 +67,7 @@ const CSS: &str = include_str!("assets/portal.css");
 const JS: &str = include_str!("assets/portal.js");
 
 /// The portal's route templates (metrics are labelled with them).
-pub const ROUTE_PATHS: [&str; 9] = [
+pub const ROUTE_PATHS: [&str; 10] = [
     "/portal/{token}",
     "/portal/{token}/billing",
     "/portal/{token}/transactions.csv",
@@ -75,6 +75,7 @@ pub const ROUTE_PATHS: [&str; 9] = [
     "/portal/{token}/purchases",
     "/portal/{token}/purchases/{id}/cancel",
     "/portal/{token}/purchases/{id}/pay",
+    "/portal/{token}/auto_recharge",
     "/portal/assets/portal.css",
     "/portal/assets/portal.js",
 ];
@@ -92,6 +93,7 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         purchases,
         cancel,
         pay,
+        recharge,
         style,
         script,
     ] = ROUTE_PATHS;
@@ -102,6 +104,7 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         .route(purchases, post(actions::buy))
         .route(cancel, post(actions::cancel_purchase))
         .route(pay, post(actions::pay_purchase))
+        .route(recharge, post(actions::set_auto_recharge))
         .route_layer(middleware::from_fn_with_state(portal.clone(), token_first))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES));
     Router::new()

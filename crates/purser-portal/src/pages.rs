@@ -32,7 +32,7 @@ fn account_missing() -> Response {
 }
 
 /// The account as the API renders it, with its balance.
-async fn account_json(state: &AppState, session: &Session) -> Result<Value, Response> {
+pub(crate) async fn account_json(state: &AppState, session: &Session) -> Result<Value, Response> {
     match state
         .engine
         .read(Read::Account(session.account.clone()))
@@ -317,6 +317,13 @@ pub(crate) async fn billing_page(
             purchases: purchases["data"].as_array().cloned().unwrap_or_default(),
             provider: state.payments.name(),
             now: state.engine.clock().now(),
+            // Not worth failing the page over: shown when known.
+            card: state
+                .payments
+                .saved_card(session.account.as_str())
+                .await
+                .ok()
+                .flatten(),
         };
         Ok::<_, Response>(html(StatusCode::OK, view::billing(&view)))
     };

@@ -714,5 +714,57 @@ async fn auto_recharge_charges_the_saved_card_off_session() {
         before,
         "off: no charge"
     );
+
+    // The customer sees it in the portal, with the card, and switches it
+    // back on there.
+    let session = expect_status(
+        client
+            .post("/v1/accounts/robo/portal_sessions", &json!({}))
+            .await,
+        201,
+        "a portal session",
+    );
+    let link = session.str("url").to_owned();
+    let page = page_text(&format!("{link}/billing")).await;
+    assert!(
+        page.contains(r#"data-testid="auto-recharge" data-enabled="false""#),
+        "{page}"
+    );
+    assert!(page.contains("the last three payments failed"), "{page}");
+    assert!(page.contains("ending in <strong>4242</strong>"), "{page}");
+    standin.card_behaves("cus_standin1", CardBehavior::Succeeds);
+    let back = submit_form(
+        &link,
+        "auto_recharge",
+        &[
+            ("enabled", "true"),
+            ("threshold", "30"),
+            ("package", "medium"),
+        ],
+    )
+    .await;
+    assert!(back.ends_with("notice=recharge_on"), "{back}");
+    let account = expect_status(client.account("robo").await, 200, "the account");
+    let setting = &account.body["auto_recharge"];
+    assert_eq!(
+        (
+            &setting["enabled"],
+            &setting["threshold"],
+            &setting["package"],
+            &setting["failures"]
+        ),
+        (&json!(true), &json!("30"), &json!("medium"), &json!(0)),
+        "{account:?}"
+    );
+    // On again: the next charge below 30 buys medium.
+    spend(&client, "robo", "20").await;
+    let succeeded = wait_events(&client, "auto_recharge.succeeded", "robo", 1).await;
+    assert_eq!(succeeded[0]["data"]["purchase"]["package"], "medium");
+    let page = page_text(&format!("{link}/billing")).await;
+    assert!(page.contains(r#"data-enabled="true""#));
+    let back = submit_form(&link, "auto_recharge", &[("enabled", "false")]).await;
+    assert!(back.ends_with("notice=recharge_off"), "{back}");
+    let account = expect_status(client.account("robo").await, 200, "the account");
+    assert_eq!(account.body["auto_recharge"]["enabled"], false);
     drop(server);
 }

@@ -16,6 +16,8 @@ pub struct Billing<'a> {
     pub purchases: Vec<Value>,
     pub provider: &'static str,
     pub now: Timestamp,
+    /// The card auto-recharge charges, if the provider keeps one.
+    pub card: Option<crate::payments::SavedCard>,
 }
 
 pub fn billing(view: &Billing<'_>) -> Markup {
@@ -138,6 +140,7 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                 }
             }
         }
+        (auto_recharge(view, can_change))
         section aria-labelledby="history-title" {
             h2 #history-title .section { "Purchase history" }
             @if view.purchases.is_empty() {
@@ -205,5 +208,72 @@ fn status_text(status: &str, provider: &str) -> &'static str {
         ("canceled", _) => "Canceled",
         ("refunded", _) => "Refunded (unused credits removed)",
         _ => "Unknown",
+    }
+}
+
+/// Auto-recharge: whether it is on, what it buys below which balance, the
+/// card it charges, and a form to switch it on (choosing both) or off.
+fn auto_recharge(view: &Billing<'_>, can_change: bool) -> Markup {
+    let frame = &view.frame;
+    let setting = &view.account["auto_recharge"];
+    let enabled = setting["enabled"].as_bool().unwrap_or(false);
+    let catalog = view.catalog;
+    let currency = catalog.currency();
+    let chosen = setting["package"].as_str();
+    let threshold = setting["threshold"].as_str().unwrap_or("");
+    let package_name = |id: &str| {
+        catalog
+            .package(id)
+            .map_or(id, |p| p.name.as_str())
+            .to_owned()
+    };
+    html! {
+        section aria-labelledby="recharge-title" data-testid="auto-recharge" data-enabled=(enabled) {
+            h2 #recharge-title .section { "Auto-recharge" }
+            p.sub {
+                @if enabled {
+                    "On: when your balance falls below " strong { (format::group(threshold)) } " credits, we buy "
+                    strong { (package_name(chosen.unwrap_or(""))) } " for you."
+                } @else if setting["failures"].as_u64().unwrap_or(0) >= 3 {
+                    "Off: the last three payments failed. Check your card, then switch it on again."
+                } @else {
+                    "Off. Switch it on to buy a package automatically when your balance runs low."
+                }
+            }
+            @if view.provider == "stripe" {
+                p data-testid="saved-card" {
+                    @match &view.card {
+                        Some(card) => { "Charged to your saved " (card.brand) " card ending in " strong { (card.last4) } "." }
+                        None => { "No saved card yet: your first package purchase saves the card you pay with." }
+                    }
+                }
+            }
+            @if can_change {
+                form.inline method="post" action=(frame.href("auto_recharge")) {
+                    (frame.form_fields())
+                    @if enabled {
+                        input type="hidden" name="enabled" value="false";
+                        button.button type="submit" data-testid="recharge-off" { "Switch auto-recharge off" }
+                    } @else {
+                        input type="hidden" name="enabled" value="true";
+                        label {
+                            "Below "
+                            input type="text" inputmode="decimal" name="threshold" required
+                                value=(if threshold.is_empty() { "100" } else { threshold }) size="8";
+                            " credits, buy "
+                        }
+                        select name="package" aria-label="Package" {
+                            @for package in catalog.packages() {
+                                option value=(package.id.as_str()) selected[chosen == Some(package.id.as_str())] {
+                                    (package.name) " (" (format::price(&package.price.to_string(), currency)) ")"
+                                }
+                            }
+                        }
+                        " "
+                        button.button type="submit" data-testid="recharge-on" { "Switch auto-recharge on" }
+                    }
+                }
+            }
+        }
     }
 }

@@ -76,6 +76,8 @@ pub fn notice(code: &str) -> Option<&'static str> {
             "Your purchase is pending until the payment is confirmed. The credits are added as soon as it is."
         }
         "purchase_canceled" => "The purchase is canceled.",
+        "recharge_on" => "Auto-recharge is on.",
+        "recharge_off" => "Auto-recharge is off.",
         "payment_received" => {
             "Thank you: your payment is being confirmed. The credits appear here as soon as it is."
         }
@@ -92,6 +94,9 @@ pub fn error_text(code: &str) -> &'static str {
         "account_closed" => "This account is closed: its plan and purchases cannot change.",
         "unknown_tier" => "That plan is not offered.",
         "unknown_package" => "That package is not offered.",
+        "invalid_threshold" => {
+            "Enter the balance as a positive number of credits, like 100 or 12.5."
+        }
         "purchase_status_conflict" => "That purchase can no longer be changed.",
         "purchase_not_found" => "There is no such purchase on this account.",
         "idempotency_key_in_use" | "idempotency_key_reused" => {
