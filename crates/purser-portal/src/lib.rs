@@ -97,6 +97,7 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         style,
         script,
     ] = ROUTE_PATHS;
+    let csp = content_security_policy(&*portal.payments);
     // Forms: the token is checked before the body is read, and the body
     // is small.
     let forms = Router::new()
@@ -114,7 +115,10 @@ pub fn routes(portal: Arc<Portal>) -> Router {
         .route(style, get(css))
         .route(script, get(js))
         .merge(forms)
-        .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response(move |response: Response| {
+            let csp = csp.clone();
+            async move { security_headers(response, csp) }
+        }))
         .with_state(portal)
 }
 
@@ -140,18 +144,34 @@ async fn token_first(
     next.run(request).await
 }
 
-async fn security_headers(mut response: Response) -> Response {
+/// The portal's Content-Security-Policy: nothing from elsewhere, and forms
+/// post only here, or (through our redirect) to the payment provider's
+/// checkout page.
+fn content_security_policy(payments: &dyn PaymentProvider) -> HeaderValue {
+    let mut form_action = String::from("'self'");
+    for origin in payments.checkout_origins() {
+        // Only plain origins: nothing that could end the directive.
+        if origin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":/.-[]".contains(&b))
+        {
+            form_action.push(' ');
+            form_action.push_str(&origin);
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+         form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    ))
+    .expect("a header value of checked characters")
+}
+
+fn security_headers(mut response: Response, csp: HeaderValue) -> Response {
     let headers = response.headers_mut();
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
-    // A real payment provider's checkout origin would join form-action here.
-    set(
-        headers,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
-         form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     // The token is in the URL: it never leaves in a Referer to another site.

@@ -130,6 +130,12 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// restart), it must not charge twice.
     fn charge_saved<'a>(&'a self, request: &'a CheckoutRequest) -> ProviderFuture<'a, Charge>;
 
+    /// The origins of the provider's checkout pages (the portal's forms
+    /// redirect there, so its Content-Security-Policy must allow them).
+    fn checkout_origins(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Before a pending purchase is canceled: closes what the provider
     /// opened for it (a checkout page), so it cannot be paid after. An
     /// error refuses the cancellation (the payment may be under way).

@@ -80,6 +80,11 @@ impl StripeClient {
         })
     }
 
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `POST {base}{path}` with `form`, under `idempotency_key`.
     pub async fn post(
         &self,

@@ -356,6 +356,19 @@ impl PaymentProvider for Stripe {
         Box::pin(self.charge_card(request))
     }
 
+    fn checkout_origins(&self) -> Vec<String> {
+        // Stripe's hosted Checkout; and a stand-in's own, when the API is
+        // one (tests).
+        let mut origins = vec!["https://checkout.stripe.com".to_owned()];
+        let base = self.client.base();
+        if base != DEFAULT_API_BASE {
+            let start = base.find("://").map_or(0, |at| at + 3);
+            let end = base[start..].find('/').map_or(base.len(), |at| start + at);
+            origins.push(base[..end].to_owned());
+        }
+        origins
+    }
+
     fn cancel<'a>(&'a self, purchase: &'a str) -> ProviderFuture<'a, ()> {
         Box::pin(self.expire(purchase))
     }
