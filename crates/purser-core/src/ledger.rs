@@ -373,7 +373,7 @@ impl Ledger {
             crate::decide::check_thresholds(thresholds)?;
         }
         if let Some(config) = &auto_recharge {
-            crate::decide::check_auto_recharge(&self.catalog, config)?;
+            crate::purchases::check_auto_recharge(&self.catalog, config)?;
         }
         let mut opened =
             self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;

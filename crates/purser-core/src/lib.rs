@@ -23,6 +23,7 @@ mod ids;
 mod ledger;
 pub mod limits;
 mod metadata;
+mod purchases;
 mod rejection;
 mod snapshot;
 pub mod time;
