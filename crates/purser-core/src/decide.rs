@@ -375,8 +375,19 @@ impl Account {
         if let Some(Some(thresholds)) = &update.low_balance_thresholds {
             check_thresholds(thresholds)?;
         }
-        if let Some(Some(config)) = &update.auto_recharge {
-            check_auto_recharge(cx.catalog, config)?;
+        match &update.auto_recharge {
+            Some(Some(config)) => check_auto_recharge(cx.catalog, config)?,
+            // Its state (the purchase in flight, this period's count) goes
+            // with it: not while a recharge is pending.
+            Some(None)
+                if self
+                    .auto_recharge
+                    .as_deref()
+                    .is_some_and(|auto| auto.in_flight.is_some()) =>
+            {
+                return Err(Rejection::RechargeInFlight);
+            }
+            _ => {}
         }
         Ok(Some(self.emit(
             cx.now,

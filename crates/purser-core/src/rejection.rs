@@ -62,6 +62,9 @@ pub enum Rejection {
     /// A partial refund of another amount paid than the purchase's
     /// earlier ones.
     RefundMismatch,
+    /// Auto-recharge cannot be removed while one of its purchases is
+    /// pending (switch it off instead, or settle the purchase).
+    RechargeInFlight,
     DebitNotFound,
     NothingToReverse,
     ReversalTooLarge {
@@ -86,6 +89,7 @@ impl Rejection {
             | Rejection::GrantNotLive
             | Rejection::PurchaseNotAllowed { .. }
             | Rejection::RefundMismatch
+            | Rejection::RechargeInFlight
             | Rejection::NothingToReverse => ErrorType::Conflict,
             Rejection::InsufficientCredits { .. } => ErrorType::InsufficientCredits,
             Rejection::MemberLimitExceeded { .. } => ErrorType::MemberLimitExceeded,
@@ -124,6 +128,7 @@ impl Rejection {
             Rejection::PurchaseNotFound => "purchase_not_found",
             Rejection::PurchaseNotAllowed { .. } => "purchase_status_conflict",
             Rejection::RefundMismatch => "refund_mismatch",
+            Rejection::RechargeInFlight => "recharge_in_flight",
             Rejection::DebitNotFound => "debit_not_found",
             Rejection::NothingToReverse => "nothing_to_reverse",
             Rejection::ReversalTooLarge { .. } => "reversal_too_large",
@@ -208,6 +213,9 @@ impl fmt::Display for Rejection {
             }
             Rejection::RefundMismatch => f.write_str(
                 "the refund is of another amount paid than the purchase's earlier refunds",
+            ),
+            Rejection::RechargeInFlight => f.write_str(
+                "an auto-recharge purchase is pending: settle it, or switch auto-recharge off instead of removing it",
             ),
             Rejection::DebitNotFound => f.write_str("no such debit"),
             Rejection::NothingToReverse => f.write_str("the debit has been fully reversed"),

@@ -180,15 +180,28 @@ fn a_new_account_below_its_threshold_recharges_at_once_and_bad_settings_are_refu
         }),
         Rejection::UnknownPackage
     );
-    // Removed while one is pending: the purchase still settles, and is
-    // still told as the recharge it was.
+    // Not removed while one is pending (its state would go with it);
+    // switched off, the purchase still settles, told as the recharge it was.
     let pending = made(&w, 0).unwrap();
-    set(&mut w, None);
+    assert_eq!(
+        w.refused(Command::UpdateAccount {
+            account: id(),
+            update: AccountUpdate {
+                auto_recharge: Some(None),
+                ..AccountUpdate::default()
+            },
+        }),
+        Rejection::RechargeInFlight
+    );
+    let mut off = config("1000", None);
+    off.enabled = false;
+    set(&mut w, Some(off));
     let from = w.events.len();
     w.ok(Command::CompletePurchase { purchase: pending });
     assert_eq!(
         w.events_since(from),
         ["purchase.completed", "auto_recharge.succeeded"]
     );
+    set(&mut w, None);
     assert!(w.account("acme").auto_recharge().is_none());
 }

@@ -146,8 +146,8 @@ fn schema(ty: &str) -> Value {
         "metadata" => json!({"type": "object", "additionalProperties": {"type": "string"}}),
         "array" => json!({"type": "array", "items": {}}),
         "auto_recharge" => json!({"type": ["object", "null"], "additionalProperties": false,
-        "required": ["threshold", "package"], "properties": {
-            "enabled": {"type": "boolean", "description": "default true"},
+        "required": ["enabled", "threshold", "package"], "properties": {
+            "enabled": {"type": "boolean"},
             "threshold": schema("amount"),
             "package": {"type": "string", "description": "a package of the catalog"},
             "max_per_month": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},

@@ -8,15 +8,21 @@
 //! charges through the provider, and settles the purchase with what it
 //! answered: paid (complete), declined (fail, with the reason), under way
 //! (the provider's webhook settles it), or left to the operator (`manual`).
-//! Its cursor is kept in the store, so after a restart or a failover the
-//! events after it are charged again: the provider's idempotency key (the
-//! purchase) and the ledger's (the purchase and the step) make that safe.
+//!
+//! A purchase is charged only while it is still pending (read just before),
+//! so one canceled or settled meanwhile is never charged. The cursor is kept
+//! in the store after every event; after a restart or a failover the event
+//! at the cursor may be charged again, which the provider's idempotency key
+//! (the purchase) and the ledger's (the purchase and the step) make safe. A
+//! provider that does not answer is tried again a few times, then every
+//! five minutes from a bounded list, while the next purchases go on.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use purser_core::{Actor, Command, EventType, ObjectId, ObjectKind};
-use purser_engine::{Engine, IdempotencyKey};
+use purser_engine::{Engine, IdempotencyKey, Read};
 use purser_portal::payments::{Charge, CheckoutRequest, PaymentProvider};
 use purser_store::EventQuery;
 use serde_json::Value;
@@ -25,8 +31,11 @@ use serde_json::Value;
 const CURSOR_SETTING: &str = "recharge.cursor";
 /// Events read at once.
 const PAGE: usize = 100;
-/// Waits between tries of a provider that does not answer.
-const RETRIES: [u64; 4] = [2, 10, 60, 300];
+/// Waits between the first tries of a provider that does not answer.
+const RETRIES: [u64; 3] = [1, 5, 30];
+/// Then: tried again this often, at most this many waiting.
+const LATER: Duration = Duration::from_secs(300);
+const LATER_MAX: usize = 10_000;
 
 /// The running recharger; it stops when this is dropped.
 #[derive(Debug)]
@@ -45,46 +54,47 @@ impl Recharger {
     }
 }
 
+/// How one recharge went, for the loop.
+enum Settled {
+    Done,
+    /// The provider did not answer: try again later.
+    Later,
+    Stopped,
+}
+
 async fn run(
     engine: Engine,
     payments: Arc<dyn PaymentProvider>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut committed = engine.events_committed();
-    // Where it stopped; on the first start ever, the outbox's end (there
-    // was no auto-recharge before).
+    // Where it stopped; on the first start ever, the outbox's beginning
+    // (purchases settled since are skipped: each is read before it is
+    // charged).
     let mut cursor = loop {
-        let read = engine
-            .query(|store| {
-                Ok(match store.setting(CURSOR_SETTING)? {
-                    Some(text) => text.parse::<u64>().ok(),
-                    None => None,
-                }
-                .map_or_else(
-                    || store.last_event().map(|end| (end, true)),
-                    |c| Ok((c, false)),
-                ))
-            })
-            .await;
+        let read = engine.query(|store| store.setting(CURSOR_SETTING)).await;
         match read {
-            Ok(Ok((cursor, fresh))) => {
-                if fresh {
-                    let text = cursor.to_string();
-                    let _ = engine
-                        .query(move |store| store.set_setting(CURSOR_SETTING, &text))
-                        .await;
-                }
-                break cursor;
-            }
-            _ => {
+            Ok(text) => break text.and_then(|t| t.parse::<u64>().ok()).unwrap_or(0),
+            Err(error) => {
+                tracing::warn!(?error, "the recharger could not read its cursor");
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = stop.changed() => return,
                 }
             }
         }
     };
+    let mut later: VecDeque<(Instant, CheckoutRequest)> = VecDeque::new();
     loop {
+        // Those the provider did not answer, when due.
+        while later.front().is_some_and(|(at, _)| *at <= Instant::now()) {
+            let (_, request) = later.pop_front().expect("a due one");
+            match settle(&engine, &*payments, &request, &mut stop, false).await {
+                Settled::Done => {}
+                Settled::Later => later.push_back((Instant::now() + LATER, request)),
+                Settled::Stopped => return,
+            }
+        }
         let after = cursor;
         let page = engine
             .query(move |store| {
@@ -109,12 +119,22 @@ async fn run(
         };
         let full = events.len() == PAGE;
         for stored in events {
+            if *stop.borrow() {
+                return;
+            }
             if let Some(request) = recharge_request(&engine, &stored.event.body) {
-                settle(&engine, &*payments, &request, &mut stop).await;
+                match settle(&engine, &*payments, &request, &mut stop, true).await {
+                    Settled::Done => {}
+                    Settled::Later if later.len() < LATER_MAX => {
+                        later.push_back((Instant::now() + LATER, request));
+                    }
+                    Settled::Later => {
+                        tracing::error!(purchase = %request.purchase, "auto-recharge: too many waiting for the payment provider; this purchase stays pending for the operator");
+                    }
+                    Settled::Stopped => return,
+                }
             }
             cursor = stored.position;
-        }
-        if cursor != after {
             let text = cursor.to_string();
             if let Err(error) = engine
                 .query(move |store| store.set_setting(CURSOR_SETTING, &text))
@@ -126,9 +146,13 @@ async fn run(
         if full {
             continue;
         }
+        let wake = later.front().map_or(Duration::from_secs(5), |(at, _)| {
+            at.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(5))
+        });
         tokio::select! {
             _ = committed.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(wake) => {}
             _ = stop.changed() => return,
         }
     }
@@ -144,19 +168,37 @@ fn recharge_request(engine: &Engine, body: &[u8]) -> Option<CheckoutRequest> {
     CheckoutRequest::for_purchase(purchase, engine.catalog(), String::new(), String::new())
 }
 
-/// Charges one recharge and settles its purchase; a provider that does not
-/// answer is tried again a few times, then the purchase is left pending
-/// (the operator can complete or fail it) and the next one is taken.
+/// Whether the purchase is still pending now (`None`: not known).
+async fn pending(engine: &Engine, purchase: ObjectId) -> Option<bool> {
+    match engine.read(Read::Purchase(purchase)).await {
+        Ok(rendered) if rendered.status == 200 => {
+            let current: Value = serde_json::from_slice(&rendered.body).ok()?;
+            Some(current["status"] == "pending")
+        }
+        Ok(_) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Charges one recharge, if its purchase is still pending, and settles it.
 async fn settle(
     engine: &Engine,
     payments: &dyn PaymentProvider,
     request: &CheckoutRequest,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) {
+    first: bool,
+) -> Settled {
     let Some(purchase) = ObjectId::parse(ObjectKind::Purchase, &request.purchase) else {
-        return;
+        return Settled::Done;
     };
-    for (attempt, wait) in RETRIES.iter().enumerate() {
+    let tries: &[u64] = if first { &RETRIES } else { &[] };
+    let mut attempt = 0;
+    loop {
+        match pending(engine, purchase).await {
+            Some(true) => {}
+            Some(false) => return Settled::Done,
+            None => return Settled::Later,
+        }
         let (command, step) = match payments.charge_saved(request).await {
             Ok(Charge::Confirmed) => (Command::CompletePurchase { purchase }, "complete"),
             Ok(Charge::Failed(reason)) => (
@@ -166,12 +208,16 @@ async fn settle(
                 },
                 "fail",
             ),
-            Ok(Charge::Processing | Charge::AwaitingConfirmation) => return,
+            Ok(Charge::Processing | Charge::AwaitingConfirmation) => return Settled::Done,
             Err(error) => {
                 tracing::warn!(purchase = %request.purchase, attempt, code = error.code, message = %error.message, "auto-recharge: the payment provider did not answer");
+                let Some(wait) = tries.get(attempt) else {
+                    return Settled::Later;
+                };
+                attempt += 1;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(*wait)) => continue,
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return Settled::Stopped,
                 }
             }
         };
@@ -182,10 +228,9 @@ async fn settle(
         );
         let (status, body) =
             purser_wire::outcome(engine.run(command, Some(key), Actor::System).await);
-        if !(200..300).contains(&status) && status != 409 {
-            tracing::warn!(purchase = %request.purchase, status, body = %String::from_utf8_lossy(&body), "auto-recharge: settling the purchase failed");
+        if !(200..300).contains(&status) {
+            tracing::error!(purchase = %request.purchase, status, body = %String::from_utf8_lossy(&body), "auto-recharge: settling the purchase failed after the provider answered");
         }
-        return;
+        return Settled::Done;
     }
-    tracing::error!(purchase = %request.purchase, "auto-recharge: the payment provider did not answer; the purchase stays pending");
 }

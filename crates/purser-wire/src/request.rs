@@ -261,7 +261,7 @@ impl Fields {
     }
 
     /// An auto-recharge setting (API.md "Alerts and auto-recharge"):
-    /// `{"enabled"?: true, "threshold", "package", "max_per_month"?}`.
+    /// `{"enabled", "threshold", "package", "max_per_month"?}`.
     /// Errors name the inner field (`auto_recharge.threshold`).
     pub fn auto_recharge(&self, name: &str) -> Result<Option<AutoRechargeConfig>, ApiError> {
         let Some(value) = self.get(name) else {
@@ -282,8 +282,10 @@ impl Fields {
             &["enabled", "threshold", "package", "max_per_month"],
         )
         .map_err(inner)?;
+        // Required (API.md): an update that leaves it out must not switch
+        // back on what three failed payments switched off.
         let enabled = match fields.get("enabled") {
-            None => true,
+            None => return Err(inner(ApiError::missing("enabled"))),
             Some(Value::Bool(enabled)) => *enabled,
             Some(_) => {
                 return Err(inner(ApiError::invalid(

@@ -542,6 +542,27 @@ async fn a_portal_purchase_is_paid_on_stripe_checkout() {
             .len(),
         1
     );
+    // Paid anyway as it was closed (the event comes late): the money goes
+    // back, the purchase stays canceled, no credits.
+    let mut late = session_event(
+        "evt_late",
+        "checkout.session.completed",
+        &pending,
+        900,
+        "paid",
+    );
+    late["data"]["object"]["payment_intent"] = json!("pi_late");
+    let reply = signed(&client, &late).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["outcome"], "refunded", "{reply:?}");
+    let refunds = standin.requests_to("/v1/refunds");
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].field("payment_intent"), Some("pi_late"));
+    assert_eq!(
+        refunds[0].idempotency_key.as_deref(),
+        Some("purser-refund-pi_late")
+    );
+    assert_eq!(purchase(&client, &pending).await["status"], "canceled");
     // A page being paid cannot be closed: the purchase is not canceled.
     let paying = client
         .post("/v1/accounts/shop/purchases", &json!({"package": "small"}))
@@ -634,7 +655,7 @@ async fn auto_recharge_charges_the_saved_card_off_session() {
             .post(
                 "/v1/accounts",
                 &json!({"id": "robo", "tier": "starter",
-                        "auto_recharge": {"threshold": "50", "package": "small"}}),
+                        "auto_recharge": {"enabled": true, "threshold": "50", "package": "small"}}),
             )
             .await,
         201,

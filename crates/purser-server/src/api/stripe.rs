@@ -208,6 +208,36 @@ pub(super) async fn webhook(
     if action == "fail" && settled != "pending" {
         return Ok(received(id, "ignored"));
     }
+    // Paid for a purchase that was canceled or failed meanwhile (a page
+    // paid as it was being closed, a late payment): no credits for it, so
+    // the money goes back. Stripe is answered only once the refund is made
+    // (else it delivers the event again, and the refund is tried again
+    // under the same idempotency key).
+    if action == "complete" && matches!(settled, "canceled" | "failed") {
+        let intent = object["payment_intent"].as_str().or_else(|| {
+            (object["object"] == "payment_intent")
+                .then(|| object["id"].as_str())
+                .flatten()
+        });
+        let (Some(stripe), Some(intent)) = (&state.stripe, intent) else {
+            tracing::error!(event = id, purchase = %purchase.format(ObjectKind::Purchase), "Stripe took a payment for a purchase that is {settled}: refund it by hand");
+            return Ok(received(id, "ignored"));
+        };
+        return match stripe.refund(intent).await {
+            Ok(()) => {
+                tracing::warn!(
+                    event = id,
+                    payment_intent = intent,
+                    "refunded a payment for a purchase that is {settled}"
+                );
+                Ok(received(id, "refunded"))
+            }
+            Err(error) => {
+                tracing::error!(event = id, payment_intent = intent, code = error.code, message = %error.message, "refunding a payment for a {settled} purchase failed");
+                Ok(ApiError::unavailable().into_response())
+            }
+        };
+    }
     let key = IdempotencyKey::new(
         &format!("stripe:{id}"),
         purser_wire::fingerprint("POST", "/v1/webhooks/stripe", id.as_bytes()),

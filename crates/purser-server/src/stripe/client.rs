@@ -140,10 +140,17 @@ async fn answer(
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(unavailable(message));
     }
-    Err(PaymentError {
-        code: "payment_provider_error",
-        message,
-    })
+    let code = if status.as_u16() == 402 {
+        // A card error: declined, or the bank wants the customer.
+        "payment_declined"
+    } else if status.as_u16() == 404 || body["error"]["code"] == "resource_missing" {
+        "payment_provider_missing"
+    } else {
+        // A key refused, a request Stripe will not take: not the
+        // customer's doing.
+        "payment_provider_error"
+    };
+    Err(PaymentError { code, message })
 }
 
 /// `text` percent-encoded for a query string.

@@ -241,7 +241,11 @@ impl Stripe {
             )
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_)
+            | Err(PaymentError {
+                code: "payment_provider_missing",
+                ..
+            }) => Ok(()),
             Err(error) if error.code == "payment_provider_error" => Err(PaymentError {
                 code: "payment_in_progress",
                 message: format!(
@@ -253,6 +257,22 @@ impl Stripe {
         }
     }
 
+    /// Refunds a payment intent in full (idempotent per intent).
+    pub async fn refund(&self, payment_intent: &str) -> Result<(), PaymentError> {
+        let form = Form::new()
+            .field("payment_intent", payment_intent)
+            .field("reason", "requested_by_customer")
+            .field("metadata[purser]", "purchase no longer pending");
+        self.client
+            .post(
+                "/v1/refunds",
+                &form,
+                &format!("purser-refund-{payment_intent}"),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// The card to charge off-session: the kept one, else the customer's
     /// first card at Stripe (kept from then on); `None` without either.
     async fn card(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
@@ -262,13 +282,19 @@ impl Stripe {
         if record.payment_method.is_some() {
             return Ok(Some(record));
         }
-        let listed = self
+        let listed = match self
             .client
             .get(&format!(
                 "/v1/payment_methods?customer={}&type=card&limit=1",
                 client::encode(&record.customer)
             ))
-            .await?;
+            .await
+        {
+            Ok(listed) => listed,
+            // The customer is gone at Stripe: no card to charge.
+            Err(error) if error.code == "payment_provider_missing" => return Ok(None),
+            Err(error) => return Err(error),
+        };
         let Some(card) = listed["data"].get(0) else {
             return Ok(None);
         };
@@ -301,8 +327,10 @@ impl Stripe {
             .field("off_session", "true")
             .field("confirm", "true")
             .field(
+                // Only what the purchase fixes: a retry sends the very same
+                // parameters under the same idempotency key.
                 "description",
-                format!("Auto-recharge: {}", request.package_name),
+                format!("purser auto-recharge {}", request.package),
             )
             .field("metadata[purchase_id]", &request.purchase)
             .field("metadata[account]", &request.account)
@@ -326,8 +354,9 @@ impl Stripe {
                 }
                 _ => Charge::Processing,
             }),
-            // A declined card is a 402 card_error: said, not retried.
-            Err(error) if error.code == "payment_provider_error" => Ok(Charge::Failed(
+            // A declined card is a 402 card_error: said, not retried. Any
+            // other refusal is not the customer's: tried again later.
+            Err(error) if error.code == "payment_declined" => Ok(Charge::Failed(
                 if error.message.contains("authentication_required") {
                     RechargeFailure::ActionRequired
                 } else {

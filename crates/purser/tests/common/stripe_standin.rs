@@ -112,6 +112,7 @@ impl StripeStandin {
                     .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
                     .route("/v1/payment_methods", get(list_payment_methods))
                     .route("/v1/payment_intents", post(create_payment_intent))
+                    .route("/v1/refunds", post(create_refund))
                     .route("/c/pay/{id}", get(checkout_page))
                     .with_state(standin);
                 axum::serve(listener, app)
@@ -470,5 +471,26 @@ async fn expire_session(
         }
         session["status"] = json!("expired");
         Ok(session.clone())
+    })
+}
+
+async fn create_refund(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    handle(&standin, &headers, "/v1/refunds", form, |inner, fields| {
+        let Some(intent) = fields.get("payment_intent").cloned() else {
+            return Err(Box::new(stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Missing required param: payment_intent.",
+            )));
+        };
+        inner.next += 1;
+        Ok(
+            json!({"id": format!("re_standin{}", inner.next), "object": "refund",
+                  "payment_intent": intent, "status": "succeeded"}),
+        )
     })
 }
