@@ -84,6 +84,11 @@ pub fn event_body(cx: &EventContext<'_>) -> Vec<u8> {
             ) {
                 data.insert("balance".into(), balance());
             }
+            // A share of the payment refunded: the purchase stays completed.
+            if event.kind == EventType::PurchaseRefunded {
+                let partial = matches!(entry.body, Body::PurchasePartlyRefunded { .. });
+                data.insert("partial".into(), json!(partial));
+            }
         }
         EventType::TierChanged => {
             if let Body::TierChanged(change) = &entry.body {
