@@ -446,14 +446,14 @@ impl Account {
             (None, _) => {}
             (Some(None), _) => self.auto_recharge = None,
             (Some(Some(config)), None) => {
-                self.auto_recharge = Some(Box::new(AutoRecharge::new(config.clone())));
+                self.auto_recharge = Some(Box::new(AutoRecharge::new((**config).clone())));
             }
             (Some(Some(config)), Some(auto)) => {
                 // Switched (back) on: its failures start again.
                 if config.enabled && !auto.config.enabled {
                     auto.failures = 0;
                 }
-                auto.config = config.clone();
+                auto.config = (**config).clone();
             }
         }
     }

@@ -80,7 +80,9 @@ pub enum Command {
         metadata: Metadata,
         /// `None`: the tier's (API.md "Alerts").
         low_balance_thresholds: Option<Vec<Credits>>,
-        auto_recharge: Option<AutoRechargeConfig>,
+        /// Boxed: inline it would make every command (a charge too) 40
+        /// bytes larger to move.
+        auto_recharge: Option<Box<AutoRechargeConfig>>,
     },
     UpdateAccount {
         account: AccountId,

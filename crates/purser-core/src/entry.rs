@@ -338,8 +338,9 @@ pub struct AccountUpdate {
     pub member_monthly_cap: Option<Option<Credits>>,
     /// `Some(None)` goes back to the tier's thresholds.
     pub low_balance_thresholds: Option<Option<Vec<Credits>>>,
-    /// `Some(None)` removes auto-recharge.
-    pub auto_recharge: Option<Option<AutoRechargeConfig>>,
+    /// `Some(None)` removes auto-recharge. Boxed: it would make every
+    /// command larger to move.
+    pub auto_recharge: Option<Option<Box<AutoRechargeConfig>>>,
 }
 
 /// What happened, with everything needed to apply it again.

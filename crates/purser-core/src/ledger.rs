@@ -323,7 +323,7 @@ impl Ledger {
         );
         let decided = dispatch(account, Context { catalog, now, out }, command);
         account.settle_debt(now, out);
-        if recharges && decided.is_ok() {
+        if recharges && account.auto_recharge.is_some() && decided.is_ok() {
             account.recharge(catalog, now, out);
         }
         if let Err(violation) = account.check_invariants(now) {
@@ -378,7 +378,7 @@ impl Ledger {
         let mut opened =
             self.check_open(now, id, name, tier, anchor, member_monthly_cap, metadata)?;
         opened.low_balance_thresholds = low_balance_thresholds;
-        opened.auto_recharge = auto_recharge;
+        opened.auto_recharge = auto_recharge.map(|config| *config);
         let handle = AccountHandle::new(self.partition, self.accounts.len() as u32);
         let entry = Entry {
             account: handle,

@@ -30,7 +30,7 @@ fn set(w: &mut World, auto: Option<AutoRechargeConfig>) {
     w.ok(Command::UpdateAccount {
         account: id(),
         update: AccountUpdate {
-            auto_recharge: Some(auto),
+            auto_recharge: Some(auto.map(Box::new)),
             ..AccountUpdate::default()
         },
     });
@@ -165,7 +165,7 @@ fn a_new_account_below_its_threshold_recharges_at_once_and_bad_settings_are_refu
         member_monthly_cap: None,
         metadata: purser_core::Metadata::EMPTY,
         low_balance_thresholds: None,
-        auto_recharge: Some(config("1000", None)),
+        auto_recharge: Some(Box::new(config("1000", None))),
     });
     assert!(made(&w, 0).is_some(), "opened below 1000: a recharge");
     let mut unknown = config("10", None);
@@ -174,7 +174,7 @@ fn a_new_account_below_its_threshold_recharges_at_once_and_bad_settings_are_refu
         w.refused(Command::UpdateAccount {
             account: id(),
             update: AccountUpdate {
-                auto_recharge: Some(Some(unknown)),
+                auto_recharge: Some(Some(Box::new(unknown))),
                 ..AccountUpdate::default()
             },
         }),

@@ -365,7 +365,7 @@ pub(crate) async fn set_auto_recharge(
     let command = Command::UpdateAccount {
         account: session.account.clone(),
         update: AccountUpdate {
-            auto_recharge: Some(Some(config)),
+            auto_recharge: Some(Some(Box::new(config))),
             ..AccountUpdate::default()
         },
     };

@@ -1021,7 +1021,7 @@ impl Reader<'_> {
                     update.low_balance_thresholds = Some(self.option(Self::thresholds)?);
                 } else if tag == 21 {
                     update.low_balance_thresholds = self.option(|r| r.option(Self::thresholds))?;
-                    update.auto_recharge = Some(self.option(Self::auto_config)?);
+                    update.auto_recharge = Some(self.option(|r| r.auto_config().map(Box::new))?);
                 }
                 Body::Updated(Box::new(update))
             }

@@ -393,7 +393,7 @@ fn recharge_journal() -> Vec<Entry> {
             member_monthly_cap: None,
             metadata: Metadata::EMPTY,
             low_balance_thresholds: Some(vec![credits("20")]),
-            auto_recharge: Some(config(true)),
+            auto_recharge: Some(Box::new(config(true))),
         },
         &mut out,
     );
@@ -425,7 +425,7 @@ fn recharge_journal() -> Vec<Entry> {
                 metadata: None,
                 member_monthly_cap: None,
                 low_balance_thresholds: Some(None),
-                auto_recharge: Some(Some(config(false))),
+                auto_recharge: Some(Some(Box::new(config(false)))),
             },
         },
         &mut out,

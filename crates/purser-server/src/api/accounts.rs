@@ -47,7 +47,7 @@ pub(super) async fn create_account(
                 metadata: fields.metadata("metadata")?.unwrap_or_default(),
                 low_balance_thresholds: fields
                     .credits_list("low_balance_thresholds", MAX_THRESHOLDS)?,
-                auto_recharge: fields.auto_recharge("auto_recharge")?,
+                auto_recharge: fields.auto_recharge("auto_recharge")?.map(Box::new),
             })
         },
     )
@@ -74,7 +74,7 @@ pub(super) async fn update_account(
         )?;
         // An object sets auto-recharge (all of it); null removes it.
         let auto_recharge = if fields.has("auto_recharge") {
-            Some(fields.auto_recharge("auto_recharge")?)
+            Some(fields.auto_recharge("auto_recharge")?.map(Box::new))
         } else if fields.is_null("auto_recharge") {
             Some(None)
         } else {
