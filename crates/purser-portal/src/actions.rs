@@ -207,6 +207,21 @@ async fn pay(
     }
 }
 
+/// The purchase `id` names, if it is one of the session's own account's;
+/// another account's is "not found", as a missing one is.
+async fn own_purchase(state: &AppState, session: &Session, id: &str) -> Result<ObjectId, Response> {
+    let handle = handle_of(state, session).await?;
+    ObjectId::parse(ObjectKind::Purchase, id)
+        .filter(|purchase| purchase.account == handle)
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "Purchase not found",
+                "There is no such purchase on this account.",
+            )
+        })
+}
+
 /// `POST /portal/{token}/purchases/{id}/pay`: back to the provider's page
 /// for a purchase still pending (the customer left it, or it failed to
 /// open). The provider answers the same session for the same purchase.
@@ -220,18 +235,9 @@ pub(crate) async fn pay_purchase(
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let handle = match handle_of(&state, &session).await {
-        Ok(handle) => handle,
+    let purchase = match own_purchase(&state, &session, &id).await {
+        Ok(purchase) => purchase,
         Err(page) => return page,
-    };
-    let Some(purchase) =
-        ObjectId::parse(ObjectKind::Purchase, &id).filter(|purchase| purchase.account == handle)
-    else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "Purchase not found",
-            "There is no such purchase on this account.",
-        );
     };
     let current = match state
         .engine
@@ -268,19 +274,9 @@ pub(crate) async fn cancel_purchase(
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let handle = match handle_of(&state, &session).await {
-        Ok(handle) => handle,
+    let purchase = match own_purchase(&state, &session, &id).await {
+        Ok(purchase) => purchase,
         Err(page) => return page,
-    };
-    // Only a purchase of the session's own account: another's is "not found".
-    let Some(purchase) =
-        ObjectId::parse(ObjectKind::Purchase, &id).filter(|purchase| purchase.account == handle)
-    else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "Purchase not found",
-            "There is no such purchase on this account.",
-        );
     };
     // Its checkout page closed first: it cannot be paid after.
     if let Err(error) = state.payments.cancel(&id).await {

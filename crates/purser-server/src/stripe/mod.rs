@@ -42,10 +42,10 @@ fn setting_name(account: &str) -> String {
     format!("stripe.customer.{account}")
 }
 
-fn store_error(error: impl std::fmt::Display) -> PaymentError {
+fn store_error(error: impl std::fmt::Debug) -> PaymentError {
     PaymentError {
         code: "unavailable",
-        message: format!("the store: {error}"),
+        message: format!("the store: {error:?}"),
     }
 }
 
@@ -72,27 +72,37 @@ impl Stripe {
         &self.client
     }
 
-    /// The account's record, if it has a Stripe customer yet.
-    pub async fn record(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
-        let store = self.engine.store().clone();
-        let name = setting_name(account);
-        let text = tokio::task::spawn_blocking(move || store.setting(&name))
+    /// A value kept in the store setting `name`, if there is one.
+    async fn load<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        name: String,
+    ) -> Result<Option<T>, PaymentError> {
+        let text = self
+            .engine
+            .query(move |store| store.setting(&name))
             .await
-            .map_err(store_error)?
             .map_err(store_error)?;
         text.map(|text| serde_json::from_str(&text).map_err(store_error))
             .transpose()
     }
 
+    /// Keeps `value` in the store setting `name`.
+    async fn keep<T: Serialize>(&self, name: String, value: &T) -> Result<(), PaymentError> {
+        let text = serde_json::to_string(value).expect("JSON");
+        self.engine
+            .query(move |store| store.set_setting(&name, &text))
+            .await
+            .map_err(store_error)
+    }
+
+    /// The account's record, if it has a Stripe customer yet.
+    pub async fn record(&self, account: &str) -> Result<Option<CustomerRecord>, PaymentError> {
+        self.load(setting_name(account)).await
+    }
+
     /// Keeps the account's record.
     pub async fn save(&self, account: &str, record: &CustomerRecord) -> Result<(), PaymentError> {
-        let store = self.engine.store().clone();
-        let name = setting_name(account);
-        let text = serde_json::to_string(record).expect("JSON");
-        tokio::task::spawn_blocking(move || store.set_setting(&name, &text))
-            .await
-            .map_err(store_error)?
-            .map_err(store_error)
+        self.keep(setting_name(account), record).await
     }
 
     /// The account's Stripe customer: the kept one, or a new one.
@@ -182,13 +192,7 @@ impl Stripe {
                     id: id.to_owned(),
                     url: url.to_owned(),
                 };
-                let store = self.engine.store().clone();
-                let name = session_setting(&request.purchase);
-                let text = serde_json::to_string(&kept).expect("JSON");
-                tokio::task::spawn_blocking(move || store.set_setting(&name, &text))
-                    .await
-                    .map_err(store_error)?
-                    .map_err(store_error)?;
+                self.keep(session_setting(&request.purchase), &kept).await?;
                 Ok(Checkout::Redirect(kept.url))
             }
             _ => Err(PaymentError {
@@ -213,14 +217,7 @@ fn session_setting(purchase: &str) -> String {
 
 impl Stripe {
     async fn session(&self, purchase: &str) -> Result<Option<Session>, PaymentError> {
-        let store = self.engine.store().clone();
-        let name = session_setting(purchase);
-        let text = tokio::task::spawn_blocking(move || store.setting(&name))
-            .await
-            .map_err(store_error)?
-            .map_err(store_error)?;
-        text.map(|text| serde_json::from_str(&text).map_err(store_error))
-            .transpose()
+        self.load(session_setting(purchase)).await
     }
 
     /// Expires the purchase's open Checkout Session, if it has one; refused

@@ -181,6 +181,21 @@ fn stripe_error(status: StatusCode, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Stripe's 401, unless the request carries the stand-in's key.
+fn unauthorized(standin: &Standin, headers: &HeaderMap) -> Option<Response> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    (bearer != format!("Bearer {}", standin.key)).then(|| {
+        stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided",
+        )
+    })
+}
+
 /// Records the request, checks the key, replays an idempotent one; else
 /// makes the object with `make` and remembers the answer.
 fn handle(
@@ -201,16 +216,8 @@ fn handle(
         idempotency_key: key.clone(),
         form: form.clone(),
     });
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if bearer != format!("Bearer {}", standin.key) {
-        return stripe_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
+    if let Some(refusal) = unauthorized(standin, headers) {
+        return refusal;
     }
     if let Some(status) = inner.outage {
         return stripe_error(
@@ -359,16 +366,8 @@ async fn list_payment_methods(
         idempotency_key: None,
         form: query.clone(),
     });
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if bearer != format!("Bearer {}", standin.key) {
-        return stripe_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
+    if let Some(refusal) = unauthorized(&standin, &headers) {
+        return refusal;
     }
     let customer = query
         .iter()
