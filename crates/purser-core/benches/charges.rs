@@ -23,6 +23,7 @@ fn catalog() -> Arc<Catalog> {
         member_monthly_cap: None,
         rollover_cap: credits("0"),
         low_balance_thresholds: None,
+        stripe_price: None,
     };
     let package = Package {
         id: PackageId::parse("small").unwrap(),

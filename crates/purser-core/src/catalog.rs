@@ -24,6 +24,10 @@ pub struct Tier {
     /// most [`MAX_THRESHOLDS`]); `None`: 20 % of the monthly credits, filled
     /// in by [`Catalog::new`].
     pub low_balance_thresholds: Option<Vec<Credits>>,
+    /// The Stripe Price (`price_…`, recurring) the tier is billed with,
+    /// when tiers are sold through Stripe subscriptions; `None`: not billed
+    /// by a provider (a free tier, or one the operator bills).
+    pub stripe_price: Option<String>,
 }
 
 /// The most low-balance thresholds an account or a tier has.
@@ -202,6 +206,19 @@ impl Catalog {
         self.tasks.iter().find(|t| t.id.as_str() == id)
     }
 
+    /// The free tier: the first one priced 0 (where an account goes when
+    /// its paid subscription ends).
+    pub fn free_tier(&self) -> Option<&Arc<Tier>> {
+        self.tiers.iter().find(|t| t.price.is_zero())
+    }
+
+    /// The tier billed with Stripe Price `price`.
+    pub fn tier_by_stripe_price(&self, price: &str) -> Option<&Arc<Tier>> {
+        self.tiers
+            .iter()
+            .find(|t| t.stripe_price.as_deref() == Some(price))
+    }
+
     /// The catalog a fresh install runs with, matching the platform's
     /// credits page: five AI tasks, four tiers, three packages (USD).
     pub fn builtin() -> Catalog {
@@ -214,6 +231,7 @@ impl Catalog {
             member_monthly_cap: None,
             rollover_cap: credits(rollover),
             low_balance_thresholds: None,
+            stripe_price: None,
         };
         let package = |id: &str, name: &str, amount: &str, price: &str| Package {
             id: PackageId::parse(id).unwrap(),

@@ -116,6 +116,7 @@ fn catalog() -> Arc<Catalog> {
             member_monthly_cap: t.member_cap.map(credits),
             rollover_cap: credits(t.rollover_cap),
             low_balance_thresholds: None,
+            stripe_price: None,
         })
         .collect();
     let packages = vec![Package {

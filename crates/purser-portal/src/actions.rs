@@ -16,7 +16,7 @@ use purser_engine::IdempotencyKey;
 use serde_json::{Value, json};
 
 use crate::pages::handle_of;
-use crate::payments::{Checkout, CheckoutRequest};
+use crate::payments::{Checkout, CheckoutRequest, TierBilling, TierRequest};
 use crate::session::Session;
 use crate::{AppState, authenticate, base_url, check_form, problem, unavailable};
 
@@ -104,13 +104,65 @@ pub(crate) async fn change_tier(
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
-    let Some(tier) = form
+    if !state.tier_changes {
+        return back(
+            &token,
+            Err(&json!({"error": {"code": "tier_changes_disabled"}})),
+        );
+    }
+    let catalog = state.engine.catalog();
+    let Some(chosen) = form
         .get("tier")
         .and_then(|tier| TierId::parse(tier).ok())
-        .filter(|tier| state.engine.catalog().tier(tier.as_str()).is_some())
+        .and_then(|tier| catalog.tier(tier.as_str()).cloned())
     else {
         return back(&token, Err(&json!({"error": {"code": "unknown_tier"}})));
     };
+    let tier = chosen.id.clone();
+    // A provider that bills tiers takes the change first: the ledger
+    // follows when it confirms.
+    let account = match crate::pages::account_json(&state, &session).await {
+        Ok(account) => account,
+        Err(page) => return page,
+    };
+    if let Some(current) = account["tier"].as_str().and_then(|id| catalog.tier(id)) {
+        let billing = format!("{}/portal/{token}/billing", base_url(&state, &headers));
+        let request = TierRequest {
+            account: session.account.as_str().to_owned(),
+            current: current.clone(),
+            tier: chosen.clone(),
+            success_url: format!("{billing}?notice=subscription_started"),
+            cancel_url: format!("{billing}?notice=subscription_not_started"),
+            attempt: form
+                .get("nonce")
+                .filter(|nonce| {
+                    !nonce.is_empty()
+                        && nonce.len() <= 64
+                        && nonce.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                .cloned()
+                .unwrap_or_else(|| crate::random_hex(12)),
+        };
+        match state.payments.change_tier(&request).await {
+            Ok(TierBilling::Apply) => {}
+            Ok(TierBilling::Redirect(url)) => {
+                return Response::builder()
+                    .status(StatusCode::SEE_OTHER)
+                    .header(header::LOCATION, url)
+                    .body(Body::empty())
+                    .expect("a redirect");
+            }
+            Ok(TierBilling::Requested) => return back(&token, Ok("tier_change_requested")),
+            Ok(TierBilling::Ending) => return back(&token, Ok("subscription_ending")),
+            Err(error) => {
+                tracing::warn!(account = %session.account.as_str(), code = error.code, message = %error.message, "the tier change at the payment provider failed");
+                return back(
+                    &token,
+                    Err(&json!({"error": {"code": "tier_change_unavailable"}})),
+                );
+            }
+        }
+    }
     let command = Command::ChangeTier {
         account: session.account.clone(),
         tier: tier.clone(),

@@ -59,6 +59,8 @@ pub struct Portal {
     pub public_url: Option<String>,
     pub session_ttl_seconds: i64,
     pub payments: Arc<dyn PaymentProvider>,
+    /// `portal.tier_changes`: customers may change their tier here.
+    pub tier_changes: bool,
     /// The CSV exports running now.
     pub exports: export::Exports,
 }

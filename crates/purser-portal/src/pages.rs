@@ -324,6 +324,13 @@ pub(crate) async fn billing_page(
                 .await
                 .ok()
                 .flatten(),
+            subscription: state
+                .payments
+                .subscription(session.account.as_str())
+                .await
+                .ok()
+                .flatten(),
+            tier_changes: state.tier_changes,
         };
         Ok::<_, Response>(html(StatusCode::OK, view::billing(&view)))
     };

@@ -106,6 +106,54 @@ pub struct SavedCard {
     pub last4: String,
 }
 
+/// A customer's choice of tier in the portal, for a provider that bills
+/// tiers.
+#[derive(Clone, Debug)]
+pub struct TierRequest {
+    pub account: String,
+    /// The account's tier now.
+    pub current: Arc<purser_core::Tier>,
+    /// The tier chosen.
+    pub tier: Arc<purser_core::Tier>,
+    /// Where the customer returns after subscribing (the billing page).
+    pub success_url: String,
+    /// Where the customer returns after giving up.
+    pub cancel_url: String,
+    /// Tells this choice from an earlier choice of the same tier (the
+    /// form's nonce): a resubmitted form is the same request.
+    pub attempt: String,
+}
+
+/// How a tier change proceeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TierBilling {
+    /// The provider does not bill it (or already does): the ledger applies
+    /// it now, as without a provider.
+    Apply,
+    /// Send the customer to subscribe on the provider's page; the tier
+    /// applies when the provider confirms the subscription.
+    Redirect(String),
+    /// The provider is changing the subscription; the tier follows when it
+    /// confirms the change.
+    Requested,
+    /// The subscription ends at the end of its period; the account then
+    /// moves to the catalog's free tier.
+    Ending,
+}
+
+/// An account's subscription at the provider, as the portal shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The provider's status: `active`, `trialing`, `past_due`, `canceled`…
+    pub status: String,
+    /// The tier its price sells, if the catalog has one.
+    pub tier: Option<String>,
+    /// When the current billing period ends (Unix seconds), if known.
+    pub period_end: Option<i64>,
+    /// It ends then instead of renewing.
+    pub ending: bool,
+}
+
 /// What a provider's asynchronous calls return.
 pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PaymentError>> + Send + 'a>>;
 
@@ -145,6 +193,18 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
 
     /// The card auto-recharge would charge, if the provider keeps one.
     fn saved_card<'a>(&'a self, _account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// A tier chosen in the portal: billed through the provider (a
+    /// subscription), or applied at once ([`TierBilling::Apply`], the
+    /// default: the operator bills tiers, `tier.changed` tells them).
+    fn change_tier<'a>(&'a self, _request: &'a TierRequest) -> ProviderFuture<'a, TierBilling> {
+        Box::pin(async { Ok(TierBilling::Apply) })
+    }
+
+    /// The account's subscription, if the provider bills its tier.
+    fn subscription<'a>(&'a self, _account: &'a str) -> ProviderFuture<'a, Option<Subscription>> {
         Box::pin(async { Ok(None) })
     }
 }

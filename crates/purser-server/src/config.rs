@@ -52,6 +52,7 @@ struct RawWebhooks {
 struct RawPortal {
     public_url: Option<String>,
     session_ttl_seconds: Option<i64>,
+    tier_changes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +111,9 @@ struct RawTier {
     rollover_cap: Option<String>,
     /// Credits; default 20 % of the monthly credits.
     low_balance_thresholds: Option<Vec<String>>,
+    /// A recurring Stripe Price (`price_…`): the tier is sold through a
+    /// Stripe subscription when `payments.provider = "stripe"`.
+    stripe_price: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +175,9 @@ pub struct Config {
     /// it, the `Host` the operator's request came to, over http.
     pub public_url: Option<String>,
     pub portal_session_ttl_seconds: i64,
+    /// `portal.tier_changes`: whether customers change their tier in the
+    /// portal (false: the plans are shown, without a way to change them).
+    pub portal_tier_changes: bool,
     /// `manual`, `instant` or `stripe` (see `payments`).
     pub payment_provider: String,
     /// `payments.stripe.api_base`: Stripe's API, or a stand-in for tests.
@@ -207,6 +214,7 @@ impl Default for Config {
             accept_loss: false,
             public_url: None,
             portal_session_ttl_seconds: DEFAULT_PORTAL_SESSION_TTL_SECONDS,
+            portal_tier_changes: true,
             payment_provider: "manual".into(),
             stripe_api_base: crate::stripe::DEFAULT_API_BASE.into(),
             webhooks: crate::webhooks::Settings::default(),
@@ -342,6 +350,9 @@ impl Config {
             }
             config.portal_session_ttl_seconds = ttl;
         }
+        if let Some(changes) = raw.portal.tier_changes {
+            config.portal_tier_changes = changes;
+        }
         if let Some(provider) = raw.payments.provider {
             config.set_payment_provider(&provider)?;
         }
@@ -356,6 +367,7 @@ impl Config {
         if let Some(catalog) = raw.catalog {
             config.catalog = catalog_from(catalog)?;
         }
+        check_stripe_prices(&config.catalog)?;
         Ok(config)
     }
 
@@ -410,6 +422,22 @@ fn catalog_from(raw: RawCatalog) -> Result<Catalog, ConfigError> {
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .transpose()?,
+                stripe_price: t
+                    .stripe_price
+                    .map(|price| {
+                        let valid = price.starts_with("price_")
+                            && price.len() <= 255
+                            && price.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                        if valid {
+                            Ok(price)
+                        } else {
+                            Err(ConfigError::Invalid(format!(
+                                "tier {:?}: stripe_price {price:?} must be a Stripe Price id (price_…)",
+                                t.id
+                            )))
+                        }
+                    })
+                    .transpose()?,
                 name: t.name,
             })
         })
@@ -445,6 +473,39 @@ fn catalog_from(raw: RawCatalog) -> Result<Catalog, ConfigError> {
         .collect::<Result<Vec<_>, ConfigError>>()?;
     Catalog::new(raw.currency, tiers, packages, tasks)
         .map_err(|e| ConfigError::Catalog(e.to_string()))
+}
+
+/// Tiers billed through Stripe: each Price sells one paid tier, and the
+/// catalog has a free tier (priced 0, not billed) for accounts whose
+/// subscription ends.
+fn check_stripe_prices(catalog: &Catalog) -> Result<(), ConfigError> {
+    let billed: Vec<_> = catalog
+        .tiers()
+        .iter()
+        .filter_map(|tier| Some((tier, tier.stripe_price.as_deref()?)))
+        .collect();
+    if billed.is_empty() {
+        return Ok(());
+    }
+    for (at, (tier, price)) in billed.iter().enumerate() {
+        if tier.price.is_zero() {
+            return Err(ConfigError::Invalid(format!(
+                "tier {:?} is priced 0: it cannot have a stripe_price",
+                tier.id.as_str()
+            )));
+        }
+        if billed[..at].iter().any(|(_, other)| other == price) {
+            return Err(ConfigError::Invalid(format!(
+                "stripe_price {price:?} is given to two tiers"
+            )));
+        }
+    }
+    if catalog.free_tier().is_none() {
+        return Err(ConfigError::Invalid(
+            "tiers with a stripe_price need a free tier (priced 0) for accounts whose subscription ends".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The built-in configuration, as a commented `purser.toml`.
@@ -524,6 +585,11 @@ pub fn default_toml() -> String {
         "session_ttl_seconds = {}",
         config.portal_session_ttl_seconds
     );
+    let _ = writeln!(
+        out,
+        "tier_changes = {}  # false: customers see the plans but cannot change their tier in the portal",
+        config.portal_tier_changes
+    );
     let _ = writeln!(out, "\n[payments]");
     let _ = writeln!(
         out,
@@ -585,6 +651,18 @@ pub fn default_toml() -> String {
             .map(|t| format!("\"{t}\""))
             .collect();
         let _ = writeln!(out, "low_balance_thresholds = [{}]", thresholds.join(", "));
+        match &tier.stripe_price {
+            Some(price) => {
+                let _ = writeln!(out, "stripe_price = {price:?}");
+            }
+            None if !tier.price.is_zero() => {
+                let _ = writeln!(
+                    out,
+                    "# stripe_price = \"price_…\"  (with payments.provider = \"stripe\": sold as a Stripe subscription)"
+                );
+            }
+            None => {}
+        }
     }
     for package in catalog.packages() {
         let _ = writeln!(

@@ -246,6 +246,7 @@ pub(crate) fn prepare(
         public_url: config.public_url.clone(),
         session_ttl_seconds: config.portal_session_ttl_seconds,
         payments,
+        tier_changes: config.portal_tier_changes,
         exports: purser_portal::export::Exports::default(),
     });
     let webhooks = Arc::new(

@@ -180,11 +180,13 @@ fn insert_cause(data: &mut Map<String, Value>, cx: &EventContext<'_>) {
     data.insert(name.into(), json!(id));
 }
 
-/// Where a tier change came from: `portal` when a customer made it there,
-/// `api` otherwise.
+/// Where a tier change came from: `portal` when a customer made it,
+/// there or through the subscription the portal sends them to (a change
+/// the payment provider confirms: the actor names its event); `api`
+/// otherwise.
 fn source(actor: &Actor) -> &'static str {
     match actor {
-        Actor::Portal(_) => "portal",
+        Actor::Portal(_) | Actor::Provider(_) => "portal",
         _ => "api",
     }
 }

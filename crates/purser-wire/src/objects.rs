@@ -204,6 +204,7 @@ pub fn catalog(catalog: &Catalog) -> Vec<u8> {
                 "member_monthly_cap": t.member_monthly_cap.map(|c| c.to_string()),
                 "rollover_cap": t.rollover_cap.to_string(),
                 "low_balance_thresholds": t.low_balance_thresholds().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "stripe_price": t.stripe_price,
             })
         })
         .collect();

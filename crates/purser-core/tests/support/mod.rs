@@ -34,6 +34,7 @@ pub fn catalog() -> Catalog {
         member_monthly_cap: cap.map(c),
         rollover_cap: c(rollover),
         low_balance_thresholds: None,
+        stripe_price: None,
     };
     let task = |id: &str, rate: &str, minimum: Option<&str>| Task {
         id: TaskId::parse(id).unwrap(),
@@ -51,6 +52,7 @@ pub fn catalog() -> Catalog {
             tier("team", "400", "0", None),
             Tier {
                 low_balance_thresholds: Some(vec![c("10"), c("50")]),
+                stripe_price: None,
                 ..tier("alerts", "100", "0", None)
             },
         ],

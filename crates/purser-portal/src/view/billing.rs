@@ -18,6 +18,10 @@ pub struct Billing<'a> {
     pub now: Timestamp,
     /// The card auto-recharge charges, if the provider keeps one.
     pub card: Option<crate::payments::SavedCard>,
+    /// The subscription the provider bills the tier with, if any.
+    pub subscription: Option<crate::payments::Subscription>,
+    /// `portal.tier_changes`: whether the plans can be chosen here.
+    pub tier_changes: bool,
 }
 
 pub fn billing(view: &Billing<'_>) -> Markup {
@@ -37,12 +41,45 @@ pub fn billing(view: &Billing<'_>) -> Markup {
             .map_or_else(|| id.to_owned(), |t| t.name.clone())
     };
     let can_change = !frame.closed;
+    let can_change_tier = can_change && view.tier_changes;
+    let subscription = view.subscription.as_ref();
+    let billed_until = subscription
+        .and_then(|s| s.period_end)
+        .and_then(|seconds| seconds.checked_mul(1_000_000))
+        .map(Timestamp::from_micros);
     let content = html! {
         div.heading {
             h1 { "Billing" }
             p.sub {
                 "You are on the " strong { (frame.tier_name) } " plan. Your budget renews on "
                 time datetime=(period_end.to_string()) { (format::date(period_end)) } "."
+            }
+        }
+        @if let Some(subscription) = subscription {
+            div.banner.info data-testid="subscription" data-status=(subscription.status)
+                data-ending=[subscription.ending.then_some("true")] {
+                p {
+                    @let plan = subscription.tier.as_deref().map(name_of);
+                    @if subscription.ending {
+                        "Your subscription"
+                        @if let Some(plan) = &plan { " to " strong { (plan) } }
+                        " ends"
+                        @if let Some(end) = billed_until {
+                            " on " time datetime=(end.to_string()) { (format::date(end)) }
+                        }
+                        ". You then move to the free plan."
+                    } @else if subscription.status == "past_due" {
+                        "Your last subscription payment failed. Update your card at the payment provider to keep your plan."
+                    } @else {
+                        "Your plan"
+                        @if let Some(plan) = &plan { " " strong { (plan) } }
+                        " is billed as a subscription"
+                        @if let Some(end) = billed_until {
+                            ", renewing on " time datetime=(end.to_string()) { (format::date(end)) }
+                        }
+                        "."
+                    }
+                }
             }
         }
         @if let Some(tier) = pending {
@@ -52,7 +89,7 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                     time datetime=(period_end.to_string()) { (format::date(period_end)) }
                     ". Until then you keep " (frame.tier_name) "."
                 }
-                @if can_change {
+                @if can_change_tier {
                     form method="post" action=(frame.href("tier")) {
                         (frame.form_fields())
                         input type="hidden" name="tier" value=(current);
@@ -87,13 +124,17 @@ pub fn billing(view: &Billing<'_>) -> Markup {
                             p.tag { "Current plan" }
                         } @else if pending == Some(id) {
                             p.tag { "Starts " (format::date(period_end)) }
-                        } @else if can_change {
+                        } @else if can_change_tier {
                             form method="post" action=(frame.href("tier")) {
                                 (frame.form_fields())
                                 input type="hidden" name="tier" value=(id);
                                 @if upgrade {
                                     button.button type="submit" data-testid="choose-tier" { "Upgrade to " (tier.name) }
-                                    p.hint { "Applies now" @if let Some(c) = current_credits { ": +" (format::credits(credits - c)) " credits this period" } "." }
+                                    @if view.provider == "stripe" && tier.stripe_price.is_some() {
+                                        p.hint { "Paid through Stripe: applies as soon as the payment is confirmed." }
+                                    } @else {
+                                        p.hint { "Applies now" @if let Some(c) = current_credits { ": +" (format::credits(credits - c)) " credits this period" } "." }
+                                    }
                                 } @else {
                                     button.button.ghost type="submit" data-testid="choose-tier" data-confirm=(format!("Downgrade to {} on {}?", tier.name, format::date(period_end))) { "Downgrade to " (tier.name) }
                                     p.hint { "Takes effect on " (format::date(period_end)) ", when your budget renews." }

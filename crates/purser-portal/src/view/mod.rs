@@ -76,6 +76,16 @@ pub fn notice(code: &str) -> Option<&'static str> {
             "Your purchase is pending until the payment is confirmed. The credits are added as soon as it is."
         }
         "purchase_canceled" => "The purchase is canceled.",
+        "tier_change_requested" => {
+            "Your plan change is on its way: it applies as soon as the payment provider confirms it."
+        }
+        "subscription_started" => {
+            "Thank you: your subscription is being confirmed. Your new plan applies as soon as it is."
+        }
+        "subscription_not_started" => "The subscription was not started. Your plan is unchanged.",
+        "subscription_ending" => {
+            "Your subscription ends at the end of its billing period. You then move to the free plan."
+        }
         "recharge_on" => "Auto-recharge is on.",
         "recharge_off" => "Auto-recharge is off.",
         "payment_received" => {
@@ -93,6 +103,10 @@ pub fn error_text(code: &str) -> &'static str {
     match code {
         "account_closed" => "This account is closed: its plan and purchases cannot change.",
         "unknown_tier" => "That plan is not offered.",
+        "tier_change_unavailable" => {
+            "We could not reach the payment provider. Your plan is unchanged: please try again in a moment."
+        }
+        "tier_changes_disabled" => "Plans are changed by your account manager, not here.",
         "unknown_package" => "That package is not offered.",
         "invalid_threshold" => {
             "Enter the balance as a positive number of credits, like 100 or 12.5."

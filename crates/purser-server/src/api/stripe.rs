@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::{AppState, JsonBody, Result};
+use crate::stripe::subscriptions::SubscriptionOutcome;
 
 /// How old a signed timestamp may be (either way), in seconds.
 pub const TOLERANCE_SECONDS: i64 = 300;
@@ -84,6 +85,18 @@ pub(super) async fn webhook(
         return Ok(refused("invalid_event", "the event has no id or type"));
     };
     let object = &event["data"]["object"];
+    if matches!(
+        kind,
+        "customer.subscription.created"
+            | "customer.subscription.updated"
+            | "customer.subscription.deleted"
+    ) {
+        return Ok(subscription_event(&state, id, object).await);
+    }
+    // A subscription's Checkout: its subscription's events set the tier.
+    if object["object"] == "checkout.session" && object["mode"] == "subscription" {
+        return Ok(received(id, "ignored"));
+    }
     let (action, purchase_ref) = match kind {
         "checkout.session.completed" if object["payment_status"] == "paid" => {
             ("complete", object["client_reference_id"].as_str())
@@ -251,6 +264,28 @@ pub(super) async fn webhook(
         return Ok(received(id, "applied"));
     }
     Ok(json_response(status, answer))
+}
+
+/// A subscription made, changed or ended: the account's tier follows it
+/// (`stripe/subscriptions.rs`).
+async fn subscription_event(state: &AppState, id: &str, object: &Value) -> Response {
+    let Some(stripe) = &state.stripe else {
+        return received(id, "ignored");
+    };
+    match stripe.subscription_changed(id, object).await {
+        Ok(SubscriptionOutcome::Ignored(why)) => {
+            tracing::info!(event = id, why, "Stripe subscription event ignored");
+            received(id, "ignored")
+        }
+        Ok(SubscriptionOutcome::Applied(status, _)) if (200..300).contains(&status) => {
+            received(id, "applied")
+        }
+        Ok(SubscriptionOutcome::Applied(status, answer)) => json_response(status, answer),
+        Err(error) => {
+            tracing::warn!(event = id, code = error.code, message = %error.message, "a Stripe subscription event could not be applied (Stripe retries it)");
+            ApiError::unavailable().into_response()
+        }
+    }
 }
 
 /// What Stripe is answered when the event is taken (2xx: not sent again).

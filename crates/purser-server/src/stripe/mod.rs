@@ -11,6 +11,7 @@
 //! the same customer and the same session from Stripe.
 
 pub mod client;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use purser_core::RechargeFailure;
 use purser_engine::Engine;
 use purser_portal::payments::{
     Charge, Checkout, CheckoutRequest, PaymentError, PaymentProvider, ProviderFuture, SavedCard,
+    Subscription, TierBilling, TierRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +59,8 @@ pub struct Stripe {
     /// Serializes making customers on this node (Stripe's idempotency key
     /// covers two nodes).
     making_customer: tokio::sync::Mutex<()>,
+    /// Subscription changes and events, one at a time on this node.
+    subscriptions: tokio::sync::Mutex<()>,
 }
 
 impl Stripe {
@@ -65,6 +69,7 @@ impl Stripe {
             client,
             engine,
             making_customer: tokio::sync::Mutex::new(()),
+            subscriptions: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -397,6 +402,14 @@ impl PaymentProvider for Stripe {
 
     fn cancel<'a>(&'a self, purchase: &'a str) -> ProviderFuture<'a, ()> {
         Box::pin(self.expire(purchase))
+    }
+
+    fn change_tier<'a>(&'a self, request: &'a TierRequest) -> ProviderFuture<'a, TierBilling> {
+        Box::pin(self.bill_tier(request))
+    }
+
+    fn subscription<'a>(&'a self, account: &'a str) -> ProviderFuture<'a, Option<Subscription>> {
+        Box::pin(self.portal_subscription(account))
     }
 
     fn saved_card<'a>(&'a self, account: &'a str) -> ProviderFuture<'a, Option<SavedCard>> {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ledger;
+pub mod stripe;
 pub mod stripe_standin;
 
 /// The first admin key of every test server.

@@ -113,6 +113,11 @@ impl StripeStandin {
                     .route("/v1/payment_methods", get(list_payment_methods))
                     .route("/v1/payment_intents", post(create_payment_intent))
                     .route("/v1/refunds", post(create_refund))
+                    .route("/v1/customers/{id}", get(read_object))
+                    .route(
+                        "/v1/subscriptions/{id}",
+                        get(read_object).post(update_subscription),
+                    )
                     .route("/c/pay/{id}", get(checkout_page))
                     .with_state(standin);
                 axum::serve(listener, app)
@@ -157,6 +162,47 @@ impl StripeStandin {
         if let Some(session) = self.inner.lock().unwrap().objects.get_mut(id) {
             session["status"] = json!("complete");
             session["payment_status"] = json!("paid");
+        }
+    }
+
+    /// Marks a subscription-mode session paid and makes its subscription
+    /// (active, with the session's price, and the metadata of
+    /// `subscription_data`), as Checkout does; answers the subscription's id.
+    pub fn complete_subscription_session(&self, id: &str) -> String {
+        let mut inner = self.inner.lock().unwrap();
+        let session = inner.objects.get(id).cloned().expect("the session");
+        assert_eq!(session["mode"], "subscription", "a subscription session");
+        inner.next += 1;
+        let subscription = format!("sub_standin{}", inner.next);
+        let item = format!("si_standin{}", inner.next);
+        inner.objects.insert(
+            subscription.clone(),
+            json!({
+                "id": subscription,
+                "object": "subscription",
+                "customer": session["customer"],
+                "status": "active",
+                "cancel_at_period_end": false,
+                "current_period_end": 1_900_000_000,
+                "items": {"object": "list", "data": [
+                    {"id": item, "object": "subscription_item", "quantity": 1,
+                     "price": {"id": session["line_items_price"], "object": "price"}}
+                ]},
+                "metadata": session["subscription_metadata"],
+            }),
+        );
+        let session = inner.objects.get_mut(id).expect("the session");
+        session["status"] = json!("complete");
+        session["payment_status"] = json!("paid");
+        session["subscription"] = json!(subscription);
+        subscription
+    }
+
+    /// Ends a subscription now, as Stripe does at the end of a period it
+    /// was canceled for (or when the dashboard cancels it).
+    pub fn end_subscription(&self, id: &str) {
+        if let Some(subscription) = self.inner.lock().unwrap().objects.get_mut(id) {
+            subscription["status"] = json!("canceled");
         }
     }
 
@@ -331,6 +377,9 @@ async fn create_session(
                 "currency": field("line_items[0][price_data][currency]"),
                 "amount_total": unit.map(|unit| unit * quantity),
                 "metadata": metadata(fields, "metadata"),
+                // Subscription mode: what the subscription is made with.
+                "line_items_price": field("line_items[0][price]"),
+                "subscription_metadata": metadata(fields, "subscription_data[metadata]"),
                 "success_url": success_url,
                 "cancel_url": field("cancel_url"),
                 "url": format!("{base}/c/pay/{id}"),
@@ -491,5 +540,101 @@ async fn create_refund(
             json!({"id": format!("re_standin{}", inner.next), "object": "refund",
                   "payment_intent": intent, "status": "succeeded"}),
         )
+    })
+}
+
+/// `GET /v1/customers/{id}`, `GET /v1/subscriptions/{id}`: an object the
+/// stand-in made, or Stripe's 404 `resource_missing`.
+async fn read_object(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Path(id): Path<String>,
+) -> Response {
+    let mut inner = standin.inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: "GET".into(),
+        path: uri.path().to_owned(),
+        idempotency_key: None,
+        form: Vec::new(),
+    });
+    if let Some(refusal) = unauthorized(&standin, &headers) {
+        return refusal;
+    }
+    if let Some(status) = inner.outage {
+        return stripe_error(
+            StatusCode::from_u16(status).unwrap(),
+            "api_error",
+            "the stand-in is down",
+        );
+    }
+    match inner.objects.get(&id) {
+        Some(object) => Json(object.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                                  "message": format!("No such object: '{id}'")}}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /v1/subscriptions/{id}`: a price change of its item (an upgrade
+/// with `payment_behavior=pending_if_incomplete` on a declined card stays
+/// a `pending_update`), or `cancel_at_period_end`.
+async fn update_subscription(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let path = format!("/v1/subscriptions/{id}");
+    handle(&standin, &headers, &path, form, |inner, fields| {
+        let Some(subscription) = inner.objects.get(&id).cloned() else {
+            return Err(Box::new(stripe_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                &format!("No such subscription: '{id}'"),
+            )));
+        };
+        if subscription["status"] == "canceled" {
+            return Err(Box::new(stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "A canceled subscription can only update its cancellation_details and metadata.",
+            )));
+        }
+        let mut updated = subscription.clone();
+        if let Some(cancel) = fields.get("cancel_at_period_end") {
+            updated["cancel_at_period_end"] = json!(cancel == "true");
+        }
+        if let Some(price) = fields.get("items[0][price]") {
+            if fields.get("items[0][id]").map(String::as_str)
+                != subscription["items"]["data"][0]["id"].as_str()
+            {
+                return Err(Box::new(stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "items[0][id] is not an item of this subscription",
+                )));
+            }
+            let customer = subscription["customer"].as_str().unwrap_or_default();
+            let declined = inner
+                .cards
+                .get(customer)
+                .is_some_and(|card| card.2 != CardBehavior::Succeeds);
+            if declined
+                && fields.get("payment_behavior").map(String::as_str)
+                    == Some("pending_if_incomplete")
+            {
+                updated["pending_update"] = json!({"subscription_items": [{"price": price}]});
+            } else {
+                updated["items"]["data"][0]["price"]["id"] = json!(price);
+                updated["pending_update"] = Value::Null;
+            }
+        }
+        Ok(updated)
     })
 }
