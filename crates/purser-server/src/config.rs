@@ -720,4 +720,66 @@ mod tests {
             assert!(error.contains(reason), "{text}: {error}");
         }
     }
+
+    fn tier(id: &str, price: &str, stripe_price: Option<&str>) -> String {
+        let line = stripe_price.map_or(String::new(), |p| format!("stripe_price = \"{p}\"\n"));
+        format!(
+            "[[catalog.tiers]]\nid = \"{id}\"\nname = \"{id}\"\nmonthly_credits = \"10\"\nprice = \"{price}\"\n{line}"
+        )
+    }
+
+    #[test]
+    fn stripe_prices_sell_paid_tiers_beside_a_free_one() {
+        let catalog =
+            |tiers: &[String]| format!("[catalog]\ncurrency = \"USD\"\n{}", tiers.concat());
+        let good = catalog(&[
+            tier("free", "0", None),
+            tier("pro", "9", Some("price_1Pro")),
+        ]);
+        let config = Config::from_toml(&good).unwrap();
+        assert_eq!(
+            config
+                .catalog
+                .tier_by_stripe_price("price_1Pro")
+                .map(|t| t.id.as_str()),
+            Some("pro")
+        );
+        assert_eq!(
+            config.catalog.free_tier().map(|t| t.id.as_str()),
+            Some("free")
+        );
+        assert!(
+            Config::from_toml(&default_toml())
+                .unwrap()
+                .portal_tier_changes
+        );
+        let off = Config::from_toml("[portal]\ntier_changes = false").unwrap();
+        assert!(!off.portal_tier_changes);
+        let cases = [
+            (
+                catalog(&[tier("pro", "9", Some("price_1Pro"))]),
+                "need a free tier",
+            ),
+            (
+                catalog(&[tier("free", "0", Some("price_1Free"))]),
+                "priced 0",
+            ),
+            (
+                catalog(&[
+                    tier("free", "0", None),
+                    tier("a", "9", Some("price_1")),
+                    tier("b", "19", Some("price_1")),
+                ]),
+                "two tiers",
+            ),
+            (
+                catalog(&[tier("free", "0", None), tier("a", "9", Some("prod_1"))]),
+                "Stripe Price id",
+            ),
+        ];
+        for (text, reason) in cases {
+            let error = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
 }

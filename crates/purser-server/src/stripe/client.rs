@@ -1,9 +1,10 @@
 //! A small typed client for the few Stripe API calls purser makes
-//! (customers, Checkout Sessions, payment methods, payment intents), over
+//! (customers, Checkout Sessions, payment methods, payment intents,
+//! refunds, subscriptions), over
 //! reqwest. Written here rather than taken from `async-stripe`: its stable
 //! line is built on hyper 0.14 (ours is hyper 1 through reqwest 0.13) and
 //! its hyper-1 line is a pre-release of about 150k generated lines, a heavy
-//! build on two cores for five calls.
+//! build on two cores for a handful of calls.
 //!
 //! Requests are form-encoded the way Stripe's API reference writes them
 //! (`metadata[purchase_id]=…`, `line_items[0][price_data][currency]=…`);
