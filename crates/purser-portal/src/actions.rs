@@ -74,6 +74,25 @@ fn back(token: &str, outcome: Result<&str, &Value>) -> Response {
         .expect("a redirect")
 }
 
+/// 303 to the provider's page (a URL a header cannot carry is refused,
+/// never a panic).
+fn redirect_to(url: &str) -> Response {
+    match header::HeaderValue::from_str(url) {
+        Ok(location) => Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, location)
+            .body(Body::empty())
+            .expect("a redirect"),
+        Err(_) => {
+            tracing::error!(
+                url,
+                "the payment provider answered a URL that is no header value"
+            );
+            unavailable()
+        }
+    }
+}
+
 /// The session and fields of a form POST: the token checked, the body read
 /// as a form, the CSRF token and the origin checked; or the refusal page.
 fn accept_form(
@@ -125,12 +144,25 @@ pub(crate) async fn change_tier(
         Ok(account) => account,
         Err(page) => return page,
     };
-    if let Some(current) = account["tier"].as_str().and_then(|id| catalog.tier(id)) {
+    if account["status"].as_str() == Some("closed") {
+        return back(&token, Err(&json!({"error": {"code": "account_closed"}})));
+    }
+    let current = account["tier"].as_str().and_then(|id| catalog.tier(id));
+    if current.is_none() && state.payments.redirects() {
+        // On a tier the catalog no longer has: not changed here, so that a
+        // billed tier is never reached without its provider.
+        return back(&token, Err(&json!({"error": {"code": "unknown_tier"}})));
+    }
+    if let Some(current) = current {
         let billing = format!("{}/portal/{token}/billing", base_url(&state, &headers));
         let request = TierRequest {
             account: session.account.as_str().to_owned(),
             current: current.clone(),
             tier: chosen.clone(),
+            pending: account["pending_tier"].as_str().map(str::to_owned),
+            period_end: account["balance"]["budget"]["period_end"]
+                .as_str()
+                .and_then(purser_core::Timestamp::parse_rfc3339),
             success_url: format!("{billing}?notice=subscription_started"),
             cancel_url: format!("{billing}?notice=subscription_not_started"),
             attempt: form
@@ -145,21 +177,17 @@ pub(crate) async fn change_tier(
         };
         match state.payments.change_tier(&request).await {
             Ok(TierBilling::Apply) => {}
-            Ok(TierBilling::Redirect(url)) => {
-                return Response::builder()
-                    .status(StatusCode::SEE_OTHER)
-                    .header(header::LOCATION, url)
-                    .body(Body::empty())
-                    .expect("a redirect");
-            }
+            Ok(TierBilling::Redirect(url)) => return redirect_to(&url),
             Ok(TierBilling::Requested) => return back(&token, Ok("tier_change_requested")),
             Ok(TierBilling::Ending) => return back(&token, Ok("subscription_ending")),
             Err(error) => {
                 tracing::warn!(account = %session.account.as_str(), code = error.code, message = %error.message, "the tier change at the payment provider failed");
-                return back(
-                    &token,
-                    Err(&json!({"error": {"code": "tier_change_unavailable"}})),
-                );
+                let code = if error.code == "tier_not_billed" {
+                    "tier_not_billed"
+                } else {
+                    "tier_change_unavailable"
+                };
+                return back(&token, Err(&json!({"error": {"code": code}})));
             }
         }
     }
@@ -238,11 +266,7 @@ async fn pay(
             back(token, Err(&json!({"error": {"code": error.code}})))
         }
         Ok(Checkout::AwaitingConfirmation) => back(token, Ok("purchase_pending")),
-        Ok(Checkout::Redirect(url)) => Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header(header::LOCATION, url)
-            .body(Body::empty())
-            .expect("a redirect"),
+        Ok(Checkout::Redirect(url)) => redirect_to(&url),
         Ok(Checkout::Confirmed) => {
             let Some(purchase) = ObjectId::parse(ObjectKind::Purchase, id) else {
                 return unavailable();

@@ -115,6 +115,11 @@ pub struct TierRequest {
     pub current: Arc<purser_core::Tier>,
     /// The tier chosen.
     pub tier: Arc<purser_core::Tier>,
+    /// The tier the account is scheduled to move to, if any.
+    pub pending: Option<String>,
+    /// The end of the account's current period (where a new subscription's
+    /// billing cycle is anchored).
+    pub period_end: Option<purser_core::Timestamp>,
     /// Where the customer returns after subscribing (the billing page).
     pub success_url: String,
     /// Where the customer returns after giving up.

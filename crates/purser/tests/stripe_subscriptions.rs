@@ -157,7 +157,17 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
             .is_some_and(|key| key.starts_with("purser-subscribe-team-pro-")),
         "{made:?}"
     );
-    assert_eq!(account(&client, "team").await["tier"], "free");
+    let team = account(&client, "team").await;
+    assert_eq!(team["tier"], "free");
+    let period_end = team["balance"]["budget"]["period_end"]
+        .as_str()
+        .and_then(purser_core::Timestamp::parse_rfc3339)
+        .expect("the period's end");
+    assert_eq!(
+        made[0].field("subscription_data[billing_cycle_anchor]"),
+        Some(period_end.unix_seconds().to_string().as_str()),
+        "Stripe's periods are the account's: {made:?}"
+    );
     let session = location.rsplit('/').next().expect("the session id");
     // The session's own completion is not what sets the tier.
     deliver_ok(
@@ -169,15 +179,31 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
     )
     .await;
     let sub = standin.complete_subscription_session(session);
+    // Paid, its event not come yet: another click finds the subscription
+    // at Stripe instead of opening a second Checkout.
+    let location = submit_form(&link, "tier", &[("tier", "pro")]).await;
+    assert!(
+        location.ends_with("notice=tier_change_requested"),
+        "{location}"
+    );
+    assert_eq!(standin.requests_to("/v1/checkout/sessions").len(), 1);
+    assert_eq!(account(&client, "team").await["tier"], "free");
     let created = subscription_event(&standin, "evt_sub_1", "created", &sub);
     for _ in 0..3 {
         deliver_ok(&client, &created, "applied").await;
     }
     let team = account(&client, "team").await;
     assert_eq!(team["tier"], "pro", "{team}");
-    assert_eq!(
-        team["balance"]["budget"]["granted"], "1000",
-        "the first period paid in full: {team}"
+    let granted = |account: &Value| -> f64 {
+        account["balance"]["budget"]["granted"]
+            .as_str()
+            .expect("granted")
+            .parse()
+            .expect("a number")
+    };
+    assert!(
+        granted(&team) > 999.0 && granted(&team) < 1_000.0,
+        "25 + 975 prorated to the period left, as Stripe prorates the first invoice to the anchor: {team}"
     );
     let changes = tier_changes(&client, "team").await;
     assert_eq!(changes.len(), 1, "applied once: {changes:?}");
@@ -271,13 +297,8 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
     .await;
     let team = account(&client, "team").await;
     assert_eq!(team["tier"], "business");
-    let granted: f64 = team["balance"]["budget"]["granted"]
-        .as_str()
-        .expect("granted")
-        .parse()
-        .expect("a number");
     assert!(
-        granted > 4_000.0 && granted < 5_000.0,
+        granted(&team) > 4_990.0 && granted(&team) < 5_000.0,
         "prorated, as Stripe prorates the price: {team}"
     );
     assert_eq!(tier_changes(&client, "team").await.len(), 2);
@@ -328,8 +349,8 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
     let team = account(&client, "team").await;
     assert_eq!(team["pending_tier"], Value::Null, "{team}");
 
-    // The free tier: the subscription ends at its period's end, and then
-    // the account moves to the free tier (at its own period end).
+    // The free tier: the subscription ends at its period's end (the
+    // account's), and the account is scheduled to move then.
     let location = submit_form(&link, "tier", &[("tier", "free")]).await;
     assert!(
         location.ends_with("notice=subscription_ending"),
@@ -354,9 +375,31 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
     .await;
     let team = account(&client, "team").await;
     assert_eq!(team["tier"], "business", "paid until the end: {team}");
-    assert_eq!(team["pending_tier"], Value::Null, "{team}");
+    assert_eq!(team["pending_tier"], "free", "{team}");
+    // Keep Business: the subscription resumes, the move is canceled.
+    let location = submit_form(&link, "tier", &[("tier", "business"), ("cancel", "1")]).await;
+    assert!(
+        location.ends_with("notice=downgrade_canceled"),
+        "{location}"
+    );
+    let resumed = standin
+        .requests_to(&path)
+        .last()
+        .cloned()
+        .expect("a change");
+    assert_eq!(resumed.field("cancel_at_period_end"), Some("false"));
+    assert_eq!(account(&client, "team").await["pending_tier"], Value::Null);
+    deliver_ok(
+        &client,
+        &subscription_event(&standin, "evt_sub_7", "updated", &sub),
+        "applied",
+    )
+    .await;
+    assert_eq!(account(&client, "team").await["pending_tier"], Value::Null);
+    // Free again, and this time Stripe ends it.
+    let _ = submit_form(&link, "tier", &[("tier", "free")]).await;
     standin.end_subscription(&sub);
-    let deleted = subscription_event(&standin, "evt_sub_7", "deleted", &sub);
+    let deleted = subscription_event(&standin, "evt_sub_8", "deleted", &sub);
     deliver_ok(&client, &deleted, "applied").await;
     deliver_ok(&client, &deleted, "applied").await;
     let team = account(&client, "team").await;
@@ -365,10 +408,15 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
         team["pending_tier"], "free",
         "moves to the free tier at the period end: {team}"
     );
+    assert_eq!(
+        tier_changes(&client, "team").await.len(),
+        2,
+        "no tier applied"
+    );
     // Forged: refused, nothing changes.
     let forged = deliver(
         &client,
-        &subscription_event(&standin, "evt_sub_8", "created", &sub),
+        &subscription_event(&standin, "evt_sub_9", "created", &sub),
         "t=1,v1=00",
     )
     .await;
@@ -378,9 +426,46 @@ async fn a_tier_is_billed_through_a_stripe_subscription() {
         !billing.contains("data-testid=\"subscription\""),
         "an ended subscription is not shown"
     );
-    // Subscribing again starts a new Checkout.
-    let location = submit_form(&link, "tier", &[("tier", "pro")]).await;
+    // Keeping Business without a subscription means paying for it again.
+    let location = submit_form(&link, "tier", &[("tier", "business"), ("cancel", "1")]).await;
     assert!(location.contains("/c/pay/cs_test_"), "{location}");
+    assert_eq!(account(&client, "team").await["pending_tier"], "free");
+
+    // A closed account: Stripe's events are taken, not retried for days,
+    // and a form from a page opened before it closed is refused.
+    let open_page = page_text(&format!("{link}/billing")).await;
+    expect_status(
+        client.post("/v1/accounts/team/close", &json!({})).await,
+        200,
+        "closed",
+    );
+    deliver_ok(
+        &client,
+        &subscription_event(&standin, "evt_sub_10", "deleted", &sub),
+        "ignored",
+    )
+    .await;
+    let billing = page_text(&format!("{link}/billing")).await;
+    assert!(
+        !billing.contains("data-testid=\"choose-tier\""),
+        "a closed account's plan cannot change"
+    );
+    let form = form_encode(&[
+        ("csrf", &hidden(&open_page, "csrf")),
+        ("nonce", &hidden(&open_page, "nonce")),
+        ("tier", "pro"),
+    ]);
+    let refused = browser()
+        .post(format!("{link}/tier"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("an answer");
+    let location = refused.headers()["location"].to_str().expect("a Location");
+    assert!(location.ends_with("error=account_closed"), "{location}");
+    let sessions = standin.requests_to("/v1/checkout/sessions").len();
+    assert_eq!(sessions, 2, "no Checkout for a closed account");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,9 @@ pub fn error_text(code: &str) -> &'static str {
         "tier_change_unavailable" => {
             "We could not reach the payment provider. Your plan is unchanged: please try again in a moment."
         }
+        "tier_not_billed" => {
+            "That plan is not sold by subscription: end your subscription (the free plan) or ask your account manager."
+        }
         "tier_changes_disabled" => "Plans are changed by your account manager, not here.",
         "unknown_package" => "That package is not offered.",
         "invalid_threshold" => {

@@ -2,18 +2,27 @@
 //! changes): a tier with a `stripe_price` chosen in the portal is paid for
 //! before it applies.
 //!
-//! - No subscription yet: a Checkout Session in subscription mode; the tier
-//!   applies when Stripe tells of the subscription
-//!   (`customer.subscription.created`).
+//! - No subscription yet (none kept, none live at Stripe): a Checkout
+//!   Session in subscription mode, its billing cycle anchored at the end of
+//!   the account's period (the first invoice prorated to it), so Stripe's
+//!   periods are purser's; the tier applies when Stripe tells of the
+//!   subscription (`customer.subscription.created`). A paid tier is never
+//!   kept or chosen without one: "keep" after a subscription ended
+//!   subscribes again.
 //! - A subscription: its price is changed. An upgrade is invoiced at once,
 //!   prorated, and changes only once that invoice is paid
 //!   (`payment_behavior=pending_if_incomplete`); a downgrade is not
 //!   prorated and, like any downgrade, applies at the next period start.
 //!   The tier follows `customer.subscription.updated`.
-//! - A tier without a price (the free tier): the subscription is canceled
-//!   at the end of its period; `customer.subscription.deleted` then moves
-//!   the account to the catalog's free tier (at its own period end, as any
-//!   downgrade).
+//! - The free tier: the subscription is canceled at the end of its period.
+//!   Once Stripe says so (`cancel_at_period_end`), the account is scheduled
+//!   to move to the catalog's free tier at its period end (the same
+//!   instant, anchored); choosing a paid tier again resumes it. An ended
+//!   subscription (`customer.subscription.deleted`, `unpaid`, `paused`)
+//!   moves the account to the free tier, as a downgrade.
+//!
+//! An upgrade's budget grows prorated (`Proration::Prorated`), as Stripe
+//! prorates the price.
 //!
 //! Stripe may deliver events late, twice or out of order, so an event is
 //! only a prompt: the subscription is read back from Stripe and its
@@ -46,13 +55,24 @@ pub struct SubscriptionRecord {
     /// The current billing period's end (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_period_end: Option<i64>,
+    /// When it was made (Unix seconds): of two live ones, the newer counts.
+    #[serde(default)]
+    pub created: i64,
 }
 
 impl SubscriptionRecord {
-    /// The record of a subscription object as Stripe renders it; `None`
-    /// without an id or a priced item.
-    pub fn from_stripe(object: &Value) -> Option<SubscriptionRecord> {
-        let item = &object["items"]["data"][0];
+    /// The record of a subscription object as Stripe renders it: its item
+    /// whose price is a tier's (`is_tier`), else its first; `None` without
+    /// an id or a priced item.
+    pub fn from_stripe(
+        object: &Value,
+        is_tier: impl Fn(&str) -> bool,
+    ) -> Option<SubscriptionRecord> {
+        let items = object["items"]["data"].as_array()?;
+        let item = items
+            .iter()
+            .find(|item| item["price"]["id"].as_str().is_some_and(&is_tier))
+            .or_else(|| items.first())?;
         Some(SubscriptionRecord {
             id: object["id"].as_str()?.to_owned(),
             status: object["status"].as_str()?.to_owned(),
@@ -63,6 +83,7 @@ impl SubscriptionRecord {
             current_period_end: object["current_period_end"]
                 .as_i64()
                 .or_else(|| item["current_period_end"].as_i64()),
+            created: object["created"].as_i64().unwrap_or(0),
         })
     }
 
@@ -71,9 +92,10 @@ impl SubscriptionRecord {
         matches!(self.status.as_str(), "active" | "trialing" | "past_due")
     }
 
-    /// Over: canceled, or given up after failed payments.
+    /// Over: canceled, given up after failed payments, or paused (a trial
+    /// ended without a card).
     pub fn ended(&self) -> bool {
-        matches!(self.status.as_str(), "canceled" | "unpaid")
+        matches!(self.status.as_str(), "canceled" | "unpaid" | "paused")
     }
 }
 
@@ -129,8 +151,57 @@ impl Stripe {
                 key,
             )
             .await?;
-        SubscriptionRecord::from_stripe(&answer)
+        self.record_of(&answer)
             .ok_or_else(|| provider_error("Stripe answered a subscription without a priced item"))
+    }
+
+    fn record_of(&self, object: &Value) -> Option<SubscriptionRecord> {
+        let catalog = self.engine.catalog();
+        SubscriptionRecord::from_stripe(object, |price| {
+            catalog.tier_by_stripe_price(price).is_some()
+        })
+    }
+
+    /// The account's live subscription: the one kept, else the newest live
+    /// one Stripe has for its customer (made by a Checkout whose event has
+    /// not come yet), kept from then on.
+    async fn live_subscription(
+        &self,
+        account: &str,
+    ) -> Result<Option<SubscriptionRecord>, PaymentError> {
+        if let Some(kept) = self
+            .subscription_record(account)
+            .await?
+            .filter(SubscriptionRecord::live)
+        {
+            return Ok(Some(kept));
+        }
+        let Some(customer) = self.record(account).await? else {
+            return Ok(None);
+        };
+        let listed = match self
+            .client
+            .get(&format!(
+                "/v1/subscriptions?customer={}&status=all&limit=20",
+                client::encode(&customer.customer)
+            ))
+            .await
+        {
+            Ok(listed) => listed,
+            Err(error) if error.code == "payment_provider_missing" => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let newest = listed["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|object| self.record_of(object))
+            .filter(SubscriptionRecord::live)
+            .max_by_key(|record| record.created);
+        if let Some(record) = &newest {
+            self.keep_subscription(account, record).await?;
+        }
+        Ok(newest)
     }
 
     /// The portal's tier change, billed (see the module).
@@ -142,17 +213,27 @@ impl Stripe {
         let account = request.account.as_str();
         let attempt = &request.attempt;
         let tier = &request.tier;
-        let live = self
-            .subscription_record(account)
-            .await?
-            .filter(SubscriptionRecord::live);
+        let live = self.live_subscription(account).await?;
+        let free = self.engine.catalog().free_tier().map(|t| t.id.clone());
         match (live, tier.stripe_price.as_deref()) {
-            // Not billed through Stripe, or the tier the account is on
-            // (keeping it cancels a scheduled downgrade): the ledger's.
+            // Not billed through Stripe: the ledger's.
             (None, None) => Ok(TierBilling::Apply),
-            (None, Some(_)) if tier.id == request.current.id => Ok(TierBilling::Apply),
+            // The tier the account is on, nothing scheduled: nothing to do.
+            (None, Some(_)) if tier.id == request.current.id && request.pending.is_none() => {
+                Ok(TierBilling::Apply)
+            }
+            // A paid tier, chosen or kept: paid for first.
             (None, Some(price)) => self.subscribe(request, price).await,
             (Some(subscription), None) => {
+                if free.as_ref() != Some(&tier.id) {
+                    return Err(PaymentError {
+                        code: "tier_not_billed",
+                        message: format!(
+                            "{} has no stripe_price: a subscriber can only end the subscription (the free tier)",
+                            tier.id.as_str()
+                        ),
+                    });
+                }
                 if !subscription.cancel_at_period_end {
                     let form = Form::new().field("cancel_at_period_end", "true");
                     let key = format!("purser-end-{}-{attempt}", subscription.id);
@@ -174,7 +255,14 @@ impl Stripe {
                     self.keep_subscription(account, &subscription).await?;
                 }
                 if subscription.price == price {
-                    return Ok(TierBilling::Apply);
+                    // Stripe bills it already: the account's tier now (its
+                    // scheduled change canceled), or a change Stripe has
+                    // yet to tell of (applied, prorated, when it does).
+                    return Ok(if tier.id == request.current.id {
+                        TierBilling::Apply
+                    } else {
+                        TierBilling::Requested
+                    });
                 }
                 let upgrade = tier.monthly_credits > request.current.monthly_credits;
                 let mut form = Form::new()
@@ -222,6 +310,16 @@ impl Stripe {
             .field("metadata[tier]", tier)
             .field("subscription_data[metadata][account]", account)
             .field("subscription_data[metadata][tier]", tier);
+        // Stripe's periods made purser's: renewals and the end of a
+        // canceled subscription fall when the account's period ends (the
+        // anchor must be in the future; a test clock's may not be).
+        let wall = crate::webhooks::wall_micros() / 1_000_000;
+        let form = match request.period_end.map(|end| end.unix_seconds()) {
+            Some(end) if end > wall + 60 => {
+                form.field("subscription_data[billing_cycle_anchor]", end.to_string())
+            }
+            _ => form,
+        };
         let session = self
             .client
             .post(
@@ -307,7 +405,7 @@ impl Stripe {
             Err(error) if error.code == "payment_provider_missing" => object.clone(),
             Err(error) => return Err(error),
         };
-        let Some(record) = SubscriptionRecord::from_stripe(&current) else {
+        let Some(record) = self.record_of(&current) else {
             return Ok(SubscriptionOutcome::Ignored(
                 "the subscription has no priced item",
             ));
@@ -321,53 +419,49 @@ impl Stripe {
             return Ok(SubscriptionOutcome::Ignored("no such account"));
         };
         let known = self.subscription_record(&account).await?;
-        let another_live = known
-            .as_ref()
-            .is_some_and(|known| known.id != record.id && known.live());
-        if another_live && !record.live() {
-            // An older subscription ending, or one that never started:
-            // the account's is another one.
-            return Ok(SubscriptionOutcome::Ignored(
-                "the account has another subscription",
-            ));
-        }
-        if another_live {
+        let ours = known.as_ref().is_some_and(|known| known.id == record.id);
+        if let Some(other) = known.as_ref().filter(|k| k.id != record.id && k.live()) {
+            // The account has another live subscription: this one counts
+            // only if it is live and newer (two Checkouts paid; the older
+            // is the operator's to cancel).
+            if !record.live() || record.created < other.created {
+                return Ok(SubscriptionOutcome::Ignored(
+                    "the account has another subscription",
+                ));
+            }
             tracing::error!(
                 account = %account,
                 kept = %record.id,
-                other = %known.as_ref().map_or("", |k| k.id.as_str()),
-                "an account has two live Stripe subscriptions: the newest sets its tier; cancel the other in Stripe's dashboard"
+                other = %other.id,
+                "an account has two live Stripe subscriptions: the newer sets its tier; cancel the other in Stripe's dashboard"
             );
         }
-        // A first payment for this subscription pays a whole period: the
-        // budget grows by the whole difference. A price change of a
-        // running one is prorated at Stripe, and so in credits.
-        let first = !known
-            .as_ref()
-            .is_some_and(|known| known.id == record.id && known.live());
         let catalog = self.engine.catalog();
-        let (tier, proration): (TierId, Proration) = if record.live() {
-            let Some(tier) = catalog.tier_by_stripe_price(&record.price) else {
-                tracing::error!(account = %account, subscription = %record.id, price = %record.price, "a subscription's price is no tier's stripe_price: the tier is left as it is");
-                return Ok(SubscriptionOutcome::Ignored(
-                    "the price is no tier's stripe_price",
-                ));
-            };
-            let proration = if first {
-                Proration::Full
-            } else {
-                Proration::Prorated
-            };
-            (tier.id.clone(), proration)
-        } else if record.ended() {
+        let priced = catalog.tier_by_stripe_price(&record.price);
+        // Live and renewing: its price's tier. Ending at its period's end,
+        // or ended while billing a tier: the free tier (a downgrade, so at
+        // the period's end).
+        let to_free = (record.live() && record.cancel_at_period_end)
+            || (record.ended() && (priced.is_some() || ours));
+        let (tier, proration): (TierId, Proration) = if to_free {
             let Some(free) = catalog.free_tier() else {
                 return Ok(SubscriptionOutcome::Ignored("the catalog has no free tier"));
             };
             (free.id.clone(), Proration::None)
+        } else if let Some(tier) = priced.filter(|_| record.live()) {
+            (tier.id.clone(), Proration::Prorated)
         } else {
-            // Not paid yet (incomplete), or paused: nothing changes.
-            self.keep_subscription(&account, &record).await?;
-            return Ok(SubscriptionOutcome::Ignored("the subscription is not paid"));
+            if record.live() {
+                tracing::error!(account = %account, subscription = %record.id, price = %record.price, "a subscription's price is no tier's stripe_price: the tier is left as it is");
+            }
+            // Not paid yet (incomplete), never paid (incomplete_expired),
+            // or not a tier's.
+            if known.as_ref().is_none_or(|k| !k.live()) {
+                self.keep_subscription(&account, &record).await?;
+            }
+            return Ok(SubscriptionOutcome::Ignored(
+                "the subscription bills no tier now",
+            ));
         };
         let command = Command::ChangeTier {
             account: account_id,
@@ -383,10 +477,23 @@ impl Stripe {
             .run(command, Some(key), Actor::Provider(event.into()))
             .await;
         let (status, body) = purser_wire::outcome(outcome);
-        // Kept once applied: a retry of a failed event still sees this
-        // subscription as new (its first period is granted in full).
         if (200..300).contains(&status) {
             self.keep_subscription(&account, &record).await?;
+            return Ok(SubscriptionOutcome::Applied(status, body));
+        }
+        // Refusals that no retry changes: said once, not retried by
+        // Stripe for days.
+        let code = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|answer| answer["error"]["code"].as_str().map(str::to_owned));
+        if matches!(
+            code.as_deref(),
+            Some("account_closed" | "account_not_found" | "unknown_tier")
+        ) {
+            tracing::warn!(account = %account, subscription = %record.id, code = ?code, "a Stripe subscription event cannot change this account's tier");
+            return Ok(SubscriptionOutcome::Ignored(
+                "the account's tier cannot change",
+            ));
         }
         Ok(SubscriptionOutcome::Applied(status, body))
     }

@@ -114,6 +114,7 @@ impl StripeStandin {
                     .route("/v1/payment_intents", post(create_payment_intent))
                     .route("/v1/refunds", post(create_refund))
                     .route("/v1/customers/{id}", get(read_object))
+                    .route("/v1/subscriptions", get(list_subscriptions))
                     .route(
                         "/v1/subscriptions/{id}",
                         get(read_object).post(update_subscription),
@@ -175,6 +176,7 @@ impl StripeStandin {
         inner.next += 1;
         let subscription = format!("sub_standin{}", inner.next);
         let item = format!("si_standin{}", inner.next);
+        let created = 1_800_000_000 + inner.next;
         inner.objects.insert(
             subscription.clone(),
             json!({
@@ -183,7 +185,12 @@ impl StripeStandin {
                 "customer": session["customer"],
                 "status": "active",
                 "cancel_at_period_end": false,
-                "current_period_end": 1_900_000_000,
+                "created": created,
+                // Anchored where the Checkout said, else a month on.
+                "current_period_end": session["billing_cycle_anchor"]
+                    .as_str()
+                    .and_then(|anchor| anchor.parse::<i64>().ok())
+                    .unwrap_or(1_900_000_000),
                 "items": {"object": "list", "data": [
                     {"id": item, "object": "subscription_item", "quantity": 1,
                      "price": {"id": session["line_items_price"], "object": "price"}}
@@ -380,6 +387,7 @@ async fn create_session(
                 // Subscription mode: what the subscription is made with.
                 "line_items_price": field("line_items[0][price]"),
                 "subscription_metadata": metadata(fields, "subscription_data[metadata]"),
+                "billing_cycle_anchor": field("subscription_data[billing_cycle_anchor]"),
                 "success_url": success_url,
                 "cancel_url": field("cancel_url"),
                 "url": format!("{base}/c/pay/{id}"),
@@ -637,4 +645,44 @@ async fn update_subscription(
         }
         Ok(updated)
     })
+}
+
+/// `GET /v1/subscriptions?customer=…&status=all`: the customer's
+/// subscriptions, newest first.
+async fn list_subscriptions(
+    State(standin): State<Standin>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let mut inner = standin.inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: "GET".into(),
+        path: "/v1/subscriptions".into(),
+        idempotency_key: None,
+        form: query.clone(),
+    });
+    if let Some(refusal) = unauthorized(&standin, &headers) {
+        return refusal;
+    }
+    if let Some(status) = inner.outage {
+        return stripe_error(
+            StatusCode::from_u16(status).unwrap(),
+            "api_error",
+            "the stand-in is down",
+        );
+    }
+    let customer = query
+        .iter()
+        .find(|(name, _)| name == "customer")
+        .map(|(_, value)| value.clone());
+    let mut data: Vec<Value> = inner
+        .objects
+        .values()
+        .filter(|object| object["object"] == "subscription")
+        .filter(|object| customer.is_none() || object["customer"].as_str() == customer.as_deref())
+        .cloned()
+        .collect();
+    data.sort_by_key(|object| std::cmp::Reverse(object["created"].as_i64()));
+    Json(json!({"object": "list", "url": "/v1/subscriptions", "has_more": false, "data": data}))
+        .into_response()
 }
