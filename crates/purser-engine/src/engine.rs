@@ -29,6 +29,9 @@ pub enum Busy {
     QueueFull,
     /// The engine stopped after a failed commit, or no answer came in time.
     Unavailable,
+    /// Reads of this account's lists are over their pace, beyond the
+    /// request's deadline: retry in a moment.
+    Paced,
 }
 
 /// Why a store query failed.
@@ -141,6 +144,11 @@ pub struct EngineConfig {
     /// How long a request waits for its answer before "unavailable" (the
     /// command may still commit: clients retry with the same key).
     pub request_timeout: Duration,
+    /// Pages of one account's lists served a second (0: unpaced); more
+    /// wait their turn (see [`crate::pacer`]).
+    pub list_reads_per_second: u32,
+    /// Pages of one account's lists served at once before the pace applies.
+    pub list_reads_burst: u32,
 }
 
 /// Handle to the running engine; cheap to clone.
@@ -160,6 +168,9 @@ struct Inner {
     render: Arc<dyn Render>,
     request_timeout: Duration,
     events_ready: Arc<tokio::sync::watch::Sender<u64>>,
+    list_pacer: crate::pacer::Pacer,
+    /// The pacer's clock: µs are counted from here.
+    started: std::time::Instant,
 }
 
 /// What [`Engine::launch`] runs on.
@@ -264,6 +275,11 @@ impl Engine {
             keys,
             render: parts.render,
             request_timeout: config.request_timeout,
+            list_pacer: crate::pacer::Pacer::new(
+                config.list_reads_per_second,
+                config.list_reads_burst,
+            ),
+            started: std::time::Instant::now(),
             events_ready,
         }));
         engine.start_janitor(
@@ -736,6 +752,23 @@ impl Engine {
         match self.ask(shard, Work::Read(read)).await? {
             Answer::Rendered(rendered) => Ok(rendered),
             _ => Err(Busy::Unavailable),
+        }
+    }
+
+    /// Waits for the turn of a read of a page of `key`'s lists (an account
+    /// id; or a name for a list of all accounts, events…): at once within
+    /// the burst, then at the configured pace. Refused ([`Busy::Paced`])
+    /// when the turn is further away than half the request timeout.
+    pub async fn pace_list(&self, key: &str) -> Result<(), Busy> {
+        let now = i64::try_from(self.0.started.elapsed().as_micros()).unwrap_or(i64::MAX / 4);
+        let deadline = i64::try_from((self.0.request_timeout / 2).as_micros()).unwrap_or(0);
+        match self.0.list_pacer.turn(&key, now, deadline) {
+            crate::pacer::Turn::After(0) => Ok(()),
+            crate::pacer::Turn::After(wait) => {
+                tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
+                Ok(())
+            }
+            crate::pacer::Turn::Refused => Err(Busy::Paced),
         }
     }
 

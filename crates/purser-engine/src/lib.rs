@@ -16,6 +16,7 @@ mod committer;
 mod engine;
 mod keys;
 mod open;
+pub mod pacer;
 mod protocol;
 mod shard;
 

@@ -261,6 +261,8 @@ fn open_with(
             snapshot_every_entries: 1_000_000,
             event_retention_seconds: 30 * 86_400,
             request_timeout: TIMEOUT,
+            list_reads_per_second: 0,
+            list_reads_burst: 1,
         },
         test_clock,
         accept_loss: false,

@@ -219,6 +219,15 @@ fn problem(status: StatusCode, title: &str, message: &str) -> Response {
     html(status, view::problem(title, message))
 }
 
+/// 429: this account's pages are being loaded faster than they are served.
+fn busy() -> Response {
+    problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "These pages are being loaded very often just now. Please try again in a moment.",
+    )
+}
+
 fn unavailable() -> Response {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::session::Session;
 use crate::{
-    AppState, authenticate, chart, forecast, format, html, problem, random_hex, unavailable, view,
+    AppState, authenticate, busy, chart, forecast, format, html, problem, random_hex, unavailable,
+    view,
 };
 
 /// Transactions per page of the dashboard's list.
@@ -98,6 +99,15 @@ pub(crate) async fn credits_page(
         Ok(session) => session,
         Err(page) => return page,
     };
+    // A page reads the account's lists: paced as the API's list reads.
+    if state
+        .engine
+        .pace_list(session.account.as_str())
+        .await
+        .is_err()
+    {
+        return busy();
+    }
     let result = async {
         let account = account_json(&state, &session).await?;
         let handle = handle_of(&state, &session).await?;
@@ -288,6 +298,15 @@ pub(crate) async fn billing_page(
         Ok(session) => session,
         Err(page) => return page,
     };
+    // A page reads the account's lists: paced as the API's list reads.
+    if state
+        .engine
+        .pace_list(session.account.as_str())
+        .await
+        .is_err()
+    {
+        return busy();
+    }
     let result = async {
         let account = account_json(&state, &session).await?;
         let read = Read::Purchases(

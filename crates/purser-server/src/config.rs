@@ -79,6 +79,8 @@ struct RawLimits {
     max_connections: Option<usize>,
     header_timeout_seconds: Option<u64>,
     body_timeout_seconds: Option<u64>,
+    list_reads_per_second: Option<u32>,
+    list_reads_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +156,11 @@ pub struct Config {
     pub header_timeout_seconds: u64,
     /// How long a client has to send a request's body (408 past it).
     pub body_timeout_seconds: u64,
+    /// Pages of one account's lists served a second (0: unpaced); more
+    /// wait their turn, up to half the request timeout, then 429.
+    pub list_reads_per_second: u32,
+    /// Pages of one account's lists served at once before that pace.
+    pub list_reads_burst: u32,
     /// A shard snapshots its partitions after writing this many entries, so
     /// recovery replays at most about that many per shard.
     pub snapshot_every_entries: u64,
@@ -204,6 +211,8 @@ impl Default for Config {
             max_connections: 4_096,
             header_timeout_seconds: 30,
             body_timeout_seconds: 30,
+            list_reads_per_second: 200,
+            list_reads_burst: 50,
             snapshot_every_entries: 1_000_000,
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
@@ -291,6 +300,12 @@ impl Config {
         }
         if let Some(timeout) = raw.limits.body_timeout_seconds {
             config.body_timeout_seconds = timeout.clamp(1, 3_600);
+        }
+        if let Some(rate) = raw.limits.list_reads_per_second {
+            config.list_reads_per_second = rate.min(1_000_000);
+        }
+        if let Some(burst) = raw.limits.list_reads_burst {
+            config.list_reads_burst = burst.clamp(1, 1_000_000);
         }
         if let Some(retention) = raw.idempotency.retention_seconds {
             if retention < 86_400 {
@@ -558,6 +573,16 @@ pub fn default_toml() -> String {
         out,
         "body_timeout_seconds = {}  # to send a request's body",
         config.body_timeout_seconds
+    );
+    let _ = writeln!(
+        out,
+        "list_reads_per_second = {}  # pages of one account's lists a second (0: unpaced); more wait their turn",
+        config.list_reads_per_second
+    );
+    let _ = writeln!(
+        out,
+        "list_reads_burst = {}  # pages of one account's lists at once before that pace",
+        config.list_reads_burst
     );
     let _ = writeln!(out, "\n[idempotency]");
     let _ = writeln!(

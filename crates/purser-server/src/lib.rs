@@ -214,6 +214,8 @@ pub(crate) fn prepare(
             snapshot_every_entries: config.snapshot_every_entries,
             event_retention_seconds: config.event_retention_days * 86_400,
             request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
+            list_reads_per_second: config.list_reads_per_second,
+            list_reads_burst: config.list_reads_burst,
         },
         test_clock: config.test_clock,
         accept_loss: config.accept_loss,

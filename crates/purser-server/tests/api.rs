@@ -2019,3 +2019,51 @@ async fn webhook_endpoints_are_managed_and_checked() {
         assert_eq!(api.get(path).await.unwrap().status, 400, "{path}");
     }
 }
+
+#[tokio::test]
+async fn one_accounts_lists_read_in_a_loop_are_paced() {
+    // One page a second after a burst of two; a turn more than a second
+    // away (half the request timeout) is refused.
+    let server = Server::start_with(|config| {
+        config.list_reads_per_second = 1;
+        config.list_reads_burst = 2;
+        config.request_timeout_seconds = 2;
+    })
+    .await;
+    let api = server.admin();
+    assert_eq!(server.open("long", "pro").await.status, 201);
+    assert_eq!(server.open("other", "pro").await.status, 201);
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let api = api.clone();
+        reads.spawn(async move { api.get("/v1/accounts/long/purchases").await.unwrap() });
+    }
+    let replies = reads.join_all().await;
+    let served = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(served + refused.len(), 6, "{replies:?}");
+    assert!(served >= 2, "the burst is served: {replies:?}");
+    assert!(!refused.is_empty(), "turns too far away are refused: {replies:?}");
+    for reply in &refused {
+        assert_eq!(reply.body["error"]["type"], "rate_limited", "{reply:?}");
+        assert_eq!(reply.body["error"]["code"], "list_rate_limited", "{reply:?}");
+    }
+    // Another account's lists have their own turns; single objects and
+    // writes are not paced.
+    for path in [
+        "/v1/accounts/other/purchases",
+        "/v1/accounts/other/grants",
+        "/v1/accounts/long/balance",
+    ] {
+        assert_eq!(api.get(path).await.unwrap().status, 200, "{path}");
+    }
+    // An unauthenticated read takes no turn.
+    let anonymous = purser_client::http_builder()
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/accounts/other/transactions", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+}

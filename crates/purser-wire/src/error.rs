@@ -165,6 +165,12 @@ impl From<Busy> for ApiError {
         match busy {
             Busy::QueueFull => ApiError::rate_limited(),
             Busy::Unavailable => ApiError::unavailable(),
+            Busy::Paced => ApiError::new(
+                429,
+                "rate_limited",
+                "list_rate_limited",
+                "this account's lists are being read faster than they are served; retry in a moment",
+            ),
         }
     }
 }

@@ -171,6 +171,7 @@ pub(super) async fn list_accounts(
     Query(query): QueryMap,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Read)?;
+    super::pace(&state, "*accounts").await?;
     let limit = list_limit(&query)?;
     let before = match query.get("starting_after") {
         None => None,

@@ -18,6 +18,9 @@ pub(super) async fn list_events(
     Query(query): QueryMap,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Read)?;
+    // An account's events are its lists' pace; all events, one of their own.
+    let paced = query.get("account").map_or("*events", String::as_str);
+    super::pace(&state, paced).await?;
     let limit = list_limit(&query)?;
     for name in query.keys() {
         if !["limit", "starting_after", "type", "account"].contains(&name.as_str()) {

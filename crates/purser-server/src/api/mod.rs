@@ -424,6 +424,13 @@ pub(crate) fn list_limit(query: &std::collections::HashMap<String, String>) -> R
 
 type QueryMap = Query<std::collections::HashMap<String, String>>;
 
+/// Waits for the turn of a list read of `key` (an account id, or the name
+/// of a list of everything): one account's lists read in a loop cannot
+/// take the server from the others (`purser_engine::pacer`).
+async fn pace(state: &AppState, key: &str) -> Result<()> {
+    state.engine.pace_list(key).await.map_err(ApiError::from)
+}
+
 /// `limit` and `starting_after` (an id of `kind`) of an in-memory list.
 fn page(query: &std::collections::HashMap<String, String>, kind: ObjectKind) -> Result<Page> {
     let starting_after = match query.get("starting_after") {
@@ -454,6 +461,13 @@ async fn list_in_memory(
     kind: ObjectKind,
     read: fn(AccountId, Page) -> Read,
 ) -> Response {
+    // Authenticated first: a turn is never spent on a refused request.
+    if let Err(error) = state.keys.authorize(headers, Need::Read) {
+        return error.into_response();
+    }
+    if let Err(error) = pace(state, id).await {
+        return error.into_response();
+    }
     match page(query, kind) {
         Ok(page) => {
             read_account(state, headers, Need::Read, id, |account| {
