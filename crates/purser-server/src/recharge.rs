@@ -15,7 +15,11 @@
 //! at the cursor may be charged again, which the provider's idempotency key
 //! (the purchase) and the ledger's (the purchase and the step) make safe. A
 //! provider that does not answer is tried again a few times, then every
-//! five minutes from a bounded list, while the next purchases go on.
+//! five minutes from a bounded list, while the next purchases go on. The
+//! cursor kept is never past the oldest purchase on that list: after a
+//! restart the recharger reads again from there, so a purchase waiting for
+//! the provider is charged again instead of staying pending for good (the
+//! ones settled since are skipped, being read first).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,16 +88,24 @@ async fn run(
             }
         }
     };
-    let mut later: VecDeque<(Instant, CheckoutRequest)> = VecDeque::new();
+    // Waiting for the provider: when next, what, and its event's position.
+    let mut later: VecDeque<(Instant, CheckoutRequest, u64)> = VecDeque::new();
     loop {
         // Those the provider did not answer, when due.
-        while later.front().is_some_and(|(at, _)| *at <= Instant::now()) {
-            let (_, request) = later.pop_front().expect("a due one");
+        let waiting = later.len();
+        while later
+            .front()
+            .is_some_and(|(at, _, _)| *at <= Instant::now())
+        {
+            let (_, request, position) = later.pop_front().expect("a due one");
             match settle(&engine, &*payments, &request, &mut stop, false).await {
                 Settled::Done => {}
-                Settled::Later => later.push_back((Instant::now() + LATER, request)),
+                Settled::Later => later.push_back((Instant::now() + LATER, request, position)),
                 Settled::Stopped => return,
             }
+        }
+        if later.len() != waiting {
+            keep_cursor(&engine, cursor, &later).await;
         }
         let after = cursor;
         let page = engine
@@ -126,7 +138,7 @@ async fn run(
                 match settle(&engine, &*payments, &request, &mut stop, true).await {
                     Settled::Done => {}
                     Settled::Later if later.len() < LATER_MAX => {
-                        later.push_back((Instant::now() + LATER, request));
+                        later.push_back((Instant::now() + LATER, request, stored.position));
                     }
                     Settled::Later => {
                         tracing::error!(purchase = %request.purchase, "auto-recharge: too many waiting for the payment provider; this purchase stays pending for the operator");
@@ -135,18 +147,12 @@ async fn run(
                 }
             }
             cursor = stored.position;
-            let text = cursor.to_string();
-            if let Err(error) = engine
-                .query(move |store| store.set_setting(CURSOR_SETTING, &text))
-                .await
-            {
-                tracing::warn!(?error, "the recharger could not keep its cursor");
-            }
+            keep_cursor(&engine, cursor, &later).await;
         }
         if full {
             continue;
         }
-        let wake = later.front().map_or(Duration::from_secs(5), |(at, _)| {
+        let wake = later.front().map_or(Duration::from_secs(5), |(at, _, _)| {
             at.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(5))
         });
@@ -156,6 +162,30 @@ async fn run(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Keeps where a restart reads from: the cursor, or just before the oldest
+/// purchase still waiting for the provider.
+async fn keep_cursor(
+    engine: &Engine,
+    cursor: u64,
+    later: &VecDeque<(Instant, CheckoutRequest, u64)>,
+) {
+    let text = resume_from(cursor, later.iter().map(|(_, _, position)| *position)).to_string();
+    if let Err(error) = engine
+        .query(move |store| store.set_setting(CURSOR_SETTING, &text))
+        .await
+    {
+        tracing::warn!(?error, "the recharger could not keep its cursor");
+    }
+}
+
+/// Where reading resumes after a restart: the cursor, or just before the
+/// oldest of the events still waiting (`after` is exclusive).
+fn resume_from(cursor: u64, waiting: impl Iterator<Item = u64>) -> u64 {
+    waiting
+        .map(|position| position.saturating_sub(1))
+        .fold(cursor, u64::min)
 }
 
 /// The charge an auto-recharge's `purchase.created` event asks for.
@@ -232,5 +262,21 @@ async fn settle(
             tracing::error!(purchase = %request.purchase, status, body = %String::from_utf8_lossy(&body), "auto-recharge: settling the purchase failed after the provider answered");
         }
         return Settled::Done;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_reads_again_from_the_oldest_purchase_still_waiting() {
+        assert_eq!(resume_from(40, std::iter::empty()), 40);
+        // Events 12 and 30 wait for the provider: reading resumes after 11,
+        // so both are read (and charged, if still pending) again.
+        assert_eq!(resume_from(40, [30, 12].into_iter()), 11);
+        assert_eq!(resume_from(40, [1].into_iter()), 0);
+        // Never ahead of the cursor.
+        assert_eq!(resume_from(5, [9].into_iter()), 5);
     }
 }

@@ -2043,10 +2043,16 @@ async fn one_accounts_lists_read_in_a_loop_are_paced() {
     let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
     assert_eq!(served + refused.len(), 6, "{replies:?}");
     assert!(served >= 2, "the burst is served: {replies:?}");
-    assert!(!refused.is_empty(), "turns too far away are refused: {replies:?}");
+    assert!(
+        !refused.is_empty(),
+        "turns too far away are refused: {replies:?}"
+    );
     for reply in &refused {
         assert_eq!(reply.body["error"]["type"], "rate_limited", "{reply:?}");
-        assert_eq!(reply.body["error"]["code"], "list_rate_limited", "{reply:?}");
+        assert_eq!(
+            reply.body["error"]["code"], "list_rate_limited",
+            "{reply:?}"
+        );
     }
     // Another account's lists have their own turns; single objects and
     // writes are not paced.
