@@ -516,4 +516,23 @@ async fn tier_changes_can_be_kept_out_of_the_portal() {
     );
     assert_eq!(account(&client, "fixed").await["tier"], "starter");
     assert!(standin.requests_to("/v1/checkout/sessions").is_empty());
+
+    // A subscription made elsewhere (Stripe's dashboard: no purser
+    // metadata, not readable back here) for the customer purser made at
+    // the account's first checkout: the account is found by its customer,
+    // and the tier still follows Stripe.
+    let location = submit_form(&link, "purchases", &[("package", "small")]).await;
+    assert!(location.contains("/c/pay/cs_test_"), "{location}");
+    let customer = standin.requests_to("/v1/checkout/sessions")[0]
+        .field("customer")
+        .expect("the customer")
+        .to_owned();
+    let elsewhere = json!({
+        "id": "evt_dashboard", "object": "event", "type": "customer.subscription.created",
+        "data": {"object": {"id": "sub_dashboard", "object": "subscription", "status": "active",
+                 "customer": customer, "created": 1_700_000_000, "metadata": {},
+                 "items": {"data": [{"id": "si_dashboard", "price": {"id": "price_pro"}}]}}},
+    });
+    deliver_ok(&client, &elsewhere, "applied").await;
+    assert_eq!(account(&client, "fixed").await["tier"], "pro");
 }

@@ -44,6 +44,11 @@ fn setting_name(account: &str) -> String {
     format!("stripe.customer.{account}")
 }
 
+/// The store setting that names the account of a Stripe customer.
+fn customer_setting(customer: &str) -> String {
+    format!("stripe.account_of.{customer}")
+}
+
 fn store_error(error: impl std::fmt::Debug) -> PaymentError {
     PaymentError {
         code: "unavailable",
@@ -140,8 +145,19 @@ impl Stripe {
             customer: customer.to_owned(),
             ..CustomerRecord::default()
         };
+        // Which account a customer is, for Stripe's events that name only
+        // the customer (kept first: the record is what says it is made).
+        self.keep(customer_setting(customer), &account).await?;
         self.save(account, &record).await?;
         Ok(record)
+    }
+
+    /// The account whose Stripe customer `customer` is, if purser made it.
+    pub async fn account_of_customer(
+        &self,
+        customer: &str,
+    ) -> Result<Option<String>, PaymentError> {
+        self.load(customer_setting(customer)).await
     }
 
     async fn create_session(&self, request: &CheckoutRequest) -> Result<Checkout, PaymentError> {

@@ -179,6 +179,9 @@ impl Stripe {
         let Some(customer) = self.record(account).await? else {
             return Ok(None);
         };
+        // Best effort: a Stripe that cannot list them now makes the
+        // Checkout that follows fail too, or (if it can) leaves two
+        // subscriptions to the newer-counts rule.
         let listed = match self
             .client
             .get(&format!(
@@ -188,8 +191,10 @@ impl Stripe {
             .await
         {
             Ok(listed) => listed,
-            Err(error) if error.code == "payment_provider_missing" => return Ok(None),
-            Err(error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(account, code = error.code, message = %error.message, "could not list the customer's subscriptions at Stripe");
+                return Ok(None);
+            }
         };
         let newest = listed["data"]
             .as_array()
@@ -358,15 +363,21 @@ impl Stripe {
             }))
     }
 
-    /// The purser account a subscription is for: its metadata, else its
-    /// customer's.
+    /// The purser account a subscription is for: its metadata, else the
+    /// account whose Stripe customer it is (kept when purser made the
+    /// customer), else that customer's metadata at Stripe.
     async fn account_of(&self, object: &Value) -> Result<Option<String>, PaymentError> {
-        if let Some(account) = object["metadata"]["account"].as_str() {
-            return Ok(Some(account.to_owned()));
+        for name in ["account", "purser_account"] {
+            if let Some(account) = object["metadata"][name].as_str() {
+                return Ok(Some(account.to_owned()));
+            }
         }
         let Some(customer) = object["customer"].as_str() else {
             return Ok(None);
         };
+        if let Some(account) = self.account_of_customer(customer).await? {
+            return Ok(Some(account));
+        }
         match self
             .client
             .get(&format!("/v1/customers/{}", client::encode(customer)))
@@ -401,9 +412,14 @@ impl Stripe {
             .await
         {
             Ok(current) => current,
-            // Gone from Stripe: the event's copy is all there is.
-            Err(error) if error.code == "payment_provider_missing" => object.clone(),
-            Err(error) => return Err(error),
+            // Stripe down: it delivers the event again later.
+            Err(error) if error.code == "payment_provider_unavailable" => return Err(error),
+            // Gone from Stripe, or not to be read: the event's copy is all
+            // there is.
+            Err(error) => {
+                tracing::warn!(event, subscription = id, code = error.code, message = %error.message, "could not read the subscription back from Stripe: the event's copy applies");
+                object.clone()
+            }
         };
         let Some(record) = self.record_of(&current) else {
             return Ok(SubscriptionOutcome::Ignored(
