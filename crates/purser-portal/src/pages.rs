@@ -99,13 +99,11 @@ pub(crate) async fn credits_page(
         Ok(session) => session,
         Err(page) => return page,
     };
-    // A page reads the account's lists: paced as the API's list reads.
-    if state
-        .engine
-        .pace_list(session.account.as_str())
-        .await
-        .is_err()
-    {
+    // A page reads the account's lists: paced as the API's list reads, on
+    // a bucket of the portal's own (a customer reloading their pages does
+    // not slow the operator's reads of the account).
+    let paced = format!("*portal {}", session.account.as_str());
+    if state.engine.pace_list(&paced).await.is_err() {
         return busy();
     }
     let result = async {
@@ -298,13 +296,11 @@ pub(crate) async fn billing_page(
         Ok(session) => session,
         Err(page) => return page,
     };
-    // A page reads the account's lists: paced as the API's list reads.
-    if state
-        .engine
-        .pace_list(session.account.as_str())
-        .await
-        .is_err()
-    {
+    // A page reads the account's lists: paced as the API's list reads, on
+    // a bucket of the portal's own (a customer reloading their pages does
+    // not slow the operator's reads of the account).
+    let paced = format!("*portal {}", session.account.as_str());
+    if state.engine.pace_list(&paced).await.is_err() {
         return busy();
     }
     let result = async {

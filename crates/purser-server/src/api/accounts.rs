@@ -170,8 +170,9 @@ pub(super) async fn list_accounts(
     headers: HeaderMap,
     Query(query): QueryMap,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Read)?;
-    super::pace(&state, "*accounts").await?;
+    let caller = state.keys.authorize(&headers, Need::Read)?;
+    // All accounts: paced per API key, so one looping client waits alone.
+    super::pace(&state, &super::paced_per_key("*accounts", &caller)).await?;
     let limit = list_limit(&query)?;
     let before = match query.get("starting_after") {
         None => None,

@@ -17,10 +17,13 @@ pub(super) async fn list_events(
     headers: HeaderMap,
     Query(query): QueryMap,
 ) -> Result<Response> {
-    state.keys.authorize(&headers, Need::Read)?;
-    // An account's events are its lists' pace; all events, one of their own.
-    let paced = query.get("account").map_or("*events", String::as_str);
-    super::pace(&state, paced).await?;
+    let caller = state.keys.authorize(&headers, Need::Read)?;
+    // An account's events are its lists' pace; all events, the API key's.
+    let paced = match query.get("account") {
+        Some(account) => account.clone(),
+        None => super::paced_per_key("*events", &caller),
+    };
+    super::pace(&state, &paced).await?;
     let limit = list_limit(&query)?;
     for name in query.keys() {
         if !["limit", "starting_after", "type", "account"].contains(&name.as_str()) {

@@ -431,6 +431,15 @@ async fn pace(state: &AppState, key: &str) -> Result<()> {
     state.engine.pace_list(key).await.map_err(ApiError::from)
 }
 
+/// The pace key of a list of everything (`*accounts`, `*events`) for one
+/// caller: no account ids start with `*`.
+fn paced_per_key(list: &str, caller: &purser_engine::Actor) -> String {
+    match caller {
+        purser_engine::Actor::ApiKey(id) => format!("{list} {id}"),
+        _ => list.to_owned(),
+    }
+}
+
 /// `limit` and `starting_after` (an id of `kind`) of an in-memory list.
 fn page(query: &std::collections::HashMap<String, String>, kind: ObjectKind) -> Result<Page> {
     let starting_after = match query.get("starting_after") {
