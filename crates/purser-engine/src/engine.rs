@@ -760,9 +760,20 @@ impl Engine {
     /// the burst, then at the configured pace. Refused ([`Busy::Paced`])
     /// when the turn is further away than half the request timeout.
     pub async fn pace_list(&self, key: &str) -> Result<(), Busy> {
-        let now = i64::try_from(self.0.started.elapsed().as_micros()).unwrap_or(i64::MAX / 4);
         let deadline = i64::try_from((self.0.request_timeout / 2).as_micros()).unwrap_or(0);
-        match self.0.list_pacer.turn(&key, now, deadline) {
+        self.pace_turns(key, 1, deadline).await
+    }
+
+    /// Waits for `cost` turns of `key`'s bucket, however far away: a
+    /// running CSV export's next step (it holds one of a bounded number of
+    /// export slots, so its waiting is bounded too).
+    pub async fn pace_export(&self, key: &str, cost: u32) {
+        let _ = self.pace_turns(key, cost, i64::MAX / 4).await;
+    }
+
+    async fn pace_turns(&self, key: &str, cost: u32, deadline: i64) -> Result<(), Busy> {
+        let now = i64::try_from(self.0.started.elapsed().as_micros()).unwrap_or(i64::MAX / 4);
+        match self.0.list_pacer.turns(&key, now, deadline, cost) {
             crate::pacer::Turn::After(0) => Ok(()),
             crate::pacer::Turn::After(wait) => {
                 tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;

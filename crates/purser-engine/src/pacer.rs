@@ -64,6 +64,11 @@ impl Pacer {
     /// The turn of a read of `account`'s lists at `now` (µs) that may wait
     /// at most `deadline` µs.
     pub fn turn(&self, account: &impl Hash, now: i64, deadline: i64) -> Turn {
+        self.turns(account, now, deadline, 1)
+    }
+
+    /// The turn of a read worth `cost` pages (a step of an export).
+    pub fn turns(&self, account: &impl Hash, now: i64, deadline: i64, cost: u32) -> Turn {
         if self.interval == 0 {
             return Turn::After(0);
         }
@@ -77,7 +82,7 @@ impl Pacer {
             }
             match bucket.compare_exchange_weak(
                 next,
-                at + self.interval,
+                at + self.interval.saturating_mul(i64::from(cost.max(1))),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -113,6 +118,13 @@ mod tests {
             assert_eq!(pacer.turn(&"long", later, 0), Turn::After(0));
         }
         assert_eq!(pacer.turn(&"long", later, 0), Turn::Refused);
+    }
+
+    #[test]
+    fn a_costly_read_takes_its_cost_in_turns() {
+        let pacer = Pacer::new(100, 1);
+        assert_eq!(pacer.turns(&"long", 0, i64::MAX / 4, 20), Turn::After(0));
+        assert_eq!(pacer.turn(&"long", 0, i64::MAX / 4), Turn::After(200_000));
     }
 
     #[test]

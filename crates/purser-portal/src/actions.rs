@@ -201,12 +201,18 @@ pub(crate) async fn change_tier(
     if status != 200 {
         return back(&token, Err(&answer));
     }
-    let notice = if answer["pending_tier"].as_str() == Some(tier.as_str()) {
+    // Said from what changed, not from what was asked.
+    let (before_tier, before_pending) =
+        (account["tier"].as_str(), account["pending_tier"].as_str());
+    let (after_tier, after_pending) = (answer["tier"].as_str(), answer["pending_tier"].as_str());
+    let notice = if after_pending == Some(tier.as_str()) && before_pending != after_pending {
         "downgrade_scheduled"
-    } else if form.contains_key("cancel") {
+    } else if after_tier != before_tier {
+        "tier_changed"
+    } else if before_pending.is_some() && after_pending.is_none() {
         "downgrade_canceled"
     } else {
-        "tier_changed"
+        "tier_unchanged"
     };
     back(&token, Ok(notice))
 }

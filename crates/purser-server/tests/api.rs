@@ -2072,4 +2072,28 @@ async fn one_accounts_lists_read_in_a_loop_are_paced() {
         .await
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
+    // Text that is no account id spends no bucket's turns, not even one it
+    // spells (the portal's of that account).
+    for _ in 0..6 {
+        let reply = api
+            .get("/v1/accounts/%2Aportal%20other/purchases")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 404, "{reply:?}");
+        let reply = api.get("/v1/events?account=%2Aportal%20other").await.unwrap();
+        assert_eq!(reply.status, 400, "{reply:?}");
+    }
+    let session = api
+        .post("/v1/accounts/other/portal_sessions", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let url = session.body["url"].as_str().unwrap().to_owned();
+    let page = purser_client::http_builder()
+        .build()
+        .unwrap()
+        .get(format!("{url}/billing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200, "the portal's own turns are intact");
 }

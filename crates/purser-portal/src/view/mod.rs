@@ -65,6 +65,7 @@ impl Frame<'_> {
 pub fn notice(code: &str) -> Option<&'static str> {
     Some(match code {
         "tier_changed" => "Your plan has changed. This period's budget is updated.",
+        "tier_unchanged" => "Your plan is unchanged.",
         "downgrade_scheduled" => {
             "Your downgrade is scheduled for the start of the next period. You keep your current plan until then."
         }

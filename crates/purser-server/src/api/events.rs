@@ -18,12 +18,6 @@ pub(super) async fn list_events(
     Query(query): QueryMap,
 ) -> Result<Response> {
     let caller = state.keys.authorize(&headers, Need::Read)?;
-    // An account's events are its lists' pace; all events, the API key's.
-    let paced = match query.get("account") {
-        Some(account) => account.clone(),
-        None => super::paced_per_key("*events", &caller),
-    };
-    super::pace(&state, &paced).await?;
     let limit = list_limit(&query)?;
     for name in query.keys() {
         if !["limit", "starting_after", "type", "account"].contains(&name.as_str()) {
@@ -45,6 +39,13 @@ pub(super) async fn list_events(
                 .map_err(|_| ApiError::invalid("account", "account is not an account id"))
         })
         .transpose()?;
+    // An account's events are its lists' pace (once its id is checked);
+    // all events, the API key's.
+    let paced = match &account {
+        Some(account) => account.clone(),
+        None => super::paced_per_key("*events", &caller),
+    };
+    super::pace(&state, &paced).await?;
     let before = match query.get("starting_after") {
         None => None,
         Some(cursor) => {

@@ -8,7 +8,7 @@ use purser_core::{ObjectId, ObjectKind, TYPE_NAMES, Timestamp};
 use purser_store::{EntryQuery, GroupBy, UsageQuery};
 use purser_wire::{ApiError, json_response, objects};
 
-use super::{AppState, QueryMap, Result, account_handle, list_limit, pace};
+use super::{AppState, QueryMap, Result, account_handle, list_limit, pace_account};
 use crate::auth::Need;
 
 pub(super) async fn transactions(
@@ -18,7 +18,7 @@ pub(super) async fn transactions(
     Query(query): QueryMap,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Read)?;
-    pace(&state, &id).await?;
+    pace_account(&state, &id).await?;
     let limit = list_limit(&query)?;
     let (handle, _) = account_handle(&state, &id).await?;
     let before_seq = match query.get("starting_after") {
@@ -76,7 +76,7 @@ pub(super) async fn usage_summary(
     Query(query): QueryMap,
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Read)?;
-    pace(&state, &id).await?;
+    pace_account(&state, &id).await?;
     let group_by = match query.get("group_by").map(String::as_str) {
         None | Some("task") => GroupBy::Task,
         Some("day") => GroupBy::Day,

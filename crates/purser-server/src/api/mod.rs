@@ -431,6 +431,16 @@ async fn pace(state: &AppState, key: &str) -> Result<()> {
     state.engine.pace_list(key).await.map_err(ApiError::from)
 }
 
+/// Paces a list of the account `id` names, if it is an account id (one
+/// that is not is refused without a read, and must not spend the turns of
+/// a bucket it happens to spell, like `*portal <account>`).
+async fn pace_account(state: &AppState, id: &str) -> Result<()> {
+    match AccountId::parse(id) {
+        Ok(account) => pace(state, account.as_str()).await,
+        Err(_) => Ok(()),
+    }
+}
+
 /// The pace key of a list of everything (`*accounts`, `*events`) for one
 /// caller: no account ids start with `*`.
 fn paced_per_key(list: &str, caller: &purser_engine::Actor) -> String {
@@ -474,7 +484,7 @@ async fn list_in_memory(
     if let Err(error) = state.keys.authorize(headers, Need::Read) {
         return error.into_response();
     }
-    if let Err(error) = pace(state, id).await {
+    if let Err(error) = pace_account(state, id).await {
         return error.into_response();
     }
     match page(query, kind) {
