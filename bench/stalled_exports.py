@@ -44,7 +44,9 @@ def timed(conn, method, path, body=None, expect=200, times=50):
     return f"median {statistics.median(samples):.2f} ms, max {samples[-1]:.2f} ms"
 
 
-def measure(conn, server):
+def measure(server):
+    # A fresh connection: an idle one is closed by the server's timeout.
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
     rss = status_of(server.pid, "VmRSS") // 1024
     threads = status_of(server.pid, "Threads")
     print(f"  RSS {rss} MB, {threads} threads")
@@ -80,7 +82,7 @@ def main():
             made += len(items)
         print(f"{made} debits on the account")
         print("before the exports:")
-        measure(conn, server)
+        measure(server)
 
         tokens = []
         for _ in range((EXPORTS + 1) // 2):
@@ -106,12 +108,12 @@ def main():
         print(f"{EXPORTS} exports opened and never read: {refused} refused with 429 "
               f"(the export limits), the rest hang")
         print("while they hang:")
-        measure(conn, server)
+        measure(server)
         wait = 35 - (time.time() - started)
         if wait > 0:
             time.sleep(wait)
         print("after the exports' write timeout (30 s):")
-        measure(conn, server)
+        measure(server)
         for s in stalled:
             s.close()
     finally:
