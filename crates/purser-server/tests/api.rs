@@ -2080,7 +2080,10 @@ async fn one_accounts_lists_read_in_a_loop_are_paced() {
             .await
             .unwrap();
         assert_eq!(reply.status, 404, "{reply:?}");
-        let reply = api.get("/v1/events?account=%2Aportal%20other").await.unwrap();
+        let reply = api
+            .get("/v1/events?account=%2Aportal%20other")
+            .await
+            .unwrap();
         assert_eq!(reply.status, 400, "{reply:?}");
     }
     let session = api
@@ -2095,5 +2098,9 @@ async fn one_accounts_lists_read_in_a_loop_are_paced() {
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status().as_u16(), 200, "the portal's own turns are intact");
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "the portal's own turns are intact"
+    );
 }
