@@ -168,7 +168,10 @@ struct Inner {
     render: Arc<dyn Render>,
     request_timeout: Duration,
     events_ready: Arc<tokio::sync::watch::Sender<u64>>,
-    list_pacer: crate::pacer::Pacer,
+    /// List-read buckets by who reads: the API, the portal's pages, the
+    /// portal's exports (a customer's reading only ever shares a bucket
+    /// with other customers').
+    pacers: [crate::pacer::Pacer; 3],
     /// The pacer's clock: µs are counted from here.
     started: std::time::Instant,
 }
@@ -275,10 +278,9 @@ impl Engine {
             keys,
             render: parts.render,
             request_timeout: config.request_timeout,
-            list_pacer: crate::pacer::Pacer::new(
-                config.list_reads_per_second,
-                config.list_reads_burst,
-            ),
+            pacers: std::array::from_fn(|_| {
+                crate::pacer::Pacer::new(config.list_reads_per_second, config.list_reads_burst)
+            }),
             started: std::time::Instant::now(),
             events_ready,
         }));
@@ -755,25 +757,40 @@ impl Engine {
         }
     }
 
-    /// Waits for the turn of a read of a page of `key`'s lists (an account
-    /// id; or a name for a list of all accounts, events…): at once within
-    /// the burst, then at the configured pace. Refused ([`Busy::Paced`])
-    /// when the turn is further away than half the request timeout.
+    /// Waits for the turn of an API read of a page of `key`'s lists (an
+    /// account id; or a name for a list of all accounts, events… and the
+    /// API key): at once within the burst, then at the configured pace.
+    /// Refused ([`Busy::Paced`]) when the turn is further away than half
+    /// the request timeout.
     pub async fn pace_list(&self, key: &str) -> Result<(), Busy> {
-        let deadline = i64::try_from((self.0.request_timeout / 2).as_micros()).unwrap_or(0);
-        self.pace_turns(key, 1, deadline).await
+        self.pace_turns(0, key, 1, self.pace_deadline()).await
     }
 
-    /// Waits for `cost` turns of `key`'s bucket, however far away: a
-    /// running CSV export's next step (it holds one of a bounded number of
-    /// export slots, so its waiting is bounded too).
-    pub async fn pace_export(&self, key: &str, cost: u32) {
-        let _ = self.pace_turns(key, cost, i64::MAX / 4).await;
+    /// As [`Engine::pace_list`], for a portal page of `account`.
+    pub async fn pace_portal(&self, account: &str) -> Result<(), Busy> {
+        self.pace_turns(1, account, 1, self.pace_deadline()).await
     }
 
-    async fn pace_turns(&self, key: &str, cost: u32, deadline: i64) -> Result<(), Busy> {
+    /// Waits for `cost` turns of `account`'s export bucket, however far
+    /// away: a running CSV export's next step (it holds one of a bounded
+    /// number of export slots, so its waiting is bounded too).
+    pub async fn pace_export(&self, account: &str, cost: u32) {
+        let _ = self.pace_turns(2, account, cost, i64::MAX / 4).await;
+    }
+
+    fn pace_deadline(&self) -> i64 {
+        i64::try_from((self.0.request_timeout / 2).as_micros()).unwrap_or(0)
+    }
+
+    async fn pace_turns(
+        &self,
+        class: usize,
+        key: &str,
+        cost: u32,
+        deadline: i64,
+    ) -> Result<(), Busy> {
         let now = i64::try_from(self.0.started.elapsed().as_micros()).unwrap_or(i64::MAX / 4);
-        match self.0.list_pacer.turns(&key, now, deadline, cost) {
+        match self.0.pacers[class].turns(&key, now, deadline, cost) {
             crate::pacer::Turn::After(0) => Ok(()),
             crate::pacer::Turn::After(wait) => {
                 tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;

@@ -10,13 +10,17 @@
 //! (429), without taking a turn. Buckets are a fixed array of atomics
 //! indexed by a keyed hash of the account id: memory does not grow with
 //! accounts, and two accounts sharing a bucket share its rate (rare with
-//! 4,096 buckets; a hash key chosen at start keeps it from being aimed).
+//! 16,384 buckets; a hash key chosen at start keeps it from being aimed).
+//! The engine keeps one pacer per kind of reader (the API, the portal's
+//! pages, its exports), so a customer's reading only ever shares a bucket
+//! with other customers'.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// How many buckets.
-const BUCKETS: usize = 4_096;
+/// How many buckets (128 KB): accounts reading their lists at once share a
+/// bucket rarely.
+const BUCKETS: usize = 16_384;
 
 /// The list-read buckets.
 #[derive(Debug)]

@@ -19,8 +19,8 @@ use crate::{AppState, authenticate, problem, view};
 const EXPORT_STEP: usize = 1_000;
 /// What a step costs in list-read turns (a list page is at most 100 items,
 /// and a step is dearer to render): exports looped by one account take a
-/// bounded share of the server, from a bucket of their own
-/// (`*export <account>`), so they do not slow its pages.
+/// bounded share of the server, from buckets of their own (the engine's
+/// export pacer), so they do not slow its pages.
 const EXPORT_STEP_TURNS: u32 = 20;
 /// Exports running at once, in all and per portal session.
 const MAX_EXPORTS: usize = 32;
@@ -94,9 +94,12 @@ async fn produce(
     let catalog = engine.catalog().clone();
     let mut before_seq = None;
     let mut header = Some(String::from(view::CSV_HEADER));
-    let paced = format!("*export {account}");
     loop {
-        engine.pace_export(&paced, EXPORT_STEP_TURNS).await;
+        // Its turn, unless the client goes away meanwhile.
+        tokio::select! {
+            () = engine.pace_export(&account, EXPORT_STEP_TURNS) => {}
+            () = sender.closed() => return,
+        }
         let (account, catalog, header) = (account.clone(), catalog.clone(), header.take());
         let step = engine
             .query(move |store| {

@@ -100,10 +100,14 @@ pub(crate) async fn credits_page(
         Err(page) => return page,
     };
     // A page reads the account's lists: paced as the API's list reads, on
-    // a bucket of the portal's own (a customer reloading their pages does
-    // not slow the operator's reads of the account).
-    let paced = format!("*portal {}", session.account.as_str());
-    if state.engine.pace_list(&paced).await.is_err() {
+    // the portal's own buckets (a customer reloading their pages does not
+    // slow the operator's reads of the account).
+    if state
+        .engine
+        .pace_portal(session.account.as_str())
+        .await
+        .is_err()
+    {
         return busy();
     }
     let result = async {
@@ -297,10 +301,14 @@ pub(crate) async fn billing_page(
         Err(page) => return page,
     };
     // A page reads the account's lists: paced as the API's list reads, on
-    // a bucket of the portal's own (a customer reloading their pages does
-    // not slow the operator's reads of the account).
-    let paced = format!("*portal {}", session.account.as_str());
-    if state.engine.pace_list(&paced).await.is_err() {
+    // the portal's own buckets (a customer reloading their pages does not
+    // slow the operator's reads of the account).
+    if state
+        .engine
+        .pace_portal(session.account.as_str())
+        .await
+        .is_err()
+    {
         return busy();
     }
     let result = async {

@@ -31,8 +31,17 @@ use purser_portal::payments::{Charge, CheckoutRequest, PaymentProvider};
 use purser_store::EventQuery;
 use serde_json::Value;
 
-/// The store setting that holds the outbox position read up to.
+/// The store setting that holds where reading resumes after a restart:
+/// the position read up to, or just before the oldest purchase still
+/// waiting for the provider.
 const CURSOR_SETTING: &str = "recharge.cursor";
+/// The store setting that holds the position actually read up to: events
+/// read again after a restart up to there were tried before, and go
+/// straight to the waiting list's pace (no first retries in a row).
+const READ_SETTING: &str = "recharge.read";
+/// A purchase the provider has not answered for this long is left pending
+/// for the operator (so the cursor can move past it).
+const GIVE_UP: Duration = Duration::from_secs(86_400);
 /// Events read at once.
 const PAGE: usize = 100;
 /// Waits between the first tries of a provider that does not answer.
@@ -58,6 +67,16 @@ impl Recharger {
     }
 }
 
+/// A purchase waiting for the provider.
+struct Waiting {
+    /// When it is tried next.
+    at: Instant,
+    request: CheckoutRequest,
+    /// Its `purchase.created` event's outbox position.
+    position: u64,
+    since: Instant,
+}
+
 /// How one recharge went, for the loop.
 enum Settled {
     Done,
@@ -75,10 +94,16 @@ async fn run(
     // Where it stopped; on the first start ever, the outbox's beginning
     // (purchases settled since are skipped: each is read before it is
     // charged).
-    let mut cursor = loop {
-        let read = engine.query(|store| store.setting(CURSOR_SETTING)).await;
+    let (mut cursor, tried_until) = loop {
+        let read = engine
+            .query(|store| Ok((store.setting(CURSOR_SETTING)?, store.setting(READ_SETTING)?)))
+            .await;
         match read {
-            Ok(text) => break text.and_then(|t| t.parse::<u64>().ok()).unwrap_or(0),
+            Ok((cursor, read)) => {
+                let cursor = cursor.and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                let read = read.and_then(|t| t.parse::<u64>().ok()).unwrap_or(cursor);
+                break (cursor, read);
+            }
             Err(error) => {
                 tracing::warn!(?error, "the recharger could not read its cursor");
                 tokio::select! {
@@ -89,18 +114,21 @@ async fn run(
         }
     };
     // Waiting for the provider: when next, what, and its event's position.
-    let mut later: VecDeque<(Instant, CheckoutRequest, u64)> = VecDeque::new();
+    let mut later: VecDeque<Waiting> = VecDeque::new();
     loop {
         // Those the provider did not answer, when due.
         let waiting = later.len();
-        while later
-            .front()
-            .is_some_and(|(at, _, _)| *at <= Instant::now())
-        {
-            let (_, request, position) = later.pop_front().expect("a due one");
-            match settle(&engine, &*payments, &request, &mut stop, false).await {
+        while later.front().is_some_and(|w| w.at <= Instant::now()) {
+            let mut due = later.pop_front().expect("a due one");
+            match settle(&engine, &*payments, &due.request, &mut stop, false).await {
                 Settled::Done => {}
-                Settled::Later => later.push_back((Instant::now() + LATER, request, position)),
+                Settled::Later if due.since.elapsed() >= GIVE_UP => {
+                    tracing::error!(purchase = %due.request.purchase, "auto-recharge: the payment provider has not answered for a day; this purchase stays pending for the operator");
+                }
+                Settled::Later => {
+                    due.at = Instant::now() + LATER;
+                    later.push_back(due);
+                }
                 Settled::Stopped => return,
             }
         }
@@ -135,10 +163,18 @@ async fn run(
                 return;
             }
             if let Some(request) = recharge_request(&engine, &stored.event.body) {
-                match settle(&engine, &*payments, &request, &mut stop, true).await {
+                // Read again after a restart: tried before, so no retries
+                // in a row (they would hold up the ones after it).
+                let first = stored.position > tried_until;
+                match settle(&engine, &*payments, &request, &mut stop, first).await {
                     Settled::Done => {}
                     Settled::Later if later.len() < LATER_MAX => {
-                        later.push_back((Instant::now() + LATER, request, stored.position));
+                        later.push_back(Waiting {
+                            at: Instant::now() + LATER,
+                            request,
+                            position: stored.position,
+                            since: Instant::now(),
+                        });
                     }
                     Settled::Later => {
                         tracing::error!(purchase = %request.purchase, "auto-recharge: too many waiting for the payment provider; this purchase stays pending for the operator");
@@ -152,8 +188,8 @@ async fn run(
         if full {
             continue;
         }
-        let wake = later.front().map_or(Duration::from_secs(5), |(at, _, _)| {
-            at.saturating_duration_since(Instant::now())
+        let wake = later.front().map_or(Duration::from_secs(5), |w| {
+            w.at.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(5))
         });
         tokio::select! {
@@ -166,14 +202,14 @@ async fn run(
 
 /// Keeps where a restart reads from: the cursor, or just before the oldest
 /// purchase still waiting for the provider.
-async fn keep_cursor(
-    engine: &Engine,
-    cursor: u64,
-    later: &VecDeque<(Instant, CheckoutRequest, u64)>,
-) {
-    let text = resume_from(cursor, later.iter().map(|(_, _, position)| *position)).to_string();
+async fn keep_cursor(engine: &Engine, cursor: u64, later: &VecDeque<Waiting>) {
+    let resume = resume_from(cursor, later.iter().map(|w| w.position)).to_string();
+    let read = cursor.to_string();
     if let Err(error) = engine
-        .query(move |store| store.set_setting(CURSOR_SETTING, &text))
+        .query(move |store| {
+            store.set_setting(READ_SETTING, &read)?;
+            store.set_setting(CURSOR_SETTING, &resume)
+        })
         .await
     {
         tracing::warn!(?error, "the recharger could not keep its cursor");

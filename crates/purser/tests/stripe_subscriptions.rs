@@ -527,12 +527,38 @@ async fn tier_changes_can_be_kept_out_of_the_portal() {
         .field("customer")
         .expect("the customer")
         .to_owned();
-    let elsewhere = json!({
-        "id": "evt_dashboard", "object": "event", "type": "customer.subscription.created",
-        "data": {"object": {"id": "sub_dashboard", "object": "subscription", "status": "active",
-                 "customer": customer, "created": 1_700_000_000, "metadata": {},
-                 "items": {"data": [{"id": "si_dashboard", "price": {"id": "price_pro"}}]}}},
-    });
-    deliver_ok(&client, &elsewhere, "applied").await;
+    let dashboard = |id: &str, kind: &str, created: i64, status: &str| {
+        json!({
+            "id": id, "object": "event", "type": kind, "created": created,
+            "data": {"object": {"id": "sub_dashboard", "object": "subscription", "status": status,
+                     "customer": customer, "created": 1_700_000_000, "metadata": {},
+                     "items": {"data": [{"id": "si_dashboard", "price": {"id": "price_pro"}}]}}},
+        })
+    };
+    let made = dashboard(
+        "evt_dash_1",
+        "customer.subscription.created",
+        1_700_000_100,
+        "active",
+    );
+    deliver_ok(&client, &made, "applied").await;
     assert_eq!(account(&client, "fixed").await["tier"], "pro");
+    // With no way to read it back, an event older than one applied is
+    // stale: a late "canceled" from before changes nothing.
+    let stale = dashboard(
+        "evt_dash_0",
+        "customer.subscription.updated",
+        1_700_000_050,
+        "canceled",
+    );
+    deliver_ok(&client, &stale, "ignored").await;
+    assert_eq!(account(&client, "fixed").await["pending_tier"], Value::Null);
+    let ended = dashboard(
+        "evt_dash_2",
+        "customer.subscription.deleted",
+        1_700_000_200,
+        "canceled",
+    );
+    deliver_ok(&client, &ended, "applied").await;
+    assert_eq!(account(&client, "fixed").await["pending_tier"], "free");
 }

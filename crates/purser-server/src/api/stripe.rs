@@ -91,7 +91,8 @@ pub(super) async fn webhook(
             | "customer.subscription.updated"
             | "customer.subscription.deleted"
     ) {
-        return Ok(subscription_event(&state, id, object).await);
+        let created = event["created"].as_i64().unwrap_or(0);
+        return Ok(subscription_event(&state, id, created, object).await);
     }
     // A subscription's Checkout: its subscription's events set the tier.
     if object["object"] == "checkout.session" && object["mode"] == "subscription" {
@@ -268,11 +269,11 @@ pub(super) async fn webhook(
 
 /// A subscription made, changed or ended: the account's tier follows it
 /// (`stripe/subscriptions.rs`).
-async fn subscription_event(state: &AppState, id: &str, object: &Value) -> Response {
+async fn subscription_event(state: &AppState, id: &str, created: i64, object: &Value) -> Response {
     let Some(stripe) = &state.stripe else {
         return received(id, "ignored");
     };
-    match stripe.subscription_changed(id, object).await {
+    match stripe.subscription_changed(id, created, object).await {
         Ok(SubscriptionOutcome::Ignored(why)) => {
             tracing::info!(event = id, why, "Stripe subscription event ignored");
             received(id, "ignored")

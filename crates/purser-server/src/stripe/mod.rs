@@ -353,6 +353,21 @@ impl Stripe {
             .field("metadata[purchase_id]", &request.purchase)
             .field("metadata[account]", &request.account)
             .field("metadata[auto_recharge]", "true");
+        // Charged before (a restart read it again): that payment intent's
+        // state, not a second one (Stripe forgets idempotency keys after a
+        // day).
+        let kept = format!("stripe.recharge.{}", request.purchase);
+        if let Some(intent) = self.load::<String>(kept.clone()).await? {
+            match self
+                .client
+                .get(&format!("/v1/payment_intents/{}", client::encode(&intent)))
+                .await
+            {
+                Ok(intent) => return Ok(charge_of(&intent)),
+                Err(error) if error.code == "payment_provider_missing" => {}
+                Err(error) => return Err(error),
+            }
+        }
         let answer = self
             .client
             .post(
@@ -362,16 +377,12 @@ impl Stripe {
             )
             .await;
         match answer {
-            Ok(intent) => Ok(match intent["status"].as_str() {
-                Some("succeeded") => Charge::Confirmed,
-                Some("requires_action" | "requires_confirmation") => {
-                    Charge::Failed(RechargeFailure::ActionRequired)
+            Ok(intent) => {
+                if let Some(id) = intent["id"].as_str() {
+                    self.keep(kept, &id).await?;
                 }
-                Some("requires_payment_method" | "canceled") => {
-                    Charge::Failed(RechargeFailure::PaymentFailed)
-                }
-                _ => Charge::Processing,
-            }),
+                Ok(charge_of(&intent))
+            }
             // A declined card is a 402 card_error: said, not retried. Any
             // other refusal is not the customer's: tried again later.
             Err(error) if error.code == "payment_declined" => Ok(Charge::Failed(
@@ -383,6 +394,20 @@ impl Stripe {
             )),
             Err(error) => Err(error),
         }
+    }
+}
+
+/// What a payment intent's status says of an off-session charge.
+fn charge_of(intent: &serde_json::Value) -> Charge {
+    match intent["status"].as_str() {
+        Some("succeeded") => Charge::Confirmed,
+        Some("requires_action" | "requires_confirmation") => {
+            Charge::Failed(RechargeFailure::ActionRequired)
+        }
+        Some("requires_payment_method" | "canceled") => {
+            Charge::Failed(RechargeFailure::PaymentFailed)
+        }
+        _ => Charge::Processing,
     }
 }
 

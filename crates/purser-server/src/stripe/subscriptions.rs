@@ -58,6 +58,11 @@ pub struct SubscriptionRecord {
     /// When it was made (Unix seconds): of two live ones, the newer counts.
     #[serde(default)]
     pub created: i64,
+    /// The `created` of the newest Stripe event applied for it: an event's
+    /// own copy (used when the subscription cannot be read back) older
+    /// than that is stale.
+    #[serde(default)]
+    pub event_at: i64,
 }
 
 impl SubscriptionRecord {
@@ -84,6 +89,7 @@ impl SubscriptionRecord {
                 .as_i64()
                 .or_else(|| item["current_period_end"].as_i64()),
             created: object["created"].as_i64().unwrap_or(0),
+            event_at: 0,
         })
     }
 
@@ -191,6 +197,8 @@ impl Stripe {
             .await
         {
             Ok(listed) => listed,
+            // Down: the Checkout would fail too; said as it is.
+            Err(error) if error.code == "payment_provider_unavailable" => return Err(error),
             Err(error) => {
                 tracing::warn!(account, code = error.code, message = %error.message, "could not list the customer's subscriptions at Stripe");
                 return Ok(None);
@@ -363,21 +371,24 @@ impl Stripe {
             }))
     }
 
-    /// The purser account a subscription is for: its metadata, else the
-    /// account whose Stripe customer it is (kept when purser made the
-    /// customer), else that customer's metadata at Stripe.
+    /// The purser account a subscription is for: the account whose Stripe
+    /// customer it is (kept when purser made the customer), else its
+    /// metadata, else its customer's metadata at Stripe.
     async fn account_of(&self, object: &Value) -> Result<Option<String>, PaymentError> {
+        let customer = object["customer"].as_str();
+        if let Some(customer) = customer
+            && let Some(account) = self.account_of_customer(customer).await?
+        {
+            return Ok(Some(account));
+        }
         for name in ["account", "purser_account"] {
             if let Some(account) = object["metadata"][name].as_str() {
                 return Ok(Some(account.to_owned()));
             }
         }
-        let Some(customer) = object["customer"].as_str() else {
+        let Some(customer) = customer else {
             return Ok(None);
         };
-        if let Some(account) = self.account_of_customer(customer).await? {
-            return Ok(Some(account));
-        }
         match self
             .client
             .get(&format!("/v1/customers/{}", client::encode(customer)))
@@ -398,6 +409,7 @@ impl Stripe {
     pub async fn subscription_changed(
         &self,
         event: &str,
+        event_at: i64,
         object: &Value,
     ) -> Result<SubscriptionOutcome, PaymentError> {
         let Some(id) = object["id"].as_str() else {
@@ -406,22 +418,22 @@ impl Stripe {
             ));
         };
         let _one = self.subscriptions.lock().await;
-        let current = match self
+        let (current, read_back) = match self
             .client
             .get(&format!("/v1/subscriptions/{}", client::encode(id)))
             .await
         {
-            Ok(current) => current,
+            Ok(current) => (current, true),
             // Stripe down: it delivers the event again later.
             Err(error) if error.code == "payment_provider_unavailable" => return Err(error),
             // Gone from Stripe, or not to be read: the event's copy is all
             // there is.
             Err(error) => {
                 tracing::warn!(event, subscription = id, code = error.code, message = %error.message, "could not read the subscription back from Stripe: the event's copy applies");
-                object.clone()
+                (object.clone(), false)
             }
         };
-        let Some(record) = self.record_of(&current) else {
+        let Some(mut record) = self.record_of(&current) else {
             return Ok(SubscriptionOutcome::Ignored(
                 "the subscription has no priced item",
             ));
@@ -436,6 +448,16 @@ impl Stripe {
         };
         let known = self.subscription_record(&account).await?;
         let ours = known.as_ref().is_some_and(|known| known.id == record.id);
+        let applied_at = known
+            .as_ref()
+            .filter(|_| ours)
+            .map_or(0, |known| known.event_at);
+        if !read_back && event_at < applied_at {
+            return Ok(SubscriptionOutcome::Ignored(
+                "the event is older than one applied, and the subscription cannot be read back",
+            ));
+        }
+        record.event_at = applied_at.max(event_at);
         if let Some(other) = known.as_ref().filter(|k| k.id != record.id && k.live()) {
             // The account has another live subscription: this one counts
             // only if it is live and newer (two Checkouts paid; the older

@@ -115,6 +115,7 @@ impl StripeStandin {
                     .route("/v1/refunds", post(create_refund))
                     .route("/v1/customers/{id}", get(read_object))
                     .route("/v1/subscriptions", get(list_subscriptions))
+                    .route("/v1/payment_intents/{id}", get(read_object))
                     .route(
                         "/v1/subscriptions/{id}",
                         get(read_object).post(update_subscription),
