@@ -76,13 +76,13 @@ impl SubscriptionRecord {
         let items = object["items"]["data"].as_array()?;
         let item = items
             .iter()
-            .find(|item| item["price"]["id"].as_str().is_some_and(&is_tier))
+            .find(|item| price_of(item).is_some_and(&is_tier))
             .or_else(|| items.first())?;
         Some(SubscriptionRecord {
             id: object["id"].as_str()?.to_owned(),
             status: object["status"].as_str()?.to_owned(),
             item: item["id"].as_str()?.to_owned(),
-            price: item["price"]["id"].as_str()?.to_owned(),
+            price: price_of(item)?.to_owned(),
             cancel_at_period_end: object["cancel_at_period_end"].as_bool().unwrap_or(false),
             // Newer API versions keep the period on the item.
             current_period_end: object["current_period_end"]
@@ -107,6 +107,15 @@ impl SubscriptionRecord {
 
 fn setting_name(account: &str) -> String {
     format!("stripe.subscription.{account}")
+}
+
+/// A subscription item's price id: its `price` object (or, unexpanded, its
+/// id), else the legacy `plan`.
+fn price_of(item: &Value) -> Option<&str> {
+    item["price"]["id"]
+        .as_str()
+        .or_else(|| item["price"].as_str())
+        .or_else(|| item["plan"]["id"].as_str())
 }
 
 fn provider_error(message: impl Into<String>) -> PaymentError {
@@ -534,5 +543,44 @@ impl Stripe {
             ));
         }
         Ok(SubscriptionOutcome::Applied(status, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_subscription_is_read_from_stripes_shapes() {
+        let is_tier = |price: &str| price == "price_pro";
+        let object = json!({
+            "id": "sub_1", "status": "active", "cancel_at_period_end": true, "created": 5,
+            "items": {"data": [
+                {"id": "si_seat", "price": {"id": "price_seats"}},
+                {"id": "si_tier", "price": {"id": "price_pro"}, "current_period_end": 99},
+            ]},
+        });
+        let record = SubscriptionRecord::from_stripe(&object, is_tier).unwrap();
+        assert_eq!(
+            (record.item.as_str(), record.price.as_str()),
+            ("si_tier", "price_pro"),
+            "the item whose price is a tier's"
+        );
+        assert_eq!(record.current_period_end, Some(99));
+        assert!(record.live() && record.cancel_at_period_end && !record.ended());
+        for item in [
+            json!({"id": "si", "price": "price_pro"}),
+            json!({"id": "si", "plan": {"id": "price_pro"}}),
+        ] {
+            let object = json!({"id": "sub_2", "status": "canceled", "items": {"data": [item]}});
+            let record = SubscriptionRecord::from_stripe(&object, is_tier).unwrap();
+            assert_eq!(record.price, "price_pro");
+            assert!(record.ended() && !record.live());
+        }
+        assert!(
+            SubscriptionRecord::from_stripe(&json!({"id": "sub_3", "status": "active"}), is_tier)
+                .is_none()
+        );
     }
 }
