@@ -4,7 +4,7 @@
 //! The rest of the commands are in `decide.rs`.
 
 use crate::account::{Account, AccountStatus};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Package};
 use crate::credits::Credits;
 use crate::decide::{Context, Decided};
 use crate::entry::{
@@ -16,6 +16,25 @@ use crate::ids::PackageId;
 use crate::limits::{Limit, MAX_GRANTS_PER_ACCOUNT, MAX_PENDING_PURCHASES_PER_ACCOUNT};
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
+
+impl Purchase {
+    /// A new purchase of `package`, pending payment (the package's credits
+    /// and price fixed now), made by auto-recharge or not.
+    fn pending(seq: u64, package: &Package, now: Timestamp, auto_recharge: bool) -> Purchase {
+        Purchase {
+            seq,
+            package: package.id.clone(),
+            credits: package.credits,
+            price: package.price,
+            status: PurchaseStatus::Pending,
+            grant: None,
+            created_at: now,
+            updated_at: now,
+            partly_refunded: None,
+            auto_recharge,
+        }
+    }
+}
 
 impl Account {
     pub(crate) fn create_purchase(&mut self, cx: Context<'_>, package: PackageId) -> Decided {
@@ -30,18 +49,7 @@ impl Account {
         if self.bounded_grants() >= MAX_GRANTS_PER_ACCOUNT {
             return Err(Rejection::LimitExceeded(Limit::GrantsPerAccount));
         }
-        let purchase = Purchase {
-            seq: self.next_seq,
-            package: package.id.clone(),
-            credits: package.credits,
-            price: package.price,
-            status: PurchaseStatus::Pending,
-            grant: None,
-            created_at: cx.now,
-            updated_at: cx.now,
-            partly_refunded: None,
-            auto_recharge: false,
-        };
+        let purchase = Purchase::pending(self.next_seq, package, cx.now, false);
         Ok(Some(self.emit(
             cx.now,
             Body::PurchaseCreated(Box::new(purchase)),
@@ -171,18 +179,7 @@ impl Account {
         {
             return;
         }
-        let purchase = Purchase {
-            seq: self.next_seq,
-            package: package.id.clone(),
-            credits: package.credits,
-            price: package.price,
-            status: PurchaseStatus::Pending,
-            grant: None,
-            created_at: now,
-            updated_at: now,
-            partly_refunded: None,
-            auto_recharge: true,
-        };
+        let purchase = Purchase::pending(self.next_seq, package, now, true);
         self.emit(now, Body::PurchaseCreated(Box::new(purchase)), out);
     }
 

@@ -90,26 +90,29 @@ fn rows(rows: &[UsageRow], name: impl Fn(Option<&str>) -> String) -> Vec<(String
     out
 }
 
+/// The session a page's token grants, once the account's pages have their
+/// turn: a page reads the account's lists, so it is paced as the API's
+/// list reads, on the portal's own buckets (a customer reloading their
+/// pages does not slow the operator's reads of the account).
+async fn paced_session(state: &AppState, token: &str) -> Result<Session, Response> {
+    let session = authenticate(state, token)?;
+    state
+        .engine
+        .pace_portal(session.account.as_str())
+        .await
+        .map_err(|_| busy())?;
+    Ok(session)
+}
+
 pub(crate) async fn credits_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let session = match authenticate(&state, &token) {
+    let session = match paced_session(&state, &token).await {
         Ok(session) => session,
         Err(page) => return page,
     };
-    // A page reads the account's lists: paced as the API's list reads, on
-    // the portal's own buckets (a customer reloading their pages does not
-    // slow the operator's reads of the account).
-    if state
-        .engine
-        .pace_portal(session.account.as_str())
-        .await
-        .is_err()
-    {
-        return busy();
-    }
     let result = async {
         let account = account_json(&state, &session).await?;
         let handle = handle_of(&state, &session).await?;
@@ -296,21 +299,10 @@ pub(crate) async fn billing_page(
     Path(token): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let session = match authenticate(&state, &token) {
+    let session = match paced_session(&state, &token).await {
         Ok(session) => session,
         Err(page) => return page,
     };
-    // A page reads the account's lists: paced as the API's list reads, on
-    // the portal's own buckets (a customer reloading their pages does not
-    // slow the operator's reads of the account).
-    if state
-        .engine
-        .pace_portal(session.account.as_str())
-        .await
-        .is_err()
-    {
-        return busy();
-    }
     let result = async {
         let account = account_json(&state, &session).await?;
         let read = Read::Purchases(

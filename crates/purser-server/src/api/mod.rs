@@ -480,20 +480,17 @@ async fn list_in_memory(
     kind: ObjectKind,
     read: fn(AccountId, Page) -> Read,
 ) -> Response {
-    // Authenticated first: a turn is never spent on a refused request.
-    if let Err(error) = state.keys.authorize(headers, Need::Read) {
-        return error.into_response();
-    }
-    if let Err(error) = pace_account(state, id).await {
-        return error.into_response();
-    }
-    match page(query, kind) {
-        Ok(page) => {
-            read_account(state, headers, Need::Read, id, |account| {
-                read(account, page)
-            })
-            .await
-        }
+    // Authenticated and checked first: a turn is never spent on a refused
+    // request (and text that is no account id spends none).
+    let listed = async {
+        state.keys.authorize(headers, Need::Read)?;
+        let page = page(query, kind)?;
+        let account = account_path(id)?;
+        pace(state, account.as_str()).await?;
+        Ok::<_, ApiError>(read(account, page))
+    };
+    match listed.await {
+        Ok(read) => rendered(state.engine.read(read).await),
         Err(error) => error.into_response(),
     }
 }

@@ -250,6 +250,34 @@ fn unauthorized(standin: &Standin, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
+/// Records a GET, checks the key and the outage; the state to answer from,
+/// or the refusal.
+fn begin_get<'a>(
+    standin: &'a Standin,
+    headers: &HeaderMap,
+    path: &str,
+    query: Vec<(String, String)>,
+) -> Result<std::sync::MutexGuard<'a, Inner>, Box<Response>> {
+    let mut inner = standin.inner.lock().unwrap();
+    inner.requests.push(Recorded {
+        method: "GET".into(),
+        path: path.into(),
+        idempotency_key: None,
+        form: query,
+    });
+    if let Some(refusal) = unauthorized(standin, headers) {
+        return Err(Box::new(refusal));
+    }
+    if let Some(status) = inner.outage {
+        return Err(Box::new(stripe_error(
+            StatusCode::from_u16(status).unwrap(),
+            "api_error",
+            "the stand-in is down",
+        )));
+    }
+    Ok(inner)
+}
+
 /// Records the request, checks the key, replays an idempotent one; else
 /// makes the object with `make` and remembers the answer.
 fn handle(
@@ -417,16 +445,10 @@ async fn list_payment_methods(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
-    let mut inner = standin.inner.lock().unwrap();
-    inner.requests.push(Recorded {
-        method: "GET".into(),
-        path: "/v1/payment_methods".into(),
-        idempotency_key: None,
-        form: query.clone(),
-    });
-    if let Some(refusal) = unauthorized(&standin, &headers) {
-        return refusal;
-    }
+    let inner = match begin_get(&standin, &headers, "/v1/payment_methods", query.clone()) {
+        Ok(inner) => inner,
+        Err(refusal) => return *refusal,
+    };
     let customer = query
         .iter()
         .find(|(name, _)| name == "customer")
@@ -560,23 +582,10 @@ async fn read_object(
     uri: axum::http::Uri,
     Path(id): Path<String>,
 ) -> Response {
-    let mut inner = standin.inner.lock().unwrap();
-    inner.requests.push(Recorded {
-        method: "GET".into(),
-        path: uri.path().to_owned(),
-        idempotency_key: None,
-        form: Vec::new(),
-    });
-    if let Some(refusal) = unauthorized(&standin, &headers) {
-        return refusal;
-    }
-    if let Some(status) = inner.outage {
-        return stripe_error(
-            StatusCode::from_u16(status).unwrap(),
-            "api_error",
-            "the stand-in is down",
-        );
-    }
+    let inner = match begin_get(&standin, &headers, uri.path(), Vec::new()) {
+        Ok(inner) => inner,
+        Err(refusal) => return *refusal,
+    };
     match inner.objects.get(&id) {
         Some(object) => Json(object.clone()).into_response(),
         None => (
@@ -655,23 +664,10 @@ async fn list_subscriptions(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
-    let mut inner = standin.inner.lock().unwrap();
-    inner.requests.push(Recorded {
-        method: "GET".into(),
-        path: "/v1/subscriptions".into(),
-        idempotency_key: None,
-        form: query.clone(),
-    });
-    if let Some(refusal) = unauthorized(&standin, &headers) {
-        return refusal;
-    }
-    if let Some(status) = inner.outage {
-        return stripe_error(
-            StatusCode::from_u16(status).unwrap(),
-            "api_error",
-            "the stand-in is down",
-        );
-    }
+    let inner = match begin_get(&standin, &headers, "/v1/subscriptions", query.clone()) {
+        Ok(inner) => inner,
+        Err(refusal) => return *refusal,
+    };
     let customer = query
         .iter()
         .find(|(name, _)| name == "customer")
