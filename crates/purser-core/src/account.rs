@@ -708,21 +708,7 @@ impl Account {
         let [budget_kind, rollover, packages, promo] = by_kind;
         budget.held = budget_kind.held;
         budget.available = budget_kind.available;
-        let sum = |f: fn(&KindBalance) -> CreditSum| {
-            by_kind
-                .iter()
-                .map(f)
-                .fold(CreditSum::ZERO, |a, b| a.checked_add(b).unwrap_or(a))
-        };
-        Balance {
-            available: sum(|k| k.available),
-            held: sum(|k| k.held),
-            debt: self.debt,
-            budget,
-            rollover,
-            packages,
-            promo,
-        }
+        Balance::of(self.debt, budget, rollover, packages, promo)
     }
 
     /// Checks rule 11's invariants that can be seen in one account's state.
@@ -959,6 +945,45 @@ pub struct Balance {
     pub rollover: KindBalance,
     pub packages: KindBalance,
     pub promo: KindBalance,
+}
+
+impl Balance {
+    /// The balance of these parts: `available` and `held` are the sums of
+    /// the four kinds' (the budget's being its `available` and `held`).
+    /// The one place they are summed, so a balance rebuilt from its parts
+    /// (a remembered answer's) is the balance that was shown.
+    pub fn of(
+        debt: Credits,
+        budget: BudgetBalance,
+        rollover: KindBalance,
+        packages: KindBalance,
+        promo: KindBalance,
+    ) -> Balance {
+        let kinds = [
+            KindBalance {
+                available: budget.available,
+                held: budget.held,
+            },
+            rollover,
+            packages,
+            promo,
+        ];
+        let sum = |f: fn(&KindBalance) -> CreditSum| {
+            kinds
+                .iter()
+                .map(f)
+                .fold(CreditSum::ZERO, |a, b| a.checked_add(b).unwrap_or(a))
+        };
+        Balance {
+            available: sum(|k| k.available),
+            held: sum(|k| k.held),
+            debt,
+            budget,
+            rollover,
+            packages,
+            promo,
+        }
+    }
 }
 
 fn add(a: Credits, b: Credits) -> Result<Credits, ApplyError> {

@@ -26,9 +26,10 @@ use hashbrown::HashMap;
 
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
-/// A digest of a request, e.g. the first 16 bytes of SHA-256 of its method,
-/// path and canonical body.
-pub type Fingerprint = [u8; 16];
+/// A digest of a request, e.g. the first 8 bytes of SHA-256 of its method,
+/// path and canonical body: what tells a key reused for another request
+/// (its key's own, so 64 bits, not a collision-resistant 128).
+pub type Fingerprint = [u8; 8];
 
 /// A digest of an idempotency key (the first 16 bytes of its SHA-256): the
 /// key as stored and looked up; the key's text is never kept.
@@ -309,27 +310,27 @@ mod tests {
     fn same_key_same_request_replays_and_other_request_mismatches() {
         let mut table = IdempotencyTable::new(86_400, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::New);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
-        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [2; 8], t0), Claim::Mismatch);
         table.finish(&k(1), "first", t0);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Replay(&"first"));
-        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [2; 8], t0), Claim::Mismatch);
         // Kept for the whole retention, forgotten after it.
         let almost = Timestamp::from_micros(86_400 * SECOND - 1);
-        assert_eq!(table.claim(&k(1), [1; 16], almost), Claim::Replay(&"first"));
+        assert_eq!(table.claim(&k(1), [1; 8], almost), Claim::Replay(&"first"));
         let after = Timestamp::from_micros(86_400 * SECOND);
-        assert_eq!(table.claim(&k(1), [2; 16], after), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 8], after), Claim::New);
     }
 
     #[test]
     fn refused_requests_are_not_remembered() {
         let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::New);
         table.abandon(&k(1));
         assert!(table.is_empty());
-        assert_eq!(table.claim(&k(1), [2; 16], t0), Claim::New);
+        assert_eq!(table.claim(&k(1), [2; 8], t0), Claim::New);
     }
 
     #[test]
@@ -337,36 +338,36 @@ mod tests {
         let mut table: IdempotencyTable<u32> = IdempotencyTable::new(60, 2);
         let t0 = Timestamp::from_micros(0);
         for n in 1..=5 {
-            assert_eq!(table.claim(&k(n), [n; 16], t0), Claim::New);
+            assert_eq!(table.claim(&k(n), [n; 8], t0), Claim::New);
             table.finish(&k(n), u32::from(n), t0);
         }
         assert_eq!(table.hot_len(), 2);
         assert_eq!(table.len(), 5);
         // Hot: answered from memory; cold: the store is asked.
-        assert_eq!(table.claim(&k(5), [5; 16], t0), Claim::Replay(&5));
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(5), [5; 8], t0), Claim::Replay(&5));
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::InFlight);
         let expiry = table.expiry_from(t0);
         assert_eq!(
-            table.found(&k(1), Some(([1; 16], 1, expiry)), t0),
+            table.found(&k(1), Some(([1; 8], 1, expiry)), t0),
             Found::Replay(1)
         );
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Replay(&1));
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Replay(&1));
         // Another request under a cold key is refused after the lookup.
-        assert_eq!(table.claim(&k(2), [9; 16], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(2), [9; 8], t0), Claim::Lookup);
         assert_eq!(
-            table.found(&k(2), Some(([2; 16], 2, expiry)), t0),
+            table.found(&k(2), Some(([2; 8], 2, expiry)), t0),
             Found::Mismatch
         );
-        assert_eq!(table.claim(&k(2), [9; 16], t0), Claim::Mismatch);
+        assert_eq!(table.claim(&k(2), [9; 8], t0), Claim::Mismatch);
         // Never seen: new at once, no lookup.
-        assert_eq!(table.claim(&k(9), [9; 16], t0), Claim::New);
+        assert_eq!(table.claim(&k(9), [9; 8], t0), Claim::New);
         table.abandon(&k(9));
         // After the retention, cold keys are gone too.
         let later = Timestamp::from_micros(61 * SECOND);
         table.purge(later);
         assert!(table.is_empty());
-        assert_eq!(table.claim(&k(3), [3; 16], later), Claim::New);
+        assert_eq!(table.claim(&k(3), [3; 8], later), Claim::New);
     }
 
     #[test]
@@ -374,22 +375,22 @@ mod tests {
         let mut table: IdempotencyTable<u8> = IdempotencyTable::new(60, 10);
         table.set_complete(false);
         let t0 = Timestamp::from_micros(0);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Lookup);
         assert_eq!(table.found(&k(1), None, t0), Found::New);
-        assert_eq!(table.claim(&k(1), [1; 16], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::InFlight);
         table.learn(&k(2), table.expiry_from(t0));
         // A stored key learnt while a claim looks it up, which then lets
         // it go: still known, still looked up.
-        assert_eq!(table.claim(&k(4), [4; 16], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(4), [4; 8], t0), Claim::Lookup);
         table.learn(&k(4), table.expiry_from(t0));
         table.abandon(&k(4));
         table.set_complete(true);
-        assert_eq!(table.claim(&k(4), [4; 16], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(2), [2; 16], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(3), [3; 16], t0), Claim::New);
+        assert_eq!(table.claim(&k(4), [4; 8], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(2), [2; 8], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(3), [3; 8], t0), Claim::New);
         // An expired record in the store is no record.
         table.abandon(&k(2));
-        assert_eq!(table.claim(&k(2), [2; 16], t0), Claim::Lookup);
-        assert_eq!(table.found(&k(2), Some(([2; 16], 7, t0)), t0), Found::New);
+        assert_eq!(table.claim(&k(2), [2; 8], t0), Claim::Lookup);
+        assert_eq!(table.found(&k(2), Some(([2; 8], 7, t0)), t0), Found::New);
     }
 }

@@ -277,13 +277,13 @@ impl Shard {
                     Answer::Ticked
                 }
                 Work::Remember { key, status, body } => {
-                    batch.idempotency.push(IdempotencyRecord {
-                        key: key.key,
-                        fingerprint: key.fingerprint,
+                    batch.idempotency.push(IdempotencyRecord::new(
+                        key.key,
+                        key.fingerprint,
                         status,
-                        body: body.clone(),
-                        expires_at: self.expiry(now),
-                    });
+                        body.clone(),
+                        self.expiry(now),
+                    ));
                     // The committer ends the key with it, as a command's.
                     Answer::Rendered(Rendered {
                         status,
@@ -371,13 +371,13 @@ impl Shard {
             self.due.push(Reverse((account.next_due(), handle.raw())));
         }
         if let (Some(claim), Some(remember)) = (claim, &rendered.remember) {
-            batch.idempotency.push(IdempotencyRecord {
-                key: claim.key,
-                fingerprint: claim.fingerprint,
-                status: rendered.status,
-                body: remember.clone(),
-                expires_at: self.expiry(now),
-            });
+            batch.idempotency.push(IdempotencyRecord::new(
+                claim.key,
+                claim.fingerprint,
+                rendered.status,
+                remember.clone(),
+                self.expiry(now),
+            ));
         }
         Answer::Rendered(rendered)
     }

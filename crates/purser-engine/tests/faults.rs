@@ -312,7 +312,7 @@ fn charge(credits: &str) -> Command {
 }
 
 fn key(name: &str) -> Option<IdempotencyKey> {
-    Some(IdempotencyKey::new(name, [7; 16]))
+    Some(IdempotencyKey::new(name, [7; 8]))
 }
 
 async fn available(engine: &Engine) -> String {
@@ -485,7 +485,7 @@ async fn keys_beyond_the_cache_are_answered_from_the_store() {
     let other = engine
         .run(
             charge("0.2"),
-            Some(IdempotencyKey::new("c0", [8; 16])),
+            Some(IdempotencyKey::new("c0", [8; 8])),
             Actor::System,
         )
         .await;

@@ -43,7 +43,7 @@ impl<'a> KeyColumns<'a> {
             prints: records.iter().map(|r| &r.fingerprint[..]).collect(),
             statuses: records.iter().map(|r| i32::from(r.status)).collect(),
             bodies: records.iter().map(|r| r.body.as_slice()).collect(),
-            expiries: records.iter().map(|r| r.expires_at.micros()).collect(),
+            expiries: records.iter().map(|r| r.expires_seconds()).collect(),
         }
     }
 }

@@ -63,22 +63,23 @@ fn damaged_record(id: i64) -> StoreError {
 }
 
 /// An idempotency record from the columns `key, fingerprint, status, body,
-/// expires_at` starting at column `first`.
+/// expires` starting at column `first` (a key or fingerprint of the wrong
+/// length reads as zeros, which its checksum then refuses).
 pub(crate) fn record_of(row: &postgres::Row, first: usize) -> IdempotencyRecord {
     let key: Vec<u8> = row.get(first);
     let fingerprint: Vec<u8> = row.get(first + 1);
     IdempotencyRecord {
         key: key.try_into().unwrap_or([0; 16]),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 16]),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 8]),
         status: row.get::<_, i32>(first + 2) as u16,
         body: row.get(first + 3),
-        expires_at: Timestamp::from_micros(row.get(first + 4)),
+        expires_at: purser_store::from_seconds(row.get(first + 4)),
     }
 }
 
 /// The columns [`checked_record`] reads, in its order.
 pub(crate) const CHECKED_RECORD: &str =
-    "SELECT id, key, fingerprint, status, body, expires_at, pos, sum FROM idempotency_record";
+    "SELECT id, key, fingerprint, status, body, expires, pos, sum FROM idempotency_record";
 
 /// A row of [`CHECKED_RECORD`]: the record and whether it matches its checksum.
 pub(crate) fn checked_record(row: &postgres::Row) -> (IdempotencyRecord, bool) {
@@ -339,11 +340,11 @@ impl PostgresStore {
                             base, lease
                      RETURNING 1
                  ), keys AS (
-                     INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
-                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at, $26, k.sum
+                     INSERT INTO idempotency_record (key, fingerprint, status, body, expires, pos, sum)
+                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires, $26, k.sum
                        FROM unnest($18::bytea[], $19::bytea[], $20::int[], $21::bytea[], $22::bigint[],
                                    $27::bigint[]) WITH ORDINALITY
-                            AS k(key, fingerprint, status, body, expires_at, sum, n),
+                            AS k(key, fingerprint, status, body, expires, sum, n),
                             base, lease
                       ORDER BY k.n
                      RETURNING 1
@@ -509,10 +510,10 @@ impl Store for PostgresStore {
             let keys = KeyColumns::of(commit.idempotency, end);
             transaction
                 .execute(
-                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, sum, pos)
-                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires_at, k.sum, $7
+                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires, sum, pos)
+                     SELECT k.key, k.fingerprint, k.status, k.body, k.expires, k.sum, $7
                        FROM unnest($1::bytea[], $2::bytea[], $3::int[], $4::bytea[], $5::bigint[], $6::bigint[])
-                            WITH ORDINALITY AS k(key, fingerprint, status, body, expires_at, sum, n)
+                            WITH ORDINALITY AS k(key, fingerprint, status, body, expires, sum, n)
                       ORDER BY k.n",
                     &[&keys.keys, &keys.prints, &keys.statuses, &keys.bodies, &keys.expiries, &keys.sums, &end],
                 )

@@ -2,7 +2,7 @@
 
 use postgres::Client;
 use purser_core::Timestamp;
-use purser_store::{IdempotencyRecord, StoreError};
+use purser_store::{LegacyRecord, StoreError};
 
 use crate::backend;
 
@@ -134,6 +134,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_delivery_by_endpoint ON webhook_delivery (endpoint, id);
 "#,
+    // Idempotency records made smaller: an 8-byte fingerprint and the
+    // expiry in whole seconds (`expires`). Each record is checked and
+    // rewritten by `shrink_records`, which then drops `expires_at`.
+    r#"
+    ALTER TABLE idempotency_record ADD COLUMN expires BIGINT;
+"#,
 ];
 
 /// The version whose migration adds checksums: entries stored before it are
@@ -143,13 +149,16 @@ const CHECKED_JOURNAL: usize = 4;
 /// The version whose migration stores idempotency keys by hash.
 const HASHED_KEYS: usize = 5;
 
+/// The version whose migration makes idempotency records smaller.
+const SMALL_RECORDS: usize = 8;
+
 /// A record of the old `idempotency` table (versions 1-4: the key's text)
 /// from the columns `key, fingerprint, status, body, expires_at`: the key's
-/// text, and the record as it is stored from version 5.
-fn legacy_record(row: &postgres::Row) -> (String, Vec<u8>, IdempotencyRecord) {
+/// text, and the record as versions 5 to 7 stored it.
+fn legacy_record(row: &postgres::Row) -> (String, Vec<u8>, LegacyRecord) {
     let text: String = row.get(0);
     let fingerprint: Vec<u8> = row.get(1);
-    let record = IdempotencyRecord {
+    let record = LegacyRecord {
         key: purser_store::key_hash(&text),
         fingerprint: fingerprint
             .get(..16)
@@ -204,7 +213,7 @@ fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
                     &record.body,
                     &record.expires_at.micros(),
                     &pos,
-                    &purser_store::record_sum(&record, pos as u64),
+                    &purser_store::legacy_record_sum(&record, pos as u64),
                 ],
             )
             .map_err(backend)?;
@@ -213,6 +222,73 @@ fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
     drop(portal);
     transaction
         .batch_execute("DROP TABLE idempotency")
+        .map_err(backend)
+}
+
+/// Migration 8: every record as versions 5 to 7 stored it checked against
+/// its checksum and rewritten in place ([`LegacyRecord::upgraded`]: the
+/// fingerprint's first 8 bytes, the expiry in seconds, the new checksum),
+/// a page at a time; then the old expiry column goes.
+fn shrink_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    transaction
+        .batch_execute(
+            "SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL statement_timeout = 0",
+        )
+        .map_err(backend)?;
+    crate::paged(
+        transaction,
+        "SELECT id, key, fingerprint, status, body, expires_at, pos, sum FROM idempotency_record
+          WHERE id > $1 ORDER BY id LIMIT 1000",
+        0i64,
+        |transaction, rows| {
+            let (mut ids, mut prints, mut expiries, mut sums) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for row in rows {
+                let id: i64 = row.get(0);
+                let damaged = || {
+                    StoreError::Damaged(format!(
+                        "idempotency record {id} does not match its checksum; restore a backup"
+                    ))
+                };
+                let key: Vec<u8> = row.get(1);
+                let fingerprint: Vec<u8> = row.get(2);
+                let (Ok(key), Ok(fingerprint)) = (key.try_into(), fingerprint.try_into()) else {
+                    return Err(damaged());
+                };
+                let legacy = LegacyRecord {
+                    key,
+                    fingerprint,
+                    status: row.get::<_, i32>(3) as u16,
+                    body: row.get(4),
+                    expires_at: Timestamp::from_micros(row.get(5)),
+                };
+                let (pos, sum): (i64, i64) = (row.get(6), row.get(7));
+                if purser_store::legacy_record_sum(&legacy, pos as u64) != sum {
+                    return Err(damaged());
+                }
+                let record = legacy.upgraded();
+                ids.push(id);
+                prints.push(record.fingerprint.to_vec());
+                expiries.push(record.expires_seconds());
+                sums.push(purser_store::record_sum(&record, pos as u64));
+            }
+            transaction
+                .execute(
+                    "UPDATE idempotency_record SET fingerprint = u.fingerprint, expires = u.expires, sum = u.sum
+                       FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[])
+                            AS u(id, fingerprint, expires, sum)
+                      WHERE idempotency_record.id = u.id",
+                    &[&ids, &prints, &expiries, &sums],
+                )
+                .map_err(backend)?;
+            Ok(())
+        },
+    )?;
+    transaction
+        .batch_execute(
+            "ALTER TABLE idempotency_record DROP COLUMN expires_at;
+             ALTER TABLE idempotency_record ALTER COLUMN expires SET NOT NULL",
+        )
         .map_err(backend)
 }
 
@@ -372,6 +448,9 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
         }
         if index + 1 == HASHED_KEYS {
             rekey_records(&mut transaction)?;
+        }
+        if index + 1 == SMALL_RECORDS {
+            shrink_records(&mut transaction)?;
         }
         let version = index as i32 + 1;
         transaction

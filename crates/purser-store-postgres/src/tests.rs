@@ -2,6 +2,7 @@
 //! what is particular to this backend.
 
 use super::*;
+use purser_store::LegacyRecord;
 
 /// The server tests run against; a fresh database per test, dropped after.
 fn admin_url() -> String {
@@ -135,16 +136,18 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
 }
 
 /// A database of schema version 4 (records by key text) migrates to
-/// records by key hash: each record checked against its old checksum and
-/// found by its key's hash after.
+/// records by key hash (5), then to smaller records (8): each record
+/// checked against its old checksum and found by its key's hash after,
+/// with the fingerprint's first 8 bytes and the expiry rounded up to the
+/// second.
 #[test]
 fn records_by_key_text_migrate_to_key_hashes() {
-    let record = IdempotencyRecord {
+    let record = LegacyRecord {
         key: purser_store::key_hash("order-17"),
         fingerprint: [5; 16],
         status: 201,
         body: b"{}".to_vec(),
-        expires_at: Timestamp::from_micros(9_000_000_000_000_000),
+        expires_at: Timestamp::from_micros(9_000_000_000_000_001),
     };
     let store = make_with(|url| {
         let mut client = Client::connect(url, NoTls).unwrap();
@@ -175,9 +178,72 @@ fn records_by_key_text_migrate_to_key_hashes() {
             )
             .unwrap();
     });
+    let upgraded = store.idempotency_record(&record.key).unwrap();
+    assert_eq!(upgraded, Some(record.upgraded()));
     assert_eq!(
-        store.idempotency_record(&record.key).unwrap(),
-        Some(record.clone())
+        upgraded.map(|r| (r.fingerprint, r.expires_at.micros())),
+        Some(([5; 8], 9_000_000_001_000_000))
     );
     assert_eq!(store.idempotency_keys(0, 10).unwrap().len(), 1);
+}
+
+/// A record of schema 7 that fails its checksum stops migration 8: the
+/// store does not open, and nothing of the migration is kept.
+#[test]
+fn a_damaged_record_stops_the_migration_to_smaller_records() {
+    let record = LegacyRecord {
+        key: purser_store::key_hash("order-18"),
+        fingerprint: [6; 16],
+        status: 201,
+        body: b"{}".to_vec(),
+        expires_at: Timestamp::from_micros(9_000_000_000_000_000),
+    };
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let name = format!("purser_test_{}", hex::encode(bytes));
+    let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let url = database_url(&name);
+    let mut client = Client::connect(&url, NoTls).unwrap();
+    client
+        .batch_execute("CREATE TABLE purser_schema_version (version INT NOT NULL)")
+        .unwrap();
+    for (index, migration) in schema::MIGRATIONS[..7].iter().enumerate() {
+        client.batch_execute(migration).unwrap();
+        client
+            .execute(
+                "INSERT INTO purser_schema_version (version) VALUES ($1)",
+                &[&(index as i32 + 1)],
+            )
+            .unwrap();
+    }
+    client
+        .execute(
+            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+             VALUES ($1, $2, 201, $3, $4, 0, $5)",
+            &[
+                &&record.key[..],
+                &&record.fingerprint[..],
+                &record.body,
+                &record.expires_at.micros(),
+                &(purser_store::legacy_record_sum(&record, 0) + 1),
+            ],
+        )
+        .unwrap();
+    let refused = PostgresStore::open(&url, "test").err();
+    let version: i32 = client
+        .query_one("SELECT max(version) FROM purser_schema_version", &[])
+        .unwrap()
+        .get(0);
+    drop(client);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .unwrap();
+    assert!(
+        matches!(refused, Some(StoreError::Damaged(_))),
+        "{refused:?}"
+    );
+    assert_eq!(version, 7, "the migration is not half applied");
 }

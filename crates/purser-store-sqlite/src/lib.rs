@@ -27,9 +27,9 @@ use std::time::Duration;
 use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, Damage, DamageReport, DeliveryRecord, EntryQuery, EventQuery,
-    EventRecord, GroupBy, IdempotencyRecord, KEPT_DELIVERIES, KIND_KEYS, Store, StoreError,
-    StoredEvent, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, UsageTotals, Witness,
-    day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
+    EventRecord, GroupBy, IdempotencyRecord, KEPT_DELIVERIES, KIND_KEYS, LegacyRecord, Store,
+    StoreError, StoredEvent, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow,
+    UsageTotals, Witness, day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 

@@ -205,6 +205,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_delivery_by_endpoint ON webhook_delivery (endpoint, id);
 "#,
+    r#"
+    -- Idempotency records made smaller (issue 14: at most 120 bytes a
+    -- record on disk): an 8-byte fingerprint and the expiry in whole
+    -- seconds (`expires`, 4 bytes where microseconds took 8). Rows are
+    -- checked and copied from the old table by `shrink_records`.
+    ALTER TABLE idempotency_record RENAME TO idempotency_record_v7;
+    DROP INDEX idempotency_record_by_key;
+    CREATE TABLE idempotency_record (
+        id          INTEGER PRIMARY KEY,
+        key         BLOB    NOT NULL,
+        fingerprint BLOB    NOT NULL,
+        status      INTEGER NOT NULL,
+        body        BLOB    NOT NULL,
+        expires     INTEGER NOT NULL,
+        pos         INTEGER NOT NULL,
+        sum         INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_record_by_key ON idempotency_record (substr(key, 1, 8));
+"#,
 ];
 
 /// The version whose migration adds checksums: rows stored before it are
@@ -215,13 +234,16 @@ const CHECKED_JOURNAL: i64 = 6;
 /// The version whose migration stores idempotency keys by hash.
 const HASHED_KEYS: i64 = 7;
 
+/// The version whose migration makes idempotency records smaller.
+const SMALL_RECORDS: i64 = 10;
+
 /// An idempotency record of `idempotency_log` (versions 5 and 6: the key's
 /// text) from the columns `key, fingerprint, status, body, expires_at`:
-/// the key's text, and the record as it is stored from version 7.
+/// the key's text, and the record as version 7 stored it.
 fn legacy_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Legacy> {
     let text: String = row.get(0)?;
     let fingerprint: Vec<u8> = row.get(1)?;
-    let record = IdempotencyRecord {
+    let record = LegacyRecord {
         key: purser_store::key_hash(&text),
         fingerprint: fingerprint
             .get(..16)
@@ -238,11 +260,11 @@ fn legacy_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Legacy> {
     })
 }
 
-/// A record as versions 5 and 6 stored it, and as it is stored from 7.
+/// A record as versions 5 and 6 stored it, and as version 7 stored it.
 struct Legacy {
     text: String,
     fingerprint: Vec<u8>,
-    record: IdempotencyRecord,
+    record: LegacyRecord,
 }
 
 impl Legacy {
@@ -253,11 +275,17 @@ impl Legacy {
 }
 
 /// Migration 7: every record of `idempotency_log` checked against its
-/// version 6 checksum and copied by key hash, with its new checksum.
+/// version 6 checksum and copied by key hash, with its version 7 checksum.
 fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
     {
         let mut read = connection
             .prepare("SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_log ORDER BY id")
+            .map_err(backend)?;
+        let mut insert = connection
+            .prepare(
+                "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
             .map_err(backend)?;
         let mut rows = read.query([]).map_err(backend)?;
         while let Some(row) = rows.next().map_err(backend)? {
@@ -271,11 +299,62 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
             if legacy.sum(pos) != sum {
                 return Err(damaged_record(id));
             }
-            insert_record(connection, record, pos)?;
+            insert
+                .execute(params![
+                    &record.key[..],
+                    &record.fingerprint[..],
+                    record.status,
+                    record.body,
+                    record.expires_at.micros(),
+                    pos,
+                    purser_store::legacy_record_sum(record, pos as u64)
+                ])
+                .map_err(backend)?;
         }
     }
     connection
         .execute_batch("DROP TABLE idempotency_log;")
+        .map_err(backend)
+}
+
+/// Migration 10: every record as versions 7 to 9 stored it checked against its
+/// checksum and stored anew ([`LegacyRecord::upgraded`]), in the same
+/// order, with its new checksum.
+fn shrink_records(connection: &Connection) -> Result<(), StoreError> {
+    {
+        let mut read = connection
+            .prepare(
+                "SELECT key, fingerprint, status, body, expires_at, pos, sum, id
+                   FROM idempotency_record_v7 ORDER BY id",
+            )
+            .map_err(backend)?;
+        let mut rows = read.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let key: Vec<u8> = row.get(0).map_err(backend)?;
+            let fingerprint: Vec<u8> = row.get(1).map_err(backend)?;
+            let (pos, sum, id): (i64, i64, i64) = (
+                row.get(5).map_err(backend)?,
+                row.get(6).map_err(backend)?,
+                row.get(7).map_err(backend)?,
+            );
+            let (Ok(key), Ok(fingerprint)) = (key.try_into(), fingerprint.try_into()) else {
+                return Err(damaged_record(id));
+            };
+            let legacy = LegacyRecord {
+                key,
+                fingerprint,
+                status: row.get(2).map_err(backend)?,
+                body: row.get(3).map_err(backend)?,
+                expires_at: Timestamp::from_micros(row.get(4).map_err(backend)?),
+            };
+            if purser_store::legacy_record_sum(&legacy, pos as u64) != sum {
+                return Err(damaged_record(id));
+            }
+            insert_record(connection, &legacy.upgraded(), pos)?;
+        }
+    }
+    connection
+        .execute_batch("DROP TABLE idempotency_record_v7;")
         .map_err(backend)
 }
 
@@ -409,7 +488,7 @@ pub(crate) fn insert_record(
 ) -> Result<(), StoreError> {
     connection
         .prepare_cached(
-            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires, pos, sum)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(backend)?
@@ -418,7 +497,7 @@ pub(crate) fn insert_record(
             &record.fingerprint[..],
             record.status,
             record.body,
-            record.expires_at.micros(),
+            record.expires_seconds(),
             pos,
             record_sum(record, pos as u64)
         ])
@@ -428,7 +507,7 @@ pub(crate) fn insert_record(
 
 /// The columns [`checked_record`] reads, in its order.
 pub(crate) const CHECKED_RECORD: &str =
-    "SELECT key, fingerprint, status, body, expires_at, pos, sum, id FROM idempotency_record";
+    "SELECT key, fingerprint, status, body, expires, pos, sum, id FROM idempotency_record";
 
 /// A row of [`CHECKED_RECORD`]: the record, its id, and whether it matches
 /// its checksum.
@@ -442,7 +521,8 @@ pub(crate) fn checked_record(
 }
 
 /// An idempotency record from the columns `key, fingerprint, status, body,
-/// expires_at` starting at `first`.
+/// expires` starting at `first` (a key or fingerprint of the wrong length
+/// reads as zeros, which its checksum then refuses).
 pub(crate) fn record_of(
     row: &rusqlite::Row<'_>,
     first: usize,
@@ -451,10 +531,10 @@ pub(crate) fn record_of(
     let key: Vec<u8> = row.get(first)?;
     Ok(IdempotencyRecord {
         key: key.try_into().unwrap_or([0; 16]),
-        fingerprint: fingerprint.try_into().unwrap_or([0; 16]),
+        fingerprint: fingerprint.try_into().unwrap_or([0; 8]),
         status: row.get(first + 2)?,
         body: row.get(first + 3)?,
-        expires_at: Timestamp::from_micros(row.get(first + 4)?),
+        expires_at: purser_store::from_seconds(row.get(first + 4)?),
     })
 }
 
@@ -522,6 +602,9 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
         }
         if version == HASHED_KEYS {
             rekey_records(&transaction)?;
+        }
+        if version == SMALL_RECORDS {
+            shrink_records(&transaction)?;
         }
         transaction
             .execute(

@@ -262,7 +262,8 @@ fn an_older_store_is_sealed_by_its_migration() {
     let report = check_all(&store);
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.end, journal.len() as u64);
-    // The record migrated twice: sealed (6), then stored by key hash (7).
+    // The record migrated three times: sealed (6), stored by key hash (7),
+    // made smaller (10).
     let record = store
         .idempotency_record(&purser_store::key_hash("k"))
         .unwrap()
@@ -288,6 +289,80 @@ fn an_older_store_is_sealed_by_its_migration() {
     let report = check_all(&store);
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.end, 2 * journal.len() as u64);
+}
+
+/// A store of schema 9 (16-byte fingerprints, expiries in microseconds):
+/// migration 10 checks each record against its old checksum and stores it
+/// anew, the fingerprint's first 8 bytes and the expiry rounded up to the
+/// second, found by its key after; a record that fails its old checksum
+/// stops the migration (nothing is half-migrated).
+#[test]
+fn records_are_made_smaller_by_migration_10() {
+    let legacy = LegacyRecord {
+        key: purser_store::key_hash("order-17"),
+        fingerprint: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        status: 201,
+        body: b"{}".to_vec(),
+        expires_at: Timestamp::from_micros(1_800_000_000_000_001),
+    };
+    let schema_9 = |sum_offset: i64| {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join("purser.db")).unwrap();
+        old.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL);")
+            .unwrap();
+        for (index, migration) in MIGRATIONS[..9].iter().enumerate() {
+            old.execute_batch(migration).unwrap();
+            old.execute("INSERT INTO schema_version VALUES (?1)", [index as i64 + 1])
+                .unwrap();
+        }
+        old.execute(
+            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+             VALUES (?1, ?2, 201, x'7b7d', ?3, 0, ?4)",
+            params![
+                &legacy.key[..],
+                &legacy.fingerprint[..],
+                legacy.expires_at.micros(),
+                purser_store::legacy_record_sum(&legacy, 0) + sum_offset
+            ],
+        )
+        .unwrap();
+        dir
+    };
+    let dir = schema_9(0);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let record = store
+        .idempotency_record(&legacy.key)
+        .unwrap()
+        .expect("the record survives the migration");
+    assert_eq!(record.fingerprint, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        record.expires_at,
+        Timestamp::from_micros(1_800_000_001_000_000)
+    );
+    assert_eq!((record.status, &record.body[..]), (201, &b"{}"[..]));
+    assert_eq!(record, legacy.upgraded());
+    drop(store);
+    let version: i64 = Connection::open(dir.path().join("purser.db"))
+        .unwrap()
+        .query_row("SELECT max(version) FROM schema_version", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+
+    let damaged = schema_9(1);
+    let refused = match SqliteStore::open(damaged.path()) {
+        Ok(_) => panic!("a damaged record stops the migration"),
+        Err(error) => error,
+    };
+    assert!(matches!(refused, StoreError::Damaged(_)), "{refused}");
+    let version: i64 = Connection::open(damaged.path().join("purser.db"))
+        .unwrap()
+        .query_row("SELECT max(version) FROM schema_version", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, 9, "the migration is not half applied");
 }
 
 #[test]

@@ -762,7 +762,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
 pub fn idempotency_records(store: &dyn Store) {
     let record = |key: u8, expires: &str| IdempotencyRecord {
         key: [key; 16],
-        fingerprint: [7; 16],
+        fingerprint: [7; 8],
         status: 201,
         body: br#"{"object":"debit"}"#.to_vec(),
         expires_at: at(expires),
@@ -788,6 +788,20 @@ pub fn idempotency_records(store: &dyn Store) {
         Some(&records[1])
     );
     assert_eq!(store.idempotency_record(&[3; 16]).unwrap(), None);
+    // The expiry is kept in whole seconds: a record is made with its
+    // expiry rounded up, and reads back as made.
+    let fraction = IdempotencyRecord::new(
+        [9; 16],
+        [7; 8],
+        200,
+        b"{}".to_vec(),
+        Timestamp::from_micros(at("2026-11-02T00:00:00Z").micros() + 1),
+    );
+    assert_eq!(fraction.expires_at, at("2026-11-02T00:00:01Z"));
+    assert_eq!(
+        IdempotencyRecord::new([9; 16], [7; 8], 200, Vec::new(), Timestamp::NEVER).expires_at,
+        Timestamp::NEVER
+    );
     // The keys in the order stored, paged by their numbers.
     let keys = store.idempotency_keys(0, 10).unwrap();
     assert_eq!(

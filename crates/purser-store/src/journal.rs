@@ -20,7 +20,7 @@ use std::fmt;
 
 use purser_core::AccountHandle;
 
-use crate::IdempotencyRecord;
+use crate::{IdempotencyRecord, LegacyRecord};
 
 /// A commit's chain hash.
 pub type ChainHash = [u8; 32];
@@ -86,7 +86,24 @@ pub fn event_sum(event: &crate::EventRecord) -> i64 {
     (hasher.digest() & 0x7fff_ffff) as i64
 }
 
+/// The checksum of an idempotency record stored with a commit that ended
+/// the journal at `pos`: over what is stored (the expiry in seconds).
 pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(RECORD_DOMAIN);
+    hasher.update(&record.key);
+    hasher.update(&record.fingerprint);
+    hasher.update(&record.status.to_le_bytes());
+    hasher.update(&(record.body.len() as u64).to_le_bytes());
+    hasher.update(&record.body);
+    hasher.update(&record.expires_seconds().to_le_bytes());
+    hasher.update(&pos.to_le_bytes());
+    (hasher.digest() & 0x7fff_ffff) as i64
+}
+
+/// The checksum a [`LegacyRecord`] was stored with (SQLite schemas 7 to
+/// 9, PostgreSQL 5 to 7):
+/// checked once more when it is stored anew.
+pub fn legacy_record_sum(record: &LegacyRecord, pos: u64) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
     hasher.update(&record.key);
     hasher.update(&record.fingerprint);
@@ -102,12 +119,7 @@ pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
 /// kept their key's text and a 32-byte fingerprint (`fingerprint`, as
 /// stored then): checked once more when migration 7 replaces them by the
 /// key's [`key_hash`] and the fingerprint's first 16 bytes.
-pub fn record_sum_with_text(
-    record: &IdempotencyRecord,
-    key: &str,
-    fingerprint: &[u8],
-    pos: u64,
-) -> i64 {
+pub fn record_sum_with_text(record: &LegacyRecord, key: &str, fingerprint: &[u8], pos: u64) -> i64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(KEY_DOMAIN);
     hasher.update(&(key.len() as u64).to_le_bytes());
     hasher.update(key.as_bytes());
@@ -130,8 +142,12 @@ pub fn key_hash(key: &str) -> purser_core::KeyHash {
     out
 }
 
-/// Keeps idempotency record checksums apart from entry checksums.
+/// Keeps idempotency record checksums apart from entry checksums (records
+/// as stored before SQLite schema 8 and PostgreSQL 6).
 const KEY_DOMAIN: u64 = 0x7075_7273_6572_0e02;
+
+/// Keeps the checksums of records as they are stored now apart from the rest.
+const RECORD_DOMAIN: u64 = 0x7075_7273_6572_0e05;
 
 /// Keeps event checksums apart from the others.
 const EVENT_DOMAIN: u64 = 0x7075_7273_6572_0e04;

@@ -23,7 +23,8 @@ use purser_core::{
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
     ChainHash, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness, chain_hash,
-    entry_sum, event_sum, key_hash, record_sum, record_sum_with_text, seal, snapshot_sum,
+    entry_sum, event_sum, key_hash, legacy_record_sum, record_sum, record_sum_with_text, seal,
+    snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
@@ -69,7 +70,74 @@ pub struct IdempotencyRecord {
     pub fingerprint: Fingerprint,
     pub status: u16,
     pub body: Vec<u8>,
+    /// A whole second: stores keep the expiry in seconds
+    /// ([`IdempotencyRecord::expires_seconds`]).
     pub expires_at: Timestamp,
+}
+
+impl IdempotencyRecord {
+    /// A record expiring at `expires_at` rounded up to the second (kept a
+    /// fraction of a second longer, never shorter).
+    pub fn new(
+        key: KeyHash,
+        fingerprint: Fingerprint,
+        status: u16,
+        body: Vec<u8>,
+        expires_at: Timestamp,
+    ) -> IdempotencyRecord {
+        IdempotencyRecord {
+            key,
+            fingerprint,
+            status,
+            body,
+            expires_at: from_seconds(ceil_seconds(expires_at)),
+        }
+    }
+
+    /// The expiry as stored: whole seconds since the epoch, rounded up.
+    pub fn expires_seconds(&self) -> i64 {
+        ceil_seconds(self.expires_at)
+    }
+}
+
+fn ceil_seconds(at: Timestamp) -> i64 {
+    let micros = at.micros();
+    micros.div_euclid(1_000_000) + i64::from(micros.rem_euclid(1_000_000) != 0)
+}
+
+/// The instant of a stored expiry ([`IdempotencyRecord::expires_seconds`]);
+/// past the last representable instant, that one ([`Timestamp::NEVER`]).
+pub fn from_seconds(seconds: i64) -> Timestamp {
+    Timestamp::from_micros(seconds.saturating_mul(1_000_000))
+}
+
+/// An idempotency record as stores kept it before its size was cut (SQLite
+/// schemas 7 to 9, PostgreSQL 5 to 7): a 16-byte fingerprint and the
+/// expiry in microseconds. Only migrations read one, check it and store it anew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyRecord {
+    pub key: KeyHash,
+    pub fingerprint: [u8; 16],
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
+impl LegacyRecord {
+    /// The record as it is stored now: the fingerprint's first 8 bytes
+    /// (the same digest's, so a retry still matches) and the expiry in
+    /// seconds, rounded up.
+    pub fn upgraded(&self) -> IdempotencyRecord {
+        let mut fingerprint = [0; 8];
+        fingerprint.copy_from_slice(&self.fingerprint[..8]);
+        IdempotencyRecord::new(
+            self.key,
+            fingerprint,
+            self.status,
+            self.body.clone(),
+            self.expires_at,
+        )
+    }
 }
 
 /// An idempotency record's key, as [`Store::idempotency_keys`] lists it.

@@ -8,7 +8,7 @@ use purser_engine::{Accepted, EventContext, Page, Read, Render, Rendered, Shape}
 use purser_store::Store;
 use serde_json::{Value, json};
 
-use crate::memo::{self, DebitMemo};
+use crate::memo::{self, DebitMemo, Decoded};
 use crate::render::{
     BalanceJson, account_body, debit_body, debit_from_memo, debit_memo, grant_json, hold_json,
     object_id, purchase_json, rejection, to_json, transaction_json,
@@ -71,11 +71,22 @@ impl Render for JsonAnswers {
             // A keyed debit's key remembers a memo, not the answer; the
             // answer is rendered from that memo, as a replay will be.
             let memo = debit_memo(accepted.account, entry, accepted.now);
-            let body = debit_from_memo(&memo, entry);
+            let remember = memo.encode();
+            // The answer is rendered from what a replay will read back:
+            // the bytes, completed by the account's id and anchor.
+            let account = accepted.account;
+            let read_back = match DebitMemo::decode(&remember) {
+                Some(Decoded::Partial(partial)) => {
+                    partial.complete(account.id().as_str().to_owned(), account.anchor())
+                }
+                _ => None,
+            };
+            debug_assert_eq!(read_back.as_ref(), Some(&memo));
+            let body = debit_from_memo(read_back.as_ref().unwrap_or(&memo), entry);
             return Rendered {
                 status: if *created { 201 } else { 200 },
                 body,
-                remember: Some(memo.encode()),
+                remember: Some(remember),
             };
         }
         let mut rendered = accepted_answer(accepted, primary);
@@ -174,16 +185,30 @@ impl Render for JsonAnswers {
         if !memo::is_memo(remembered) {
             return Ok(remembered.to_vec());
         }
-        let memo = DebitMemo::decode(remembered)
-            .ok_or_else(|| "a remembered answer could not be read".to_string())?;
-        let entry = store
-            .entry(memo.account, memo.seq)
-            .map_err(|error| {
-                tracing::error!(%error, "store query failed");
-                "the store could not answer".to_string()
-            })?
-            .ok_or_else(|| "a remembered answer's entry is missing".to_string())?;
-        Ok(debit_from_memo(&memo, &entry))
+        let unreadable = || "a remembered answer could not be read".to_string();
+        let entry = |account, seq| {
+            store
+                .entry(account, seq)
+                .map_err(|error| {
+                    tracing::error!(%error, "store query failed");
+                    "the store could not answer".to_string()
+                })?
+                .ok_or_else(|| "a remembered answer's entry is missing".to_string())
+        };
+        let memo = match DebitMemo::decode(remembered).ok_or_else(unreadable)? {
+            Decoded::Whole(memo) => memo,
+            Decoded::Partial(partial) => {
+                // The account's id and anchor, from its opening entry.
+                let opening = entry(partial.account, 0)?;
+                let Body::Opened(opened) = &opening.body else {
+                    return Err("a remembered answer's account has no opening entry".into());
+                };
+                partial
+                    .complete(opened.id.as_str().to_owned(), opened.anchor)
+                    .ok_or_else(unreadable)?
+            }
+        };
+        Ok(debit_from_memo(&memo, &entry(memo.account, memo.seq)?))
     }
 }
 

@@ -27,7 +27,7 @@ pub fn fingerprint_canonical(method: &str, path: &str, canonical: &[u8]) -> Fing
     hasher.update(b"\n");
     hasher.update(canonical);
     let digest = hasher.finalize();
-    let mut fingerprint = [0; 16];
-    fingerprint.copy_from_slice(&digest[..16]);
+    let mut fingerprint = [0; 8];
+    fingerprint.copy_from_slice(&digest[..8]);
     fingerprint
 }

@@ -252,6 +252,7 @@ pub fn debit_memo(account: &Account, entry: &Entry, now: Timestamp) -> DebitMemo
         tier: account.tier().as_str().to_owned(),
         pending_tier: account.pending_tier().map(|t| t.as_str().to_owned()),
         balance: account.balance(now),
+        period_index: Some(account.period_index()),
     }
 }
 

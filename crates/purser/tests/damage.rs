@@ -304,7 +304,7 @@ async fn changed_bytes_fail_their_checksums() {
     site.db()
         .execute(
             // Made to look expired: it must be found, not purged unseen.
-            "UPDATE idempotency_record SET expires_at = 1 WHERE key = ?1",
+            "UPDATE idempotency_record SET expires = 1 WHERE key = ?1",
             [&purser_store::key_hash("one-0")[..]],
         )
         .expect("alter an idempotency record");
