@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::ServerProcess;
 use common::ledger::{admin, expect_status, open_account};
 use purser_client::{Charge, Client, Cost, Reply};
+use purser_core::Timestamp;
 
 const ACCOUNT: &str = "stalled";
 const RETRY_DEADLINE: Duration = Duration::from_secs(20);
@@ -204,6 +205,127 @@ async fn remembered_keys_answer_from_the_store_after_kill_9() {
         (other.status, other.error_code()),
         (409, Some("idempotency_key_reused")),
         "{other:?}"
+    );
+    server.stop();
+}
+
+/// A remembered debit answers as it first did, whatever became of its
+/// account since: its tier changed and a new period began (test clock),
+/// the key long out of the memory cache (answered from the store: the
+/// memo, the entry and the account's opening entry read back), and again
+/// after a restart. The current balance differs from the remembered one,
+/// so a replay rendered from the account as it is now would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_debit_keeps_its_balance_after_the_period_and_tier_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("purser.toml");
+    std::fs::write(&config, "[idempotency]\ncache_keys = 1\n").expect("write the config");
+    let args = [
+        "--config",
+        config.to_str().expect("a UTF-8 path"),
+        "--test-clock",
+    ];
+    let server = ServerProcess::start_with(&data_dir, "memo-first", &args);
+    let client = admin(&server, Duration::from_secs(10));
+    // An account whose period ends 6 hours from now (the test clock's),
+    // so a renewal comes within the key's 24 hours: anchored a calendar
+    // month before that instant, on a day every month has.
+    let clock_now = |reply: Reply| {
+        Timestamp::parse_rfc3339(reply.body["now"].as_str().expect("now"))
+            .expect("an RFC 3339 instant")
+    };
+    let mut now = clock_now(expect_status(
+        client.get("/v1/test_clock").await,
+        200,
+        "clock",
+    ));
+    let mut boundary = now.checked_add_seconds(6 * 3600).expect("in range");
+    if boundary.to_string()[8..10] > *"27" {
+        let later = client
+            .post(
+                "/v1/test_clock/advance",
+                &serde_json::json!({"seconds": 5 * 86_400}),
+            )
+            .await;
+        now = clock_now(expect_status(later, 200, "advance past the month's end"));
+        boundary = now.checked_add_seconds(6 * 3600).expect("in range");
+    }
+    let anchor = purser_core::time::period_start(boundary, -1);
+    let account = purser_client::NewAccount {
+        id: ACCOUNT.into(),
+        tier: "business".into(),
+        name: None,
+        anchor: Some(anchor.to_string()),
+    };
+    let opened = expect_status(client.create_account(&account).await, 201, "open");
+    assert_eq!(
+        opened.body["balance"]["budget"]["period_end"],
+        boundary.to_string(),
+        "{opened:?}"
+    );
+    let first = client
+        .charge(ACCOUNT, &ten(), Some("the-first"))
+        .await
+        .expect("an answer");
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.body["balance"]["tier"], "business", "{first:?}");
+    // Enough other keys that the first leaves the cache (64 stripes of 1).
+    let one = Charge::new(Cost::credits("0.5"));
+    for n in 0..300 {
+        let reply = client
+            .charge(ACCOUNT, &one, Some(&format!("filler-{n}")))
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    expect_status(
+        client
+            .change_tier(
+                ACCOUNT,
+                &purser_client::TierChange {
+                    tier: "pro".into(),
+                    proration: Some("none".into()),
+                },
+            )
+            .await,
+        200,
+        "change the tier",
+    );
+    expect_status(
+        client
+            .post_idempotent(
+                "/v1/test_clock/advance",
+                &serde_json::json!({"seconds": 7 * 3600}),
+                "advance-7-hours",
+            )
+            .await,
+        200,
+        "advance the test clock",
+    );
+    let now = expect_status(client.balance(ACCOUNT).await, 200, "the balance now");
+    assert_eq!(
+        now.body["budget"]["period_start"], first.body["balance"]["budget"]["period_end"],
+        "a new period began: {now:?}"
+    );
+    let again = client
+        .charge(ACCOUNT, &ten(), Some("the-first"))
+        .await
+        .expect("an answer");
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.body, first.body, "the replay answered differently");
+    server.stop();
+
+    let server = ServerProcess::start_with(&data_dir, "memo-second", &args);
+    let client = admin(&server, Duration::from_secs(10));
+    let after = client
+        .charge(ACCOUNT, &ten(), Some("the-first"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (after.status, &after.body),
+        (201, &first.body),
+        "after a restart"
     );
     server.stop();
 }
