@@ -233,12 +233,18 @@ impl<T> IdempotencyTable<T> {
         *known = (*known).max(expires_at);
     }
 
-    /// When a key finished at `now` is forgotten.
+    /// When a key finished at `now` is forgotten: rounded up to the second,
+    /// as the store keeps a record's expiry, so memory and store agree.
     pub fn expiry_from(&self, now: Timestamp) -> Timestamp {
-        Timestamp::from_micros(
-            now.micros()
-                .saturating_add(self.retention_seconds.saturating_mul(MICROS_PER_SECOND)),
-        )
+        let micros = now
+            .micros()
+            .saturating_add(self.retention_seconds.saturating_mul(MICROS_PER_SECOND));
+        let fraction = micros.rem_euclid(MICROS_PER_SECOND);
+        Timestamp::from_micros(if fraction == 0 {
+            micros
+        } else {
+            micros.saturating_add(MICROS_PER_SECOND - fraction)
+        })
     }
 
     /// Moves the oldest finished keys out of the cache: their outcome stays

@@ -208,7 +208,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     -- Idempotency records made smaller (issue 14: at most 120 bytes a
     -- record on disk): an 8-byte fingerprint and the expiry in whole
-    -- seconds (`expires`, 4 bytes where microseconds took 8). Rows are
+    -- seconds (`expires`, 4 bytes until 2038 and 6 after, where
+    -- microseconds took 8). Rows are
     -- checked and copied from the old table by `shrink_records`.
     ALTER TABLE idempotency_record RENAME TO idempotency_record_v7;
     DROP INDEX idempotency_record_by_key;
