@@ -228,7 +228,10 @@ fn rekey_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Stor
 /// Migration 8: every record as versions 5 to 7 stored it checked against
 /// its checksum and rewritten in place ([`LegacyRecord::upgraded`]: the
 /// fingerprint's first 8 bytes, the expiry in seconds, the new checksum),
-/// a page at a time; then the old expiry column goes.
+/// a page at a time; then the old expiry column goes. A record that fails
+/// its old checksum is rewritten marked damaged
+/// ([`purser_store::DAMAGED_SUM`]): refused on its own when its key comes
+/// back, as it was before, while the rest keep serving.
 fn shrink_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
     transaction
         .batch_execute(
@@ -245,32 +248,44 @@ fn shrink_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Sto
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for row in rows {
                 let id: i64 = row.get(0);
-                let damaged = || {
-                    StoreError::Damaged(format!(
-                        "idempotency record {id} does not match its checksum; restore a backup"
-                    ))
-                };
                 let key: Vec<u8> = row.get(1);
                 let fingerprint: Vec<u8> = row.get(2);
-                let (Ok(key), Ok(fingerprint)) = (key.try_into(), fingerprint.try_into()) else {
-                    return Err(damaged());
-                };
-                let legacy = LegacyRecord {
-                    key,
-                    fingerprint,
-                    status: row.get::<_, i32>(3) as u16,
-                    body: row.get(4),
-                    expires_at: Timestamp::from_micros(row.get(5)),
-                };
+                let status: i32 = row.get(3);
+                let expires_at = Timestamp::from_micros(row.get(5));
                 let (pos, sum): (i64, i64) = (row.get(6), row.get(7));
-                if purser_store::legacy_record_sum(&legacy, pos as u64) != sum {
-                    return Err(damaged());
+                let legacy = match (
+                    <[u8; 16]>::try_from(&key[..]),
+                    <[u8; 16]>::try_from(&fingerprint[..]),
+                    u16::try_from(status),
+                ) {
+                    (Ok(key), Ok(fingerprint), Ok(status)) => Some(LegacyRecord {
+                        key,
+                        fingerprint,
+                        status,
+                        body: row.get(4),
+                        expires_at,
+                    }),
+                    _ => None,
                 }
-                let record = legacy.upgraded();
+                .filter(|legacy| purser_store::legacy_record_sum(legacy, pos as u64) == sum);
                 ids.push(id);
-                prints.push(record.fingerprint.to_vec());
-                expiries.push(record.expires_seconds());
-                sums.push(purser_store::record_sum(&record, pos as u64));
+                match legacy {
+                    Some(legacy) => {
+                        let record = legacy.upgraded();
+                        prints.push(record.fingerprint.to_vec());
+                        expiries.push(record.expires_seconds());
+                        sums.push(purser_store::record_sum(&record, pos as u64));
+                    }
+                    None => {
+                        tracing::error!(
+                            record = id,
+                            "an idempotency record does not match its checksum: kept as damaged"
+                        );
+                        prints.push(fingerprint[..fingerprint.len().min(8)].to_vec());
+                        expiries.push(expires_at.micros().div_euclid(1_000_000));
+                        sums.push(purser_store::DAMAGED_SUM);
+                    }
+                }
             }
             transaction
                 .execute(

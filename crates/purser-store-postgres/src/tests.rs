@@ -187,63 +187,63 @@ fn records_by_key_text_migrate_to_key_hashes() {
     assert_eq!(store.idempotency_keys(0, 10).unwrap().len(), 1);
 }
 
-/// A record of schema 7 that fails its checksum stops migration 8: the
-/// store does not open, and nothing of the migration is kept.
+/// A record of schema 7 that fails its checksum is carried over damaged
+/// by migration 8: the store opens, that key is refused on its own, and
+/// the other record is served.
 #[test]
-fn a_damaged_record_stops_the_migration_to_smaller_records() {
-    let record = LegacyRecord {
-        key: purser_store::key_hash("order-18"),
+fn a_damaged_record_stays_refused_after_the_migration_to_smaller_records() {
+    let record_of = |key: &str| LegacyRecord {
+        key: purser_store::key_hash(key),
         fingerprint: [6; 16],
         status: 201,
         body: b"{}".to_vec(),
         expires_at: Timestamp::from_micros(9_000_000_000_000_000),
     };
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let name = format!("purser_test_{}", hex::encode(bytes));
-    let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let url = database_url(&name);
-    let mut client = Client::connect(&url, NoTls).unwrap();
-    client
-        .batch_execute("CREATE TABLE purser_schema_version (version INT NOT NULL)")
-        .unwrap();
-    for (index, migration) in schema::MIGRATIONS[..7].iter().enumerate() {
-        client.batch_execute(migration).unwrap();
+    let (damaged, sound) = (record_of("order-18"), record_of("order-19"));
+    let store = make_with(|url| {
+        let mut client = Client::connect(url, NoTls).unwrap();
         client
-            .execute(
-                "INSERT INTO purser_schema_version (version) VALUES ($1)",
-                &[&(index as i32 + 1)],
-            )
+            .batch_execute("CREATE TABLE purser_schema_version (version INT NOT NULL)")
             .unwrap();
-    }
-    client
-        .execute(
-            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
-             VALUES ($1, $2, 201, $3, $4, 0, $5)",
-            &[
-                &&record.key[..],
-                &&record.fingerprint[..],
-                &record.body,
-                &record.expires_at.micros(),
-                &(purser_store::legacy_record_sum(&record, 0) + 1),
-            ],
-        )
-        .unwrap();
-    let refused = PostgresStore::open(&url, "test").err();
-    let version: i32 = client
-        .query_one("SELECT max(version) FROM purser_schema_version", &[])
-        .unwrap()
-        .get(0);
-    drop(client);
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .unwrap();
-    assert!(
-        matches!(refused, Some(StoreError::Damaged(_))),
-        "{refused:?}"
+        for (index, migration) in schema::MIGRATIONS[..7].iter().enumerate() {
+            client.batch_execute(migration).unwrap();
+            client
+                .execute(
+                    "INSERT INTO purser_schema_version (version) VALUES ($1)",
+                    &[&(index as i32 + 1)],
+                )
+                .unwrap();
+        }
+        for (record, sum_offset) in [(&damaged, 1), (&sound, 0)] {
+            client
+                .execute(
+                    "INSERT INTO idempotency_record (key, fingerprint, status, body, expires_at, pos, sum)
+                     VALUES ($1, $2, 201, $3, $4, 0, $5)",
+                    &[
+                        &&record.key[..],
+                        &&record.fingerprint[..],
+                        &record.body,
+                        &record.expires_at.micros(),
+                        &(purser_store::legacy_record_sum(record, 0) + sum_offset),
+                    ],
+                )
+                .unwrap();
+        }
+    });
+    assert_eq!(
+        store.idempotency_record(&sound.key).unwrap(),
+        Some(sound.upgraded())
     );
-    assert_eq!(version, 7, "the migration is not half applied");
+    assert!(
+        matches!(
+            store.idempotency_record(&damaged.key),
+            Err(StoreError::Damaged(_))
+        ),
+        "the damaged record stays refused"
+    );
+    let keys = store.idempotency_keys(0, 10).unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.key, k.sound)).collect::<Vec<_>>(),
+        [(damaged.key, false), (sound.key, true)]
+    );
 }

@@ -318,9 +318,12 @@ fn rekey_records(connection: &Connection) -> Result<(), StoreError> {
         .map_err(backend)
 }
 
-/// Migration 10: every record as versions 7 to 9 stored it checked against its
-/// checksum and stored anew ([`LegacyRecord::upgraded`]), in the same
-/// order, with its new checksum.
+/// Migration 10: every record as versions 7 to 9 stored it checked against
+/// its checksum and stored anew ([`LegacyRecord::upgraded`]), in the same
+/// order, with its new checksum. A record that fails its old checksum is
+/// carried over as it is, marked damaged ([`DAMAGED_SUM`]): refused on its
+/// own when its key comes back and reported by `verify`, as it was before
+/// the migration, while the rest keep serving.
 fn shrink_records(connection: &Connection) -> Result<(), StoreError> {
     {
         let mut read = connection
@@ -333,25 +336,54 @@ fn shrink_records(connection: &Connection) -> Result<(), StoreError> {
         while let Some(row) = rows.next().map_err(backend)? {
             let key: Vec<u8> = row.get(0).map_err(backend)?;
             let fingerprint: Vec<u8> = row.get(1).map_err(backend)?;
+            let status: i64 = row.get(2).map_err(backend)?;
+            let body: Vec<u8> = row.get(3).map_err(backend)?;
+            let expires_at = Timestamp::from_micros(row.get(4).map_err(backend)?);
             let (pos, sum, id): (i64, i64, i64) = (
                 row.get(5).map_err(backend)?,
                 row.get(6).map_err(backend)?,
                 row.get(7).map_err(backend)?,
             );
-            let (Ok(key), Ok(fingerprint)) = (key.try_into(), fingerprint.try_into()) else {
-                return Err(damaged_record(id));
-            };
-            let legacy = LegacyRecord {
-                key,
-                fingerprint,
-                status: row.get(2).map_err(backend)?,
-                body: row.get(3).map_err(backend)?,
-                expires_at: Timestamp::from_micros(row.get(4).map_err(backend)?),
-            };
-            if purser_store::legacy_record_sum(&legacy, pos as u64) != sum {
-                return Err(damaged_record(id));
+            let legacy = match (
+                <[u8; 16]>::try_from(&key[..]),
+                <[u8; 16]>::try_from(&fingerprint[..]),
+                u16::try_from(status),
+            ) {
+                (Ok(key), Ok(fingerprint), Ok(status)) => Some(LegacyRecord {
+                    key,
+                    fingerprint,
+                    status,
+                    body: body.clone(),
+                    expires_at,
+                }),
+                _ => None,
             }
-            insert_record(connection, &legacy.upgraded(), pos)?;
+            .filter(|legacy| purser_store::legacy_record_sum(legacy, pos as u64) == sum);
+            match legacy {
+                Some(legacy) => insert_record(connection, &legacy.upgraded(), pos)?,
+                None => {
+                    tracing::error!(
+                        record = id,
+                        "an idempotency record does not match its checksum: kept as damaged"
+                    );
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO idempotency_record (key, fingerprint, status, body, expires, pos, sum)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )
+                        .map_err(backend)?
+                        .execute(params![
+                            key,
+                            &fingerprint[..fingerprint.len().min(8)],
+                            status,
+                            body,
+                            expires_at.micros().div_euclid(1_000_000),
+                            pos,
+                            purser_store::DAMAGED_SUM
+                        ])
+                        .map_err(backend)?;
+                }
+            }
         }
     }
     connection

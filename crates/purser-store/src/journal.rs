@@ -100,6 +100,11 @@ pub fn record_sum(record: &IdempotencyRecord, pos: u64) -> i64 {
     (hasher.digest() & 0x7fff_ffff) as i64
 }
 
+/// The checksum a migration gives a record that failed its old one: no
+/// record sum is negative, so it never matches, and the record stays
+/// refused on its own, as it was before the migration.
+pub const DAMAGED_SUM: i64 = -1;
+
 /// The checksum a [`LegacyRecord`] was stored with (SQLite schemas 7 to
 /// 9, PostgreSQL 5 to 7):
 /// checked once more when it is stored anew.

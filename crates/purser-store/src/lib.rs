@@ -22,9 +22,9 @@ use purser_core::{
 
 pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
 pub use journal::{
-    ChainHash, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness, chain_hash,
-    entry_sum, event_sum, key_hash, legacy_record_sum, record_sum, record_sum_with_text, seal,
-    snapshot_sum,
+    ChainHash, DAMAGED_SUM, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness,
+    chain_hash, entry_sum, event_sum, key_hash, legacy_record_sum, record_sum,
+    record_sum_with_text, seal, snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
