@@ -149,7 +149,17 @@ pub struct EngineConfig {
     pub list_reads_per_second: u32,
     /// Pages of one account's lists served at once before the pace applies.
     pub list_reads_burst: u32,
+    /// Portal actions (form posts: buy, pay, cancel, change the plan, set
+    /// auto-recharge) of one account a minute (0: unpaced); more wait
+    /// their turn, up to half the request timeout, then are refused.
+    pub portal_actions_per_minute: u32,
+    /// Portal actions of one account at once before that pace.
+    pub portal_actions_burst: u32,
 }
+
+/// The pacer of portal actions (the others: API lists, portal pages,
+/// exports).
+const PORTAL_ACTIONS: usize = 3;
 
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone, Debug)]
@@ -171,7 +181,7 @@ struct Inner {
     /// List-read buckets by who reads: the API, the portal's pages, the
     /// portal's exports (a customer's reading only ever shares a bucket
     /// with other customers').
-    pacers: [crate::pacer::Pacer; 3],
+    pacers: [crate::pacer::Pacer; 4],
     /// The pacer's clock: µs are counted from here.
     started: std::time::Instant,
 }
@@ -278,8 +288,15 @@ impl Engine {
             keys,
             render: parts.render,
             request_timeout: config.request_timeout,
-            pacers: std::array::from_fn(|_| {
-                crate::pacer::Pacer::new(config.list_reads_per_second, config.list_reads_burst)
+            pacers: std::array::from_fn(|class| {
+                if class == PORTAL_ACTIONS {
+                    crate::pacer::Pacer::per_minute(
+                        config.portal_actions_per_minute,
+                        config.portal_actions_burst,
+                    )
+                } else {
+                    crate::pacer::Pacer::new(config.list_reads_per_second, config.list_reads_burst)
+                }
             }),
             started: std::time::Instant::now(),
             events_ready,
@@ -769,6 +786,15 @@ impl Engine {
     /// As [`Engine::pace_list`], for a portal page of `account`.
     pub async fn pace_portal(&self, account: &str) -> Result<(), Busy> {
         self.pace_turns(1, account, 1, self.pace_deadline()).await
+    }
+
+    /// Waits for the turn of a portal action (a form post) of `account`:
+    /// each is a write, and may call the payment provider, whose rate
+    /// limits every customer shares; refused ([`Busy::Paced`]) when the
+    /// turn is further away than half the request timeout.
+    pub async fn pace_portal_action(&self, account: &str) -> Result<(), Busy> {
+        self.pace_turns(PORTAL_ACTIONS, account, 1, self.pace_deadline())
+            .await
     }
 
     /// Waits for `cost` turns of `account`'s export bucket, however far

@@ -52,6 +52,20 @@ impl Pacer {
         } else {
             (1_000_000 / i64::from(per_second)).max(1)
         };
+        Pacer::with_interval(interval, burst)
+    }
+
+    /// `per_minute` turns per account (0: unpaced), `burst` at once.
+    pub fn per_minute(per_minute: u32, burst: u32) -> Pacer {
+        let interval = if per_minute == 0 {
+            0
+        } else {
+            (60_000_000 / i64::from(per_minute)).max(1)
+        };
+        Pacer::with_interval(interval, burst)
+    }
+
+    fn with_interval(interval: i64, burst: u32) -> Pacer {
         Pacer {
             interval,
             burst: interval.saturating_mul(i64::from(burst.max(1) - 1)),

@@ -263,6 +263,8 @@ fn open_with(
             request_timeout: TIMEOUT,
             list_reads_per_second: 0,
             list_reads_burst: 1,
+            portal_actions_per_minute: 0,
+            portal_actions_burst: 1,
         },
         test_clock,
         accept_loss: false,

@@ -95,7 +95,12 @@ fn redirect_to(url: &str) -> Response {
 
 /// The session and fields of a form POST: the token checked, the body read
 /// as a form, the CSRF token and the origin checked; or the refusal page.
-fn accept_form(
+/// A form of a valid session, its CSRF token and origin checked, in its
+/// account's turn: forms are paced per account (each is a write, and may
+/// call the payment provider), so a customer scripting them cannot grow
+/// the account's purchases, or use up the provider's rate limits, at the
+/// server's speed. Over the pace: back to the billing page, nothing done.
+async fn accept_form(
     state: &AppState,
     token: &str,
     headers: &HeaderMap,
@@ -110,6 +115,17 @@ fn accept_form(
         ));
     };
     check_form(state, headers, &session, &form)?;
+    if state
+        .engine
+        .pace_portal_action(session.account.as_str())
+        .await
+        .is_err()
+    {
+        return Err(back(
+            token,
+            Err(&json!({"error": {"code": "rate_limited"}})),
+        ));
+    }
     Ok((session, form))
 }
 
@@ -119,7 +135,7 @@ pub(crate) async fn change_tier(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let (session, form) = match accept_form(&state, &token, &headers, form) {
+    let (session, form) = match accept_form(&state, &token, &headers, form).await {
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
@@ -223,7 +239,7 @@ pub(crate) async fn buy(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let (session, form) = match accept_form(&state, &token, &headers, form) {
+    let (session, form) = match accept_form(&state, &token, &headers, form).await {
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
@@ -313,7 +329,7 @@ pub(crate) async fn pay_purchase(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let (session, form) = match accept_form(&state, &token, &headers, form) {
+    let (session, form) = match accept_form(&state, &token, &headers, form).await {
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
@@ -352,7 +368,7 @@ pub(crate) async fn cancel_purchase(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let (session, form) = match accept_form(&state, &token, &headers, form) {
+    let (session, form) = match accept_form(&state, &token, &headers, form).await {
         Ok(accepted) => accepted,
         Err(page) => return page,
     };
@@ -384,7 +400,7 @@ pub(crate) async fn set_auto_recharge(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let (session, form) = match accept_form(&state, &token, &headers, form) {
+    let (session, form) = match accept_form(&state, &token, &headers, form).await {
         Ok(accepted) => accepted,
         Err(page) => return page,
     };

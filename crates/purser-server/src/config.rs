@@ -81,6 +81,8 @@ struct RawLimits {
     body_timeout_seconds: Option<u64>,
     list_reads_per_second: Option<u32>,
     list_reads_burst: Option<u32>,
+    portal_actions_per_minute: Option<u32>,
+    portal_actions_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +163,12 @@ pub struct Config {
     pub list_reads_per_second: u32,
     /// Pages of one account's lists served at once before that pace.
     pub list_reads_burst: u32,
+    /// Portal actions (form posts) of one account a minute (0: unpaced);
+    /// more wait their turn, up to half the request timeout, then are
+    /// refused (`error=rate_limited`).
+    pub portal_actions_per_minute: u32,
+    /// Portal actions of one account at once before that pace.
+    pub portal_actions_burst: u32,
     /// A shard snapshots its partitions after writing this many entries, so
     /// recovery replays at most about that many per shard.
     pub snapshot_every_entries: u64,
@@ -213,6 +221,8 @@ impl Default for Config {
             body_timeout_seconds: 30,
             list_reads_per_second: 200,
             list_reads_burst: 50,
+            portal_actions_per_minute: 60,
+            portal_actions_burst: 10,
             snapshot_every_entries: 1_000_000,
             idempotency_retention_seconds:
                 purser_core::limits::DEFAULT_IDEMPOTENCY_RETENTION_SECONDS,
@@ -306,6 +316,12 @@ impl Config {
         }
         if let Some(burst) = raw.limits.list_reads_burst {
             config.list_reads_burst = burst.clamp(1, 1_000_000);
+        }
+        if let Some(rate) = raw.limits.portal_actions_per_minute {
+            config.portal_actions_per_minute = rate.min(60_000_000);
+        }
+        if let Some(burst) = raw.limits.portal_actions_burst {
+            config.portal_actions_burst = burst.clamp(1, 1_000_000);
         }
         if let Some(retention) = raw.idempotency.retention_seconds {
             if retention < 86_400 {

@@ -216,6 +216,8 @@ pub(crate) fn prepare(
             request_timeout: std::time::Duration::from_secs(config.request_timeout_seconds),
             list_reads_per_second: config.list_reads_per_second,
             list_reads_burst: config.list_reads_burst,
+            portal_actions_per_minute: config.portal_actions_per_minute,
+            portal_actions_burst: config.portal_actions_burst,
         },
         test_clock: config.test_clock,
         accept_loss: config.accept_loss,

@@ -618,3 +618,66 @@ async fn portal_changes_are_told_as_the_customers_and_alerts_show_on_the_credits
     assert_eq!(event["actor"]["type"], "portal");
     assert_eq!(event["actor"]["id"], opened["id"]);
 }
+
+/// Portal forms are paced per account: past the burst, a form is sent
+/// back to the billing page with `error=rate_limited` and does nothing;
+/// the operator's API is not paced by it, and another account has its own
+/// turns.
+#[tokio::test]
+async fn portal_forms_are_paced_per_account() {
+    let server = Server::start_with(|config| {
+        config.portal_actions_per_minute = 1;
+        config.portal_actions_burst = 2;
+    })
+    .await;
+    server.open("acme", "starter").await;
+    server.open("globex", "starter").await;
+    let link = url(&session(&server, "acme").await);
+    let billing = get(&format!("{link}/billing")).await;
+    let csrf = billing.hidden("csrf");
+    let mut outcomes = Vec::new();
+    for nonce in ["n1", "n2", "n3"] {
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("nonce", nonce),
+            ("package", "small"),
+        ];
+        let page = post_form(&format!("{link}/purchases"), &form, None).await;
+        assert_eq!(page.status, 303);
+        outcomes.push(page.location().rsplit('?').next().unwrap_or("").to_owned());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "notice=purchase_pending",
+            "notice=purchase_pending",
+            "error=rate_limited"
+        ]
+    );
+    let purchases = server
+        .admin()
+        .get("/v1/accounts/acme/purchases")
+        .await
+        .unwrap();
+    assert_eq!(purchases.body["data"].as_array().unwrap().len(), 2);
+    let page = get(&format!("{link}/billing?error=rate_limited")).await;
+    assert!(page.body.contains("We are busy right now"), "{}", page.body);
+    // The API is not paced by the portal's turns.
+    let bought = server
+        .admin()
+        .create_purchase("acme", "small")
+        .await
+        .unwrap();
+    assert_eq!(bought.status, 201, "{bought:?}");
+    // Another account's customer has turns of their own.
+    let other = url(&session(&server, "globex").await);
+    let billing = get(&format!("{other}/billing")).await;
+    let form = [
+        ("csrf", billing.hidden("csrf")),
+        ("nonce", "g1".to_owned()),
+        ("package", "small".to_owned()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let page = post_form(&format!("{other}/purchases"), &form, None).await;
+    assert!(page.location().ends_with("notice=purchase_pending"));
+}
