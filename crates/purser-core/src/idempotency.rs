@@ -48,9 +48,12 @@ pub enum Claim<'a, T> {
     /// The same request is still running.
     InFlight,
     /// The key may have a record in the store: the caller reads it and
-    /// calls [`IdempotencyTable::found`] (the key is held in flight
-    /// meanwhile; [`IdempotencyTable::abandon`] lets it go).
+    /// calls [`IdempotencyTable::found`] (the key is held meanwhile;
+    /// [`IdempotencyTable::abandon`] lets it go).
     Lookup,
+    /// Another claim of the key is reading the store: claim again in a
+    /// moment (the key is neither known to be running nor to be free).
+    LookingUp,
 }
 
 /// What the store said of a key claimed with [`Claim::Lookup`].
@@ -65,6 +68,8 @@ pub enum Found<T> {
 #[derive(Debug)]
 enum State<T> {
     InFlight,
+    /// Claimed with [`Claim::Lookup`]: the store is being read.
+    LookingUp,
     Done(T),
 }
 
@@ -141,7 +146,11 @@ impl<T> IdempotencyTable<T> {
             hashbrown::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Record {
                     fingerprint,
-                    state: State::InFlight,
+                    state: if lookup {
+                        State::LookingUp
+                    } else {
+                        State::InFlight
+                    },
                     expires_at: Timestamp::NEVER,
                 });
                 return if lookup { Claim::Lookup } else { Claim::New };
@@ -159,6 +168,8 @@ impl<T> IdempotencyTable<T> {
             return Claim::New;
         }
         match &record.state {
+            // Whether it matches is the stored record's to say.
+            State::LookingUp => Claim::LookingUp,
             _ if record.fingerprint != fingerprint => Claim::Mismatch,
             State::InFlight => Claim::InFlight,
             State::Done(outcome) => Claim::Replay(outcome),
@@ -178,6 +189,12 @@ impl<T> IdempotencyTable<T> {
         T: Clone,
     {
         let Some((fingerprint, outcome, expires_at)) = stored.filter(|s| s.2 > now) else {
+            // The key stays claimed, by the request that looked it up.
+            if let Some(record) = self.hot.get_mut(key)
+                && matches!(record.state, State::LookingUp)
+            {
+                record.state = State::InFlight;
+            }
             return Found::New;
         };
         let claimed = self.hot.get(key).map(|r| r.fingerprint);
@@ -216,7 +233,7 @@ impl<T> IdempotencyTable<T> {
         if matches!(
             self.hot.get(key),
             Some(Record {
-                state: State::InFlight,
+                state: State::InFlight | State::LookingUp,
                 ..
             })
         ) {
@@ -352,7 +369,10 @@ mod tests {
         // Hot: answered from memory; cold: the store is asked.
         assert_eq!(table.claim(&k(5), [5; 8], t0), Claim::Replay(&5));
         assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Lookup);
-        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::InFlight);
+        // Claims meanwhile wait for the store's answer (whatever their
+        // fingerprint): not "in flight", which would be a 409.
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::LookingUp);
+        assert_eq!(table.claim(&k(1), [7; 8], t0), Claim::LookingUp);
         let expiry = table.expiry_from(t0);
         assert_eq!(
             table.found(&k(1), Some(([1; 8], 1, expiry)), t0),
@@ -382,8 +402,11 @@ mod tests {
         table.set_complete(false);
         let t0 = Timestamp::from_micros(0);
         assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::Lookup);
+        assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::LookingUp);
+        // No record: the key is the looking-up request's, running.
         assert_eq!(table.found(&k(1), None, t0), Found::New);
         assert_eq!(table.claim(&k(1), [1; 8], t0), Claim::InFlight);
+        assert_eq!(table.claim(&k(1), [2; 8], t0), Claim::Mismatch);
         table.learn(&k(2), table.expiry_from(t0));
         // A stored key learnt while a claim looks it up, which then lets
         // it go: still known, still looked up.

@@ -512,24 +512,60 @@ impl Engine {
     }
 
     /// Claims keys at once (a batch's): the ones that need the store are
-    /// looked up together, one after another in one task off the async threads.
+    /// looked up together, one after another in one task off the async
+    /// threads. A key another request is looking up in the store is claimed
+    /// again once the store has answered it (a replay then, or a request in
+    /// flight), after this call's own lookups are done, so two calls never
+    /// wait for each other.
     async fn claim_all(&self, keys: &[Option<&IdempotencyKey>]) -> Vec<Result<(), Submitted>> {
-        let now = self.0.clock.now();
-        let mut claims: Vec<Result<(), Submitted>> = Vec::with_capacity(keys.len());
+        let deadline = self.deadline();
+        let mut claims = self.claim_pass(keys).await;
+        for (index, claim) in claims.iter_mut().enumerate() {
+            while claim.is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    *claim = Some(Err(ended(Outcome::Busy(Busy::Unavailable))));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                *claim = self.claim_pass(&keys[index..=index]).await.pop().flatten();
+            }
+        }
+        claims
+            .into_iter()
+            .map(|claim| claim.expect("every key claimed"))
+            .collect()
+    }
+
+    /// One pass of [`Engine::claim_all`]: `None` for a key another request
+    /// is looking up in the store (one this pass looks up, a batch's item
+    /// twice, is in use).
+    async fn claim_pass(
+        &self,
+        keys: &[Option<&IdempotencyKey>],
+    ) -> Vec<Option<Result<(), Submitted>>> {
+        let mut claims: Vec<Option<Result<(), Submitted>>> = Vec::with_capacity(keys.len());
         let mut pending = Vec::new();
         for (index, key) in keys.iter().enumerate() {
             let Some(key) = key else {
-                claims.push(Ok(()));
+                claims.push(Some(Ok(())));
                 continue;
             };
-            claims.push(match self.0.keys.claim(&key.key, key.fingerprint, now) {
-                Claimed::New => Ok(()),
-                Claimed::Replay(stored) => Err(replay(stored)),
-                Claimed::Mismatch => Err(ended(Outcome::KeyReused)),
-                Claimed::InFlight => Err(ended(Outcome::KeyInUse)),
+            let claimed = self
+                .0
+                .keys
+                .claim(&key.key, key.fingerprint, self.0.clock.now());
+            claims.push(match claimed {
+                Claimed::New => Some(Ok(())),
+                Claimed::Replay(stored) => Some(Err(replay(stored))),
+                Claimed::Mismatch => Some(Err(ended(Outcome::KeyReused))),
+                Claimed::InFlight => Some(Err(ended(Outcome::KeyInUse))),
+                Claimed::LookingUp if pending.iter().any(|(_, p)| *p == key.key) => {
+                    Some(Err(ended(Outcome::KeyInUse)))
+                }
+                Claimed::LookingUp => None,
                 Claimed::Lookup => {
                     pending.push((index, key.key));
-                    Ok(())
+                    Some(Ok(()))
                 }
             });
         }
@@ -554,7 +590,7 @@ impl Engine {
             Ok(Ok(answers)) => answers,
             Ok(Err(_)) | Err(_) => {
                 for (index, _) in &lookups.pending {
-                    claims[*index] = Err(ended(Outcome::Busy(Busy::Unavailable)));
+                    claims[*index] = Some(Err(ended(Outcome::Busy(Busy::Unavailable))));
                 }
                 return claims; // `lookups` lets the keys go
             }
@@ -564,7 +600,7 @@ impl Engine {
             .into_iter()
             .zip(answers)
         {
-            claims[index] = match answer {
+            claims[index] = Some(match answer {
                 Ok(record) => match self.0.keys.found(&key, record, now) {
                     Found::New => Ok(()),
                     Found::Replay(stored) => Err(replay(stored)),
@@ -583,7 +619,7 @@ impl Engine {
                         }
                     }))
                 }
-            };
+            });
         }
         claims
     }

@@ -50,6 +50,8 @@ pub(crate) enum Claimed {
     InFlight,
     /// Held in flight until [`KeyTable::found`] says what the store has.
     Lookup,
+    /// Another request with the key is asking the store: claim again soon.
+    LookingUp,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,7 @@ impl KeyTable {
             Claim::Mismatch => Claimed::Mismatch,
             Claim::InFlight => Claimed::InFlight,
             Claim::Lookup => Claimed::Lookup,
+            Claim::LookingUp => Claimed::LookingUp,
         }
     }
 

@@ -35,6 +35,8 @@ struct Faulty {
     lookups_fail: AtomicBool,
     /// Idempotency lookups made.
     lookups: std::sync::atomic::AtomicUsize,
+    /// Milliseconds each idempotency lookup takes (a slow store).
+    lookup_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Faulty {
@@ -110,6 +112,9 @@ impl Store for Faulty {
         key: &purser_core::KeyHash,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(
+            self.lookup_delay_ms.load(Ordering::SeqCst),
+        ));
         if self.lookups_fail.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected: lookups fail".into()));
         }
@@ -248,6 +253,7 @@ fn open_with(
         panic_next: AtomicBool::new(false),
         lookups_fail: AtomicBool::new(false),
         lookups: Default::default(),
+        lookup_delay_ms: Default::default(),
     });
     let options = Options {
         config: EngineConfig {
@@ -492,6 +498,41 @@ async fn keys_beyond_the_cache_are_answered_from_the_store() {
         )
         .await;
     assert!(matches!(other, Outcome::KeyReused), "{other:?}");
+}
+
+/// Retries of one cold key sent at once, while the store is slow to
+/// answer the first one's lookup: every one gets the first answer (they
+/// wait for the lookup), none is refused as "still running", and nothing
+/// is charged again.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_retries_of_a_cold_key_all_get_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open_with(&dir, false, Duration::from_secs(60), 64);
+    open_acme(&engine).await;
+    let mut first = Vec::new();
+    for n in 0..200 {
+        first.push(answered(&engine, || charge("0.1"), &format!("r{n}")).await);
+    }
+    store.lookup_delay_ms.store(50, Ordering::SeqCst);
+    let before = available(&engine).await;
+    let lookups = store.lookups.load(Ordering::SeqCst);
+    let retries: Vec<_> = (0..8)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.run(charge("0.1"), key("r0"), Actor::System).await })
+        })
+        .collect();
+    for retry in retries {
+        match retry.await.unwrap() {
+            Outcome::Answered { status, body } => assert_eq!((status, body), first[0]),
+            other => panic!("a retry of a cold key: {other:?}"),
+        }
+    }
+    assert!(
+        store.lookups.load(Ordering::SeqCst) > lookups,
+        "r0 was cold: its answer came from the store"
+    );
+    assert_eq!(available(&engine).await, before, "nothing charged again");
 }
 
 /// A store that cannot answer a lookup gets the request refused as
