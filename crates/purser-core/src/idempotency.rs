@@ -228,6 +228,16 @@ impl<T> IdempotencyTable<T> {
         }
     }
 
+    /// Ends a key as [`IdempotencyTable::finish`] does, but keeps only its
+    /// hash here: its outcome (a large one) is read back from the store
+    /// when the key comes again.
+    pub fn finish_cold(&mut self, key: &KeyHash, now: Timestamp) {
+        if self.hot.remove(key).is_some() {
+            let expires_at = self.expiry_from(now);
+            self.learn(key, expires_at);
+        }
+    }
+
     /// Forgets a key whose request was refused (or failed before it ran).
     pub fn abandon(&mut self, key: &KeyHash) {
         if matches!(

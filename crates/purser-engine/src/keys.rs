@@ -16,6 +16,10 @@ use purser_store::{IdempotencyRecord, StoredKey};
 
 const STRIPES: usize = 64;
 
+/// The largest answer kept in memory (a debit's memo is ~35 bytes, its
+/// JSON ~750; a batch's record can be far larger).
+const HOT_ANSWER_BYTES: usize = 4_096;
+
 /// A request's idempotency key (by its hash: the text is not kept) and the
 /// fingerprint of what it asks for (method, path, body): a key reused for
 /// another request is refused.
@@ -116,8 +120,15 @@ impl KeyTable {
         self.table(key).found(key, stored, now)
     }
 
+    /// Ends a key with its answer, kept in memory if small (a large one, a
+    /// batch's say, is read back from the store: the cache holds a number
+    /// of answers, so their size must be bounded too).
     pub fn finish(&self, key: &KeyHash, stored: Stored, now: Timestamp) {
-        self.table(key).finish(key, stored, now);
+        if stored.body.len() > HOT_ANSWER_BYTES {
+            self.table(key).finish_cold(key, now);
+        } else {
+            self.table(key).finish(key, stored, now);
+        }
     }
 
     /// Forgets every key whose retention has passed (claims do this for

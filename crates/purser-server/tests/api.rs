@@ -947,6 +947,82 @@ async fn batches_apply_each_item_on_its_own() {
     assert_eq!(single.body, reply.body["results"][0]["debit"]);
 }
 
+/// A batch sent with an `Idempotency-Key` of its own: a replay answers
+/// every item as the first time (an item refused for lack of credits is
+/// refused again, even once credits came) and charges nothing again, also
+/// after a restart; the key with another batch is 409; without the header
+/// each item is judged again.
+#[tokio::test]
+async fn a_batch_under_its_own_key_replays_its_first_answer() {
+    let server = Server::start().await;
+    let api = server.admin();
+    server.open("acme", "free").await;
+    let items = json!({"items": [
+        {"account": "acme", "idempotency_key": "k1", "credits": "5"},
+        {"account": "acme", "idempotency_key": "k2", "credits": "30"},
+        {"account": "nobody", "idempotency_key": "k3", "credits": "1"},
+        {"account": "acme", "idempotency_key": "k4", "credits": "-1"},
+    ]});
+    let first = api
+        .post_idempotent("/v1/usage/batch", &items, "batch-1")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{first:?}");
+    let statuses = |reply: &purser_client::Reply| -> Vec<u64> {
+        reply.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(statuses(&first), [201, 402, 404, 400]);
+    let granted = api
+        .post(
+            "/v1/accounts/acme/grants",
+            &json!({"credits": "100", "kind": "promo", "reason": "test"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted.status, 201, "{granted:?}");
+    let again = api
+        .post_idempotent("/v1/usage/batch", &items, "batch-1")
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the replay answers as the first time");
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "120",
+        "nothing charged again"
+    );
+    let other = json!({"items": [{"account": "acme", "idempotency_key": "k9", "credits": "1"}]});
+    let reused = api
+        .post_idempotent("/v1/usage/batch", &other, "batch-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (reused.status, reused.error_code()),
+        (409, Some("idempotency_key_reused")),
+        "{reused:?}"
+    );
+    let dir = server.stop().await;
+    let server = Server::start_in(dir, |_| {}).await;
+    let api = server.admin();
+    let after = api
+        .post_idempotent("/v1/usage/batch", &items, "batch-1")
+        .await
+        .unwrap();
+    assert_eq!(after, first, "after a restart");
+    // Without the batch's key, the refused item is judged again.
+    let fresh = api.post("/v1/usage/batch", &items).await.unwrap();
+    assert_eq!(statuses(&fresh), [201, 201, 404, 400]);
+    assert_eq!(fresh.body["results"][0], first.body["results"][0]);
+    assert_eq!(
+        credits(&api.balance("acme").await.unwrap(), "available"),
+        "90"
+    );
+}
+
 #[tokio::test]
 async fn remembered_debits_replay_the_same_answer_after_a_restart() {
     let server = Server::start().await;
