@@ -228,12 +228,11 @@ impl<T> IdempotencyTable<T> {
         }
     }
 
-    /// Ends a key as [`IdempotencyTable::finish`] does, but keeps only its
-    /// hash here: its outcome (a large one) is read back from the store
+    /// Keeps only the hash of a key, finished or found, expiring at
+    /// `expires_at`: its outcome (a large one) is read back from the store
     /// when the key comes again.
-    pub fn finish_cold(&mut self, key: &KeyHash, now: Timestamp) {
+    pub fn finish_cold(&mut self, key: &KeyHash, expires_at: Timestamp) {
         if self.hot.remove(key).is_some() {
-            let expires_at = self.expiry_from(now);
             self.learn(key, expires_at);
         }
     }

@@ -519,7 +519,13 @@ impl Engine {
     /// wait for each other.
     async fn claim_all(&self, keys: &[Option<&IdempotencyKey>]) -> Vec<Result<(), Submitted>> {
         let deadline = self.deadline();
-        let mut claims = self.claim_pass(keys).await;
+        // Keys this call claimed for its requests: let go if it is dropped
+        // before it returns (a client that went away while it waited).
+        let mut held = Lookups {
+            keys: self.0.keys.clone(),
+            pending: Vec::new(),
+        };
+        let mut claims = self.claim_pass(keys, &mut held.pending).await;
         for (index, claim) in claims.iter_mut().enumerate() {
             while claim.is_none() {
                 if tokio::time::Instant::now() >= deadline {
@@ -527,9 +533,14 @@ impl Engine {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                *claim = self.claim_pass(&keys[index..=index]).await.pop().flatten();
+                *claim = self
+                    .claim_pass(&keys[index..=index], &mut held.pending)
+                    .await
+                    .pop()
+                    .flatten();
             }
         }
+        held.pending.clear();
         claims
             .into_iter()
             .map(|claim| claim.expect("every key claimed"))
@@ -542,6 +553,7 @@ impl Engine {
     async fn claim_pass(
         &self,
         keys: &[Option<&IdempotencyKey>],
+        held: &mut Vec<(usize, KeyHash)>,
     ) -> Vec<Option<Result<(), Submitted>>> {
         let mut claims: Vec<Option<Result<(), Submitted>>> = Vec::with_capacity(keys.len());
         let mut pending = Vec::new();
@@ -555,7 +567,10 @@ impl Engine {
                 .keys
                 .claim(&key.key, key.fingerprint, self.0.clock.now());
             claims.push(match claimed {
-                Claimed::New => Some(Ok(())),
+                Claimed::New => {
+                    held.push((index, key.key));
+                    Some(Ok(()))
+                }
                 Claimed::Replay(stored) => Some(Err(replay(stored))),
                 Claimed::Mismatch => Some(Err(ended(Outcome::KeyReused))),
                 Claimed::InFlight => Some(Err(ended(Outcome::KeyInUse))),
@@ -602,7 +617,10 @@ impl Engine {
         {
             claims[index] = Some(match answer {
                 Ok(record) => match self.0.keys.found(&key, record, now) {
-                    Found::New => Ok(()),
+                    Found::New => {
+                        held.push((index, key));
+                        Ok(())
+                    }
                     Found::Replay(stored) => Err(replay(stored)),
                     Found::Mismatch => Err(ended(Outcome::KeyReused)),
                 },

@@ -110,6 +110,10 @@ impl KeyTable {
         record: Option<IdempotencyRecord>,
         now: Timestamp,
     ) -> Found<Stored> {
+        let large = record
+            .as_ref()
+            .filter(|record| record.body.len() > HOT_ANSWER_BYTES)
+            .map(|record| record.expires_at);
         let stored = record.map(|record| {
             let stored = Stored {
                 status: record.status,
@@ -117,7 +121,13 @@ impl KeyTable {
             };
             (record.fingerprint, stored, record.expires_at)
         });
-        self.table(key).found(key, stored, now)
+        let mut table = self.table(key);
+        let found = table.found(key, stored, now);
+        // A large answer found is answered, not cached.
+        if let (Some(expires_at), Found::Replay(_) | Found::Mismatch) = (large, &found) {
+            table.finish_cold(key, expires_at);
+        }
+        found
     }
 
     /// Ends a key with its answer, kept in memory if small (a large one, a
@@ -125,7 +135,9 @@ impl KeyTable {
     /// of answers, so their size must be bounded too).
     pub fn finish(&self, key: &KeyHash, stored: Stored, now: Timestamp) {
         if stored.body.len() > HOT_ANSWER_BYTES {
-            self.table(key).finish_cold(key, now);
+            let mut table = self.table(key);
+            let expires_at = table.expiry_from(now);
+            table.finish_cold(key, expires_at);
         } else {
             self.table(key).finish(key, stored, now);
         }

@@ -65,12 +65,16 @@ pub(super) async fn batch(
     // nothing again; the same key with another batch is refused.
     if let Err(answered) = state.engine.claim(&key).await {
         let outcome = state.engine.settle(answered).await;
-        if let Outcome::Answered { status: 200, body } = &outcome
-            && let Some(first) = BatchRecord::decode(body, items.len())
-        {
+        if let Outcome::Answered { status: 200, body } = &outcome {
+            let Some(first) = BatchRecord::decode(body, items.len()) else {
+                tracing::error!("a batch's remembered answer could not be read");
+                return Err(ApiError::internal(
+                    "the remembered answer of this key could not be read",
+                ));
+            };
             return Ok(json_response(
                 200,
-                replay_batch(&state, &items, first).await,
+                replay_batch(&state, items, first, actor).await,
             ));
         }
         let (status, body) = purser_wire::outcome(outcome);
@@ -133,34 +137,48 @@ async fn run_batch(
         results.push(status, &answer);
         record.0.push(match status {
             // Accepted: its own key answers it again.
-            200..=299 => (status, None),
+            200..=299 => (status, Item::ByKey),
+            // Not run, or not known to be (busy, timed out, its key in
+            // use): run again on a replay, under its own key, which keeps
+            // it from being applied twice.
+            429 | 500..=599 => (status, Item::Again),
+            409 if error_code(&answer).as_deref() == Some("idempotency_key_in_use") => {
+                (status, Item::Again)
+            }
             // Refused: answered again as it was.
-            400..=499 => (status, Some(answer)),
-            // Not known to be applied or not (a timeout, say): its key
-            // tells on a replay.
-            _ => (status, None),
+            _ => (status, Item::Refused(answer)),
         });
     }
     (results.finish(), record)
 }
 
-/// A replay of a batch under its key: each item that was accepted or not
-/// answered is claimed again by its own key (a replay of its charge, or
-/// the outcome of one still unknown); each refused item is refused as it
-/// was.
+fn error_code(answer: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(answer).ok()?;
+    value["error"]["code"].as_str().map(str::to_owned)
+}
+
+/// A replay of a batch under its key: each accepted item is answered by
+/// its own key, each refused item as it was, and each item that did not
+/// run (or whose outcome was unknown) is run again under its own key.
 async fn replay_batch(
     state: &AppState,
-    items: &[Result<(Command, IdempotencyKey)>],
+    items: Vec<Result<(Command, IdempotencyKey)>>,
     first: BatchRecord,
+    actor: purser_engine::Actor,
 ) -> Vec<u8> {
-    let mut results = objects::BatchResults::new(items.len());
-    for (item, (status, refusal)) in items.iter().zip(first.0) {
-        let (status, answer) = match (refusal, item) {
-            (Some(refusal), _) => (status, refusal),
-            (None, Ok((_, key))) => match state.engine.claim(key).await {
+    let mut answers: Vec<Option<(u16, Vec<u8>)>> = Vec::with_capacity(items.len());
+    let mut again = Vec::new();
+    for (item, (status, kind)) in items.into_iter().zip(first.0) {
+        answers.push(match (kind, item) {
+            (Item::Refused(answer), _) => Some((status, answer)),
+            (_, Err(error)) => Some((error.status, error.body())),
+            (Item::Again, Ok((command, key))) => {
+                again.push((command, Some(key)));
+                None
+            }
+            (Item::ByKey, Ok((_, key))) => Some(match state.engine.claim(&key).await {
                 Err(answered) => purser_wire::outcome(state.engine.settle(answered).await),
-                // Its record is gone (it expired first): it is not run
-                // again under the batch's replay.
+                // Its record is gone (it expired first): not run again.
                 Ok(()) => {
                     state.engine.release(&key.key);
                     let error = ApiError::idempotency(
@@ -169,30 +187,51 @@ async fn replay_batch(
                     );
                     (error.status, error.body())
                 }
-            },
-            (None, Err(error)) => (error.status, error.body()),
+            }),
+        });
+    }
+    let mut started = state.engine.start_all(again, actor).await.into_iter();
+    let mut results = objects::BatchResults::new(answers.len());
+    for answer in answers {
+        let (status, answer) = match answer {
+            Some(answer) => answer,
+            None => {
+                let submitted: Submitted = started.next().expect("one an item run again");
+                purser_wire::outcome(state.engine.settle(submitted).await)
+            }
         };
         results.push(status, &answer);
     }
     results.finish()
 }
 
-/// What a batch's key remembers: each item's first status, and the answer
-/// of each refused one (an accepted item's answer is its own key's). A
-/// marker byte no JSON starts with, then per item its status and, for a
-/// refusal, the answer's length and bytes.
-struct BatchRecord(Vec<(u16, Option<Vec<u8>>)>);
+/// What a batch's key remembers: each item's first status and how a
+/// replay answers it (an accepted item's answer is its own key's). A
+/// marker no JSON starts with, then per item its status, its kind and, for
+/// a refusal, the answer's length and bytes.
+struct BatchRecord(Vec<(u16, Item)>);
 
-const BATCH_MARKER: [u8; 2] = [1, 1];
+enum Item {
+    ByKey,
+    Refused(Vec<u8>),
+    Again,
+}
+
+const BATCH_MARKER: [u8; 2] = [1, 2];
 
 impl BatchRecord {
     fn encode(&self) -> Vec<u8> {
         let mut out = BATCH_MARKER.to_vec();
-        for (status, refusal) in &self.0 {
+        for (status, item) in &self.0 {
             out.extend_from_slice(&status.to_le_bytes());
-            if let Some(answer) = refusal {
-                out.extend_from_slice(&(answer.len() as u32).to_le_bytes());
-                out.extend_from_slice(answer);
+            match item {
+                Item::ByKey => out.push(0),
+                Item::Again => out.push(2),
+                Item::Refused(answer) => {
+                    out.push(1);
+                    out.extend_from_slice(&(answer.len() as u32).to_le_bytes());
+                    out.extend_from_slice(answer);
+                }
             }
         }
         out
@@ -201,24 +240,27 @@ impl BatchRecord {
     /// `None` unless `bytes` is a record of a batch of `items` items.
     fn decode(bytes: &[u8], items: usize) -> Option<BatchRecord> {
         let mut rest = bytes.strip_prefix(&BATCH_MARKER[..])?;
-        let mut record = Vec::with_capacity(items);
+        let mut record = Vec::with_capacity(items.min(MAX_BATCH_ITEMS));
         for _ in 0..items {
-            let (status, tail) = rest.split_first_chunk::<2>()?;
-            let status = u16::from_le_bytes(*status);
+            let (head, tail) = rest.split_first_chunk::<3>()?;
+            let status = u16::from_le_bytes([head[0], head[1]]);
             rest = tail;
-            let refusal = if (400..500).contains(&status) {
-                let (len, tail) = rest.split_first_chunk::<4>()?;
-                let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
-                if len > tail.len() {
-                    return None;
+            let item = match head[2] {
+                0 => Item::ByKey,
+                2 => Item::Again,
+                1 => {
+                    let (len, tail) = rest.split_first_chunk::<4>()?;
+                    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+                    if len > tail.len() {
+                        return None;
+                    }
+                    let (answer, tail) = tail.split_at(len);
+                    rest = tail;
+                    Item::Refused(answer.to_vec())
                 }
-                let (answer, tail) = tail.split_at(len);
-                rest = tail;
-                Some(answer.to_vec())
-            } else {
-                None
+                _ => return None,
             };
-            record.push((status, refusal));
+            record.push((status, item));
         }
         rest.is_empty().then_some(BatchRecord(record))
     }
@@ -247,4 +289,32 @@ fn batch_command(item: &Value) -> Result<(Command, IdempotencyKey)> {
     let path = format!("/v1/accounts/{account}/usage");
     let fingerprint = purser_wire::fingerprint_canonical("POST", &path, &single);
     Ok((command, IdempotencyKey::new(&key, fingerprint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record reads back as written; cut short, with bytes to spare, or
+    /// for another number of items, it is refused, never misread.
+    #[test]
+    fn a_batch_record_reads_back_as_written() {
+        let record = BatchRecord(vec![
+            (201, Item::ByKey),
+            (402, Item::Refused(br#"{"error":{}}"#.to_vec())),
+            (503, Item::Again),
+        ]);
+        let bytes = record.encode();
+        let read = BatchRecord::decode(&bytes, 3).expect("reads back");
+        assert_eq!(read.encode(), bytes);
+        assert!(
+            matches!(read.0[1], (402, Item::Refused(ref answer)) if answer == br#"{"error":{}}"#)
+        );
+        assert!(BatchRecord::decode(&bytes[..bytes.len() - 1], 3).is_none());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(BatchRecord::decode(&longer, 3).is_none());
+        assert!(BatchRecord::decode(&bytes, 2).is_none());
+        assert!(BatchRecord::decode(br#"{"object":"list"}"#, 1).is_none());
+    }
 }
