@@ -61,8 +61,9 @@ pub(super) async fn batch(
         return Ok(json_response(200, run_batch(&state, items, actor).await.0));
     };
     // The batch's own key: a replay answers every item as the first time
-    // (each charge by its item's key, each refusal as it was), and runs
-    // nothing again; the same key with another batch is refused.
+    // (each charge by its item's key, each refusal as it was; an item that
+    // did not run is run under its own key); the same key with another
+    // batch is refused.
     if let Err(answered) = state.engine.claim(&key).await {
         let outcome = state.engine.settle(answered).await;
         if let Outcome::Answered { status: 200, body } = &outcome {
