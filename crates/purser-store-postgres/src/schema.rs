@@ -253,21 +253,15 @@ fn shrink_records(transaction: &mut postgres::Transaction<'_>) -> Result<(), Sto
                 let status: i32 = row.get(3);
                 let expires_at = Timestamp::from_micros(row.get(5));
                 let (pos, sum): (i64, i64) = (row.get(6), row.get(7));
-                let legacy = match (
-                    <[u8; 16]>::try_from(&key[..]),
-                    <[u8; 16]>::try_from(&fingerprint[..]),
-                    u16::try_from(status),
-                ) {
-                    (Ok(key), Ok(fingerprint), Ok(status)) => Some(LegacyRecord {
-                        key,
-                        fingerprint,
-                        status,
-                        body: row.get(4),
-                        expires_at,
-                    }),
-                    _ => None,
-                }
-                .filter(|legacy| purser_store::legacy_record_sum(legacy, pos as u64) == sum);
+                let legacy = LegacyRecord::checked(
+                    &key,
+                    &fingerprint,
+                    i64::from(status),
+                    row.get(4),
+                    expires_at,
+                    pos as u64,
+                    sum,
+                );
                 ids.push(id);
                 match legacy {
                     Some(legacy) => {

@@ -344,21 +344,15 @@ fn shrink_records(connection: &Connection) -> Result<(), StoreError> {
                 row.get(6).map_err(backend)?,
                 row.get(7).map_err(backend)?,
             );
-            let legacy = match (
-                <[u8; 16]>::try_from(&key[..]),
-                <[u8; 16]>::try_from(&fingerprint[..]),
-                u16::try_from(status),
-            ) {
-                (Ok(key), Ok(fingerprint), Ok(status)) => Some(LegacyRecord {
-                    key,
-                    fingerprint,
-                    status,
-                    body: body.clone(),
-                    expires_at,
-                }),
-                _ => None,
-            }
-            .filter(|legacy| purser_store::legacy_record_sum(legacy, pos as u64) == sum);
+            let legacy = LegacyRecord::checked(
+                &key,
+                &fingerprint,
+                status,
+                body.clone(),
+                expires_at,
+                pos as u64,
+                sum,
+            );
             match legacy {
                 Some(legacy) => insert_record(connection, &legacy.upgraded(), pos)?,
                 None => {

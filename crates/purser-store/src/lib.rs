@@ -124,6 +124,27 @@ pub struct LegacyRecord {
 }
 
 impl LegacyRecord {
+    /// A record from its stored columns, if they are well formed and match
+    /// its checksum (`sum`, with the position `pos` of its commit).
+    pub fn checked(
+        key: &[u8],
+        fingerprint: &[u8],
+        status: i64,
+        body: Vec<u8>,
+        expires_at: Timestamp,
+        pos: u64,
+        sum: i64,
+    ) -> Option<LegacyRecord> {
+        let record = LegacyRecord {
+            key: key.try_into().ok()?,
+            fingerprint: fingerprint.try_into().ok()?,
+            status: u16::try_from(status).ok()?,
+            body,
+            expires_at,
+        };
+        (journal::legacy_record_sum(&record, pos) == sum).then_some(record)
+    }
+
     /// The record as it is stored now: the fingerprint's first 8 bytes
     /// (the same digest's, so a retry still matches) and the expiry in
     /// seconds, rounded up.
