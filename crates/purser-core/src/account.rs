@@ -90,6 +90,10 @@ pub struct Account {
     pub(crate) auto_recharge: Option<Box<AutoRecharge>>,
     /// The earliest instant at which time-driven work is due.
     pub(crate) next_due: Timestamp,
+    /// Its ledger settles objects out of memory (see `settled.rs`): spent
+    /// grants are set aside before finished ones are dropped, so a voided
+    /// package grant leaves as a stored row, never silently.
+    pub(crate) settling: bool,
 }
 
 /// An account's auto-recharge: its setting and where it stands, all of it
@@ -216,6 +220,7 @@ impl Account {
                 .clone()
                 .map(|config| Box::new(AutoRecharge::new(config))),
             next_due: Timestamp::NEVER,
+            settling: false,
         };
         account.next_due = account.compute_next_due();
         account
@@ -582,11 +587,19 @@ impl Account {
     /// Spent package and promo grants leave burn order (see `spent`); the
     /// spent ones that can never change again leave too (checked when the
     /// earliest spent expiry has come).
-    fn prune_grants(&mut self, at: Timestamp) {
+    pub(crate) fn prune_grants(&mut self, at: Timestamp) {
         let finished = |g: &Grant| {
             g.expires_at <= at
                 || (g.state == crate::grant::GrantState::Voided && g.kind != GrantKind::Budget)
         };
+        if self.settling {
+            // Spent ones (finished or not) leave with their last state;
+            // the server takes them out of memory after the command.
+            self.set_aside_spent();
+            self.grants
+                .retain(|g| !(finished(g) && g.remaining.is_zero() && g.held.is_zero()));
+            return;
+        }
         self.grants
             .retain(|g| !(finished(g) && g.remaining.is_zero() && g.held.is_zero()));
         self.set_aside_spent();

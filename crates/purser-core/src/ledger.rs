@@ -39,13 +39,15 @@ pub struct Receipt {
 pub struct Ledger {
     partition: u16,
     catalog: Arc<Catalog>,
-    accounts: Vec<Account>,
+    pub(crate) accounts: Vec<Account>,
     /// Positions in `accounts`, found by hashing the account's own id (four
     /// bytes a slot instead of a second reference to the id). Account ids
     /// are the operator's own, not an attacker's: a fast, seeded hash is
     /// enough.
     by_id: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::RandomState,
+    /// Settled objects may leave memory (see `settled.rs`).
+    pub(crate) settling: bool,
 }
 
 impl Ledger {
@@ -56,6 +58,7 @@ impl Ledger {
             accounts: Vec::new(),
             by_id: hashbrown::HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
+            settling: false,
         }
     }
 
@@ -87,7 +90,7 @@ impl Ledger {
     }
 
     /// The position of the account with this id.
-    fn position(&self, id: &str) -> Option<u32> {
+    pub(crate) fn position(&self, id: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
         self.by_id
             .find(hash, |&index| {
@@ -119,6 +122,17 @@ impl Ledger {
 
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
         self.accounts.iter()
+    }
+
+    pub(crate) fn accounts_mut(&mut self) -> impl Iterator<Item = &mut Account> {
+        self.accounts.iter_mut()
+    }
+
+    pub(crate) fn account_by_handle_mut(&mut self, handle: AccountHandle) -> Option<&mut Account> {
+        if handle.partition() != self.partition {
+            return None;
+        }
+        self.accounts.get_mut(handle.index() as usize)
     }
 
     /// Gives back the spare capacity that growing left behind (after
@@ -460,8 +474,9 @@ impl Ledger {
         {
             return Err(ApplyError::AccountExists);
         }
-        self.accounts
-            .push(Account::open(entry.account, entry.seq, entry.at, opened));
+        let mut account = Account::open(entry.account, entry.seq, entry.at, opened);
+        account.settling = self.settling;
+        self.accounts.push(account);
         self.index_id(entry.account.index());
         Ok(())
     }
@@ -482,7 +497,9 @@ impl Ledger {
         {
             return Err(ApplyError::AccountExists);
         }
-        self.accounts.push(Account::restore(snapshot));
+        let mut account = Account::restore(snapshot);
+        account.settling = self.settling;
+        self.accounts.push(account);
         self.index_id(handle.index());
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod limits;
 mod metadata;
 mod purchases;
 mod rejection;
+mod settled;
 mod snapshot;
 pub mod time;
 pub mod verify;
@@ -57,6 +58,7 @@ pub use ledger::{Ledger, Receipt};
 pub use limits::Limit;
 pub use metadata::Metadata;
 pub use rejection::{ErrorType, Rejection};
+pub use settled::{Settled, SettledBatch};
 pub use time::Timestamp;
 
 /// The README's example, compiled and run as a doctest so it stays true.

@@ -118,6 +118,7 @@ impl Account {
             low_balance_thresholds: snapshot.low_balance_thresholds.map(Box::new),
             auto_recharge: snapshot.auto_recharge.map(Box::new),
             next_due: Timestamp::NEVER,
+            settling: false,
         };
         account.set_aside_spent();
         account.next_due = account.compute_next_due();

@@ -100,6 +100,13 @@ impl Replayer {
         }
     }
 
+    /// Replays as a server's ledger does, settling objects out of memory
+    /// (which changes when spent grants are set aside; see `settled.rs`).
+    pub fn settling(mut self) -> Replayer {
+        self.ledger.set_settling(true);
+        self
+    }
+
     /// Applies the partition's next entry (an account's later entries are
     /// skipped once one of its entries fails).
     pub fn feed(&mut self, entry: &Entry) {

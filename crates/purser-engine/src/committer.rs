@@ -8,12 +8,14 @@
 //! with its command's outcome all the same.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use purser_core::Entry;
-use purser_store::{Commit, EventRecord, IdempotencyRecord, PartitionSnapshot, Store, StoreError};
+use purser_store::{
+    Commit, EventRecord, IdempotencyRecord, PartitionSnapshot, SettledRecord, Store, StoreError,
+};
 
 use crate::keys::{KeyTable, Stored};
 use crate::shard::{Answer, Batch, Reply};
@@ -33,6 +35,9 @@ pub(crate) struct Committer {
     pub clock: crate::Clock,
     /// Counts commits that stored events (webhook dispatchers wait on it).
     pub events_ready: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Per shard, the number of its last batch known durable (a shard
+    /// reads settled objects back from the store only once their batch is).
+    pub durable: Arc<[AtomicU64]>,
 }
 
 impl Committer {
@@ -41,6 +46,8 @@ impl Committer {
         let mut idempotency: Vec<IdempotencyRecord> = Vec::new();
         let mut events: Vec<EventRecord> = Vec::new();
         let mut snapshots: Vec<PartitionSnapshot> = Vec::new();
+        let mut settled: Vec<SettledRecord> = Vec::new();
+        let mut numbers: Vec<(usize, u64)> = Vec::new();
         let mut answers: Vec<Reply> = Vec::new();
         while let Ok(first) = self.rx.recv() {
             let mut batches = vec![first];
@@ -52,10 +59,15 @@ impl Committer {
                 idempotency.extend(batch.idempotency);
                 events.extend(batch.events);
                 snapshots.extend(batch.snapshots);
+                settled.extend(batch.settled);
+                numbers.push((batch.shard, batch.number));
                 answers.extend(batch.answers);
             }
             let started = Instant::now();
-            let writes = !(entries.is_empty() && idempotency.is_empty() && snapshots.is_empty());
+            let writes = !(entries.is_empty()
+                && idempotency.is_empty()
+                && snapshots.is_empty()
+                && settled.is_empty());
             let outcome = if self.poisoned.load(Ordering::Relaxed) {
                 Err(StoreError::Backend(
                     "engine stopped after an earlier failed commit".into(),
@@ -65,6 +77,7 @@ impl Committer {
                     entries: &entries,
                     idempotency: &idempotency,
                     events: &events,
+                    settled: &settled,
                     snapshots: &snapshots,
                 })
             };
@@ -72,6 +85,11 @@ impl Committer {
                 .observe_commit(entries.len(), answers.len(), started.elapsed());
             match outcome {
                 Ok(()) => {
+                    for (shard, number) in numbers.drain(..) {
+                        if let Some(durable) = self.durable.get(shard) {
+                            durable.fetch_max(number, Ordering::Release);
+                        }
+                    }
                     if !events.is_empty() {
                         self.events_ready.send_modify(|n| *n = n.wrapping_add(1));
                     }
@@ -112,6 +130,8 @@ impl Committer {
             idempotency.clear();
             events.clear();
             snapshots.clear();
+            settled.clear();
+            numbers.clear();
         }
     }
 

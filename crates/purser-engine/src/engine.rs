@@ -212,6 +212,7 @@ impl Engine {
             owned[usize::from(ledger.partition()) % config.shards].push(ledger);
         }
         let mut senders = Vec::new();
+        let durable: Arc<[AtomicU64]> = (0..config.shards).map(|_| AtomicU64::new(0)).collect();
         for (index, ledgers) in owned.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
             senders.push(tx);
@@ -233,6 +234,10 @@ impl Engine {
                 queue_depth: queue_depth.clone(),
                 listing: Listing::default(),
                 events: Vec::new(),
+                store: parts.store.clone(),
+                batches: 0,
+                durable: durable.clone(),
+                leaving: Default::default(),
             };
             let stopped = poisoned.clone();
             std::thread::Builder::new()
@@ -262,6 +267,7 @@ impl Engine {
             keys: keys.clone(),
             clock: parts.clock.clone(),
             events_ready: events_ready.clone(),
+            durable,
         };
         let stopped = poisoned.clone();
         std::thread::Builder::new()

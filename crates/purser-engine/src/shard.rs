@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use purser_core::{
-    Account, AccountHandle, AccountId, Command, Entry, Event, KeyHash, Ledger, Target, Timestamp,
-    partition_of,
+    Account, AccountHandle, AccountId, Command, Entry, Event, KeyHash, Ledger, Settled,
+    SettledBatch, Target, Timestamp, partition_of,
 };
-use purser_store::{EventRecord, IdempotencyRecord, PartitionSnapshot};
+use purser_store::{EventRecord, IdempotencyRecord, PartitionSnapshot, SettledRecord, Store};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -89,9 +89,14 @@ pub(crate) struct Reply {
 /// What a shard hands the committer.
 #[derive(Debug)]
 pub(crate) struct Batch {
+    /// The shard's index and the batch's number (from 1, in order).
+    pub shard: usize,
+    pub number: u64,
     pub entries: Vec<Entry>,
     pub idempotency: Vec<IdempotencyRecord>,
     pub events: Vec<EventRecord>,
+    /// Settled objects that left memory with this batch.
+    pub settled: Vec<SettledRecord>,
     pub snapshots: Vec<PartitionSnapshot>,
     pub answers: Vec<Reply>,
 }
@@ -121,6 +126,15 @@ pub(crate) struct Shard {
     pub listing: Listing,
     /// The events of the command at hand (reused).
     pub events: Vec<Event>,
+    /// Settled objects are read back from here (a page-in, rare).
+    pub store: Arc<dyn Store>,
+    /// Batches handed to the committer so far.
+    pub batches: u64,
+    /// The number of this shard's last batch known durable (the committer's).
+    pub durable: Arc<[AtomicU64]>,
+    /// Settled objects of batches not yet known durable, oldest first: read
+    /// back from here, the store may not have them yet.
+    pub leaving: std::collections::VecDeque<(u64, SettledRecord)>,
 }
 
 /// Accounts by creation instant, for list pages that read only what they
@@ -159,6 +173,21 @@ impl Shard {
             .map(|account| Reverse((account.next_due(), account.handle().raw())))
             .collect();
         self.due = BinaryHeap::from(due);
+        // What recovery read back goes out again before any work.
+        let settled: Vec<SettledRecord> = self
+            .ledgers
+            .iter_mut()
+            .flat_map(Ledger::settle_all)
+            .flat_map(records)
+            .collect();
+        if !settled.is_empty() {
+            let mut batch = self.new_batch();
+            batch.settled = settled;
+            self.hand_over(&batch);
+            if self.commit.send(batch).is_err() {
+                return;
+            }
+        }
         loop {
             let first = match self.rx.recv_timeout(self.idle_wait()) {
                 Ok(job) => Some(job),
@@ -166,13 +195,7 @@ impl Shard {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             };
             let now = self.clock.now();
-            let mut batch = Batch {
-                entries: Vec::new(),
-                idempotency: Vec::new(),
-                events: Vec::new(),
-                snapshots: Vec::new(),
-                answers: Vec::new(),
-            };
+            let mut batch = self.new_batch();
             if let Some(job) = first {
                 self.process(job, now, &mut batch);
                 while batch.answers.len() < self.batch_limit {
@@ -183,7 +206,8 @@ impl Shard {
                 }
             }
             self.advance_due(now, &mut batch);
-            if batch.answers.is_empty() && batch.entries.is_empty() {
+            if batch.answers.is_empty() && batch.entries.is_empty() && batch.settled.is_empty() {
+                self.batches -= 1;
                 continue;
             }
             self.since_snapshot += batch.entries.len() as u64;
@@ -191,9 +215,62 @@ impl Shard {
                 batch.snapshots = self.snapshot();
                 self.since_snapshot = 0;
             }
+            self.hand_over(&batch);
             if self.commit.send(batch).is_err() {
                 return;
             }
+        }
+    }
+
+    /// The next batch (numbered: the committer tells which are durable).
+    fn new_batch(&mut self) -> Batch {
+        self.batches += 1;
+        Batch {
+            shard: self.index,
+            number: self.batches,
+            entries: Vec::new(),
+            idempotency: Vec::new(),
+            events: Vec::new(),
+            settled: Vec::new(),
+            snapshots: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    /// Keeps the batch's settled objects at hand until it is durable.
+    fn hand_over(&mut self, batch: &Batch) {
+        self.forget_durable();
+        self.leaving.extend(
+            batch
+                .settled
+                .iter()
+                .map(|record| (batch.number, record.clone())),
+        );
+    }
+
+    fn forget_durable(&mut self) {
+        let durable = self.durable[self.index].load(Ordering::Acquire);
+        while self
+            .leaving
+            .front()
+            .is_some_and(|(number, _)| *number <= durable)
+        {
+            self.leaving.pop_front();
+        }
+    }
+
+    /// The settled objects of one account that left after its entry
+    /// `as_of - 1`, as records for the store (and for `leaving`).
+    fn settle(
+        &mut self,
+        index: usize,
+        account: AccountHandle,
+        paged: &[u64],
+        first: usize,
+        batch: &mut Batch,
+    ) {
+        if let Some(settled) = self.ledgers[index].settle(account, paged, &batch.entries[first..]) {
+            batch.settled.extend(records(settled));
         }
     }
 
@@ -316,6 +393,28 @@ impl Shard {
                 _ => return Answer::Rendered(self.render.refused(&command.not_found())),
             },
         };
+        // Settled objects the command may touch come back first (rare: a
+        // refund of an old purchase, a reversal onto a spent grant).
+        self.forget_durable();
+        let paged = {
+            let Shard {
+                ledgers,
+                leaving,
+                store,
+                ..
+            } = self;
+            ledgers[index].page_in_for(&command, &mut |account, seq, as_of| {
+                page_in(leaving, &**store, account, seq, as_of)
+            })
+        };
+        let (paged_account, paged) = match paged {
+            Ok(Some((account, paged))) => (Some(account), paged),
+            Ok(None) => (None, Vec::new()),
+            Err(error) => {
+                tracing::error!(%error, "reading a settled object back from the store");
+                return Answer::Unavailable;
+            }
+        };
         let ledger = &mut self.ledgers[index];
         if let Command::ReleaseHold { hold } = &command {
             let active = ledger
@@ -346,6 +445,7 @@ impl Shard {
         // The heap holds an entry for each account's current due instant: a
         // new one only when a command moved it (a refusal moved it only if
         // time-driven work ran before it).
+        let settled_account;
         let (rendered, moved) = match result {
             Ok(receipt) => {
                 let account = ledger
@@ -359,16 +459,22 @@ impl Shard {
                     now,
                     keyed: claim.is_some(),
                 });
+                settled_account = Some(receipt.account);
                 (rendered, receipt.due_moved.then_some(receipt.account))
             }
-            Err(rejection) => (
-                self.render.refused(&rejection),
-                batch.entries.get(before).map(|e| e.account),
-            ),
+            Err(rejection) => {
+                settled_account = batch.entries.get(before).map(|e| e.account);
+                (self.render.refused(&rejection), settled_account)
+            }
         };
         if let Some(handle) = moved {
             let account = ledger.account_by_handle(handle).expect("known account");
             self.due.push(Reverse((account.next_due(), handle.raw())));
+        }
+        // Answer and events are rendered: what is settled now leaves.
+        let settling = paged_account.or(settled_account);
+        if let Some(account) = settling {
+            self.settle(index, account, &paged, before, batch);
         }
         if let (Some(claim), Some(remember)) = (claim, &rendered.remember) {
             batch.idempotency.push(IdempotencyRecord::new(
@@ -489,9 +595,43 @@ impl Shard {
             );
             let next = ledger.account_by_handle(handle).expect("known").next_due();
             self.due.push(Reverse((next, raw)));
+            self.settle(index, handle, &[], first, batch);
         }
         self.events = events;
     }
+}
+
+/// Settled objects as the store keeps them.
+fn records(settled: SettledBatch) -> impl Iterator<Item = SettledRecord> {
+    let (account, as_of) = (settled.account, settled.as_of);
+    settled
+        .objects
+        .into_iter()
+        .map(move |object| SettledRecord {
+            account,
+            as_of,
+            object,
+        })
+}
+
+/// The newest version, at or before `as_of`, of a settled object: from the
+/// batches not yet durable (newest first), else from the store.
+fn page_in(
+    leaving: &std::collections::VecDeque<(u64, SettledRecord)>,
+    store: &dyn Store,
+    account: AccountHandle,
+    seq: u64,
+    as_of: u64,
+) -> Result<Option<Settled>, purser_store::StoreError> {
+    let pending = leaving.iter().rev().find(|(_, record)| {
+        record.account == account && record.seq() == seq && record.as_of <= as_of
+    });
+    if let Some((_, record)) = pending {
+        return Ok(Some(record.object.clone()));
+    }
+    Ok(store
+        .settled(account, seq, as_of)?
+        .map(|record| record.object))
 }
 
 /// Renders a command's events (taken from `events`) into outbox records.

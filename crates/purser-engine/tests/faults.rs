@@ -20,8 +20,8 @@ use purser_engine::{
     Options, Outcome, Read, Render, Rendered,
 };
 use purser_store::{
-    ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, Store, StoreError, StoredSnapshot,
-    UsageQuery, UsageRow,
+    ApiKeyRecord, Commit, EntryQuery, IdempotencyRecord, SettledKind, SettledRecord, Store,
+    StoreError, StoredSnapshot, UsageQuery, UsageRow,
 };
 use purser_store_sqlite::SqliteStore;
 
@@ -103,6 +103,23 @@ impl Store for Faulty {
     }
     fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError> {
         self.inner.entries(query)
+    }
+    fn settled(
+        &self,
+        account: AccountHandle,
+        seq: u64,
+        as_of: u64,
+    ) -> Result<Option<SettledRecord>, StoreError> {
+        self.inner.settled(account, seq, as_of)
+    }
+    fn settled_page(
+        &self,
+        account: AccountHandle,
+        kind: SettledKind,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SettledRecord>, StoreError> {
+        self.inner.settled_page(account, kind, before_seq, limit)
     }
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.inner.usage(query)

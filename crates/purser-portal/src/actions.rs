@@ -337,11 +337,7 @@ pub(crate) async fn pay_purchase(
         Ok(purchase) => purchase,
         Err(page) => return page,
     };
-    let current = match state
-        .engine
-        .read(purser_engine::Read::Purchase(purchase))
-        .await
-    {
+    let current = match purser_wire::lists::purchase(&state.engine, purchase).await {
         Ok(rendered) if rendered.status == 200 => {
             serde_json::from_slice::<Value>(&rendered.body).unwrap_or(Value::Null)
         }

@@ -305,14 +305,12 @@ pub(crate) async fn billing_page(
     };
     let result = async {
         let account = account_json(&state, &session).await?;
-        let read = Read::Purchases(
-            session.account.clone(),
-            Page {
-                limit: PURCHASES_SHOWN,
-                starting_after: None,
-            },
-        );
-        let purchases: Value = match state.engine.read(read).await {
+        let page = Page {
+            limit: PURCHASES_SHOWN,
+            starting_after: None,
+        };
+        let listed = purser_wire::lists::purchases(&state.engine, session.account.clone(), page);
+        let purchases: Value = match listed.await {
             Ok(rendered) if rendered.status == 200 => {
                 serde_json::from_slice(&rendered.body).map_err(|_| unavailable())?
             }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use purser_core::{Actor, Command, EventType, ObjectId, ObjectKind};
-use purser_engine::{Engine, IdempotencyKey, Read};
+use purser_engine::{Engine, IdempotencyKey};
 use purser_portal::payments::{Charge, CheckoutRequest, PaymentProvider};
 use purser_store::EventQuery;
 use serde_json::Value;
@@ -236,7 +236,7 @@ fn recharge_request(engine: &Engine, body: &[u8]) -> Option<CheckoutRequest> {
 
 /// Whether the purchase is still pending now (`None`: not known).
 async fn pending(engine: &Engine, purchase: ObjectId) -> Option<bool> {
-    match engine.read(Read::Purchase(purchase)).await {
+    match purser_wire::lists::purchase(engine, purchase).await {
         Ok(rendered) if rendered.status == 200 => {
             let current: Value = serde_json::from_slice(&rendered.body).ok()?;
             Some(current["status"] == "pending")

@@ -33,8 +33,9 @@ use postgres::{Client, NoTls};
 use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
     ApiKeyRecord, ChainHash, Commit, Damage, DamageReport, DeliveryRecord, EntryQuery, EventQuery,
-    EventRecord, IdempotencyRecord, KEPT_DELIVERIES, Store, StoreError, StoredEvent, StoredKey,
-    StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry, entry_sum, record_sum,
+    EventRecord, IdempotencyRecord, KEPT_DELIVERIES, SettledKind, SettledRecord, Store, StoreError,
+    StoredEvent, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow, Witness, decode_entry,
+    entry_sum, record_sum,
 };
 
 pub struct PostgresStore {
@@ -256,8 +257,17 @@ impl PostgresStore {
         work: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if self.read_only {
-            let mut guard = lock(&self.writer);
-            return work(writer(&mut guard));
+            // A read inside another (recovery reads settled objects while
+            // it scans the journal) gets a connection of its own.
+            return match self.writer.try_lock() {
+                Ok(mut guard) => work(writer(&mut guard)),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    work(writer(&mut poisoned.into_inner()))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    work(&mut Client::connect(&self.url, NoTls).map_err(backend)?)
+                }
+            };
         }
         let mut client = match lock(&self.readers).pop() {
             Some(client) if !client.is_closed() => client,
@@ -438,14 +448,17 @@ impl Store for PostgresStore {
         if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Fenced);
         }
-        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
+        if commit.entries.is_empty()
+            && commit.idempotency.is_empty()
+            && commit.snapshots.is_empty()
+            && commit.settled.is_empty()
         {
             // Reads and refusals: answered only once the lease is known to
             // be ours after they arrived, so a writer that was paused and
             // lost its lease never answers from its stale memory.
             return self.confirm_lease();
         }
-        if commit.snapshots.is_empty() {
+        if commit.snapshots.is_empty() && commit.settled.is_empty() {
             return self.commit_in_one_statement(commit);
         }
         let mut guard = lock(&self.writer);
@@ -502,6 +515,27 @@ impl Store for PostgresStore {
                         &columns.debit_seq,
                         &columns.sum,
                         &columns.chain,
+                    ],
+                )
+                .map_err(backend)?;
+        }
+        for record in commit.settled {
+            let body = record.body();
+            let (account, seq) = (record.account.raw(), record.seq());
+            transaction
+                .execute(
+                    "INSERT INTO settled (account, seq, as_of, kind, body, sum, pos)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (account, seq, as_of) DO UPDATE SET kind = excluded.kind,
+                        body = excluded.body, sum = excluded.sum, pos = excluded.pos",
+                    &[
+                        &(account as i64),
+                        &(seq as i64),
+                        &(record.as_of as i64),
+                        &(record.kind() as i16),
+                        &body,
+                        &purser_store::settled_sum(account, seq, record.as_of, &body),
+                        &end,
                     ],
                 )
                 .map_err(backend)?;
@@ -643,6 +677,55 @@ impl Store for PostgresStore {
         })
     }
 
+    fn settled(
+        &self,
+        account: AccountHandle,
+        seq: u64,
+        as_of: u64,
+    ) -> Result<Option<SettledRecord>, StoreError> {
+        self.read(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT seq, as_of, body, sum FROM settled
+                     WHERE account = $1 AND seq = $2 AND as_of <= $3 ORDER BY as_of DESC LIMIT 1",
+                    &[
+                        &(account.raw() as i64),
+                        &(seq.min(i64::MAX as u64) as i64),
+                        &(as_of.min(i64::MAX as u64) as i64),
+                    ],
+                )
+                .map_err(backend)?;
+            row.map(|row| checked_settled(account, &row)).transpose()
+        })
+    }
+
+    fn settled_page(
+        &self,
+        account: AccountHandle,
+        kind: SettledKind,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SettledRecord>, StoreError> {
+        self.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT DISTINCT ON (seq) seq, as_of, body, sum FROM settled
+                     WHERE account = $1 AND kind = $2 AND seq < $3
+                     ORDER BY seq DESC, as_of DESC LIMIT $4",
+                    &[
+                        &(account.raw() as i64),
+                        &(kind as i16),
+                        &before_seq.map_or(i64::MAX, |seq| seq.min(i64::MAX as u64) as i64),
+                        &(limit as i64),
+                    ],
+                )
+                .map_err(backend)?;
+            rows.iter()
+                .map(|row| checked_settled(account, row))
+                .collect()
+        })
+    }
+
     fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.read(|client| usage::usage(client, query))
     }
@@ -759,6 +842,10 @@ impl Store for PostgresStore {
         ] {
             transaction.execute(statement, &[&end]).map_err(backend)?;
         }
+        // A settled object's version written with lost entries.
+        transaction
+            .execute("DELETE FROM settled WHERE pos > $1", &[&end])
+            .map_err(backend)?;
         transaction
             .execute(
                 "INSERT INTO incident (at, journal_end, report) VALUES ($1, $2, $3)",
@@ -796,6 +883,21 @@ impl Store for PostgresStore {
                     Ok(())
                 },
             )?;
+            for row in client
+                .query(
+                    "SELECT seq, as_of, body, sum, account FROM settled ORDER BY account, seq, as_of",
+                    &[],
+                )
+                .map_err(backend)?
+            {
+                let account = AccountHandle::from_raw(row.get::<_, i64>(4) as u64);
+                if let Err(error) = checked_settled(account, &row) {
+                    found(Damage::Structure {
+                        what: "the settled objects".into(),
+                        detail: error.to_string(),
+                    });
+                }
+            }
             paged(
                 client,
                 &format!("{CHECKED_EVENT} WHERE pos > $1 ORDER BY pos LIMIT 1000"),
@@ -869,3 +971,14 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests;
+
+/// A `settled` row (`seq, as_of, body, sum`) read back and checked.
+fn checked_settled(
+    account: AccountHandle,
+    row: &postgres::Row,
+) -> Result<SettledRecord, StoreError> {
+    let seq: i64 = row.get(0);
+    let as_of: i64 = row.get(1);
+    let body: Vec<u8> = row.get(2);
+    SettledRecord::checked(account, seq as u64, as_of as u64, &body, row.get(3))
+}

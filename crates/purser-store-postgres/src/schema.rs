@@ -140,6 +140,21 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE idempotency_record ADD COLUMN expires BIGINT;
 "#,
+    // Settled objects (issue 14): purchases and grants that left memory,
+    // one row per version, each with its checksum and the journal's end at
+    // its commit (a lost end of the journal takes its versions with it).
+    r#"
+    CREATE TABLE settled (
+        account BIGINT   NOT NULL,
+        seq     BIGINT   NOT NULL,
+        as_of   BIGINT   NOT NULL,
+        kind    SMALLINT NOT NULL,
+        body    BYTEA    NOT NULL,
+        sum     BIGINT   NOT NULL,
+        pos     BIGINT   NOT NULL,
+        PRIMARY KEY (account, seq, as_of)
+    );
+"#,
 ];
 
 /// The version whose migration adds checksums: entries stored before it are

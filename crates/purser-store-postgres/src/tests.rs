@@ -98,6 +98,7 @@ fn a_second_writer_waits_for_the_lease_and_the_first_is_fenced_after() {
         entries: &journal[..2],
         idempotency: &[],
         events: &[],
+        settled: &[],
         snapshots: &[],
     };
     assert!(
@@ -118,6 +119,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
             entries: &journal[..3],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -127,6 +129,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
                 entries: &journal[2..6],
                 idempotency: &[],
                 events: &[],
+                settled: &[],
                 snapshots: &[]
             })
             .is_err()

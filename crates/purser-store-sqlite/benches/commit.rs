@@ -46,6 +46,7 @@ impl Workload {
                 entries: &out,
                 idempotency: &[],
                 events: &[],
+                settled: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -93,6 +94,7 @@ fn commits(c: &mut Criterion) {
                             entries: &entries,
                             idempotency: &[],
                             events: &[],
+                            settled: &[],
                             snapshots: &[],
                         })
                         .unwrap()

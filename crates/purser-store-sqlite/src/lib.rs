@@ -27,9 +27,10 @@ use std::time::Duration;
 use purser_core::{AccountHandle, Entry, EventId, EventType, KeyHash, Timestamp};
 use purser_store::{
     ApiKeyRecord, Commit, Damage, DamageReport, DeliveryRecord, EntryQuery, EventQuery,
-    EventRecord, GroupBy, IdempotencyRecord, KEPT_DELIVERIES, KIND_KEYS, LegacyRecord, Store,
-    StoreError, StoredEvent, StoredKey, StoredRow, StoredSnapshot, UsageQuery, UsageRow,
-    UsageTotals, Witness, day_key, decode_entry, encode_entry, entry_sum, record_sum, usage_of,
+    EventRecord, GroupBy, IdempotencyRecord, KEPT_DELIVERIES, KIND_KEYS, LegacyRecord, SettledKind,
+    SettledRecord, Store, StoreError, StoredEvent, StoredKey, StoredRow, StoredSnapshot,
+    UsageQuery, UsageRow, UsageTotals, Witness, day_key, decode_entry, encode_entry, entry_sum,
+    record_sum, usage_of,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
@@ -213,7 +214,16 @@ impl SqliteStore {
         work: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if self.read_only {
-            return work(&lock(&self.writer));
+            // A read inside another (recovery reads settled objects while
+            // it scans the journal) gets a connection of its own.
+            return match self.writer.try_lock() {
+                Ok(connection) => work(&connection),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => work(&poisoned.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => work(&open_reader(
+                    &self.path,
+                    self.history.then_some(&*self.history_path),
+                )?),
+            };
         }
         let connection = match lock(&self.readers).pop() {
             Some(connection) => connection,
@@ -271,7 +281,10 @@ impl Store for SqliteStore {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
-        if commit.entries.is_empty() && commit.idempotency.is_empty() && commit.snapshots.is_empty()
+        if commit.entries.is_empty()
+            && commit.idempotency.is_empty()
+            && commit.snapshots.is_empty()
+            && commit.settled.is_empty()
         {
             return Ok(());
         }
@@ -370,6 +383,9 @@ impl Store for SqliteStore {
             }
             for record in commit.idempotency {
                 schema::insert_record(&transaction, record, pos)?;
+            }
+            for record in commit.settled {
+                schema::insert_settled(&transaction, record, pos)?;
             }
             if !commit.events.is_empty() {
                 let last: i64 = transaction
@@ -517,6 +533,10 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             transaction
                 .execute("DELETE FROM idempotency_record WHERE pos > ?1", [end])
+                .map_err(backend)?;
+            // A settled object's version written with lost entries.
+            transaction
+                .execute("DELETE FROM settled WHERE pos > ?1", [end])
                 .map_err(backend)?;
             // An event exists only with its entries.
             transaction
@@ -686,6 +706,66 @@ impl Store for SqliteStore {
                 entries.push(decode(query.account.raw() as i64, seq, &body)?);
             }
             Ok(entries)
+        })
+    }
+
+    fn settled(
+        &self,
+        account: AccountHandle,
+        seq: u64,
+        as_of: u64,
+    ) -> Result<Option<SettledRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT seq, as_of, body, sum FROM settled
+                     WHERE account = ?1 AND seq = ?2 AND as_of <= ?3 ORDER BY as_of DESC LIMIT 1",
+                )
+                .map_err(backend)?;
+            let mut rows = statement
+                .query(params![
+                    account.raw() as i64,
+                    seq as i64,
+                    as_of.min(i64::MAX as u64) as i64
+                ])
+                .map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) => Ok(Some(schema::checked_settled(account, row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn settled_page(
+        &self,
+        account: AccountHandle,
+        kind: SettledKind,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SettledRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT s.seq, s.as_of, s.body, s.sum FROM settled s
+                     WHERE s.account = ?1 AND s.kind = ?2 AND s.seq < ?3
+                       AND s.as_of = (SELECT MAX(as_of) FROM settled
+                                      WHERE account = ?1 AND seq = s.seq)
+                     ORDER BY s.seq DESC LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let mut rows = statement
+                .query(params![
+                    account.raw() as i64,
+                    kind as i64,
+                    before_seq.map_or(i64::MAX, |seq| seq.min(i64::MAX as u64) as i64),
+                    limit as i64
+                ])
+                .map_err(backend)?;
+            let mut page = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                page.push(schema::checked_settled(account, row)?);
+            }
+            Ok(page)
         })
     }
 

@@ -225,6 +225,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_record_by_key ON idempotency_record (substr(key, 1, 8));
 "#,
+    r#"
+    -- Settled objects (issue 14): purchases and grants that left memory,
+    -- one row per version (`as_of`: the account's entry count when it
+    -- left), each with its checksum and the journal's end at its commit
+    -- (`pos`: a lost end of the journal takes its versions with it).
+    CREATE TABLE settled (
+        account INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        as_of   INTEGER NOT NULL,
+        kind    INTEGER NOT NULL,
+        body    BLOB    NOT NULL,
+        sum     INTEGER NOT NULL,
+        pos     INTEGER NOT NULL,
+        PRIMARY KEY (account, seq, as_of)
+    ) WITHOUT ROWID;
+"#,
 ];
 
 /// The version whose migration adds checksums: rows stored before it are
@@ -655,4 +671,45 @@ pub(crate) fn check_version(connection: &Connection) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Stores one version of a settled object (replacing the same version).
+pub(crate) fn insert_settled(
+    transaction: &Connection,
+    record: &purser_store::SettledRecord,
+    pos: i64,
+) -> Result<(), StoreError> {
+    let body = record.body();
+    let (account, seq) = (record.account.raw(), record.seq());
+    transaction
+        .prepare_cached(
+            "INSERT INTO settled (account, seq, as_of, kind, body, sum, pos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (account, seq, as_of) DO UPDATE SET kind = excluded.kind,
+                body = excluded.body, sum = excluded.sum, pos = excluded.pos",
+        )
+        .map_err(backend)?
+        .execute(rusqlite::params![
+            account as i64,
+            seq as i64,
+            record.as_of as i64,
+            record.kind() as i64,
+            body,
+            purser_store::settled_sum(account, seq, record.as_of, &body),
+            pos,
+        ])
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// A `settled` row (`seq, as_of, body, sum`) read back and checked.
+pub(crate) fn checked_settled(
+    account: purser_core::AccountHandle,
+    row: &rusqlite::Row<'_>,
+) -> Result<purser_store::SettledRecord, StoreError> {
+    let seq: i64 = row.get(0).map_err(backend)?;
+    let as_of: i64 = row.get(1).map_err(backend)?;
+    let body: Vec<u8> = row.get(2).map_err(backend)?;
+    let sum: i64 = row.get(3).map_err(backend)?;
+    purser_store::SettledRecord::checked(account, seq as u64, as_of as u64, &body, sum)
 }

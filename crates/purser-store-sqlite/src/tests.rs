@@ -38,6 +38,7 @@ fn reopening_keeps_everything_and_does_not_migrate_twice() {
                 entries: &journal,
                 idempotency: &[],
                 events: &[],
+                settled: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -62,6 +63,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
             entries: &journal[..3],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -78,6 +80,7 @@ fn a_failed_commit_stores_nothing_of_its_batch() {
         entries: &journal[3..7],
         idempotency: &[],
         events: &[],
+        settled: &[],
         snapshots: &[],
     });
     assert!(error.is_err());
@@ -124,6 +127,7 @@ fn committed_sample() -> (tempfile::TempDir, Vec<Entry>, EntryQuery, Vec<Entry>)
                 entries: &journal,
                 idempotency: &[],
                 events: &[],
+                settled: &[],
                 snapshots: &[],
             })
             .unwrap();
@@ -283,6 +287,7 @@ fn an_older_store_is_sealed_by_its_migration() {
             entries: &more,
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();

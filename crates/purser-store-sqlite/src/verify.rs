@@ -115,6 +115,7 @@ impl SqliteStore {
                 integrity(connection, schema, file, found)?;
             }
             records(connection, found)?;
+            settled(connection, found)?;
             events(connection, found)?;
             if self.history {
                 history(connection, found, progress)?;
@@ -180,6 +181,35 @@ fn records(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(),
                 format!("record {id} does not match its checksum"),
             )),
             Err(error) => found(structure(what, format!("a record: {error}"))),
+        }
+    }
+}
+
+/// Every stored version of a settled object against its checksum.
+fn settled(connection: &Connection, found: &mut dyn FnMut(Damage)) -> Result<(), StoreError> {
+    let what = "the settled objects";
+    let mut statement = connection
+        .prepare("SELECT seq, as_of, body, sum, account FROM settled ORDER BY account, seq, as_of")
+        .map_err(backend)?;
+    let mut rows = statement.query([]).map_err(backend)?;
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => {
+                let account = row
+                    .get::<_, i64>(4)
+                    .map(|raw| purser_core::AccountHandle::from_raw(raw as u64));
+                let checked = account
+                    .map_err(backend)
+                    .and_then(|account| crate::schema::checked_settled(account, row));
+                if let Err(error) = checked {
+                    found(structure(what, error.to_string()));
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                found(structure(what, format!("unreadable: {error}")));
+                return Ok(());
+            }
         }
     }
 }

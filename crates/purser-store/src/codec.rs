@@ -12,8 +12,8 @@ use purser_core::{
     AutoRecharge, AutoRechargeConfig, BalanceAfter, Body, Capture, ChargeMode, CreditSum, Credits,
     Debit, Entry, Grant, GrantKind, GrantSource, GrantState, Hold, MemberId, Metadata, Opened,
     PackageId, Pricing, Proration, Purchase, PurchaseStatus, Quantity, RechargeFailure,
-    RechargeOutcome, RefundedShare, Release, ReleaseReason, Reversal, TaskId, TierChange, TierId,
-    Timestamp, VoidReason,
+    RechargeOutcome, RefundedShare, Release, ReleaseReason, Reversal, Settled, TaskId, TierChange,
+    TierId, Timestamp, VoidReason,
 };
 
 /// The format version written first in every encoded entry.
@@ -217,6 +217,60 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     };
     match r.0.len() {
         0 => Ok(entry),
+        n => Err(CodecError::Trailing(n)),
+    }
+}
+
+/// The format version of a settled object ([`encode_settled`]).
+pub const SETTLED_VERSION: u8 = 1;
+
+/// Encodes an object that left memory for the store, appending to `out`:
+/// a version, a tag (1 purchase, 2 grant), then the object whole (a
+/// purchase with its partial refund and whether auto-recharge made it).
+pub fn encode_settled(object: &Settled, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.u8(SETTLED_VERSION);
+    match object {
+        Settled::Purchase(purchase) => {
+            w.u8(1);
+            w.purchase(purchase);
+            w.option(purchase.partly_refunded.as_ref(), |w, share| {
+                w.varint(share.refunded);
+                w.varint(share.paid);
+            });
+            w.bool(purchase.auto_recharge);
+        }
+        Settled::Grant(grant) => {
+            w.u8(2);
+            w.grant(grant);
+        }
+    }
+}
+
+/// Decodes a settled object; the bytes must hold exactly one.
+pub fn decode_settled(bytes: &[u8]) -> Result<Settled, CodecError> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != SETTLED_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let object = match r.u8()? {
+        1 => {
+            let mut purchase = r.purchase()?;
+            purchase.partly_refunded = r.option(|r| {
+                Ok(RefundedShare {
+                    refunded: r.varint()?,
+                    paid: r.varint()?,
+                })
+            })?;
+            purchase.auto_recharge = r.bool()?;
+            Settled::Purchase(purchase)
+        }
+        2 => Settled::Grant(r.grant()?),
+        _ => return Err(CodecError::Invalid("settled object")),
+    };
+    match r.0.len() {
+        0 => Ok(object),
         n => Err(CodecError::Trailing(n)),
     }
 }

@@ -284,6 +284,7 @@ fn commit_all(store: &dyn Store, entries: &[Entry]) {
             entries: &entries[window[0]..window[1]],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         };
         store.commit(commit).expect("commit");
@@ -394,6 +395,7 @@ pub fn outbox_events(store: &dyn Store) {
             entries: &entries[..first],
             idempotency: &[],
             events: &records[..second],
+            settled: &[],
             snapshots: &[],
         })
         .expect("commit");
@@ -402,6 +404,7 @@ pub fn outbox_events(store: &dyn Store) {
             entries: &entries[first..],
             idempotency: &[],
             events: &records[second..],
+            settled: &[],
             snapshots: &[],
         })
         .expect("commit");
@@ -548,6 +551,7 @@ pub fn commits_replay_in_order(store: &dyn Store) {
             entries: &[],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .expect("an empty commit is fine");
@@ -691,6 +695,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
             entries: &journal[..half],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -708,6 +713,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
             entries: &second[..1],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: std::slice::from_ref(&snapshot),
         })
         .unwrap();
@@ -716,6 +722,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
             entries: &second[1..],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -753,6 +760,7 @@ pub fn snapshots_and_tails(store: &dyn Store) {
             entries: &[],
             idempotency: &[],
             events: &[],
+            settled: &[],
             snapshots: std::slice::from_ref(&newer),
         })
         .unwrap();
@@ -776,6 +784,7 @@ pub fn idempotency_records(store: &dyn Store) {
             entries: &[],
             idempotency: &records,
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();
@@ -825,6 +834,7 @@ pub fn idempotency_records(store: &dyn Store) {
             entries: &[],
             idempotency: std::slice::from_ref(&renewed),
             events: &[],
+            settled: &[],
             snapshots: &[],
         })
         .unwrap();

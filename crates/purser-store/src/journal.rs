@@ -162,6 +162,20 @@ pub fn snapshot_sum(partition: u16, position: u64, body: &[u8]) -> i64 {
     placed_sum(SNAPSHOT_DOMAIN, u64::from(partition), position, body)
 }
 
+/// The checksum of one stored version of a settled object: over the
+/// account, its sequence number, the version (`as_of`) and the bytes, so a
+/// row moved to another object or version fails it too.
+pub fn settled_sum(account: u64, seq: u64, as_of: u64, body: &[u8]) -> i64 {
+    let mut place = [0u8; 16];
+    place[..8].copy_from_slice(&seq.to_le_bytes());
+    place[8..].copy_from_slice(&as_of.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&place, SETTLED_DOMAIN);
+    placed_sum(seed, account, seq, body)
+}
+
+/// Keeps settled objects' checksums apart from the others.
+const SETTLED_DOMAIN: u64 = 0x7075_7273_6572_0e06;
+
 /// Keeps snapshot checksums apart from the others.
 const SNAPSHOT_DOMAIN: u64 = 0x7075_7273_6572_0e03;
 

@@ -17,14 +17,18 @@ mod recovery;
 mod usage;
 
 use purser_core::{
-    AccountHandle, CreditSum, Entry, EventId, EventType, Fingerprint, KeyHash, ObjectId, Timestamp,
+    AccountHandle, CreditSum, Entry, EventId, EventType, Fingerprint, KeyHash, ObjectId, Settled,
+    Timestamp,
 };
 
-pub use codec::{CodecError, decode_entry, decode_snapshot, encode_entry, encode_snapshot};
+pub use codec::{
+    CodecError, decode_entry, decode_settled, decode_snapshot, encode_entry, encode_settled,
+    encode_snapshot,
+};
 pub use journal::{
     ChainHash, DAMAGED_SUM, Damage, DamageReport, GENESIS, JournalCheck, Lost, StoredRow, Witness,
     chain_hash, entry_sum, event_sum, key_hash, legacy_record_sum, record_sum,
-    record_sum_with_text, seal, snapshot_sum,
+    record_sum_with_text, seal, settled_sum, snapshot_sum,
 };
 pub use recovery::{RecoveryError, recover};
 pub use usage::{KIND_KEYS, Usage, UsageTotals, day_key, kind_index, usage_of};
@@ -237,10 +241,81 @@ pub struct Commit<'a> {
     pub idempotency: &'a [IdempotencyRecord],
     /// The events of those entries, in order.
     pub events: &'a [EventRecord],
+    /// Settled objects that left memory with these entries: each a new
+    /// version (a version already stored is replaced).
+    pub settled: &'a [SettledRecord],
     /// Partition snapshots ([`encode_snapshot`]) that reflect every entry
     /// committed before this commit and possibly some of its own; each
     /// replaces the partition's previous snapshot.
     pub snapshots: &'a [PartitionSnapshot],
+}
+
+/// One version of an object that left an account's memory (see
+/// `purser_core::Settled`): its state from entry `as_of` of the account on,
+/// until a newer version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettledRecord {
+    pub account: AccountHandle,
+    pub as_of: u64,
+    pub object: Settled,
+}
+
+/// The kinds of settled objects, as stores keep them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettledKind {
+    Purchase = 1,
+    Grant = 2,
+}
+
+impl SettledRecord {
+    pub fn seq(&self) -> u64 {
+        self.object.seq()
+    }
+
+    pub fn kind(&self) -> SettledKind {
+        match self.object {
+            Settled::Purchase(_) => SettledKind::Purchase,
+            Settled::Grant(_) => SettledKind::Grant,
+        }
+    }
+
+    /// The stored bytes ([`encode_settled`]).
+    pub fn body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        encode_settled(&self.object, &mut body);
+        body
+    }
+
+    /// A stored row read back: its checksum checked, then decoded.
+    pub fn checked(
+        account: AccountHandle,
+        seq: u64,
+        as_of: u64,
+        body: &[u8],
+        sum: i64,
+    ) -> Result<SettledRecord, StoreError> {
+        if settled_sum(account.raw(), seq, as_of, body) != sum {
+            return Err(StoreError::Damaged(format!(
+                "settled object {seq} of account {account:?} (version {as_of}) does not match its checksum"
+            )));
+        }
+        let object = decode_settled(body).map_err(|error| StoreError::Corrupt {
+            account,
+            seq,
+            error,
+        })?;
+        if object.seq() != seq {
+            return Err(StoreError::Damaged(format!(
+                "settled object {seq} of account {account:?} holds object {}",
+                object.seq()
+            )));
+        }
+        Ok(SettledRecord {
+            account,
+            as_of,
+            object,
+        })
+    }
 }
 
 /// The encoded state of one partition's accounts.
@@ -388,6 +463,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A page of an account's entries, newest first.
     fn entries(&self, query: &EntryQuery) -> Result<Vec<Entry>, StoreError>;
+
+    /// The newest stored version, at or before `as_of`, of the settled
+    /// object `seq` of an account (checked against its checksum).
+    fn settled(
+        &self,
+        account: AccountHandle,
+        seq: u64,
+        as_of: u64,
+    ) -> Result<Option<SettledRecord>, StoreError>;
+
+    /// Settled objects of one kind of an account, the newest version of
+    /// each, newest object first, from below `before_seq`.
+    fn settled_page(
+        &self,
+        account: AccountHandle,
+        kind: SettledKind,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SettledRecord>, StoreError>;
 
     /// The entry that ended a hold (its capture, release or expiry), if any:
     /// the account's settling entries searched newest first, back to the hold.

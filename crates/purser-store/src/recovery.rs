@@ -32,8 +32,14 @@ pub fn recover(
     catalog: Arc<Catalog>,
     partitions: u16,
 ) -> Result<(Vec<Ledger>, u64), RecoveryError> {
+    // Settled objects may be out of memory: a replayed entry that touches
+    // one reads back the version it was decided against.
     let mut ledgers: Vec<Ledger> = (0..partitions)
-        .map(|p| Ledger::new(p, catalog.clone()))
+        .map(|p| {
+            let mut ledger = Ledger::new(p, catalog.clone());
+            ledger.set_settling(true);
+            ledger
+        })
         .collect();
     let (start, snapshots) = restore_snapshots(store, &mut ledgers, partitions)?;
     let boundaries = snapshots.iter().map(|(_, position)| *position).collect();
@@ -70,6 +76,35 @@ pub fn recover(
             };
             if ledger.contains(&entry) {
                 return Ok(());
+            }
+            let paged = ledger.page_in_for_entry(&entry, &mut |account, seq, as_of| {
+                Ok(store
+                    .settled(account, seq, as_of)?
+                    .map(|record| record.object))
+            });
+            match paged {
+                Ok(()) => {}
+                Err(StoreError::Damaged(detail)) => {
+                    check.found(Damage::Structure {
+                        what: "the settled objects".into(),
+                        detail,
+                    });
+                    return Ok(());
+                }
+                Err(StoreError::Corrupt {
+                    account,
+                    seq,
+                    error,
+                }) => {
+                    check.found(Damage::Structure {
+                        what: "the settled objects".into(),
+                        detail: format!(
+                            "settled object {seq} of account {account:?} does not decode: {error}"
+                        ),
+                    });
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
             }
             if let Err(error) = ledger.apply(&entry) {
                 check.found(Damage::Entry {

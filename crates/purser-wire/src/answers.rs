@@ -26,7 +26,7 @@ fn answer(status: u16, body: Vec<u8>) -> Rendered {
     }
 }
 
-fn refusal(refused: &Rejection) -> Rendered {
+pub(crate) fn refusal(refused: &Rejection) -> Rendered {
     let (status, body) = rejection(refused);
     answer(status, body)
 }
@@ -150,10 +150,12 @@ impl Render for JsonAnswers {
                 let purchases = account.purchases();
                 let before = match page.starting_after {
                     None => purchases.len(),
-                    // An unknown cursor gives an empty page.
+                    // A cursor not in memory (a settled purchase: the
+                    // rest of the page comes from the store) starts
+                    // where it would be.
                     Some(cursor) => purchases
                         .binary_search_by_key(&cursor, |p| p.seq)
-                        .unwrap_or_default(),
+                        .unwrap_or_else(|at| at),
                 };
                 let items = purchases[..before].iter().rev().map(|p| (p.seq, p));
                 let page = Page {

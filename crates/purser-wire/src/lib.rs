@@ -15,6 +15,7 @@ pub mod answers;
 pub mod error;
 pub mod events;
 pub mod fingerprint;
+pub mod lists;
 pub mod memo;
 pub mod objects;
 pub mod render;

@@ -303,7 +303,12 @@ fn grant_status(grant: &Grant, now: Timestamp) -> &'static str {
 }
 
 pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
-    let handle = account.handle();
+    grant_json_of(account.handle(), account.id().as_str(), grant, now)
+}
+
+/// A grant of the account `handle` whose id is `account` (one read back
+/// from the store: the account is not at hand).
+pub fn grant_json_of(handle: AccountHandle, account: &str, grant: &Grant, now: Timestamp) -> Value {
     let source = match &grant.source {
         GrantSource::Period { tier, index } => {
             json!({"type": "period", "tier": tier.as_str(), "period": index})
@@ -320,7 +325,7 @@ pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
     json!({
         "object": "grant",
         "id": object_id(handle, grant.seq, ObjectKind::Grant),
-        "account": account.id().as_str(),
+        "account": account,
         "kind": grant.kind.as_str(),
         "status": grant_status(grant, now),
         "amount": grant.amount.to_string(),
@@ -335,11 +340,16 @@ pub fn grant_json(account: &Account, grant: &Grant, now: Timestamp) -> Value {
 }
 
 pub fn purchase_json(account: &Account, purchase: &Purchase) -> Value {
-    let handle = account.handle();
+    purchase_json_of(account.handle(), account.id().as_str(), purchase)
+}
+
+/// A purchase of the account `handle` whose id is `account` (one read back
+/// from the store: the account is not at hand).
+pub fn purchase_json_of(handle: AccountHandle, account: &str, purchase: &Purchase) -> Value {
     let mut value = json!({
         "object": "purchase",
         "id": object_id(handle, purchase.seq, ObjectKind::Purchase),
-        "account": account.id().as_str(),
+        "account": account,
         "package": purchase.package.as_str(),
         "credits": purchase.credits.to_string(),
         "price": purchase.price.to_string(),

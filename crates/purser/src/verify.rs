@@ -138,14 +138,16 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
             let account = purser_core::AccountHandle::from_raw(row.account);
             replayers
                 .entry(account.partition())
-                .or_insert_with(|| Replayer::new(account.partition(), catalog.clone()))
+                .or_insert_with(|| Replayer::new(account.partition(), catalog.clone()).settling())
                 .skip(account);
             return Ok(());
         }
         match decode_entry(row.body) {
             Ok(entry) => replayers
                 .entry(entry.account.partition())
-                .or_insert_with(|| Replayer::new(entry.account.partition(), catalog.clone()))
+                .or_insert_with(|| {
+                    Replayer::new(entry.account.partition(), catalog.clone()).settling()
+                })
                 .feed(&entry),
             Err(error) => check.found(Damage::Entry {
                 pos: row.pos,
@@ -191,10 +193,27 @@ pub fn check(store: &dyn Store, catalog: Arc<Catalog>) -> anyhow::Result<Finding
     if journal.is_clean() && partitions > 0 {
         eprintln!("verify: checking recovery from the snapshots");
         match purser_store::recover(store, catalog.clone(), partitions) {
-            Ok((recovered, _)) => {
-                for ledger in &recovered {
+            Ok((mut recovered, _)) => {
+                for ledger in &mut recovered {
                     let empty = Ledger::new(ledger.partition(), catalog.clone());
                     let full = replayed.get(&ledger.partition()).unwrap_or(&empty);
+                    // Settled objects are in the store, not in memory: each
+                    // must be stored as the whole journal leaves it.
+                    let mut unreadable = Vec::new();
+                    ledger.page_in_like(full, &mut |account, seq, as_of| match store
+                        .settled(account, seq, as_of)
+                    {
+                        Ok(found) => Ok(found.map(|record| record.object)),
+                        Err(
+                            error @ (purser_store::StoreError::Damaged(_)
+                            | purser_store::StoreError::Corrupt { .. }),
+                        ) => {
+                            unreadable.push(error.to_string());
+                            Ok(None)
+                        }
+                        Err(error) => Err(error),
+                    })?;
+                    findings.problems.extend(unreadable);
                     findings.problems.extend(
                         purser_core::verify::compare(full, ledger)
                             .iter()

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use purser_core::{Command, GrantKind, ObjectKind};
-use purser_engine::Read;
 use purser_wire::{ApiError, Fields, required};
 
 use super::{
@@ -97,13 +96,5 @@ pub(super) async fn list_grants(
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> Response {
-    list_in_memory(
-        &state,
-        &headers,
-        &id,
-        &query,
-        ObjectKind::Grant,
-        Read::Grants,
-    )
-    .await
+    list_in_memory(&state, &headers, &id, &query, ObjectKind::Grant).await
 }

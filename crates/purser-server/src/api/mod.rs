@@ -472,13 +472,14 @@ fn page(query: &std::collections::HashMap<String, String>, kind: ObjectKind) -> 
 }
 
 /// A page of one of an account's in-memory lists (grants, purchases).
+/// A page of an account's purchases or grants: the ones in memory, then
+/// (merged by id) the settled ones the store keeps.
 async fn list_in_memory(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
     query: &std::collections::HashMap<String, String>,
     kind: ObjectKind,
-    read: fn(AccountId, Page) -> Read,
 ) -> Response {
     // Authenticated and checked first: a turn is never spent on a refused
     // request (and text that is no account id spends none).
@@ -487,12 +488,19 @@ async fn list_in_memory(
         let page = page(query, kind)?;
         let account = account_path(id)?;
         pace(state, account.as_str()).await?;
-        Ok::<_, ApiError>(read(account, page))
+        Ok::<_, ApiError>((account, page))
     };
-    match listed.await {
-        Ok(read) => rendered(state.engine.read(read).await),
-        Err(error) => error.into_response(),
-    }
+    let (account, page) = match listed.await {
+        Ok(listed) => listed,
+        Err(error) => return error.into_response(),
+    };
+    let engine = &state.engine;
+    rendered(match kind {
+        ObjectKind::Grant => {
+            purser_wire::lists::grants(engine, account, page, engine.clock().now()).await
+        }
+        _ => purser_wire::lists::purchases(engine, account, page).await,
+    })
 }
 
 /// A secret kept out of `Debug` (and so out of logs).

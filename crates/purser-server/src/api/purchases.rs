@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use purser_core::{Command, ObjectId, ObjectKind, PackageId};
-use purser_engine::Read;
 use purser_portal::payments::{Checkout, CheckoutRequest};
 use purser_wire::{ApiError, Fields, json_response, required};
 use serde_json::Value;
@@ -64,7 +63,7 @@ pub(super) async fn create_purchase(
         .as_str()
         .and_then(|id| ObjectId::parse(ObjectKind::Purchase, id))
     {
-        Some(purchase) => match state.engine.read(Read::Purchase(purchase)).await {
+        Some(purchase) => match purser_wire::lists::purchase(&state.engine, purchase).await {
             Ok(rendered) if rendered.status == 200 => {
                 serde_json::from_slice::<Value>(&rendered.body).unwrap_or(Value::Null)
             }
@@ -182,7 +181,9 @@ pub(super) async fn get_purchase(
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Read)?;
     let purchase = object_id(ObjectKind::Purchase, &id, "purchase_not_found")?;
-    Ok::<_, ApiError>(rendered(state.engine.read(Read::Purchase(purchase)).await))
+    Ok::<_, ApiError>(rendered(
+        purser_wire::lists::purchase(&state.engine, purchase).await,
+    ))
 }
 
 pub(super) async fn list_purchases(
@@ -191,13 +192,5 @@ pub(super) async fn list_purchases(
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> Response {
-    list_in_memory(
-        &state,
-        &headers,
-        &id,
-        &query,
-        ObjectKind::Purchase,
-        Read::Purchases,
-    )
-    .await
+    list_in_memory(&state, &headers, &id, &query, ObjectKind::Purchase).await
 }

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use purser_core::{Actor, Command, ObjectId, ObjectKind, RechargeFailure};
-use purser_engine::{IdempotencyKey, Read};
+use purser_engine::IdempotencyKey;
 use purser_wire::{ApiError, json_response};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -125,9 +125,7 @@ pub(super) async fn webhook(
     else {
         return Ok(received(id, "ignored"));
     };
-    let current = state
-        .engine
-        .read(Read::Purchase(purchase))
+    let current = purser_wire::lists::purchase(&state.engine, purchase)
         .await
         .map_err(ApiError::from)?;
     if current.status == 404 {
