@@ -2180,3 +2180,111 @@ async fn one_accounts_lists_read_in_a_loop_are_paced() {
         "the portal's own turns are intact"
     );
 }
+
+/// Issue 14: settled purchases and spent grants leave memory for the store
+/// and come back when a command needs them: a refund of a purchase whose
+/// credits were spent, a reversal that gives credits back to its spent
+/// grant, a redelivered cancel. Across restarts (snapshots taken, the
+/// journal after them replayed with what the store keeps) every answer and
+/// balance stays.
+#[tokio::test]
+async fn settled_purchases_and_grants_come_back_from_the_store() {
+    fn snapshots(config: &mut purser_server::config::Config) {
+        config.snapshot_every_entries = 3;
+    }
+    let server = Server::start_with(snapshots).await;
+    let api = server.admin();
+    server.open("acme", "starter").await;
+    let buy = |api: purser_client::Client| async move {
+        let purchase = api
+            .post("/v1/accounts/acme/purchases", &json!({"package": "small"}))
+            .await
+            .unwrap();
+        purchase.str("id").to_owned()
+    };
+    let canceled = buy(api.clone()).await;
+    let cancel = api
+        .post(&format!("/v1/purchases/{canceled}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    let bought = buy(api.clone()).await;
+    let done = api
+        .post(&format!("/v1/purchases/{bought}/complete"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200);
+    let grant = done.str("grant").to_owned();
+    // Everything spent: the package grant and its purchase leave memory.
+    let available = api.balance("acme").await.unwrap().body["available"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let debit = charge(&api, "acme", Cost::credits(&available)).await;
+    assert_eq!(debit.status, 201, "{debit:?}");
+    let server = {
+        let dir = server.stop().await;
+        Server::start_in(dir, snapshots).await
+    };
+    let api = server.admin();
+    // Read from the store.
+    let read = api.get(&format!("/v1/purchases/{canceled}")).await.unwrap();
+    assert_eq!((read.status, read.str("status")), (200, "canceled"));
+    let again = api
+        .post(&format!("/v1/purchases/{canceled}/cancel"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!((again.status, again.str("status")), (200, "canceled"));
+    let complete = api
+        .post(&format!("/v1/purchases/{canceled}/complete"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(complete.status, 409, "{complete:?}");
+    let listed = api.get("/v1/accounts/acme/purchases").await.unwrap();
+    let ids: Vec<&str> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bought.as_str(), canceled.as_str()]);
+    // A reversal gives the spent package grant its credits back.
+    let reversed = api
+        .post(
+            &format!("/v1/debits/{}/reverse", debit.str("id")),
+            &json!({"credits": "50"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reversed.status, 200, "{reversed:?}");
+    let grants = api.get("/v1/accounts/acme/grants").await.unwrap();
+    let package = grants.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == grant.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(package["remaining"], "50", "{grants:?}");
+    // The refund voids what came back.
+    let refund = api
+        .post(&format!("/v1/purchases/{bought}/refund"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!((refund.status, refund.str("status")), (200, "refunded"));
+    let before = api.balance("acme").await.unwrap().body;
+    let server = {
+        let dir = server.stop().await;
+        Server::start_in(dir, snapshots).await
+    };
+    let api = server.admin();
+    assert_eq!(api.balance("acme").await.unwrap().body, before);
+    let read = api.get(&format!("/v1/purchases/{bought}")).await.unwrap();
+    assert_eq!(read.str("status"), "refunded");
+    let twice = api
+        .post(&format!("/v1/purchases/{bought}/refund"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!((twice.status, twice.str("status")), (200, "refunded"));
+    assert_eq!(api.balance("acme").await.unwrap().body, before);
+}
