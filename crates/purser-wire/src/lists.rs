@@ -99,12 +99,7 @@ pub async fn grants(
                 })
                 .await
                 .map_err(unavailable)?;
-            let empty = Rendered {
-                status: 200,
-                body: serde_json::to_vec(&json!({"object": "list", "data": [], "has_more": false}))
-                    .expect("JSON"),
-                remember: None,
-            };
+            let empty = list(Vec::new(), false);
             return Ok(merge(empty, stored, limit, ObjectKind::Grant, render));
         }
     }
