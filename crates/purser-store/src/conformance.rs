@@ -7,12 +7,12 @@ use std::sync::Arc;
 use purser_core::{
     AccountHandle, AccountId, AccountUpdate, Amount, CaptureAmount, Catalog, ChargeMode, Command,
     Credits, DebitRecord, Entry, GrantKind, Ledger, MemberId, Metadata, Notation, PackageId,
-    Proration, Quantity, TaskId, TierId, Timestamp,
+    Proration, PurchaseStatus, Quantity, Settled, TaskId, TierId, Timestamp,
 };
 
 use crate::{
-    ApiKeyRecord, Commit, EntryQuery, EventQuery, EventRecord, GroupBy, IdempotencyRecord, Store,
-    UsageQuery, decode_entry, encode_entry,
+    ApiKeyRecord, Commit, EntryQuery, EventQuery, EventRecord, GroupBy, IdempotencyRecord,
+    SettledKind, SettledRecord, Store, UsageQuery, decode_entry, encode_entry,
 };
 
 /// Generates one `#[test]` per conformance check for a backend; `$make` is an
@@ -47,6 +47,10 @@ macro_rules! conformance_tests {
         #[test]
         fn conformance_webhook_deliveries() {
             $crate::conformance::webhook_deliveries(&*$make);
+        }
+        #[test]
+        fn conformance_settled_objects() {
+            $crate::conformance::settled_objects(&*$make);
         }
         #[test]
         fn conformance_api_keys_and_settings() {
@@ -274,6 +278,192 @@ pub fn sample_journal() -> Vec<Entry> {
         charge(&acme, "assistant_message", 1, None, ChargeMode::Strict),
     );
     out
+}
+
+/// What a settling ledger (a server's) sends to the store for one account:
+/// its entries and the objects that left its memory after them, as
+/// versions: a canceled purchase, then the package grant a charge spent
+/// and its completed purchase.
+pub fn settled_sample() -> (Vec<Entry>, Vec<SettledRecord>) {
+    let mut ledger = Ledger::new(0, Arc::new(Catalog::builtin()));
+    ledger.set_settling(true);
+    let now = at("2026-10-05T09:00:00Z");
+    let buyer = AccountId::parse("buyer").unwrap();
+    let mut entries = Vec::new();
+    let mut settled = Vec::new();
+    let mut run = |command: Command| -> Entry {
+        let start = entries.len();
+        let receipt = ledger
+            .execute(now, command, &mut entries)
+            .expect("sample command accepted");
+        if let Some(batch) = ledger.settle(receipt.account, &[], &entries[start..]) {
+            settled.extend(batch.objects.into_iter().map(|object| SettledRecord {
+                account: batch.account,
+                as_of: batch.as_of,
+                object,
+            }));
+        }
+        entries[receipt.primary.expect("an entry")].clone()
+    };
+    run(Command::OpenAccount {
+        id: buyer.clone(),
+        name: None,
+        tier: TierId::parse("free").unwrap(),
+        anchor: None,
+        member_monthly_cap: None,
+        metadata: Metadata::EMPTY,
+        low_balance_thresholds: None,
+        auto_recharge: None,
+    });
+    let buy = || Command::CreatePurchase {
+        account: buyer.clone(),
+        package: PackageId::parse("small").unwrap(),
+    };
+    let canceled = run(buy());
+    run(Command::CancelPurchase {
+        purchase: canceled.id(),
+    });
+    let completed = run(buy());
+    run(Command::CompletePurchase {
+        purchase: completed.id(),
+    });
+    run(Command::Charge {
+        account: buyer.clone(),
+        amount: Amount::Credits(credits("100000")),
+        member: None,
+        mode: ChargeMode::Record,
+        metadata: Metadata::EMPTY,
+    });
+    drop(run);
+    (entries, settled)
+}
+
+/// Settled objects: each version read back from its position on, the
+/// newest at or before a point chosen, pages of one kind newest first,
+/// a version stored again replaced, nothing of another account.
+pub fn settled_objects(store: &dyn Store) {
+    let (entries, records) = settled_sample();
+    let shapes: Vec<_> = records
+        .iter()
+        .map(|r| match &r.object {
+            Settled::Purchase(purchase) => (SettledKind::Purchase, Some(purchase.status)),
+            Settled::Grant(_) => (SettledKind::Grant, None),
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (SettledKind::Purchase, Some(PurchaseStatus::Canceled)),
+            (SettledKind::Grant, None),
+            (SettledKind::Purchase, Some(PurchaseStatus::Completed)),
+        ],
+        "the sample settles a canceled purchase, then a spent grant and its purchase"
+    );
+    let (canceled, grant, completed) = (&records[0], &records[1], &records[2]);
+    store
+        .commit(Commit {
+            entries: &entries,
+            idempotency: &[],
+            events: &[],
+            settled: &records,
+            snapshots: &[],
+        })
+        .unwrap();
+    let account = canceled.account;
+    for record in &records {
+        let seq = record.seq();
+        for as_of in [record.as_of, record.as_of + 5, u64::MAX] {
+            assert_eq!(
+                store.settled(account, seq, as_of).unwrap().as_ref(),
+                Some(record)
+            );
+        }
+        // Before it left, it was in memory: the store has no state of it then.
+        assert_eq!(store.settled(account, seq, record.as_of - 1).unwrap(), None);
+    }
+    assert_eq!(store.settled(account, 999, u64::MAX).unwrap(), None);
+    let other = AccountHandle::new(0, 1);
+    assert_eq!(
+        store.settled(other, canceled.seq(), u64::MAX).unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .settled_page(other, SettledKind::Purchase, None, 10)
+            .unwrap(),
+        []
+    );
+
+    // A later version of the completed purchase (refunded, say, after a
+    // page-in): the version that counts depends on the point asked about.
+    let mut refunded = completed.clone();
+    refunded.as_of = completed.as_of + 3;
+    if let Settled::Purchase(purchase) = &mut refunded.object {
+        purchase.status = PurchaseStatus::Refunded;
+    }
+    // And the canceled one stored again at its own version (a batch
+    // committed twice after a retried write): replaced, not doubled.
+    let mut again = canceled.clone();
+    if let Settled::Purchase(purchase) = &mut again.object {
+        purchase.updated_at = at("2026-10-05T10:00:00Z");
+    }
+    store
+        .commit(Commit {
+            entries: &[],
+            idempotency: &[],
+            events: &[],
+            settled: &[refunded.clone(), again.clone()],
+            snapshots: &[],
+        })
+        .unwrap();
+    let seq = completed.seq();
+    assert_eq!(
+        store
+            .settled(account, seq, refunded.as_of - 1)
+            .unwrap()
+            .as_ref(),
+        Some(completed)
+    );
+    assert_eq!(
+        store
+            .settled(account, seq, refunded.as_of)
+            .unwrap()
+            .as_ref(),
+        Some(&refunded)
+    );
+    assert_eq!(
+        store
+            .settled(account, canceled.seq(), u64::MAX)
+            .unwrap()
+            .as_ref(),
+        Some(&again)
+    );
+
+    // Pages: the newest version of each, newest object first.
+    let purchases = store
+        .settled_page(account, SettledKind::Purchase, None, 10)
+        .unwrap();
+    assert_eq!(purchases, [refunded.clone(), again.clone()]);
+    let first = store
+        .settled_page(account, SettledKind::Purchase, None, 1)
+        .unwrap();
+    assert_eq!(first, [refunded.clone()]);
+    let next = store
+        .settled_page(account, SettledKind::Purchase, Some(first[0].seq()), 1)
+        .unwrap();
+    assert_eq!(next, [again.clone()]);
+    assert_eq!(
+        store
+            .settled_page(account, SettledKind::Purchase, Some(next[0].seq()), 1)
+            .unwrap(),
+        []
+    );
+    assert_eq!(
+        store
+            .settled_page(account, SettledKind::Grant, None, 10)
+            .unwrap(),
+        [grant.clone()]
+    );
 }
 
 fn commit_all(store: &dyn Store, entries: &[Entry]) {
