@@ -33,6 +33,12 @@ def rss(pid):
     return 0
 
 
+def disk(data):
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(data) for name in names
+               if os.path.exists(os.path.join(root, name)))
+
+
 def serve(data):
     env = dict(os.environ, PURSER_ADMIN_KEY=KEY, PURSER_LOG="warn")
     started = time.time()
@@ -80,11 +86,25 @@ def main():
             except AssertionError as error:
                 errors.append(error)
 
+        # The server's memory at each tenth: SQLite's page caches (bounded,
+        # 192 MiB in all) fill first, so the growth once they are full is
+        # what the ledger itself keeps per purchase.
+        samples = []
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                samples.append((time.time() - started, rss(server.pid), disk(data)))
+
         workers = [threading.Thread(target=buy, args=(PURCHASES // 8,)) for _ in range(8)]
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
+        done.set()
+        sampler.join()
         if errors:
             sys.exit(f"a purchase failed: {errors[0]}")
         elapsed = time.time() - started
@@ -94,7 +114,14 @@ def main():
         print(f"{PURCHASES} purchases (create, complete, spend) on one account in {elapsed:.1f} s: "
               f"{PURCHASES / elapsed:.0f} purchases/s")
         print(f"memory: RssAnon {rss0 >> 20} -> {rss1 >> 20} MB "
-              f"({(rss1 - rss0) // PURCHASES} bytes a purchase: its record and its spent grant)")
+              f"({(rss1 - rss0) // PURCHASES} bytes a purchase, SQLite's page caches included); "
+              f"data directory {disk(data) >> 20} MB")
+        for tenth in range(1, 10):
+            at = elapsed * tenth / 10
+            t, r, d = min(samples, key=lambda s: abs(s[0] - at))
+            print(f"  at ~{tenth * 10}%: RssAnon {r >> 20} MB, data directory {d >> 20} MB")
+        half = min(samples, key=lambda s: abs(s[0] - elapsed / 2))[1]
+        print(f"second half: {(rss1 - half) * 2 // PURCHASES} bytes a purchase")
         t = time.time()
         status, body = call(conn, "POST", "/v1/accounts/buyer/purchases", {"package": "small"})
         assert status == 201, body

@@ -334,7 +334,6 @@ pub fn settled_sample() -> (Vec<Entry>, Vec<SettledRecord>) {
         mode: ChargeMode::Record,
         metadata: Metadata::EMPTY,
     });
-    drop(run);
     (entries, settled)
 }
 
@@ -462,7 +461,7 @@ pub fn settled_objects(store: &dyn Store) {
         store
             .settled_page(account, SettledKind::Grant, None, 10)
             .unwrap(),
-        [grant.clone()]
+        std::slice::from_ref(grant)
     );
 }
 
