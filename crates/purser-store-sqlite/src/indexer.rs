@@ -317,7 +317,9 @@ impl IndexWorker {
         if !last {
             return Ok(false);
         }
-        self.batch.clear();
+        // Given back, not kept for the next batch: up to INDEX_CHUNK rows
+        // (some 20 MiB) that would otherwise stay while the indexer idles.
+        self.batch = Vec::new();
         self.next = 0;
         let mut progress = lock(&index.progress);
         progress.indexed = self.reached as u64;
