@@ -274,6 +274,7 @@ pub(crate) fn prepare(
             .filter(|secret| !secret.is_empty())
             .map(api::Secret::new),
         body_timeout: std::time::Duration::from_secs(config.body_timeout_seconds),
+        readiness: api::Readiness::default(),
     };
     Ok((AppState(Arc::new(shared)), generated, entries))
 }

@@ -1,13 +1,17 @@
 //! The HTTP server loop: hyper's connections with limits a public endpoint
 //! needs, which `axum::serve` does not set. At most `max_connections` are
-//! served at once (more wait in the listen backlog); a connection must send
-//! each request's headers within `header_timeout` of being ready for them,
-//! which also closes connections idle between requests. Bodies have their
-//! own timeout where they are read (`api::JsonBody`).
+//! served at once; at the limit, connections with no request in flight and
+//! idle (between requests, or connected and silent) are closed to make
+//! room, as web servers shed idle keep-alive connections, and if none is,
+//! more wait in the listen backlog. A connection must
+//! send each request's headers within `header_timeout` of being ready for
+//! them, which also closes connections idle between requests. Bodies have
+//! their own timeout where they are read (`api::JsonBody`).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -21,6 +25,65 @@ use tower::ServiceExt;
 
 /// How long a shutdown waits for open connections to finish.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// At the limit, idle connections are asked to close at most this often:
+/// each ask wakes every connection, and one ask closes all the idle ones.
+const SHED_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A connection idle for less than this is not closed to make room: a
+/// client that just connected has time to send its request.
+const SHED_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a connection has a request in flight (from its headers to its
+/// answer's head; a streamed body after that is finished by a graceful
+/// close), and since when it has not, in milliseconds from `epoch`.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new(epoch: Instant) -> Arc<Activity> {
+        let activity = Arc::new(Activity {
+            epoch,
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        });
+        activity.touch();
+        activity
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since.store(now, Ordering::Release);
+    }
+
+    /// Idle for at least [`SHED_GRACE`].
+    fn is_idle(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let grace = u64::try_from(SHED_GRACE.as_millis()).unwrap_or(u64::MAX);
+        self.in_flight.load(Ordering::Acquire) == 0
+            && now.saturating_sub(self.idle_since.load(Ordering::Acquire)) >= grace
+    }
+}
+
+/// A request in flight, counted on its connection's [`Activity`].
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -41,12 +104,14 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Dropped at shutdown: every connection task sees it and winds down.
     let (stop_tx, stop_rx) = watch::channel(());
+    // Bumped at the limit: connections with nothing in flight close.
+    let (shed_tx, shed_rx) = watch::channel(());
+    let mut last_shed: Option<Instant> = None;
+    let epoch = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
+    'serving: loop {
+        // Accepted before its permit: one connection at most waits here
+        // (beyond the limit by one), and its arrival is what sheds idle ones.
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -60,13 +125,51 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_shed.is_none_or(|at| at.elapsed() >= SHED_INTERVAL) {
+                    shed_tx.send_replace(());
+                    last_shed = Some(Instant::now());
+                }
+                // Asked again while no slot frees (the idle ones may still
+                // be in their grace).
+                let mut again = tokio::time::interval(SHED_GRACE);
+                again.tick().await;
+                loop {
+                    tokio::select! {
+                        permit = permits.clone().acquire_owned() => break permit.expect("the semaphore is never closed"),
+                        _ = again.tick() => {
+                            shed_tx.send_replace(());
+                            last_shed = Some(Instant::now());
+                        }
+                        () = &mut shutdown => {
+                            drop(stream);
+                            break 'serving;
+                        }
+                    }
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new(epoch);
+        let counted = activity.clone();
         let service = TowerToHyperService::new(
             router
                 .clone()
-                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
+                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new))
+                .map_future(move |answer| {
+                    let busy = InFlight::enter(&counted);
+                    async move {
+                        let answer = answer.await;
+                        drop(busy);
+                        answer
+                    }
+                }),
         );
         let mut stop = stop_rx.clone();
+        let mut shed = shed_rx.clone();
+        shed.mark_unchanged();
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();
             builder
@@ -80,6 +183,16 @@ pub async fn serve(
                 tokio::select! {
                     _ = connection.as_mut() => break,
                     _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+                    // At the limit: with no request in flight, hyper's
+                    // graceful shutdown closes it now if it is idle (or has
+                    // sent nothing), or after the request whose headers it
+                    // is sending (which the header timeout bounds). One
+                    // with a request in flight is let be.
+                    Ok(()) = shed.changed() => {
+                        if activity.is_idle() {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
                 }
             }
             drop(permit);

@@ -1633,27 +1633,56 @@ async fn slow_and_idle_connections_are_closed_at_their_timeouts() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_wait_to_be_accepted() {
+async fn at_the_connection_limit_idle_connections_make_room() {
+    use tokio::io::AsyncWriteExt;
     let server = Server::start_with(|config| {
         config.max_connections = 2;
         config.header_timeout_seconds = 2;
+        config.body_timeout_seconds = 2;
     })
     .await;
     let address = server.base.trim_start_matches("http://").to_owned();
-    let first = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let second = tokio::net::TcpStream::connect(&address).await.unwrap();
-    // Both slots are taken by connections that send nothing: a third client
-    // is not served while they are open...
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+    // A request in flight: its body arrives slowly.
+    let busy = || async {
+        let mut stream = connect().await.unwrap();
+        let head = format!(
+            "POST /v1/accounts HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+    };
     let quick = purser_client::Client::new(&server.base, ADMIN_KEY)
         .with_timeout(std::time::Duration::from_millis(500));
+
+    // One slot taken by a request in flight, one by a connection that sent
+    // nothing: a third client is served at once, the idle one closed for it.
+    // Without the shedding the third would wait for the header timeout.
+    let mut first = busy().await;
+    let mut idle = connect().await.unwrap();
+    // (A connection is idle after half a second without a request.)
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(quick.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(closed_by_server(&mut idle).await, "");
+    // The request in flight was let be: it ends at its body timeout, with
+    // its answer.
+    let answer = closed_by_server(&mut first).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Both slots taken by requests in flight: a third client waits...
+    let (mut one, mut two) = (busy().await, busy().await);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(
         quick.get("/healthz").await.is_err(),
         "served beyond the limit"
     );
-    // ...and is once the idle ones are closed.
-    drop((first, second));
+    // ...and is served once they end.
     let patient = server.admin();
     assert_eq!(patient.get("/healthz").await.unwrap().status, 200);
+    for stream in [&mut one, &mut two] {
+        let answer = closed_by_server(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
 }
 
 /// Spent package grants still list (after the live ones, newest first), and

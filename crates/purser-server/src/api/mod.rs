@@ -12,6 +12,7 @@ mod grants;
 mod history;
 mod holds;
 mod operations;
+pub use operations::Readiness;
 mod portal_sessions;
 mod purchases;
 mod stripe;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub stripe_webhook_secret: Option<Secret>,
     /// How long a client has to send a request's body.
     pub body_timeout: std::time::Duration,
+    /// The store's reachability for `/readyz`, probed by one ping at a time.
+    pub readiness: Readiness,
 }
 
 impl std::ops::Deref for AppState {

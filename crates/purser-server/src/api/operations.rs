@@ -1,5 +1,9 @@
 //! Operations: health, readiness, metrics, the OpenAPI document, the catalog and the test clock.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -7,16 +11,65 @@ use purser_wire::{ApiError, Fields, json_response, objects, required};
 
 use super::{AppState, JsonBody, idempotency_key, not_found, once};
 use crate::auth::Need;
+use purser_store::Store;
 
 pub(super) async fn healthz() -> Response {
     json_response(200, br#"{"status":"ok"}"#.to_vec())
 }
 
+/// Whether the store answers, for `/readyz`, which anyone may ask: one
+/// ping at a time, its answer shared by the probes that waited for it and
+/// reused for `FRESH`, so a flood of probes costs one blocking task, not a
+/// thread and a store connection each. A ping stuck in a stalled store is
+/// waited for at most `PATIENCE`, and no second one starts while it is.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    pinging: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    const FRESH: Duration = Duration::from_millis(250);
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    pub async fn reachable(&self, store: &Arc<dyn Store>) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, reachable)) = *last
+            && at.elapsed() < Self::FRESH
+        {
+            return reachable;
+        }
+        let reachable = if self.pinging.swap(true, Ordering::AcqRel) {
+            // The last ping is still stuck in the store.
+            false
+        } else {
+            let (store, pinging) = (store.clone(), self.pinging.clone());
+            let ping = tokio::task::spawn_blocking(move || {
+                // Cleared however the ping ends, a panic included.
+                let _done = Done(pinging);
+                store.ping().is_ok()
+            });
+            matches!(
+                tokio::time::timeout(Self::PATIENCE, ping).await,
+                Ok(Ok(true))
+            )
+        };
+        *last = Some((std::time::Instant::now(), reachable));
+        reachable
+    }
+}
+
+/// Clears the in-flight flag when dropped.
+struct Done(Arc<AtomicBool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.engine.store().clone();
-    let reachable = tokio::task::spawn_blocking(move || store.ping().is_ok())
-        .await
-        .unwrap_or(false);
+    let reachable = state.readiness.reachable(state.engine.store()).await;
     if reachable && !state.engine.is_poisoned() {
         json_response(200, br#"{"status":"ready"}"#.to_vec())
     } else {
