@@ -1,16 +1,19 @@
 //! The HTTP server loop: hyper's connections with limits a public endpoint
 //! needs, which `axum::serve` does not set. At most `max_connections` are
-//! served at once; at the limit, connections with no request in flight and
-//! idle (between requests, or connected and silent) are closed to make
-//! room, as web servers shed idle keep-alive connections, and if none is,
-//! more wait in the listen backlog. A connection must
+//! served at once; at the limit, a few connections with no request in
+//! flight and nothing received for a while (idle between requests, or
+//! connected and silent) are closed to make room, as web servers shed idle
+//! keep-alive connections, and if none is, more wait in the listen
+//! backlog. A connection must
 //! send each request's headers within `header_timeout` of being ready for
 //! them, which also closes connections idle between requests. Bodies have
 //! their own timeout where they are read (`api::JsonBody`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -19,19 +22,26 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 /// How long a shutdown waits for open connections to finish.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// At the limit, idle connections are asked to close at most this often:
-/// each ask wakes every connection, and one ask closes all the idle ones.
+/// At the limit, idle connections are asked to close at most this often
+/// (each ask wakes every connection)...
 const SHED_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A connection idle for less than this is not closed to make room: a
-/// client that just connected has time to send its request.
+/// ...and at most this many close for one ask (nginx drains 32 reusable
+/// connections at a time): room for the newcomers, not a reconnect storm
+/// for every pooled client.
+const SHED_BATCH: usize = 32;
+
+/// A connection that received nothing for less than this is not closed to
+/// make room: a client that just connected, or is sending a request, has
+/// time to send it.
 const SHED_GRACE: Duration = Duration::from_millis(500);
 
 /// Whether a connection has a request in flight (from its headers to its
@@ -85,6 +95,58 @@ impl Drop for InFlight {
     }
 }
 
+/// A connection's socket, noting on its [`Activity`] when bytes arrive: a
+/// client part way through a request is not idle, whatever hyper's state.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// The connection limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -104,8 +166,13 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Dropped at shutdown: every connection task sees it and winds down.
     let (stop_tx, stop_rx) = watch::channel(());
-    // Bumped at the limit: connections with nothing in flight close.
+    // Bumped at the limit: up to `quota` idle connections close.
     let (shed_tx, shed_rx) = watch::channel(());
+    let quota = Arc::new(AtomicUsize::new(0));
+    let ask = |shed_tx: &watch::Sender<()>| {
+        quota.store(SHED_BATCH, Ordering::Release);
+        shed_tx.send_replace(());
+    };
     let mut last_shed: Option<Instant> = None;
     let epoch = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -129,7 +196,7 @@ pub async fn serve(
             Ok(permit) => permit,
             Err(_) => {
                 if last_shed.is_none_or(|at| at.elapsed() >= SHED_INTERVAL) {
-                    shed_tx.send_replace(());
+                    ask(&shed_tx);
                     last_shed = Some(Instant::now());
                 }
                 // Asked again while no slot frees (the idle ones may still
@@ -140,7 +207,7 @@ pub async fn serve(
                     tokio::select! {
                         permit = permits.clone().acquire_owned() => break permit.expect("the semaphore is never closed"),
                         _ = again.tick() => {
-                            shed_tx.send_replace(());
+                            ask(&shed_tx);
                             last_shed = Some(Instant::now());
                         }
                         () = &mut shutdown => {
@@ -170,6 +237,11 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let mut shed = shed_rx.clone();
         shed.mark_unchanged();
+        let quota = quota.clone();
+        let stream = Watched {
+            stream,
+            activity: activity.clone(),
+        };
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();
             builder
@@ -181,15 +253,25 @@ pub async fn serve(
             let mut connection = std::pin::pin!(connection);
             loop {
                 tokio::select! {
+                    // The connection first: what has arrived is read before
+                    // the idle check below.
+                    biased;
                     _ = connection.as_mut() => break,
-                    _ = stop.changed() => connection.as_mut().graceful_shutdown(),
-                    // At the limit: with no request in flight, hyper's
-                    // graceful shutdown closes it now if it is idle (or has
-                    // sent nothing), or after the request whose headers it
-                    // is sending (which the header timeout bounds). One
-                    // with a request in flight is let be.
+                    Ok(()) = stop.changed() => connection.as_mut().graceful_shutdown(),
+                    // At the limit: one with no request in flight that has
+                    // received nothing for the grace takes a share of the
+                    // quota and is shut down gracefully, which closes it
+                    // now if it is idle or silent (a request in flight is
+                    // never cut; one whose headers it is sending is let
+                    // finish, which the header timeout bounds).
                     Ok(()) = shed.changed() => {
-                        if activity.is_idle() {
+                        if activity.is_idle()
+                            && quota
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                                    left.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
                             connection.as_mut().graceful_shutdown();
                         }
                     }

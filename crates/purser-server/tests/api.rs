@@ -1637,8 +1637,8 @@ async fn at_the_connection_limit_idle_connections_make_room() {
     use tokio::io::AsyncWriteExt;
     let server = Server::start_with(|config| {
         config.max_connections = 2;
-        config.header_timeout_seconds = 2;
-        config.body_timeout_seconds = 2;
+        config.header_timeout_seconds = 10;
+        config.body_timeout_seconds = 4;
     })
     .await;
     let address = server.base.trim_start_matches("http://").to_owned();
@@ -1652,17 +1652,21 @@ async fn at_the_connection_limit_idle_connections_make_room() {
         stream.write_all(head.as_bytes()).await.unwrap();
         stream
     };
-    let quick = purser_client::Client::new(&server.base, ADMIN_KEY)
-        .with_timeout(std::time::Duration::from_millis(500));
+    // A client of its own each time (no pooled connection of an earlier
+    // part), waiting at most 1.5 s, well within the timeouts.
+    let quick = || {
+        purser_client::Client::new(&server.base, ADMIN_KEY)
+            .with_timeout(std::time::Duration::from_millis(1_500))
+    };
 
     // One slot taken by a request in flight, one by a connection that sent
-    // nothing: a third client is served at once, the idle one closed for it.
-    // Without the shedding the third would wait for the header timeout.
+    // nothing (for longer than the half second a newcomer is given): a
+    // third client is served at once, the idle one closed for it. Without
+    // the shedding it would wait for the header timeout.
     let mut first = busy().await;
     let mut idle = connect().await.unwrap();
-    // (A connection is idle after half a second without a request.)
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    assert_eq!(quick.get("/healthz").await.unwrap().status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(quick().get("/healthz").await.unwrap().status, 200);
     assert_eq!(closed_by_server(&mut idle).await, "");
     // The request in flight was let be: it ends at its body timeout, with
     // its answer.
@@ -1671,14 +1675,13 @@ async fn at_the_connection_limit_idle_connections_make_room() {
 
     // Both slots taken by requests in flight: a third client waits...
     let (mut one, mut two) = (busy().await, busy().await);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(
-        quick.get("/healthz").await.is_err(),
-        "served beyond the limit"
-    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    match quick().get("/healthz").await {
+        Err(purser_client::ClientError::Http(error)) if error.is_timeout() => {}
+        other => panic!("served beyond the limit, or not waiting: {other:?}"),
+    }
     // ...and is served once they end.
-    let patient = server.admin();
-    assert_eq!(patient.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(server.admin().get("/healthz").await.unwrap().status, 200);
     for stream in [&mut one, &mut two] {
         let answer = closed_by_server(stream).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");

@@ -317,9 +317,10 @@ impl IndexWorker {
         if !last {
             return Ok(false);
         }
-        // Given back, not kept for the next batch: up to INDEX_CHUNK rows
-        // (some 20 MiB) that would otherwise stay while the indexer idles.
-        self.batch = Vec::new();
+        // Mostly given back: up to INDEX_CHUNK rows (some 20 MiB) would
+        // otherwise stay while the indexer idles.
+        self.batch.clear();
+        self.batch.shrink_to(INDEX_SLICE);
         self.next = 0;
         let mut progress = lock(&index.progress);
         progress.indexed = self.reached as u64;

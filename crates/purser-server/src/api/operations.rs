@@ -1,8 +1,7 @@
 //! Operations: health, readiness, metrics, the OpenAPI document, the catalog and the test clock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
@@ -12,59 +11,86 @@ use purser_wire::{ApiError, Fields, json_response, objects, required};
 use super::{AppState, JsonBody, idempotency_key, not_found, once};
 use crate::auth::Need;
 use purser_store::Store;
+use tokio::sync::watch;
 
 pub(super) async fn healthz() -> Response {
     json_response(200, br#"{"status":"ok"}"#.to_vec())
 }
 
 /// Whether the store answers, for `/readyz`, which anyone may ask: one
-/// ping at a time, its answer shared by the probes that waited for it and
+/// ping at a time, its answer shared by the probes that wait for it and
 /// reused for `FRESH`, so a flood of probes costs one blocking task, not a
-/// thread and a store connection each. A ping stuck in a stalled store is
-/// waited for at most `PATIENCE`, and no second one starts while it is.
-#[derive(Debug, Default)]
+/// thread and a store connection each. The ping runs on its own, so a
+/// probe that goes away loses nothing; a probe waits for it at most
+/// `PATIENCE`. A ping stuck in a stalled store for `STUCK` lets another
+/// start (a fresh connection may answer), up to `MAX_PINGS` at once.
+#[derive(Debug)]
 pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
-    pinging: Arc<AtomicBool>,
+    /// The latest answer: when it came, and whether the store answered.
+    answers: Arc<watch::Sender<Option<(Instant, bool)>>>,
+    /// Pings running, and when the newest started.
+    pings: Arc<Mutex<(usize, Option<Instant>)>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            answers: Arc::new(watch::channel(None).0),
+            pings: Arc::default(),
+        }
+    }
 }
 
 impl Readiness {
     const FRESH: Duration = Duration::from_millis(250);
     const PATIENCE: Duration = Duration::from_secs(5);
+    const STUCK: Duration = Duration::from_secs(10);
+    const MAX_PINGS: usize = 3;
 
     pub async fn reachable(&self, store: &Arc<dyn Store>) -> bool {
-        let mut last = self.last.lock().await;
-        if let Some((at, reachable)) = *last
+        let mut answers = self.answers.subscribe();
+        if let Some((at, reachable)) = *answers.borrow_and_update()
             && at.elapsed() < Self::FRESH
         {
             return reachable;
         }
-        let reachable = if self.pinging.swap(true, Ordering::AcqRel) {
-            // The last ping is still stuck in the store.
-            false
-        } else {
-            let (store, pinging) = (store.clone(), self.pinging.clone());
-            let ping = tokio::task::spawn_blocking(move || {
-                // Cleared however the ping ends, a panic included.
-                let _done = Done(pinging);
-                store.ping().is_ok()
-            });
-            matches!(
-                tokio::time::timeout(Self::PATIENCE, ping).await,
-                Ok(Ok(true))
-            )
-        };
-        *last = Some((std::time::Instant::now(), reachable));
-        reachable
-    }
-}
-
-/// Clears the in-flight flag when dropped.
-struct Done(Arc<AtomicBool>);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        {
+            let mut pings = self
+                .pings
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let start = match *pings {
+                (0, _) | (_, None) => true,
+                (running, Some(newest)) => {
+                    running < Self::MAX_PINGS && newest.elapsed() >= Self::STUCK
+                }
+            };
+            if start {
+                *pings = (pings.0 + 1, Some(Instant::now()));
+                let (store, answers, pings) =
+                    (store.clone(), self.answers.clone(), self.pings.clone());
+                tokio::spawn(async move {
+                    let reachable = matches!(
+                        tokio::task::spawn_blocking(move || store.ping().is_ok()).await,
+                        Ok(true)
+                    );
+                    {
+                        let mut pings = pings
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        pings.0 -= 1;
+                        if pings.0 == 0 {
+                            pings.1 = None;
+                        }
+                    }
+                    answers.send_replace(Some((Instant::now(), reachable)));
+                });
+            }
+        }
+        match tokio::time::timeout(Self::PATIENCE, answers.changed()).await {
+            Ok(Ok(())) => answers.borrow().is_some_and(|(_, reachable)| reachable),
+            _ => false,
+        }
     }
 }
 
