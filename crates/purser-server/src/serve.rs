@@ -199,9 +199,9 @@ pub async fn serve(
                     ask(&shed_tx);
                     last_shed = Some(Instant::now());
                 }
-                // Asked again while no slot frees (the idle ones may still
-                // be in their grace).
-                let mut again = tokio::time::interval(SHED_GRACE);
+                // Asked again while no slot frees: the idle ones may still
+                // be in their grace, or more may wait than one ask frees.
+                let mut again = tokio::time::interval(SHED_INTERVAL);
                 again.tick().await;
                 loop {
                     tokio::select! {
