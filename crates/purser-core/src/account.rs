@@ -13,7 +13,7 @@ use crate::entry::{
     Purchase, PurchaseStatus, RechargeOutcome, VoidReason, allocated,
 };
 use crate::events::Levels;
-use crate::grant::{Grant, GrantKind, GrantSource};
+use crate::grant::{Grant, GrantKind, GrantSource, GrantState};
 use crate::ids::{AccountHandle, AccountId, MemberId, TierId};
 use crate::metadata::Metadata;
 use crate::time::{Timestamp, period_start};
@@ -679,11 +679,33 @@ impl Account {
         levels
     }
 
+    /// The balances an entry at `at` records: every live grant that has
+    /// begun counts, due to expire or not, because an expiry takes its
+    /// credits away by an entry of its own. At a renewal the rollover is
+    /// written first, then the expiries, all at the period's end: so the
+    /// recorded balances follow the entries, each the one before plus its
+    /// credits (counting by time, as reads do, showed the old budget gone
+    /// on the rollover already, and nothing taken by its expiry).
     pub fn balance_after(&self, at: Timestamp) -> BalanceAfter {
         BalanceAfter {
-            available: self.available(at),
+            available: self
+                .grants
+                .iter()
+                .filter(|g| g.state == GrantState::Live && g.effective_at <= at)
+                .map(Grant::free)
+                .sum(),
             held: self.grants.iter().map(|g| g.held).sum(),
             debt: self.debt,
+        }
+    }
+
+    /// [`Account::balance_after`] as entries recorded it before 2026-12-01
+    /// (grants due to expire at `at` no longer counted): what a journal
+    /// written then replays against.
+    pub fn legacy_balance_after(&self, at: Timestamp) -> BalanceAfter {
+        BalanceAfter {
+            available: self.available(at),
+            ..self.balance_after(at)
         }
     }
 

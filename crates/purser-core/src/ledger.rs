@@ -545,7 +545,9 @@ impl Ledger {
         let account = &mut self.accounts[index as usize];
         account.apply(entry)?;
         let replayed = account.balance_after(entry.at);
-        if replayed != entry.balance_after {
+        if replayed != entry.balance_after
+            && account.legacy_balance_after(entry.at) != entry.balance_after
+        {
             return Err(ApplyError::BalanceMismatch {
                 recorded: entry.balance_after,
                 replayed,

@@ -331,6 +331,9 @@ fn the_unused_budget_rolls_over_up_to_the_cap_and_the_rest_expires_exactly() {
     };
     assert_eq!(lost.credits, c("50"));
     assert_eq!(w.grants("acme"), "rollover:50/50 budget:400/400");
+    // The recorded balances follow the entries: the rollover moves credits
+    // (100 still), the expiry takes 50, the new budget gives 400.
+    assert_eq!(available_after(&w, from), ["100", "50", "450"]);
     let rollover = &w.account("acme").grants()[0];
     assert_eq!(rollover.expires_at, t("2027-01-01T00:00:00Z"));
     // Rolled-over credits burn first, and do not roll again.
@@ -346,6 +349,15 @@ fn the_unused_budget_rolls_over_up_to_the_cap_and_the_rest_expires_exactly() {
     w.advance_to("2027-01-01T00:00:00Z");
     assert_eq!(w.types_since(from), ["rollover", "expire", "grant"]);
     assert_eq!(w.grants("acme"), "rollover:50/50 budget:400/400");
+    assert_eq!(available_after(&w, from), ["390", "50", "450"]);
+}
+
+/// The available credits each entry since `from` recorded.
+fn available_after(w: &World, from: usize) -> Vec<String> {
+    w.journal[from..]
+        .iter()
+        .map(|e| e.balance_after.available.to_string())
+        .collect()
 }
 
 #[test]
