@@ -40,13 +40,13 @@ pub const ROUTES: &[Route] = &[
     route!("get" "/openapi.json", "none", 200 "Object", "This document"),
     route!("get" "/v1/catalog", "read", 200 "Catalog", "Tiers, packages and the task rate card"),
     route!("post" "/v1/api_keys", "admin", 201 "ApiKey", "Create an API key (the secret is shown once)",
-        "scopes*": "array" => "admin, usage and/or read"),
+        "scopes*": "scopes" => "admin, usage and/or read"),
     route!("get" "/v1/api_keys", "admin", 200 "List", "List API keys (without secrets)"),
     route!("post" "/v1/api_keys/{id}/revoke", "admin", 200 "ApiKey", "Revoke an API key"),
     route!("post" "/v1/accounts", "admin", 201 "Account", "Create an account; its first budget is granted at once",
-        "id*": "string" => "1-64 characters of A-Za-z0-9_.:-",
+        "id*": "account_id" => "1-64 characters of A-Za-z0-9_.:-",
         "name": "string" => "display name (default: the id)",
-        "tier*": "string" => "a tier id of the catalog",
+        "tier*": "nonempty" => "a tier id of the catalog",
         "anchor": "time" => "the instant periods count from (default: now)",
         "member_monthly_cap": AMOUNT => "credits one member may use per period",
         "low_balance_thresholds": "array" => "up to 5 amounts: credits.low when available falls below one (default: the tier's)",
@@ -62,15 +62,15 @@ pub const ROUTES: &[Route] = &[
         "auto_recharge": "auto_recharge" => "replaces the auto-recharge setting; null removes it"),
     route!("post" "/v1/accounts/{id}/close", "admin", 200 "Account", "Close an account: no more charges or renewals"),
     route!("post" "/v1/accounts/{id}/tier", "admin", 200 "Account", "Change tier: upgrades apply at once, downgrades at the next period",
-        "tier*": "string" => "the new tier",
-        "proration": "string" => "full (default), prorated or none"),
+        "tier*": "nonempty" => "the new tier",
+        "proration": "proration" => "full (default), prorated or none"),
     route!("get" "/v1/accounts/{id}/balance", "read|usage", 200 "Balance", "The balance, from memory"),
     route!("post" "/v1/accounts/{id}/usage", "usage", 201 "Debit", "Charge an AI task (or credits)",
-        "task": "string" => "a task of the rate card (with quantity)",
+        "task": "nonempty" => "a task of the rate card (with quantity)",
         "quantity": AMOUNT => "units of the task",
         "credits": AMOUNT => "credits, instead of task and quantity",
         "member": "string" => "the member charged (for member caps and reports)",
-        "mode": "string" => "strict (default: refused when short) or record (shortfall becomes debt)",
+        "mode": "mode" => "strict (default: refused when short) or record (shortfall becomes debt)",
         "metadata": "metadata" => "up to 50 string pairs"),
     route!("get" "/v1/accounts/{id}/usage/summary", "read", 200 "UsageSummary", "Usage grouped by task, day, member or kind (from, to, group_by)"),
     route!("get" "/v1/accounts/{id}/transactions", "read", 200 "List", "Journal entries, newest first (type, limit, starting_after)"),
@@ -78,23 +78,23 @@ pub const ROUTES: &[Route] = &[
         "credits": AMOUNT => "credits to hold",
         "task": "string" => "a task (with quantity)",
         "quantity": AMOUNT => "units of the task",
-        "ttl_seconds": "integer" => "1-86400, default 900",
+        "ttl_seconds": "ttl_seconds" => "1-86400, default 900",
         "member": "string" => "the member",
         "metadata": "metadata" => "up to 50 string pairs"),
     route!("post" "/v1/accounts/{id}/grants", "admin", 201 "Grant", "Grant operator credits",
         "credits*": AMOUNT => "credits",
-        "kind": "string" => "promo (default) or package",
+        "kind": "grant_kind" => "promo (default) or package",
         "expires_at": "time" => "when they expire (default: never)",
-        "priority": "integer" => "burn priority 0-1000 (default by kind)",
+        "priority": "priority" => "burn priority 0-1000 (default by kind)",
         "reason*": "string" => "why"),
     route!("get" "/v1/accounts/{id}/grants", "read", 200 "List", "Grants, active first"),
     route!("post" "/v1/accounts/{id}/purchases", "admin", 201 "Purchase", "Start a package purchase (pending until paid)",
-        "package*": "string" => "a package of the catalog",
+        "package*": "nonempty" => "a package of the catalog",
         "success_url": "string" => "with a provider's checkout: where the customer returns after paying",
         "cancel_url": "string" => "with a provider's checkout: where the customer returns after giving up"),
     route!("get" "/v1/accounts/{id}/purchases", "read", 200 "List", "Purchases, newest first"),
     route!("post" "/v1/usage/batch", "usage", 200 "BatchResults", "Up to 1000 charges, each atomic and idempotent on its own",
-        "items*": "array" => "charges, each with account and idempotency_key"),
+        "items*": "batch_items" => "charges, each with account and idempotency_key"),
     route!("get" "/v1/debits/{id}", "read", 200 "Debit", "Retrieve a charge"),
     route!("post" "/v1/debits/{id}/reverse", "admin", 200 "Transaction", "Reverse a charge fully or partly",
         "credits": AMOUNT => "default: all not yet reversed"),
@@ -102,13 +102,13 @@ pub const ROUTES: &[Route] = &[
     route!("post" "/v1/holds/{id}/capture", "usage", 200 "Debit", "Charge the actual amount and release the rest",
         "credits": AMOUNT => "default: the held credits",
         "quantity": AMOUNT => "priced at the hold's task rate",
-        "mode": "string" => "strict (default) or record, for an amount above the hold"),
+        "mode": "mode" => "strict (default) or record, for an amount above the hold"),
     route!("post" "/v1/holds/{id}/release", "usage", 200 "Hold", "Release a hold"),
     route!("post" "/v1/grants/{id}/void", "admin", 200 "Grant", "Void a grant's free remainder"),
     route!("get" "/v1/purchases/{id}", "read", 200 "Purchase", "Retrieve a purchase"),
     route!("post" "/v1/purchases/{id}/complete", "admin", 200 "Purchase", "Payment confirmed: grant the package once"),
     route!("post" "/v1/purchases/{id}/fail", "admin", 200 "Purchase", "Payment failed",
-        "reason": "string" => "for an auto-recharge: payment_failed (default), action_required or no_payment_method"),
+        "reason": "fail_reason" => "for an auto-recharge: payment_failed (default), action_required or no_payment_method"),
     route!("post" "/v1/purchases/{id}/cancel", "admin", 200 "Purchase", "Cancel a pending purchase"),
     route!("post" "/v1/purchases/{id}/refund", "admin", 200 "Purchase", "Refund: void the unused credits"),
     route!("post" "/v1/accounts/{id}/portal_sessions", "admin", 201 "PortalSession", "A signed, expiring link to the account's credits dashboard and billing settings",
@@ -118,7 +118,7 @@ pub const ROUTES: &[Route] = &[
     route!("post" "/v1/events/{id}/resend", "admin", 200 "Event", "Deliver an event again, now (to every subscribed endpoint, or one)",
         "endpoint": "string" => "a webhook endpoint id"),
     route!("post" "/v1/webhook_endpoints", "admin", 201 "WebhookEndpoint", "Register a webhook endpoint (the secret is shown once)",
-        "url*": "string" => "absolute http or https URL",
+        "url*": "nonempty" => "absolute http or https URL",
         "events": "array" => "event types, or [\"*\"] (default)",
         "description": "string" => "up to 500 characters"),
     route!("get" "/v1/webhook_endpoints", "admin", 200 "List", "Webhook endpoints, newest first (without secrets)"),
@@ -127,14 +127,14 @@ pub const ROUTES: &[Route] = &[
         "url": "string" => "absolute http or https URL",
         "events": "array" => "event types, or [\"*\"]",
         "description": "string" => "up to 500 characters",
-        "status": "string" => "enabled or disabled"),
+        "status": "endpoint_status" => "enabled or disabled"),
     route!("delete" "/v1/webhook_endpoints/{id}", "admin", 200 "Object", "Delete a webhook endpoint"),
     route!("post" "/v1/webhook_endpoints/{id}/rotate_secret", "admin", 200 "WebhookEndpoint", "A new secret; the old one keeps signing beside it for 24 hours"),
     route!("get" "/v1/webhook_endpoints/{id}/deliveries", "admin", 200 "List", "Recent delivery attempts, newest first"),
     route!("post" "/v1/webhooks/stripe", "none", 200 "Object", "Stripe's events (signed with Stripe-Signature; PURSER_STRIPE_WEBHOOK_SECRET): checkout sessions complete or fail purchases, refunds void the refunded share, auto-recharge payment intents settle; each event applied once"),
     route!("get" "/v1/test_clock", "read", 200 "TestClock", "The test clock (only with --test-clock)"),
     route!("post" "/v1/test_clock/advance", "admin", 200 "TestClock", "Move the test clock; answered once due work is applied",
-        "seconds*": "integer" => "how far"),
+        "seconds*": "clock_seconds" => "how far, 0 to 100 years"),
 ];
 
 fn schema(ty: &str) -> Value {
@@ -143,6 +143,28 @@ fn schema(ty: &str) -> Value {
             json!({"oneOf": [{"type": "string", "pattern": "^-?\\d+(\\.\\d{1,6})?$"}, {"type": "number"}], "description": "exact decimal, at most 6 fractional digits"})
         }
         "time" => json!({"type": "string", "format": "date-time"}),
+        "nonempty" => json!({"type": "string", "minLength": 1}),
+        "account_id" => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$", "not": {"enum": [".", ".."]}})
+        }
+        "mode" => json!({"type": "string", "enum": ["strict", "record"]}),
+        "proration" => json!({"type": "string", "enum": ["full", "prorated", "none"]}),
+        "grant_kind" => json!({"type": "string", "enum": ["promo", "package"]}),
+        "endpoint_status" => json!({"type": "string", "enum": ["enabled", "disabled"]}),
+        "fail_reason" => {
+            json!({"type": "string", "enum": ["payment_failed", "action_required", "no_payment_method"]})
+        }
+        "ttl_seconds" => json!({"type": "integer", "minimum": 1, "maximum": 86_400}),
+        "priority" => json!({"type": "integer", "minimum": 0, "maximum": 1_000}),
+        "clock_seconds" => {
+            json!({"type": "integer", "minimum": 0, "maximum": 100_i64 * 366 * 86_400})
+        }
+        "scopes" => {
+            json!({"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["admin", "usage", "read"]}})
+        }
+        "batch_items" => {
+            json!({"type": "array", "minItems": 1, "maxItems": 1_000, "items": {"type": "object"}})
+        }
         "metadata" => json!({"type": "object", "additionalProperties": {"type": "string"}}),
         "array" => json!({"type": "array", "items": {}}),
         "auto_recharge" => json!({"type": ["object", "null"], "additionalProperties": false,
@@ -152,7 +174,13 @@ fn schema(ty: &str) -> Value {
             "package": {"type": "string", "description": "a package of the catalog"},
             "max_per_month": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
         }}),
-        other => json!({"type": other}),
+        other => {
+            assert!(
+                ["string", "integer", "number", "boolean", "object", "array"].contains(&other),
+                "{other} is not a JSON Schema type"
+            );
+            json!({"type": other})
+        }
     }
 }
 
@@ -178,7 +206,11 @@ pub fn document() -> Value {
             "summary": route.summary,
             "x-purser-scope": route.scope,
             "responses": {
-                route.status.to_string(): {"description": route.returns, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.returns)}}}},
+                route.status.to_string(): if route.returns == "Text" {
+                    json!({"description": route.returns, "content": {"text/plain": {"schema": {"type": "string"}}}})
+                } else {
+                    json!({"description": route.returns, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.returns)}}}})
+                },
                 "4XX": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
@@ -191,10 +223,10 @@ pub fn document() -> Value {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}));
+                parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 255}}));
                 Value::Array(parameters)
             };
-            operation["requestBody"] = json!({"content": {"application/json": {"schema": {
+            operation["requestBody"] = json!({"required": !required.is_empty(), "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": false, "properties": properties, "required": required,
             }}}});
         }

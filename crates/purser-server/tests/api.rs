@@ -1115,6 +1115,33 @@ async fn operations_endpoints() {
     let openapi = anonymous.get("/openapi.json").await.unwrap();
     assert_eq!(openapi.body["openapi"], "3.1.0");
     assert!(openapi.body["paths"]["/v1/accounts/{id}/usage"]["post"].is_object());
+    // The document says what is served: metrics are text, and a body with
+    // required fields is itself required.
+    assert!(
+        openapi.body["paths"]["/metrics"]["get"]["responses"]["200"]["content"]["text/plain"]
+            .is_object()
+    );
+    assert_eq!(
+        openapi.body["paths"]["/v1/accounts"]["post"]["requestBody"]["required"],
+        true
+    );
+    // A scope named twice is kept once; a field the contract does not name
+    // is refused.
+    let key = server
+        .admin()
+        .post("/v1/api_keys", &json!({"scopes": ["read", "read"]}))
+        .await
+        .unwrap();
+    assert_eq!(key.body["scopes"], json!(["read"]), "{key:?}");
+    let named = server
+        .admin()
+        .post("/v1/api_keys", &json!({"scopes": ["read"], "name": {}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (named.status, named.body["error"]["param"].as_str()),
+        (400, Some("name"))
+    );
     let catalog = server.admin().get("/v1/catalog").await.unwrap();
     assert_eq!(catalog.body["tasks"].as_array().unwrap().len(), 5);
     let clock = server.admin().get("/v1/test_clock").await.unwrap();
@@ -1490,6 +1517,27 @@ async fn the_edge_answers_with_the_contract_errors() {
     let answer = raw_exchange(&server.base, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.contains("invalid_api_key"), "{answer}");
+
+    // A chunked body whose framing is broken is a 400, not "too large".
+    let request = format!(
+        "POST /v1/accounts/acme/usage HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(&server.base, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("malformed_body"), "{answer}");
+
+    // The endpoints open to anyone take HEAD without a key too (load
+    // balancers check health so).
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&server.base, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    assert_eq!(
+        api.balance("acme").await.unwrap().str("available"),
+        "100",
+        "refusals change nothing"
+    );
 }
 
 #[tokio::test]

@@ -16,12 +16,17 @@ pub(super) async fn create_key(
 ) -> Result<Response> {
     state.keys.authorize(&headers, Need::Admin)?;
     let key = idempotency_key(&headers)?;
-    let fields = Fields::parse(&body, &["scopes", "name"])?;
+    let fields = Fields::parse(&body, &["scopes"])?;
     let scopes = required(fields.array("scopes")?, "scopes")?;
     let mut parsed = Vec::new();
     for scope in scopes {
         match scope.as_str() {
-            Some(scope) if SCOPES.contains(&scope) => parsed.push(scope.to_owned()),
+            // A scope named twice is kept once.
+            Some(scope) if SCOPES.contains(&scope) => {
+                if !parsed.iter().any(|kept| kept == scope) {
+                    parsed.push(scope.to_owned());
+                }
+            }
             _ => {
                 return Err(ApiError::invalid(
                     "scopes",

@@ -92,7 +92,20 @@ impl FromRequest<AppState> for JsonBody {
         let reading = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
         match tokio::time::timeout(state.body_timeout, reading).await {
             Ok(Ok(bytes)) => Ok(JsonBody(bytes)),
-            Ok(Err(_)) => Err(ApiError::too_large()),
+            Ok(Err(error)) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+                while let Some(inner) = cause {
+                    if inner.is::<http_body_util::LengthLimitError>() {
+                        return Err(ApiError::too_large());
+                    }
+                    cause = inner.source();
+                }
+                // The body's framing is broken (a bad chunk size, say).
+                Err(ApiError::bad_request(
+                    "malformed_body",
+                    "the request body could not be read: its framing is invalid",
+                ))
+            }
             Err(_) => Err(ApiError::body_timeout()),
         }
     }
@@ -216,6 +229,7 @@ async fn well_formed(request: Request, next: Next) -> Response {
 /// handler then checks the key's scope).
 async fn authenticated(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != axum::http::Method::GET
+        && request.method() != axum::http::Method::HEAD
         && let Err(error) = state.keys.authorize(request.headers(), Need::Any)
     {
         return error.into_response();
