@@ -177,6 +177,28 @@ pub struct Capture {
     pub released: Vec<Allocation>,
 }
 
+impl Capture {
+    /// What the capture took, one allocation per grant (rule 1): the
+    /// held part and the excess of a capture above its hold can come from
+    /// the same grant, and are summed, in the order first taken.
+    pub fn allocations(&self) -> Vec<Allocation> {
+        let mut merged: Vec<Allocation> = Vec::with_capacity(self.from_hold.len());
+        for allocation in self.from_hold.iter().chain(&self.excess) {
+            match merged.iter_mut().find(|m| m.grant == allocation.grant) {
+                // A capture's credits are within bounds, so their sum is.
+                Some(m) => {
+                    m.credits = m
+                        .credits
+                        .checked_add(allocation.credits)
+                        .unwrap_or(m.credits)
+                }
+                None => merged.push(*allocation),
+            }
+        }
+        merged
+    }
+}
+
 /// Why a hold ended without a capture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseReason {

@@ -202,6 +202,10 @@ async fn holds_capture_less_more_release_and_expire() {
         .unwrap();
     assert_eq!(over.status, 200);
     assert_eq!(over.body["balance"]["available"], "60");
+    // Held and excess credits from the same grant: one allocation (rule 1).
+    let allocations = over.body["allocations"].as_array().unwrap();
+    assert_eq!(allocations.len(), 1, "{over:?}");
+    assert_eq!(allocations[0]["credits"], "15", "{over:?}");
     let too_much = api
         .post("/v1/accounts/acme/holds", &json!({"credits": "50"}))
         .await

@@ -206,7 +206,7 @@ impl Serialize for DebitJson<'_> {
                 map.serialize_entry("metadata", &metadata)?;
             }
             Body::Captured(c) => {
-                let all: Vec<Allocation> = c.from_hold.iter().chain(&c.excess).copied().collect();
+                let all: Vec<Allocation> = c.allocations();
                 map.serialize_entry("allocations", &AllocationsJson(handle, &all))?;
                 map.serialize_entry("hold", &object_id(handle, c.hold, ObjectKind::Hold))?;
                 map.serialize_entry("metadata", &json!({}))?;
@@ -381,7 +381,7 @@ pub fn transaction_json(account: &str, entry: &Entry) -> Value {
     let handle = entry.account;
     let allocations: Vec<Allocation> = match &entry.body {
         Body::Debited(d) => d.allocations.clone(),
-        Body::Captured(c) => c.from_hold.iter().chain(&c.excess).copied().collect(),
+        Body::Captured(c) => c.allocations(),
         Body::Held(h) => h.allocations.clone(),
         Body::Released(r) => r.allocations.clone(),
         Body::Expired(a) => vec![*a],
